@@ -1,0 +1,113 @@
+"""The FastAPI application factory."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+
+from dispatcher import jobs
+from dispatcher.campaigns.router import messages as messages_router
+from dispatcher.campaigns.router import router as campaigns_router
+from dispatcher.config import Settings, get_settings
+from dispatcher.content import service as content
+from dispatcher.content.router import router as templates_router
+from dispatcher.db import get_database
+from dispatcher.deliveries.router import router as deliveries_router
+from dispatcher.errors import Invalid, ServiceError
+from dispatcher.recipients.router import router as recipients_router
+
+log = structlog.get_logger(__name__)
+
+
+def _load_builtins() -> None:
+    try:
+        with get_database().transaction() as session:
+            loaded = content.load_builtin_templates(session=session)
+        if loaded:
+            log.info("builtin_templates_loaded", keys=loaded)
+    except (OperationalError, ProgrammingError) as exc:
+        log.error("database_not_migrated", hint="run: dispatcher migrate", error=str(exc)[:200])
+
+
+def create_app(settings: Settings | None = None, *, configure_jobs: bool = True) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if configure_jobs:
+            try:
+                jobs.get_job_queue()
+            except RuntimeError:
+                jobs.configure(settings)
+        _load_builtins()
+        yield
+
+    app = FastAPI(
+        title="BHXH message dispatcher",
+        version="0.1.0",
+        description="Campaigns, templates and deliveries over VssID, email and social channels.",
+        lifespan=lifespan,
+    )
+
+    @app.exception_handler(ServiceError)
+    async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        if isinstance(exc, Invalid):
+            detail: Any = [{"loc": exc.loc or ["body"], "msg": exc.message, "type": "value_error"}]
+        else:
+            detail = exc.message
+        return JSONResponse({"detail": detail}, status_code=exc.status_code)
+
+    @app.exception_handler(IntegrityError)
+    async def _integrity_error(request: Request, exc: IntegrityError) -> JSONResponse:
+        log.warning("write_conflict", error=str(exc.orig)[:200])
+        return JSONResponse(
+            {"detail": "a concurrent change conflicted with this one; try again"}, status_code=409
+        )
+
+    @app.get("/healthz", tags=["health"], summary="The process is up")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"], summary="The database and Redis are reachable")
+    def readyz() -> JSONResponse:
+        checks: dict[str, str] = {}
+        ok = True
+        try:
+            with get_database().engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+            checks["database"] = "ok"
+        except Exception as exc:
+            ok = False
+            checks["database"] = f"unreachable: {type(exc).__name__}"
+        try:
+            queue = jobs.get_job_queue()
+        except RuntimeError:
+            queue = None
+        if queue is not None and isinstance(queue.markers, jobs.MemoryMarkers):
+            checks["redis"] = "not used (in-process broker)"
+        elif jobs.redis_reachable(settings):
+            checks["redis"] = "ok"
+        else:
+            ok = False
+            checks["redis"] = "unreachable"
+        return JSONResponse(
+            {"status": "ok" if ok else "unavailable", "checks": checks},
+            status_code=200 if ok else 503,
+        )
+
+    for router in (
+        recipients_router,
+        templates_router,
+        campaigns_router,
+        messages_router,
+        deliveries_router,
+    ):
+        app.include_router(router)
+    return app

@@ -1,0 +1,81 @@
+"""Campaigns and their runs. A scheduled rule makes a new run at each firing."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ForeignKey, Index, String, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from dispatcher.clock import utcnow
+from dispatcher.db import Base, BigId, JSONType, UTCDateTime
+
+
+class Campaign(Base):
+    __tablename__ = "campaigns"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(32))
+    template_id: Mapped[int] = mapped_column(ForeignKey("templates.id"))
+    # Frozen at approval; until then the template's latest version is used for previews.
+    template_version_id: Mapped[int | None] = mapped_column(
+        ForeignKey("template_versions.id"), nullable=True
+    )
+    audience: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    channels: Mapped[list[str]] = mapped_column(JSONType)
+    priority: Mapped[str] = mapped_column(String(16))
+    send_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    variables: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    status: Mapped[str] = mapped_column(String(16), default="draft")
+    # Why the campaign is in its state, for people (a cancellation reason, an error).
+    status_reason: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    submitted_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    approved_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+    runs: Mapped[list[Run]] = relationship(back_populates="campaign", order_by="Run.id")
+
+    __table_args__ = (Index("ix_campaigns_status_send_at", "status", "send_at"),)
+
+
+class Run(Base):
+    """One firing of a campaign: the deliveries it planned and their progress."""
+
+    __tablename__ = "runs"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"))
+    # The instant this run stands for.
+    scheduled_for: Mapped[datetime] = mapped_column(UTCDateTime)
+    # A scheduled firing's slot, unique per campaign so a slot never runs twice. NULL for
+    # transactional messages, which are their own runs.
+    slot: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # planning -> running -> completed; or paused / cancelled.
+    status: Mapped[str] = mapped_column(String(16), default="planning")
+    # Keyset cursor of the planner: the last recipient id turned into deliveries.
+    planned_through: Mapped[int] = mapped_column(BigId, default=0)
+    planned_count: Mapped[int] = mapped_column(default=0)
+    planned_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    planner_heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # The template version this run renders with, frozen when it starts.
+    template_version_id: Mapped[int | None] = mapped_column(
+        ForeignKey("template_versions.id"), nullable=True
+    )
+    # Extra template context for this run only (a transactional message's variables).
+    variables: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    # For transactional messages: the caller's Idempotency-Key.
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), nullable=True, unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+    campaign: Mapped[Campaign] = relationship(back_populates="runs")
+
+    __table_args__ = (
+        UniqueConstraint("campaign_id", "slot"),
+        Index("ix_runs_status", "status"),
+    )

@@ -1,0 +1,138 @@
+"""HTTP shapes of campaigns, runs and transactional messages."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from channels import registry
+from channels.base import Category
+from dispatcher.recipients.audience import AudienceError, compile_audience
+
+URGENT_KINDS = {Category.fraud_warning, Category.disaster_support, Category.transactional}
+Priority = Literal["urgent", "bulk"]
+
+
+def default_priority(kind: Category) -> Priority:
+    return "urgent" if kind in URGENT_KINDS else "bulk"
+
+
+def _channels(value: list[str]) -> list[str]:
+    known = registry.available()
+    seen: list[str] = []
+    for channel in value:
+        if channel not in known:
+            raise ValueError(
+                f"no adapter for channel {channel!r}; installed: {', '.join(sorted(known))}"
+            )
+        if channel in seen:
+            raise ValueError(f"channel {channel!r} listed twice")
+        seen.append(channel)
+    return seen
+
+
+class CampaignIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    name: str = Field(min_length=1, max_length=200)
+    kind: Category
+    template: str = Field(min_length=1, max_length=100, description="Template key.")
+    audience: dict[str, Any] = Field(
+        description='A filter: {"all": true}, {"external_ids": [...]}, {"province": [...]}, '
+        '{"kind": ...}, {"language": [...]}, and/or/not.'
+    )
+    channels: list[str] = Field(min_length=1, max_length=10)
+    priority: Priority | None = Field(default=None, description="Default: from the kind.")
+    send_at: datetime | None = Field(default=None, description="Default: at approval.")
+    variables: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("audience")
+    @classmethod
+    def _audience(cls, value: dict[str, Any]) -> dict[str, Any]:
+        try:
+            compile_audience(value)
+        except AudienceError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("channels")
+    @classmethod
+    def _channel_names(cls, value: list[str]) -> list[str]:
+        return _channels(value)
+
+    @field_validator("send_at")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("give a time zone, e.g. 2026-01-01T07:00:00+07:00")
+        return value
+
+
+class RunOut(BaseModel):
+    id: int
+    status: str
+    scheduled_for: datetime
+    planned_count: int
+    planned_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class Counts(BaseModel):
+    total: int = 0
+    by_status: dict[str, int] = Field(default_factory=dict)
+    by_channel: dict[str, dict[str, int]] = Field(default_factory=dict)
+
+
+class CampaignOut(BaseModel):
+    id: int
+    name: str
+    kind: str
+    template: str
+    template_version: int | None
+    audience: dict[str, Any]
+    channels: list[str]
+    priority: str
+    send_at: datetime | None
+    variables: dict[str, Any]
+    status: str
+    status_reason: str | None
+    created_at: datetime
+    updated_at: datetime
+    submitted_at: datetime | None
+    approved_at: datetime | None
+    completed_at: datetime | None
+    counts: Counts
+    runs: list[RunOut]
+
+
+class MessageIn(BaseModel):
+    """One transactional message to one recipient."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    recipient: str = Field(min_length=1, max_length=64, description="external_id")
+    template: str = Field(min_length=1, max_length=100)
+    channels: list[str] = Field(default_factory=lambda: ["email"], min_length=1, max_length=10)
+    variables: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("channels")
+    @classmethod
+    def _channel_names(cls, value: list[str]) -> list[str]:
+        return _channels(value)
+
+
+class MessageDelivery(BaseModel):
+    id: int
+    channel: str
+    status: str
+
+
+class MessageOut(BaseModel):
+    id: int
+    campaign_id: int
+    status: str
+    created_at: datetime
+    deliveries: list[MessageDelivery]

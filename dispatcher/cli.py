@@ -1,0 +1,202 @@
+"""The ``dispatcher`` command: serve, worker, scheduler, migrate, dev, config."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from dispatcher.config import ConfigError, Settings, get_settings
+
+app = typer.Typer(
+    help="Multi-channel message dispatch for Vietnam Social Security (BHXH Việt Nam).",
+    no_args_is_help=True,
+    add_completion=False,
+)
+console = Console(stderr=True)
+
+
+def _settings() -> Settings:
+    try:
+        return get_settings()
+    except ConfigError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+
+
+@app.callback()
+def _main() -> None:
+    """Every command reads DISPATCHER_* settings; see `dispatcher config`."""
+
+
+@app.command()
+def config() -> None:
+    """Print the effective settings, secrets masked."""
+    settings = _settings()
+    for name, value in settings.masked().items():
+        typer.echo(f"DISPATCHER_{name.upper()}={'' if value is None else value}")
+
+
+@app.command()
+def migrate() -> None:
+    """Bring the database schema up to date and load the built-in templates."""
+    from dispatcher import migrate as migrations
+    from dispatcher.content import service as content
+    from dispatcher.db import get_database
+
+    settings = _settings()
+    migrations.upgrade(settings.database_url)
+    with get_database().transaction() as session:
+        loaded = content.load_builtin_templates(session=session)
+    console.print(f"schema at {migrations.current_revision(settings.database_url)}")
+    if loaded:
+        console.print(f"built-in templates loaded: {', '.join(loaded)}")
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    workers: Annotated[int, typer.Option(help="HTTP worker processes.")] = 1,
+) -> None:
+    """Run the HTTP API."""
+    import uvicorn
+
+    from dispatcher.logging import configure_logging
+
+    _settings()
+    configure_logging()
+    uvicorn.run(
+        "dispatcher.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_config=None,
+    )
+
+
+@app.command()
+def worker(
+    queues: Annotated[
+        str, typer.Option(help="Comma-separated queues: urgent, bulk, or both.")
+    ] = "",
+    processes: Annotated[int, typer.Option(help="Worker processes.")] = 1,
+    threads: Annotated[int | None, typer.Option(help="Threads per process.")] = None,
+) -> None:
+    """Run delivery workers (dramatiq) on the given queues."""
+    settings = _settings()
+    names = [q.strip() for q in queues.split(",") if q.strip()] or [
+        settings.queue_urgent,
+        settings.queue_bulk,
+    ]
+    known = {settings.queue_urgent, settings.queue_bulk}
+    unknown = [q for q in names if q not in known]
+    if unknown:
+        console.print(
+            f"[red]unknown queue {unknown[0]!r}; queues are {', '.join(sorted(known))}[/red]"
+        )
+        raise typer.Exit(2)
+    # Batches are long: a process should not sit on many of them while others idle.
+    os.environ.setdefault("dramatiq_queue_prefetch", "1")
+    argv = [
+        sys.executable,
+        "-m",
+        "dramatiq",
+        "workers.main",
+        "--processes",
+        str(processes),
+        "--threads",
+        str(threads or settings.worker_threads),
+        "--queues",
+        *names,
+    ]
+    os.execv(sys.executable, argv)  # noqa: S606 - replaces this process with dramatiq
+
+
+def _stop_on_signals(stop: threading.Event) -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+
+
+@app.command()
+def scheduler() -> None:
+    """Launch due campaigns and run the sweeper (one leader; others wait as standbys)."""
+    from dispatcher import jobs
+    from dispatcher.db import get_database
+    from dispatcher.logging import configure_logging
+    from workers.scheduler import run_scheduler
+
+    settings = _settings()
+    configure_logging()
+    queue = jobs.configure(settings)
+    stop = threading.Event()
+    _stop_on_signals(stop)
+    run_scheduler(db=get_database(), settings=settings, queue=queue, stop=stop)
+
+
+@app.command()
+def dev(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+) -> None:
+    """The whole service in one process: API, workers and scheduler, on the embedded defaults."""
+    import dramatiq
+    import uvicorn
+
+    from dispatcher import jobs
+    from dispatcher import migrate as migrations
+    from dispatcher.app import create_app
+    from dispatcher.db import get_database
+    from dispatcher.logging import configure_logging
+    from workers import actors
+    from workers.scheduler import run_scheduler
+
+    settings = _settings()
+    configure_logging()
+    migrations.upgrade(settings.database_url)
+    queue = jobs.configure(settings, allow_stub=True)
+    if isinstance(queue.markers, jobs.MemoryMarkers):
+        console.print(
+            f"[yellow]Redis is not reachable at {settings.masked()['redis_url']}: using dramatiq's "
+            "in-process broker. Queued work lives in this process only.[/yellow]"
+        )
+    else:
+        console.print(f"broker: Redis at {settings.masked()['redis_url']}")
+    console.print(f"database: {settings.masked()['database_url']}")
+    actors.declare(queue.broker, settings)
+    worker = dramatiq.Worker(
+        queue.broker,
+        queues={settings.queue_urgent, settings.queue_bulk},
+        worker_threads=settings.worker_threads,
+        worker_timeout=100,
+    )
+    worker.start()
+    stop = threading.Event()
+    scheduler_thread = threading.Thread(
+        target=run_scheduler,
+        kwargs={"db": get_database(), "settings": settings, "queue": queue, "stop": stop},
+        name="scheduler",
+        daemon=True,
+    )
+    scheduler_thread.start()
+    console.print(f"API on http://{host}:{port}  (OpenAPI: http://{host}:{port}/docs)")
+    try:
+        uvicorn.run(create_app(settings), host=host, port=port, log_config=None)
+    finally:
+        stop.set()
+        worker.stop()
+        scheduler_thread.join(timeout=10)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,163 @@
+"""One settings object for every process, read from ``DISPATCHER_*`` environment variables.
+
+A secrets directory (``DISPATCHER_SECRETS_DIR``, one file per setting, e.g. ``smtp_password``)
+is read too, so that passwords and tokens never need to sit in the environment or a file
+that is committed.
+"""
+
+from __future__ import annotations
+
+import os
+from enum import StrEnum
+from functools import lru_cache
+from typing import Any
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+ENV_PREFIX = "DISPATCHER_"
+
+
+class SmtpTls(StrEnum):
+    none = "none"
+    starttls = "starttls"
+    tls = "tls"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=None,
+        extra="ignore",
+        validate_default=True,
+    )
+
+    database_url: str = Field(
+        default="sqlite:///dispatcher.db",
+        description="SQLAlchemy URL. Default: a SQLite file in the working directory.",
+    )
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0", description="Redis for the broker and rate limits."
+    )
+    public_url: str = Field(
+        default="http://127.0.0.1:8000",
+        description="Base URL citizens reach (unsubscribe links).",
+    )
+    secret_key: SecretStr | None = Field(
+        default=None,
+        description="Signs unsubscribe links. Default: a random key kept in the database.",
+    )
+
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = Field(default=25, ge=1, le=65535)
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_tls: SmtpTls = SmtpTls.none
+    smtp_sender: str = "Bảo hiểm xã hội Việt Nam <thongbao@baohiemxahoi.gov.vn>"
+    smtp_pool_size: int = Field(default=4, ge=1, le=100, description="Open SMTP connections.")
+    smtp_timeout: float = Field(default=30.0, gt=0)
+
+    batch_size: int = Field(default=500, ge=1, le=10_000, description="Deliveries per job.")
+    queue_urgent: str = "urgent"
+    queue_bulk: str = "bulk"
+    send_concurrency: int = Field(default=64, ge=1, le=10_000, description="Sends in flight.")
+    lease_seconds: float = Field(default=300.0, gt=0, description="How long a claim holds.")
+    max_attempts: int = Field(
+        default=8, ge=1, le=50, description="Failed attempts before a delivery fails."
+    )
+    quick_retries: int = Field(default=2, ge=0, le=10, description="In-call retries of blips.")
+    quick_retry_seconds: float = Field(default=0.2, ge=0)
+    retry_base_seconds: float = Field(default=30.0, ge=0, description="First broker backoff.")
+    retry_max_seconds: float = Field(default=3600.0, ge=0)
+    sweep_interval_seconds: float = Field(default=15.0, gt=0)
+    sweep_grace_seconds: float = Field(
+        default=10.0, ge=0, description="A pending row younger than this is never swept."
+    )
+    batch_marker_ttl_seconds: int = Field(default=6 * 3600, ge=60)
+    worker_threads: int = Field(default=4, ge=1, le=64)
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        try:
+            url = make_url(value)
+        except ArgumentError as exc:
+            raise ValueError(f"not a database URL: {exc}") from None
+        if url.get_backend_name() not in {"sqlite", "postgresql"}:
+            raise ValueError("only sqlite:// and postgresql:// databases are supported")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    @field_validator("queue_urgent", "queue_bulk")
+    @classmethod
+    def _queue_name(cls, value: str) -> str:
+        if not value or not (value[0].isalpha() or value[0] == "_"):
+            raise ValueError("a queue name starts with a letter or an underscore")
+        if not all(c.isalnum() or c in "_-" for c in value):
+            raise ValueError("a queue name holds only letters, digits, '-' and '_'")
+        return value
+
+    def masked(self) -> dict[str, Any]:
+        """The effective settings with every secret hidden, for display."""
+        shown: dict[str, Any] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                value = "********"
+            elif name in {"database_url", "redis_url"}:
+                value = _hide_url_password(value)
+            elif isinstance(value, StrEnum):
+                value = value.value
+            shown[name] = value
+        return shown
+
+
+def _hide_url_password(url: str) -> str:
+    if url.startswith(("redis://", "rediss://")) and "@" in url:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        user = creds.split(":", 1)[0] if ":" in creds else ""
+        return f"{scheme}://{user}:********@{host}"
+    try:
+        return make_url(url).render_as_string(hide_password=True).replace("***", "********")
+    except ArgumentError:
+        return url
+
+
+class ConfigError(Exception):
+    """A setting has a value the service cannot start with; the message names the variable."""
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the settings, turning a validation error into one naming each bad variable."""
+    secrets_dir = os.environ.get(f"{ENV_PREFIX}SECRETS_DIR")
+    try:
+        if secrets_dir:
+            return Settings(_secrets_dir=secrets_dir, **overrides)
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            field = str(error["loc"][0]) if error["loc"] else "?"
+            problems.append(f"{ENV_PREFIX}{field.upper()}: {error['msg']}")
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings()

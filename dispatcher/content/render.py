@@ -1,0 +1,284 @@
+"""The one renderer: sandboxed Jinja with StrictUndefined, compiled templates cached.
+
+Subjects and text bodies render without escaping; HTML parts (and the body of channels whose
+body is an HTML dialect, such as Telegram) are autoescaped. The sandbox refuses attribute
+access that could reach Python internals (``__class__``, ``mro`` ...).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import date
+from types import TracebackType
+from typing import Any
+
+import jinja2
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+
+from channels.limits import limits_for, utf16_length
+
+DEFAULT_LOCALE = "vi"
+GENERIC_CHANNEL = "default"
+PARTS = ("subject", "body", "html")
+
+HONORIFICS = {
+    "vi": {"person": "Ông/Bà", "organization": "Quý đơn vị"},
+    "en": {"person": "Mr/Ms", "organization": "Dear partner"},
+}
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientView:
+    """What a template sees of a recipient."""
+
+    external_id: str
+    full_name: str
+    kind: str = "person"
+    province: str = ""
+    birth_date: date | None = None
+    language: str = DEFAULT_LOCALE
+    attributes: Mapping[str, Any] = field(default_factory=dict)
+    honorific: str = ""
+
+    @property
+    def given_name(self) -> str:
+        # Vietnamese names put the given name last: "Nguyễn Văn An" -> "An".
+        parts = self.full_name.split()
+        return parts[-1] if parts else ""
+
+
+@dataclass(frozen=True, slots=True)
+class VariantData:
+    """A template variant, detached from the database session."""
+
+    id: int | None
+    channel: str
+    locale: str
+    body: str
+    subject: str | None = None
+    html: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    channel: str
+    locale: str
+    body: str
+    subject: str | None = None
+    html: str | None = None
+
+
+class TemplateProblem(Exception):
+    """A template that cannot render, with where: channel, locale, part and line."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        channel: str | None = None,
+        locale: str | None = None,
+        part: str | None = None,
+        line: int | None = None,
+    ) -> None:
+        self.message = message
+        self.channel = channel
+        self.locale = locale
+        self.part = part
+        self.line = line
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = "/".join(p for p in (self.channel, self.locale) if p)
+        if self.part:
+            where = f"{where} {self.part}".strip()
+        if self.line is not None:
+            where = f"{where} line {self.line}"
+        return f"{where}: {self.message}" if where else self.message
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "channel": self.channel,
+            "locale": self.locale,
+            "part": self.part,
+            "line": self.line,
+            "message": self.message,
+        }
+
+
+def _template_line(tb: TracebackType | None) -> int | None:
+    line = None
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == "<template>":
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line
+
+
+def locale_chain(language: str | None) -> list[str]:
+    """``vi-VN`` -> [vi-vn, vi]; ``km`` -> [km, vi]; always ending at Vietnamese."""
+    chain: list[str] = []
+    tag = (language or DEFAULT_LOCALE).strip().lower().replace("_", "-")
+    while tag:
+        if tag not in chain:
+            chain.append(tag)
+        tag = tag.rpartition("-")[0]
+    if DEFAULT_LOCALE not in chain:
+        chain.append(DEFAULT_LOCALE)
+    return chain
+
+
+def honorific(kind: str, locale: str) -> str:
+    table = HONORIFICS.get(locale.split("-")[0], HONORIFICS[DEFAULT_LOCALE])
+    return table.get(kind, table["person"])
+
+
+def choose_variant(
+    variants: Mapping[tuple[str, str], VariantData], channel: str, language: str | None
+) -> VariantData | None:
+    """The variant for a channel in the recipient's language, falling back along the chain.
+
+    The language matters more than the channel: an English reader gets the generic English
+    variant before the Vietnamese one written for the channel.
+    """
+    for locale in locale_chain(language):
+        for candidate in (channel, GENERIC_CHANNEL):
+            found = variants.get((candidate, locale))
+            if found is not None:
+                return found
+    return None
+
+
+class Renderer:
+    def __init__(self, cache_size: int = 4096) -> None:
+        self._text = ImmutableSandboxedEnvironment(
+            undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=False
+        )
+        self._html = ImmutableSandboxedEnvironment(
+            undefined=jinja2.StrictUndefined, autoescape=True, keep_trailing_newline=False
+        )
+        self._cache: OrderedDict[tuple[Any, ...], jinja2.Template] = OrderedDict()
+        self._cache_size = cache_size
+        self._lock = threading.Lock()
+
+    def compile(
+        self, source: str, *, html: bool, key: tuple[Any, ...] | None = None
+    ) -> jinja2.Template:
+        """A compiled template, cached under ``key`` (a variant id and part) when given."""
+        if key is not None:
+            with self._lock:
+                found = self._cache.get(key)
+                if found is not None:
+                    self._cache.move_to_end(key)
+                    return found
+        env = self._html if html else self._text
+        template = env.from_string(source)
+        if key is not None:
+            with self._lock:
+                self._cache[key] = template
+                if len(self._cache) > self._cache_size:
+                    self._cache.popitem(last=False)
+        return template
+
+    def render(self, variant: VariantData, context: Mapping[str, Any]) -> Rendered:
+        limits = limits_for(variant.channel)
+        parts: dict[str, str | None] = {}
+        for part in PARTS:
+            source = getattr(variant, part)
+            if source is None:
+                parts[part] = None
+                continue
+            html = part == "html" or (part == "body" and limits.html_body)
+            key = None if variant.id is None else (variant.id, part)
+            try:
+                template = self.compile(source, html=html, key=key)
+                text = template.render(context)
+            except jinja2.TemplateSyntaxError as exc:
+                raise TemplateProblem(
+                    exc.message or "syntax error",
+                    channel=variant.channel,
+                    locale=variant.locale,
+                    part=part,
+                    line=exc.lineno,
+                ) from None
+            except SecurityError as exc:
+                raise TemplateProblem(
+                    f"not allowed in a template: {exc}",
+                    channel=variant.channel,
+                    locale=variant.locale,
+                    part=part,
+                    line=_template_line(exc.__traceback__),
+                ) from None
+            except Exception as exc:
+                raise TemplateProblem(
+                    str(exc) or type(exc).__name__,
+                    channel=variant.channel,
+                    locale=variant.locale,
+                    part=part,
+                    line=_template_line(exc.__traceback__),
+                ) from None
+            parts[part] = text.strip() if part == "subject" else text
+        body = parts["body"]
+        assert body is not None
+        return Rendered(
+            channel=variant.channel,
+            locale=variant.locale,
+            subject=parts["subject"],
+            body=body,
+            html=parts["html"],
+        )
+
+    def check_syntax(self, variant: VariantData) -> None:
+        """Compile every part; raise the first syntax error with its line."""
+        limits = limits_for(variant.channel)
+        for part in PARTS:
+            source = getattr(variant, part)
+            if source is None:
+                continue
+            html = part == "html" or (part == "body" and limits.html_body)
+            try:
+                self.compile(source, html=html)
+            except jinja2.TemplateSyntaxError as exc:
+                raise TemplateProblem(
+                    exc.message or "syntax error",
+                    channel=variant.channel,
+                    locale=variant.locale,
+                    part=part,
+                    line=exc.lineno,
+                ) from None
+
+
+def limit_problems(rendered: Rendered) -> list[str]:
+    """Every way a rendered message breaks its channel's limits (empty when it fits)."""
+    limits = limits_for(rendered.channel)
+    problems = []
+    if limits.needs_subject and not rendered.subject:
+        problems.append(f"{rendered.channel} needs a subject")
+    if limits.max_subject and rendered.subject and len(rendered.subject) > limits.max_subject:
+        problems.append(
+            f"subject is {len(rendered.subject)} characters; "
+            f"{rendered.channel} allows {limits.max_subject}"
+        )
+    if limits.max_body is not None:
+        size = utf16_length(rendered.body)
+        if size > limits.max_body:
+            problems.append(
+                f"body is {size} characters; {rendered.channel} allows {limits.max_body}"
+            )
+    if limits.max_payload_bytes is not None:
+        size = len((rendered.subject or "").encode()) + len(rendered.body.encode()) + 200
+        if size > limits.max_payload_bytes:
+            problems.append(
+                f"payload is about {size} bytes; {rendered.channel} allows "
+                f"{limits.max_payload_bytes}"
+            )
+    return problems
+
+
+def variant_map(variants: Iterable[VariantData]) -> dict[tuple[str, str], VariantData]:
+    return {(v.channel, v.locale): v for v in variants}
+
+
+renderer = Renderer()

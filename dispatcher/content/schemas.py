@@ -1,0 +1,109 @@
+"""HTTP shapes of templates and previews."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from channels import registry
+from channels.limits import PLAN_CHANNELS
+from dispatcher.content.render import GENERIC_CHANNEL
+
+KEY = r"^[a-z0-9][a-z0-9_.-]{0,99}$"
+LOCALE = r"^[a-z]{2,3}(-[a-z0-9]{2,8})*$"
+
+
+class VariantIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    channel: str = Field(description="A channel name, or 'default' for any channel.")
+    locale: str = Field(default="vi", description="vi, en, or another language code.")
+    subject: str | None = Field(default=None, max_length=2000)
+    body: str = Field(min_length=1, max_length=100_000)
+    html: str | None = Field(default=None, max_length=500_000)
+
+    @field_validator("channel")
+    @classmethod
+    def _channel(cls, value: str) -> str:
+        known = set(PLAN_CHANNELS) | set(registry.available()) | {GENERIC_CHANNEL}
+        if value not in known:
+            raise ValueError(f"unknown channel {value!r}; known: {', '.join(sorted(known))}")
+        return value
+
+    @field_validator("locale", mode="before")
+    @classmethod
+    def _locale(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.strip().lower().replace("_", "-")
+            if not re.match(LOCALE, value):
+                raise ValueError("a language code such as vi, en, km or vi-vn")
+        return value
+
+
+class TemplateIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    key: str = Field(pattern=KEY, description="Stable name; posting it again makes a new version.")
+    kind: str | None = Field(default=None, max_length=32)
+    description: str | None = Field(default=None, max_length=500)
+    defaults: dict[str, Any] = Field(
+        default_factory=dict, description="Campaign variables the template uses, with defaults."
+    )
+    variants: list[VariantIn] = Field(min_length=1, max_length=200)
+
+    @model_validator(mode="after")
+    def _unique_variants(self) -> TemplateIn:
+        seen: set[tuple[str, str]] = set()
+        for i, variant in enumerate(self.variants):
+            pair = (variant.channel, variant.locale)
+            if pair in seen:
+                raise ValueError(f"variants[{i}]: a second variant for {pair[0]}/{pair[1]}")
+            seen.add(pair)
+        return self
+
+
+class VariantOut(BaseModel):
+    channel: str
+    locale: str
+    subject: str | None
+    body: str
+    html: str | None
+
+
+class TemplateOut(BaseModel):
+    key: str
+    kind: str | None
+    description: str | None
+    version: int
+    versions: int
+    source: str
+    defaults: dict[str, Any]
+    variants: list[VariantOut]
+    created_at: datetime
+
+
+class PreviewIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    channel: str
+    locale: str | None = Field(default=None, description="Default: the recipient's language.")
+    recipient: str | None = Field(default=None, description="external_id of a recipient")
+    context: dict[str, Any] | None = Field(
+        default=None, description="Recipient fields to use instead of a stored recipient."
+    )
+    variables: dict[str, Any] = Field(default_factory=dict)
+    version: int | None = None
+
+
+class PreviewOut(BaseModel):
+    key: str
+    version: int
+    channel: str
+    locale: str
+    subject: str | None
+    body: str
+    html: str | None
+    problems: list[str] = Field(description="Ways the message breaks its channel's limits.")

@@ -1,0 +1,66 @@
+"""The one retry policy: quick in-call retries for blips, then backoff through the broker.
+
+- transient: up to ``quick_retries`` immediate retries (tenacity, short jittered waits), then
+  a delayed re-delivery with exponential backoff and jitter, until ``max_attempts`` failed
+  attempts have been spent;
+- rate limited: no quick retry; wait the provider's ``retry_after`` (or the first backoff step)
+  without spending the retry budget;
+- auth: a channel-wide fault; backs off like a transient error, and is logged loudly;
+- permanent: stop at once with the reason.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from channels.base import TransientError
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    max_attempts: int = 10
+    quick_retries: int = 2
+    quick_wait: float = 0.2
+    base_delay: float = 30.0
+    max_delay: float = 3600.0
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> RetryPolicy:
+        return cls(
+            max_attempts=settings.max_attempts,
+            quick_retries=settings.quick_retries,
+            quick_wait=settings.quick_retry_seconds,
+            base_delay=settings.retry_base_seconds,
+            max_delay=settings.retry_max_seconds,
+        )
+
+    def quick(self, failures_so_far: int) -> AsyncRetrying:
+        """Tenacity loop for one round of sends, never past the delivery's attempt budget."""
+        tries = max(1, min(self.quick_retries + 1, self.max_attempts - failures_so_far))
+        return AsyncRetrying(
+            stop=stop_after_attempt(tries),
+            wait=wait_exponential_jitter(
+                multiplier=self.quick_wait,
+                max=max(self.quick_wait * 8, 0.001),
+                jitter=self.quick_wait,
+            ),
+            retry=retry_if_exception_type(TransientError),
+            reraise=True,
+        )
+
+    def backoff(self, failures: int) -> float:
+        """Seconds before the next round after ``failures`` failed attempts (equal jitter)."""
+        step = min(self.max_delay, self.base_delay * (2 ** max(0, failures - 1)))
+        return step / 2 + random.uniform(0, step / 2)
+
+    def exhausted(self, failures: int) -> bool:
+        return failures >= self.max_attempts

@@ -1,0 +1,22 @@
+"""Request dependencies: one database session per request, committed before the response."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends
+from sqlalchemy.orm import Session
+
+from dispatcher.config import Settings, get_settings
+from dispatcher.db import get_database
+
+
+def get_session() -> Iterator[Session]:
+    """Commit when the endpoint returns (jobs it buffered go out after that), else roll back."""
+    with get_database().transaction() as session:
+        yield session
+
+
+DbSession = Annotated[Session, Depends(get_session, scope="function")]
+AppSettings = Annotated[Settings, Depends(get_settings)]

@@ -1,0 +1,22 @@
+"""Every table of the service, imported in one place for Alembic and the tests."""
+
+from dispatcher.campaigns.models import Campaign, Run
+from dispatcher.content.models import Template, TemplateVersion, Variant
+from dispatcher.db import Base
+from dispatcher.deliveries.models import Attempt, Delivery
+from dispatcher.recipients.models import Address, Recipient
+from dispatcher.secrets import ServiceSecret
+
+__all__ = [
+    "Address",
+    "Attempt",
+    "Base",
+    "Campaign",
+    "Delivery",
+    "Recipient",
+    "Run",
+    "ServiceSecret",
+    "Template",
+    "TemplateVersion",
+    "Variant",
+]

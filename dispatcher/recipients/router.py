@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.exceptions import RequestValidationError
+from pydantic import TypeAdapter, ValidationError
+
+from dispatcher.deps import DbSession
+from dispatcher.errors import NotFound
+from dispatcher.recipients import service
+from dispatcher.recipients.schemas import RecipientIn, RecipientOut, UpsertSummary
+
+router = APIRouter(prefix="/v1/recipients", tags=["recipients"])
+
+MAX_PER_REQUEST = 10_000
+_one_or_many: TypeAdapter[Any] = TypeAdapter(RecipientIn)
+_many: TypeAdapter[list[RecipientIn]] = TypeAdapter(list[RecipientIn])
+
+_BODY_SCHEMA = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "oneOf": [
+                        {"$ref": "#/components/schemas/RecipientIn"},
+                        {
+                            "type": "array",
+                            "items": {"$ref": "#/components/schemas/RecipientIn"},
+                            "maxItems": MAX_PER_REQUEST,
+                        },
+                    ]
+                }
+            }
+        },
+    }
+}
+
+
+async def _parse(request: Request) -> RecipientIn | list[RecipientIn]:
+    try:
+        payload = await request.json()
+    except ValueError:
+        raise RequestValidationError(
+            [
+                {
+                    "type": "json_invalid",
+                    "loc": ("body",),
+                    "msg": "body is not valid JSON",
+                    "input": None,
+                }
+            ]
+        ) from None
+    try:
+        if isinstance(payload, list):
+            if len(payload) > MAX_PER_REQUEST:
+                raise RequestValidationError(
+                    [
+                        {
+                            "type": "too_long",
+                            "loc": ("body",),
+                            "msg": f"at most {MAX_PER_REQUEST} recipients per request; "
+                            "use /v1/recipients/import for files",
+                            "input": None,
+                        }
+                    ]
+                )
+            return _many.validate_python(payload)
+        return _one_or_many.validate_python(payload)
+    except ValidationError as exc:
+        errors = [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
+        raise RequestValidationError(errors) from None
+
+
+@router.post(
+    "",
+    response_model=RecipientOut | UpsertSummary,
+    openapi_extra=_BODY_SCHEMA,
+    responses={201: {"model": RecipientOut}, 200: {"model": RecipientOut | UpsertSummary}},
+    summary="Create or update one recipient (object) or many (array), by external_id",
+)
+async def upsert_recipients(
+    request: Request, response: Response, session: DbSession
+) -> RecipientOut | UpsertSummary:
+    body = await _parse(request)
+    items = body if isinstance(body, list) else [body]
+    recipients, created = service.upsert_many(session=session, items=items)
+    if isinstance(body, list):
+        return UpsertSummary(
+            count=len(recipients), created=created, updated=len(recipients) - created
+        )
+    response.status_code = 201 if created else 200
+    return service.to_out(recipients[0])
+
+
+@router.get("/{external_id}", response_model=RecipientOut)
+def get_recipient(external_id: str, session: DbSession) -> RecipientOut:
+    recipient = service.get_by_external_id(session=session, external_id=external_id)
+    if recipient is None:
+        raise NotFound(f"recipient {external_id!r} does not exist")
+    return service.to_out(recipient)

@@ -1,0 +1,1 @@
+"""Calendar helpers for scheduling campaigns (e.g. Tết greetings on the lunar calendar)."""

@@ -1,0 +1,80 @@
+"""Service-wide secrets kept in the database, and the HMAC signing built on them.
+
+When ``DISPATCHER_SECRET_KEY`` is not set, a random key is generated once and stored here, so
+that every process sharing the database signs and verifies with the same key.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+from datetime import datetime
+
+from sqlalchemy import String, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from dispatcher.clock import utcnow
+from dispatcher.config import Settings
+from dispatcher.db import Base, UTCDateTime
+
+SIGNING_KEY = "signing_key"
+
+
+class ServiceSecret(Base):
+    __tablename__ = "service_secrets"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+def signing_key(session: Session, settings: Settings) -> bytes:
+    """The key that signs links sent to citizens."""
+    if settings.secret_key is not None:
+        return settings.secret_key.get_secret_value().encode()
+    value = session.scalar(select(ServiceSecret.value).where(ServiceSecret.name == SIGNING_KEY))
+    if value is None:
+        fresh = secrets.token_urlsafe(32)
+        insert = (
+            postgresql.insert(ServiceSecret)
+            if session.get_bind().dialect.name == "postgresql"
+            else sqlite.insert(ServiceSecret)
+        )
+        session.execute(
+            insert.values(
+                name=SIGNING_KEY, value=fresh, created_at=utcnow()
+            ).on_conflict_do_nothing()
+        )
+        value = session.scalar(select(ServiceSecret.value).where(ServiceSecret.name == SIGNING_KEY))
+    assert value is not None
+    return value.encode()
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def sign(key: bytes, payload: str) -> str:
+    """``payload.signature``, URL-safe; the payload is readable, the signature cannot be forged."""
+    body = _b64(payload.encode())
+    mac = hmac.new(key, body.encode(), hashlib.sha256).digest()[:16]
+    return f"{body}.{_b64(mac)}"
+
+
+def verify(key: bytes, token: str) -> str | None:
+    """The signed payload, or None when the token was altered or is malformed."""
+    try:
+        body, mac = token.split(".", 1)
+        expected = hmac.new(key, body.encode(), hashlib.sha256).digest()[:16]
+        if not hmac.compare_digest(expected, _unb64(mac)):
+            return None
+        return _unb64(body).decode()
+    except (ValueError, UnicodeDecodeError):
+        return None

@@ -1,0 +1,114 @@
+"""Test helpers shared by the suite: waiting on conditions, a scriptable SMTP server."""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import socket
+import threading
+import time
+from collections.abc import Callable
+from email.message import EmailMessage
+from email.policy import default as default_policy
+from typing import Any, TypeVar
+
+from aiosmtpd.controller import Controller
+
+T = TypeVar("T")
+
+
+def wait_for(
+    predicate: Callable[[], T], *, timeout: float = 30.0, interval: float = 0.05, what: str = ""
+) -> T:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(
+        f"timed out after {timeout}s waiting for {what or predicate}; last={last!r}"
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Mailbox:
+    """An aiosmtpd handler that stores messages and answers scripted codes per recipient.
+
+    ``script["a@b.vn"] = ["451 4.7.1 Try again later"]`` makes the next RCPT for that address
+    answer 451 once, then 250 again.
+    """
+
+    def __init__(self) -> None:
+        self.messages: list[EmailMessage] = []
+        self.script: dict[str, list[str]] = {}
+        self.rcpt_log: list[tuple[str, str]] = []
+        self.lock = threading.Lock()
+        # When set, DATA waits until ``gate`` is set (used to hold a campaign mid-flight).
+        self.hold_after: int | None = None
+        self.gate = threading.Event()
+        self.holding = threading.Event()
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        with self.lock:
+            replies = self.script.get(address)
+            reply = replies.pop(0) if replies else None
+        if reply is not None:
+            self.rcpt_log.append((address, reply))
+            return reply
+        self.rcpt_log.append((address, "250"))
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        if self.hold_after is not None:
+            with self.lock:
+                reached = len(self.messages) >= self.hold_after
+            if reached:
+                self.holding.set()
+                while not self.gate.is_set():
+                    await asyncio.sleep(0.01)
+        message = email.message_from_bytes(envelope.content, policy=default_policy)
+        with self.lock:
+            self.messages.append(message)  # type: ignore[arg-type]
+        return "250 Message accepted for delivery"
+
+    def to(self, address: str) -> list[EmailMessage]:
+        with self.lock:
+            return [m for m in self.messages if m["To"] == address]
+
+    def count(self) -> int:
+        with self.lock:
+            return len(self.messages)
+
+
+class SmtpServer:
+    def __init__(self) -> None:
+        self.mailbox = Mailbox()
+        self.port = free_port()
+        self.controller = Controller(self.mailbox, hostname="127.0.0.1", port=self.port)
+
+    def start(self) -> SmtpServer:
+        self.controller.start()
+        return self
+
+    def stop(self) -> None:
+        self.mailbox.gate.set()
+        self.controller.stop()
+
+
+def parts(message: EmailMessage) -> dict[str, Any]:
+    text = message.get_body(preferencelist=("plain",))
+    html = message.get_body(preferencelist=("html",))
+    return {
+        "subject": str(message["Subject"]),
+        "text": text.get_content() if text is not None else None,
+        "html": html.get_content() if html is not None else None,
+    }

@@ -1,0 +1,96 @@
+"""The actors: thin wrappers that call the pipeline and the planner.
+
+Each verb exists once per queue (a dramatiq actor has exactly one queue), so urgent work is
+served by ``--queues urgent`` workers and never waits behind bulk batches.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import dramatiq
+from dramatiq.middleware import Middleware
+
+from dispatcher import jobs
+from dispatcher.campaigns import planner
+from dispatcher.config import Settings, get_settings
+from dispatcher.db import get_database
+from dispatcher.deliveries.pipeline import BatchProcessor
+from dispatcher.loop import get_loop
+from workers import sweeper
+
+_processor: BatchProcessor | None = None
+_lock = threading.Lock()
+
+
+def get_processor() -> BatchProcessor:
+    global _processor
+    with _lock:
+        if _processor is None:
+            _processor = BatchProcessor(
+                db=get_database(),
+                settings=get_settings(),
+                queue=jobs.get_job_queue(),
+                loop=get_loop(),
+            )
+        return _processor
+
+
+def set_processor(processor: BatchProcessor | None) -> None:
+    global _processor
+    with _lock:
+        _processor = processor
+
+
+def send_batch(run_id: int, delivery_ids: Sequence[int], batch_id: str | None = None) -> None:
+    get_processor().process(run_id, delivery_ids, batch_id)
+
+
+def plan_run(run_id: int) -> None:
+    settings = get_settings()
+    db = get_database()
+    planner.plan_run(db=db, run_id=run_id, settings=settings)
+    # After a resume (or a planner restart) rows may wait with no live batch: queue them now.
+    sweeper.requeue_orphans(
+        db=db, settings=settings, queue=jobs.get_job_queue(), run_id=run_id, grace=0
+    )
+
+
+class CloseAdapters(Middleware):
+    """Close the adapters' connections when the worker stops."""
+
+    def before_worker_shutdown(self, broker: dramatiq.Broker, worker: Any) -> None:
+        processor = _processor
+        if processor is not None:
+            processor.loop.run(processor.adapters.close(), timeout=30)
+
+
+def declare(broker: dramatiq.Broker, settings: Settings) -> dict[str, dramatiq.Actor[Any, Any]]:
+    """Declare every actor on every queue of ``broker``; returns them by name."""
+    declared: dict[str, dramatiq.Actor[Any, Any]] = {}
+    for queue in (settings.queue_urgent, settings.queue_bulk):
+        verbs: tuple[tuple[str, Callable[..., None]], ...] = (
+            (jobs.SEND_BATCH, send_batch),
+            (jobs.PLAN_RUN, plan_run),
+        )
+        for verb, fn in verbs:
+            name = jobs.actor_name(verb, queue)
+            if name in broker.actors:
+                declared[name] = broker.get_actor(name)
+                continue
+            declared[name] = dramatiq.actor(
+                actor_name=name,
+                queue_name=queue,
+                broker=broker,
+                # A crash inside a batch (database away) retries the whole batch; claims make
+                # that safe. The sweeper is the backstop beyond these retries.
+                max_retries=5,
+                min_backoff=1_000,
+                max_backoff=60_000,
+                time_limit=30 * 60_000,
+            )(fn)
+    if not any(isinstance(m, CloseAdapters) for m in broker.middleware):
+        broker.add_middleware(CloseAdapters())
+    return declared

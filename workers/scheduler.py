@@ -1,0 +1,98 @@
+"""The scheduler process: launches due campaigns and runs the sweeper, as a single leader.
+
+Leadership is a Redis key with a TTL that the leader renews; a second scheduler waits as a hot
+standby and takes over within the TTL when the leader dies. Every step is also safe to run
+twice (unique run slots, conditional updates), so a brief overlap does no harm.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import uuid
+from dataclasses import asdict
+
+import redis
+import structlog
+
+from dispatcher import jobs
+from dispatcher.config import Settings
+from dispatcher.db import Database
+from workers.sweeper import sweep
+
+log = structlog.get_logger(__name__)
+
+LEADER_KEY = "dispatcher:scheduler:leader"
+_RENEW = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('pexpire', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+
+class Leadership:
+    def __init__(self, client: redis.Redis | None, ttl_seconds: float) -> None:
+        self.client = client
+        self.ttl_ms = int(ttl_seconds * 1000)
+        self.token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.leading = client is None
+
+    def hold(self) -> bool:
+        """Take or renew leadership; True while this process leads."""
+        if self.client is None:
+            return True
+        try:
+            if self.leading:
+                self.leading = bool(
+                    self.client.eval(_RENEW, 1, LEADER_KEY, self.token, self.ttl_ms)
+                )
+            if not self.leading:
+                self.leading = bool(
+                    self.client.set(LEADER_KEY, self.token, nx=True, px=self.ttl_ms)
+                )
+        except redis.RedisError as exc:
+            log.warning("leadership_check_failed", error=str(exc))
+            self.leading = False
+        return self.leading
+
+    def release(self) -> None:
+        if self.client is not None and self.leading:
+            try:
+                if self.client.get(LEADER_KEY) == self.token.encode():
+                    self.client.delete(LEADER_KEY)
+            except redis.RedisError:
+                pass
+        self.leading = False
+
+
+def run_scheduler(
+    *,
+    db: Database,
+    settings: Settings,
+    queue: jobs.JobQueue,
+    stop: threading.Event,
+    leader_ttl: float | None = None,
+) -> None:
+    """Loop until ``stop`` is set: while leading, sweep every ``sweep_interval_seconds``."""
+    client = None if isinstance(queue.markers, jobs.MemoryMarkers) else jobs.redis_client(settings)
+    ttl = leader_ttl or max(3 * settings.sweep_interval_seconds, 10.0)
+    leadership = Leadership(client, ttl)
+    was_leading = False
+    try:
+        while not stop.is_set():
+            leading = leadership.hold()
+            if leading != was_leading:
+                log.info("scheduler_leadership", leading=leading, token=leadership.token)
+                was_leading = leading
+            if leading:
+                try:
+                    report = asdict(sweep(db=db, settings=settings, markers=queue.markers))
+                    if any(report.values()):
+                        log.info("sweep", **report)
+                except Exception:
+                    log.exception("sweep_failed")
+            stop.wait(settings.sweep_interval_seconds if leading else min(ttl / 3, 5.0))
+    finally:
+        leadership.release()

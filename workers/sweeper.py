@@ -1,0 +1,200 @@
+"""The sweeper: the database is the source of truth, so it finds work Redis lost.
+
+- a planner that stopped heartbeating is restarted (it resumes from its cursor);
+- a claim whose lease expired (its worker was killed) goes back to pending, flagged so the next
+  attempt is marked as a possible duplicate;
+- pending or retrying rows that are due and whose batch has no live marker in Redis (flushed,
+  or the job was lost) are put into new batches and queued again;
+- fully processed runs that nobody closed are completed;
+- scheduled campaigns whose time has come are launched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import structlog
+from sqlalchemy import select, update
+
+from dispatcher.campaigns import service as campaigns
+from dispatcher.campaigns.models import Campaign, Run
+from dispatcher.campaigns.planner import complete_if_done
+from dispatcher.clock import utcnow
+from dispatcher.config import Settings
+from dispatcher.db import Database
+from dispatcher.deliveries.models import CLAIMABLE_STATUSES, Delivery, DeliveryStatus
+from dispatcher.jobs import (
+    PLAN_RUN,
+    SEND_BATCH,
+    Job,
+    Markers,
+    actor_name,
+    enqueue_after_commit,
+    new_batch_id,
+)
+
+log = structlog.get_logger(__name__)
+
+ACTIVE_RUN = ("planning", "running")
+MAX_REQUEUE_PER_SWEEP = 200_000
+
+
+@dataclass(slots=True)
+class SweepReport:
+    planners_restarted: int = 0
+    leases_expired: int = 0
+    requeued: int = 0
+    runs_completed: int = 0
+    campaigns_launched: int = 0
+
+
+def restart_stalled_planners(*, db: Database, settings: Settings, now: datetime) -> int:
+    stale = now - timedelta(seconds=settings.lease_seconds)
+    with db.transaction() as session:
+        runs = session.scalars(
+            select(Run).where(Run.status == "planning", Run.planner_heartbeat_at < stale).limit(100)
+        ).all()
+        for run in runs:
+            campaign = session.get(Campaign, run.campaign_id)
+            assert campaign is not None
+            run.planner_heartbeat_at = now
+            queue = campaigns.queue_for(campaign, settings)
+            enqueue_after_commit(session, Job(actor_name(PLAN_RUN, queue), queue, (run.id,)))
+        return len(runs)
+
+
+def expire_leases(*, db: Database, now: datetime) -> int:
+    with db.transaction() as session:
+        result = session.execute(
+            update(Delivery)
+            .where(Delivery.status == DeliveryStatus.claimed, Delivery.lease_until < now)
+            .values(
+                status=DeliveryStatus.pending,
+                lease_until=None,
+                batch_id=None,
+                reclaimed=True,
+                updated_at=now,
+            ),
+            execution_options={"synchronize_session": False},
+        )
+        return int(getattr(result, "rowcount", 0) or 0)
+
+
+def requeue_orphans(
+    *,
+    db: Database,
+    settings: Settings,
+    markers: Markers,
+    run_id: int | None = None,
+    grace: float | None = None,
+    now: datetime | None = None,
+) -> int:
+    """Queue again every due pending/retrying row whose batch is no longer alive."""
+    now = now or utcnow()
+    due = now - timedelta(seconds=settings.sweep_grace_seconds if grace is None else grace)
+    base = (
+        select(Delivery.batch_id)
+        .join(Run, Run.id == Delivery.run_id)
+        .where(
+            Delivery.status.in_(CLAIMABLE_STATUSES),
+            Delivery.available_at <= due,
+            Run.status.in_(ACTIVE_RUN),
+        )
+        .distinct()
+    )
+    if run_id is not None:
+        base = base.where(Delivery.run_id == run_id)
+    with db.transaction() as session:
+        batch_ids = list(session.scalars(base))
+    named = [b for b in batch_ids if b is not None]
+    dead = [b for b, alive in zip(named, markers.alive(named), strict=True) if not alive]
+    include_unbatched = None in batch_ids
+    if not dead and not include_unbatched:
+        return 0
+    requeued = 0
+    last_id = 0
+    while requeued < MAX_REQUEUE_PER_SWEEP:
+        with db.transaction() as session:
+            orphan = Delivery.batch_id.is_(None) if include_unbatched else None
+            in_dead = Delivery.batch_id.in_(dead) if dead else None
+            which = (
+                in_dead | orphan
+                if in_dead is not None and orphan is not None
+                else (in_dead if in_dead is not None else orphan)
+            )
+            assert which is not None
+            query = (
+                select(Delivery.id, Delivery.run_id, Campaign.priority)
+                .join(Run, Run.id == Delivery.run_id)
+                .join(Campaign, Campaign.id == Run.campaign_id)
+                .where(
+                    which,
+                    Delivery.id > last_id,
+                    Delivery.status.in_(CLAIMABLE_STATUSES),
+                    Delivery.available_at <= due,
+                    Run.status.in_(ACTIVE_RUN),
+                )
+                .order_by(Delivery.id)
+                .limit(settings.batch_size)
+            )
+            if run_id is not None:
+                query = query.where(Delivery.run_id == run_id)
+            rows = session.execute(query).all()
+            if not rows:
+                break
+            last_id = rows[-1][0]
+            groups: dict[tuple[int, str], list[int]] = {}
+            for delivery_id, rid, priority in rows:
+                groups.setdefault((rid, priority), []).append(delivery_id)
+            for (rid, priority), ids in groups.items():
+                batch_id = new_batch_id()
+                session.execute(
+                    update(Delivery).where(Delivery.id.in_(ids)).values(batch_id=batch_id),
+                    execution_options={"synchronize_session": False},
+                )
+                queue = settings.queue_urgent if priority == "urgent" else settings.queue_bulk
+                enqueue_after_commit(
+                    session,
+                    Job(
+                        actor_name(SEND_BATCH, queue),
+                        queue,
+                        (rid, ids, batch_id),
+                        batch_id=batch_id,
+                    ),
+                )
+            requeued += len(rows)
+    if requeued:
+        log.warning("orphans_requeued", deliveries=requeued, run_id=run_id)
+    return requeued
+
+
+def complete_finished_runs(*, db: Database) -> int:
+    completed = 0
+    with db.transaction() as session:
+        runs = session.scalars(
+            select(Run)
+            .where(Run.status == "running", Run.planned_at.is_not(None))
+            .order_by(Run.id)
+            .limit(200)
+        ).all()
+        for run in runs:
+            completed += complete_if_done(session=session, run=run)
+    return completed
+
+
+def sweep(
+    *, db: Database, settings: Settings, markers: Markers, now: datetime | None = None
+) -> SweepReport:
+    """One pass of every recovery step; safe to run from several processes."""
+    now = now or utcnow()
+    report = SweepReport()
+    with db.transaction() as session:
+        report.campaigns_launched = len(
+            campaigns.launch_due(session=session, settings=settings, now=now)
+        )
+    report.planners_restarted = restart_stalled_planners(db=db, settings=settings, now=now)
+    report.leases_expired = expire_leases(db=db, now=now)
+    report.requeued = requeue_orphans(db=db, settings=settings, markers=markers, now=now)
+    report.runs_completed = complete_finished_runs(db=db)
+    return report
