@@ -1,0 +1,12 @@
+FROM python:3.11-slim
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 DISPATCHER_LOG_FORMAT=json
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY dispatcher ./dispatcher
+COPY channels ./channels
+COPY workers ./workers
+COPY templates ./templates
+RUN pip install --no-cache-dir . && useradd --system dispatcher
+USER dispatcher
+EXPOSE 8000
+CMD ["dispatcher", "serve", "--host", "0.0.0.0"]

@@ -1,0 +1,222 @@
+"""Bad input answers 422 naming what is wrong, and writes nothing; transitions answer 409."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, select
+
+from dispatcher.campaigns.models import Campaign
+from dispatcher.content.models import TemplateVersion
+from dispatcher.db import Database
+from dispatcher.recipients.models import Recipient
+from tests.test_end_to_end import TEMPLATE, add_people, publish_template
+
+
+def count(db: Database, model: Any) -> int:
+    with db.transaction() as session:
+        return int(session.scalar(select(func.count()).select_from(model)) or 0)
+
+
+def locs(response: Any) -> list[list[Any]]:
+    return [e["loc"] for e in response.json()["detail"]]
+
+
+def test_recipient_batch_with_one_bad_row_writes_nothing(client, db: Database) -> None:
+    rows = [
+        {"external_id": "0100000001", "full_name": "Nguyễn Văn An"},
+        {"external_id": "0100000002", "full_name": "Lê Thị Hoa", "addresses": {"email": "hoa@"}},
+    ]
+    response = client.post("/v1/recipients", json=rows)
+    assert response.status_code == 422
+    assert locs(response) == [["body", 1, "addresses"]]
+    assert "email" in response.json()["detail"][0]["msg"]
+    assert count(db, Recipient) == 0
+
+
+def test_recipient_field_errors_name_the_field(client, db: Database) -> None:
+    cases = [
+        ({"full_name": "An"}, ["body", "external_id"]),
+        ({"external_id": "01 02", "full_name": "An"}, ["body", "external_id"]),
+        ({"external_id": "01", "full_name": "An", "kind": "robot"}, ["body", "kind"]),
+        (
+            {"external_id": "01", "full_name": "An", "birth_date": "31/02/1990"},
+            ["body", "birth_date"],
+        ),
+        (
+            {"external_id": "01", "full_name": "An", "addresses": {"fax": "1"}},
+            ["body", "addresses"],
+        ),
+        ({"external_id": "01", "full_name": "An", "language": "Vietnamese!"}, ["body", "language"]),
+        ({"external_id": "01", "full_name": "An", "extra": 1}, ["body", "extra"]),
+    ]
+    for body, loc in cases:
+        response = client.post("/v1/recipients", json=body)
+        assert response.status_code == 422, body
+        assert loc in locs(response), (body, response.json())
+    response = client.post(
+        "/v1/recipients", content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 422
+    assert count(db, Recipient) == 0
+
+
+def test_reposting_a_recipient_updates_it(client) -> None:
+    body = {
+        "external_id": "0100000009",
+        "full_name": "Võ Thị Sáu",
+        "addresses": {"email": "a@b.vn"},
+    }
+    assert client.post("/v1/recipients", json=body).status_code == 201
+    body |= {"full_name": "Võ Thị Sáu (cập nhật)", "addresses": {"telegram": "12345"}}
+    response = client.post("/v1/recipients", json=body)
+    assert response.status_code == 200
+    stored = client.get("/v1/recipients/0100000009").json()
+    assert stored["full_name"] == "Võ Thị Sáu (cập nhật)"
+    assert stored["addresses"] == {"telegram": "12345"}
+    assert client.get("/v1/recipients/nobody").status_code == 404
+
+
+def test_template_errors_name_the_line(client, db: Database) -> None:
+    bad_syntax = {
+        "key": "loi",
+        "variants": [{"channel": "email", "subject": "Chào", "body": "Dòng 1\nDòng 2 {% if %}\n"}],
+    }
+    response = client.post("/v1/templates", json=bad_syntax)
+    assert response.status_code == 422
+    detail = response.json()["detail"][0]
+    assert "line 2" in detail["msg"]
+    assert detail["loc"] == ["body", "variants", 0, "body"]
+
+    undefined = {
+        "key": "loi",
+        "variants": [{"channel": "email", "subject": "Chào", "body": "A\nB\n{{ so_tien }}"}],
+    }
+    response = client.post("/v1/templates", json=undefined)
+    assert response.status_code == 422
+    assert "so_tien" in response.json()["detail"][0]["msg"]
+    assert "line 3" in response.json()["detail"][0]["msg"]
+
+    unsafe = {
+        "key": "loi",
+        "variants": [
+            {"channel": "email", "subject": "x", "body": "{{ recipient.__class__.__mro__ }}"}
+        ],
+    }
+    response = client.post("/v1/templates", json=unsafe)
+    assert response.status_code == 422
+    assert "unsafe" in response.json()["detail"][0]["msg"]
+
+    too_long = {"key": "loi", "variants": [{"channel": "zalo", "body": "x" * 2001}]}
+    response = client.post("/v1/templates", json=too_long)
+    assert response.status_code == 422
+    assert "2001" in response.json()["detail"][0]["msg"]
+
+    duplicate = {
+        "key": "loi",
+        "variants": [{"channel": "zalo", "body": "a"}, {"channel": "zalo", "body": "b"}],
+    }
+    assert client.post("/v1/templates", json=duplicate).status_code == 422
+    assert count(db, TemplateVersion) == 11  # the built-in templates only
+
+
+def test_each_post_of_a_key_is_a_new_version_and_preview_renders(client) -> None:
+    publish_template(client)
+    second = {
+        **TEMPLATE,
+        "defaults": {**TEMPLATE["defaults"], "note": ""},
+        "variants": [{**TEMPLATE["variants"][0], "subject": "Bản 2 {{ hotline }}"}],
+    }
+    response = client.post("/v1/templates", json=second)
+    assert response.status_code == 201, response.text
+    assert response.json()["version"] == 2
+    add_people(client)
+    preview = client.post(
+        f"/v1/templates/{TEMPLATE['key']}/preview",
+        json={"channel": "email", "recipient": "0100000002"},
+    )
+    assert preview.status_code == 200, preview.text
+    assert preview.json()["subject"] == "Bản 2 1900 9068"
+    old = client.post(
+        f"/v1/templates/{TEMPLATE['key']}/preview",
+        json={"channel": "email", "recipient": "0100000002", "version": 1},
+    )
+    assert old.json()["subject"] == "Cảnh báo lừa đảo — Trần Thị Bích Ngọc"
+    missing = client.post(
+        f"/v1/templates/{TEMPLATE['key']}/preview",
+        json={"channel": "zalo", "recipient": "0100000002"},
+    )
+    assert missing.status_code == 422
+    assert "no variant for zalo" in missing.json()["detail"][0]["msg"]
+
+
+def test_bad_campaigns_are_refused_and_nothing_is_written(client, db: Database) -> None:
+    publish_template(client)
+    good = {
+        "name": "Thử",
+        "kind": "policy_news",
+        "template": TEMPLATE["key"],
+        "audience": {"all": True},
+        "channels": ["email"],
+    }
+    cases = [
+        ({"audience": {"provinc": ["Hà Nội"]}}, "audience.provinc"),
+        ({"audience": {"or": [{"province": []}]}}, "audience.or[0].province"),
+        ({"kind": "spam"}, "kind"),
+        ({"channels": ["pigeon"]}, "pigeon"),
+        ({"channels": []}, "channels"),
+        ({"template": "khong_co"}, "khong_co"),
+        ({"send_at": "2027-01-01T07:00:00"}, "time zone"),
+        ({"priority": "asap"}, "priority"),
+    ]
+    for change, needle in cases:
+        response = client.post("/v1/campaigns", json={**good, **change})
+        assert response.status_code == 422, change
+        assert needle in response.text, (change, response.text)
+    assert count(db, Campaign) == 0
+
+
+def test_transitions_that_are_not_allowed_say_why(client) -> None:
+    publish_template(client)
+    response = client.post(
+        "/v1/campaigns",
+        json={
+            "name": "Tin chính sách",
+            "kind": "policy_news",
+            "template": TEMPLATE["key"],
+            "audience": {"all": True},
+            "channels": ["email"],
+            "send_at": "2099-01-01T07:00:00+07:00",
+        },
+    )
+    campaign = response.json()
+    assert campaign["priority"] == "bulk"
+    cid = campaign["id"]
+    refused = client.post(f"/v1/campaigns/{cid}/approve")
+    assert refused.status_code == 409
+    assert refused.json()["detail"] == "cannot approve a campaign that is draft: submit it first"
+    assert client.post(f"/v1/campaigns/{cid}/resume").status_code == 409
+    client.post(f"/v1/campaigns/{cid}/submit")
+    assert client.post(f"/v1/campaigns/{cid}/approve").json()["status"] == "scheduled"
+    assert client.post(f"/v1/campaigns/{cid}/pause").json()["status"] == "paused"
+    assert client.post(f"/v1/campaigns/{cid}/resume").json()["status"] == "scheduled"
+    assert client.post(f"/v1/campaigns/{cid}/cancel").json()["status"] == "cancelled"
+    again = client.post(f"/v1/campaigns/{cid}/cancel")
+    assert again.status_code == 409
+    assert "cancelled" in again.json()["detail"]
+    assert client.get("/v1/campaigns/999999").status_code == 404
+
+
+def test_delivery_search_rejects_bad_cursor_and_status(client) -> None:
+    assert client.get("/v1/deliveries", params={"cursor": "garbage"}).status_code == 422
+    response = client.get("/v1/deliveries", params={"status": "lost"})
+    assert response.status_code == 422
+    assert "lost" in response.json()["detail"][0]["msg"]
+    assert client.get("/v1/deliveries").json() == {"items": [], "next_cursor": None}
+
+
+def test_health(client) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["checks"] == {"database": "ok", "redis": "ok"}
