@@ -77,7 +77,7 @@ class Mailbox:
                     await asyncio.sleep(0.01)
         message = email.message_from_bytes(envelope.content, policy=default_policy)
         with self.lock:
-            self.messages.append(message)  # type: ignore[arg-type]
+            self.messages.append(message)
         return "250 Message accepted for delivery"
 
     def to(self, address: str) -> list[EmailMessage]:

@@ -12,6 +12,8 @@ from dispatcher.db import Database
 from dispatcher.recipients.models import Recipient
 from tests.test_end_to_end import TEMPLATE, add_people, publish_template
 
+TEMPLATE_DATA: dict[str, Any] = TEMPLATE
+
 
 def count(db: Database, model: Any) -> int:
     with db.transaction() as session:
@@ -123,9 +125,9 @@ def test_template_errors_name_the_line(client, db: Database) -> None:
 def test_each_post_of_a_key_is_a_new_version_and_preview_renders(client) -> None:
     publish_template(client)
     second = {
-        **TEMPLATE,
-        "defaults": {**TEMPLATE["defaults"], "note": ""},
-        "variants": [{**TEMPLATE["variants"][0], "subject": "Bản 2 {{ hotline }}"}],
+        **TEMPLATE_DATA,
+        "defaults": {**TEMPLATE_DATA["defaults"], "note": ""},
+        "variants": [{**TEMPLATE_DATA["variants"][0], "subject": "Bản 2 {{ hotline }}"}],
     }
     response = client.post("/v1/templates", json=second)
     assert response.status_code == 201, response.text
@@ -152,14 +154,14 @@ def test_each_post_of_a_key_is_a_new_version_and_preview_renders(client) -> None
 
 def test_bad_campaigns_are_refused_and_nothing_is_written(client, db: Database) -> None:
     publish_template(client)
-    good = {
+    good: dict[str, Any] = {
         "name": "Thử",
         "kind": "policy_news",
         "template": TEMPLATE["key"],
         "audience": {"all": True},
         "channels": ["email"],
     }
-    cases = [
+    cases: list[tuple[dict[str, Any], str]] = [
         ({"audience": {"provinc": ["Hà Nội"]}}, "audience.provinc"),
         ({"audience": {"or": [{"province": []}]}}, "audience.or[0].province"),
         ({"kind": "spam"}, "kind"),

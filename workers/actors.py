@@ -54,7 +54,7 @@ def plan_run(run_id: int) -> None:
     planner.plan_run(db=db, run_id=run_id, settings=settings)
     # After a resume (or a planner restart) rows may wait with no live batch: queue them now.
     sweeper.requeue_orphans(
-        db=db, settings=settings, queue=jobs.get_job_queue(), run_id=run_id, grace=0
+        db=db, settings=settings, markers=jobs.get_job_queue().markers, run_id=run_id, grace=0
     )
 
 

@@ -112,6 +112,20 @@ class Work:
 
 
 @dataclass(slots=True)
+class Claim:
+    """What a claim took, with what rendering it needs."""
+
+    work: list[Work] = field(default_factory=list)
+    campaign: Campaign | None = None
+    run: Run | None = None
+    people: dict[int, dict[str, Any]] = field(default_factory=dict)
+    defaults: dict[str, Any] = field(default_factory=dict)
+    variants: dict[tuple[str, str], VariantData] = field(default_factory=dict)
+    # Set when nothing was claimable yet: when the earliest row of the batch falls due.
+    due: datetime | None = None
+
+
+@dataclass(slots=True)
 class BatchReport:
     claimed: int = 0
     sent: int = 0
@@ -147,14 +161,12 @@ class BatchProcessor:
 
     # -- 1. claim ---------------------------------------------------------------------------
 
-    def _claim(
-        self, run_id: int, delivery_ids: Sequence[int], lease_until: datetime
-    ) -> tuple[list[Work], Campaign | None, Run | None, dict[int, Any]]:
+    def _claim(self, run_id: int, delivery_ids: Sequence[int], lease_until: datetime) -> Claim:
         now = utcnow()
         with self.db.transaction() as session:
             run = session.get(Run, run_id)
             if run is None or run.status not in ("planning", "running"):
-                return [], None, run, {}
+                return Claim(run=run)
             campaign = session.get(Campaign, run.campaign_id)
             assert campaign is not None
             claimable = Delivery.status.in_(CLAIMABLE_STATUSES) | (
@@ -187,8 +199,12 @@ class BatchProcessor:
                 ),
                 execution_options={"synchronize_session": False},
             ).all()
-            work = [Work(r[0], r[1], r[2], r[3], r[4], bool(r[5])) for r in rows]
-            people: dict[int, Any] = {}
+            claim = Claim(
+                work=[Work(r[0], r[1], r[2], r[3], r[4], bool(r[5])) for r in rows],
+                campaign=campaign,
+                run=run,
+            )
+            work, people = claim.work, claim.people
             if not work:
                 # A job that arrives before its rows are due (clock skew between hosts, an
                 # early broker) is put back for when they are, rather than dropped.
@@ -199,8 +215,7 @@ class BatchProcessor:
                         Delivery.available_at > now,
                     )
                 )
-                if due is not None:
-                    people["due"] = due
+                claim.due = due
             if work:
                 recipient_ids = list({w.recipient_id for w in work})
                 for person in session.execute(
@@ -227,19 +242,19 @@ class BatchProcessor:
                     self._signing_key = secrets.signing_key(session, self.settings)
                 version_id = run.template_version_id or campaign.template_version_id
                 assert version_id is not None, f"run {run.id} has no template version"
-                people[0] = content.versions.get(session, version_id)
-            return work, campaign, run, people
+                claim.defaults, claim.variants = content.versions.get(session, version_id)
+            return claim
 
     # -- 2. render --------------------------------------------------------------------------
 
-    def _render(
-        self, work: list[Work], campaign: Campaign, run: Run, people: dict[int, Any]
-    ) -> None:
-        defaults, variants = people[0]
+    def _render(self, claim: Claim) -> None:
+        campaign, run, people = claim.campaign, claim.run, claim.people
+        defaults, variants = claim.defaults, claim.variants
+        assert campaign is not None and run is not None
         kind = Category(campaign.kind)
         variables = {**(campaign.variables or {}), **(run.variables or {})}
         views: dict[tuple[int, str], Any] = {}
-        for item in work:
+        for item in claim.work:
             person = people.get(item.recipient_id)
             address = person["addresses"].get(item.channel) if person else None
             if person is None or address is None:
@@ -509,21 +524,39 @@ class BatchProcessor:
                 execution_options={"synchronize_session": False},
             )
 
+    def _requeue_early(
+        self, run_id: int, delivery_ids: Sequence[int], batch_id: str | None, claim: Claim
+    ) -> None:
+        assert claim.campaign is not None and claim.due is not None
+        wait = max(0.0, (claim.due - utcnow()).total_seconds())
+        queue = queue_for(claim.campaign, self.settings)
+        self.queue.enqueue(
+            [
+                Job(
+                    actor_name(SEND_BATCH, queue),
+                    queue,
+                    (run_id, list(delivery_ids), batch_id),
+                    delay_ms=math.ceil(wait * 1000) + 50,
+                    batch_id=batch_id,
+                )
+            ]
+        )
+
     def process(
         self, run_id: int, delivery_ids: Sequence[int], batch_id: str | None
     ) -> BatchReport:
         """Claim, render, send and record one batch (the worker actor's whole job)."""
         lease_until = utcnow() + timedelta(seconds=self.settings.lease_seconds)
-        work, campaign, run, people = self._claim(run_id, delivery_ids, lease_until)
+        claim = self._claim(run_id, delivery_ids, lease_until)
+        campaign, run, work = claim.campaign, claim.run, claim.work
         if not work or campaign is None or run is None:
-            due = people.get("due")
-            if due is not None and campaign is not None:
-                self._requeue_early(run_id, delivery_ids, batch_id, campaign, due)
+            if claim.due is not None and campaign is not None:
+                self._requeue_early(run_id, delivery_ids, batch_id, claim)
             elif batch_id:
                 self.queue.markers.delete(batch_id)
             return BatchReport()
         try:
-            self._render(work, campaign, run, people)
+            self._render(claim)
             self.loop.run(self._send_all(work))
         except BaseException:
             if not any(w.tries for w in work):
