@@ -1,7 +1,8 @@
 """One settings object for every process, read from ``DISPATCHER_*`` environment variables.
 
-A secrets directory (``DISPATCHER_SECRETS_DIR``, one file per setting, e.g. ``smtp_password``)
-is read too, so that passwords and tokens never need to sit in the environment or a file
+A secrets directory (``DISPATCHER_SECRETS_DIR``)
+(one file per setting, named like its variable, e.g. ``DISPATCHER_SMTP_PASSWORD``) is read
+too, so that passwords and tokens never need to sit in the environment or a file
 that is committed.
 """
 

@@ -80,3 +80,55 @@ def test_scheduled_campaign_launches_when_due(
         sweep(db=db, settings=settings, markers=job_queue.markers, now=later).campaigns_launched
         == 0
     )
+
+
+def test_pause_then_resume_finishes_the_campaign(
+    client, smtp: SmtpServer, db: Database, settings, job_queue
+) -> None:
+    people = [(f"03{i:08d}", f"Người {i}", f"p{i}@example.vn", "Huế") for i in range(30)]
+    add_people(client, people)
+    publish_template(client)
+    campaign_id = launch(client)
+    # Plan everything with no worker running, then pause: queued batches find a paused run.
+    from dispatcher.campaigns.models import Run
+    from workers import actors
+
+    with db.transaction() as session:
+        run_id = session.scalar(select(Run.id).where(Run.campaign_id == campaign_id))
+    actors.plan_run(run_id)
+    assert client.post(f"/v1/campaigns/{campaign_id}/pause").json()["status"] == "paused"
+
+    import dramatiq
+
+    actors.declare(job_queue.broker, settings)
+    worker = dramatiq.Worker(job_queue.broker, worker_threads=2, worker_timeout=50)
+    worker.start()
+    try:
+        # Every queued batch is dropped untouched while paused.
+        job_queue.broker.join(settings.queue_urgent, timeout=30_000)
+        assert smtp.mailbox.count() == 0
+        assert campaign_status(client, campaign_id)["counts"]["by_status"] == {"pending": 30}
+        assert client.post(f"/v1/campaigns/{campaign_id}/resume").json()["status"] == "running"
+        wait_for(lambda: campaign_status(client, campaign_id)["status"] == "completed")
+    finally:
+        worker.stop()
+        actors.set_processor(None)
+    assert smtp.mailbox.count() == 30
+
+
+def test_cancel_stops_what_has_not_been_sent(
+    client, smtp: SmtpServer, db: Database, job_queue
+) -> None:
+    add_people(client)
+    publish_template(client)
+    campaign_id = launch(client)
+    cancelled = client.post(f"/v1/campaigns/{campaign_id}/cancel").json()
+    assert cancelled["status"] == "cancelled"
+    from dispatcher.campaigns.models import Run
+    from workers import actors
+
+    with db.transaction() as session:
+        run_id = session.scalar(select(Run.id).where(Run.campaign_id == campaign_id))
+    actors.plan_run(run_id)  # a plan job that was already queued does nothing now
+    assert campaign_status(client, campaign_id)["counts"]["total"] == 0
+    assert smtp.mailbox.count() == 0

@@ -1,0 +1,71 @@
+"""The renderer: sandbox, strict variables, escaping, locale fallback."""
+
+from __future__ import annotations
+
+import pytest
+
+from dispatcher.content.render import (
+    Renderer,
+    TemplateProblem,
+    VariantData,
+    choose_variant,
+    locale_chain,
+    variant_map,
+)
+
+
+def test_locale_chain_always_ends_in_vietnamese() -> None:
+    assert locale_chain("vi-VN") == ["vi-vn", "vi"]
+    assert locale_chain("km") == ["km", "vi"]
+    assert locale_chain("hmn") == ["hmn", "vi"]
+    assert locale_chain("en_GB") == ["en-gb", "en", "vi"]
+    assert locale_chain(None) == ["vi"]
+
+
+def test_language_beats_channel_and_unknown_languages_fall_back() -> None:
+    variants = variant_map(
+        [
+            VariantData(1, "email", "vi", "thân", "Chào"),
+            VariantData(2, "default", "en", "body", "Hello"),
+            VariantData(3, "default", "vi", "chung", "Chung"),
+        ]
+    )
+    assert choose_variant(variants, "email", "en")
+    assert choose_variant(variants, "email", "en").id == 2  # type: ignore[union-attr]
+    assert choose_variant(variants, "email", "km").id == 1  # type: ignore[union-attr]
+    assert choose_variant(variants, "zalo", "vi").id == 3  # type: ignore[union-attr]
+    assert choose_variant({}, "zalo", "vi") is None
+
+
+def render(body: str, html: str | None = None, **context: object):
+    return Renderer().render(VariantData(None, "email", "vi", body, "Tiêu đề", html), context)
+
+
+def test_sandbox_refuses_python_internals() -> None:
+    with pytest.raises(TemplateProblem) as caught:
+        render("{{ ''.__class__.__mro__[1].__subclasses__() }}")
+    assert "unsafe" in str(caught.value)
+    with pytest.raises(TemplateProblem):
+        render("{{ x.__init__.__globals__ }}", x=object())
+
+
+def test_missing_variable_names_itself_and_its_line() -> None:
+    with pytest.raises(TemplateProblem) as caught:
+        render("một\nhai\n{{ ba }}")
+    assert caught.value.line == 3
+    assert "'ba' is undefined" in caught.value.message
+
+
+def test_html_is_escaped_and_text_is_not() -> None:
+    out = render("{{ name }}", "<p>{{ name }}</p>", name="<Công ty A & B>")
+    assert out.body == "<Công ty A & B>"
+    assert out.html == "<p>&lt;Công ty A &amp; B&gt;</p>"
+
+
+def test_compiled_templates_are_cached_per_variant() -> None:
+    renderer = Renderer()
+    variant = VariantData(7, "email", "vi", "{{ a }}", "s")
+    renderer.render(variant, {"a": 1})
+    first = renderer.compile("{{ a }}", html=False, key=(7, "body"))
+    renderer.render(variant, {"a": 2})
+    assert renderer.compile("ignored", html=False, key=(7, "body")) is first

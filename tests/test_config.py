@@ -1,0 +1,76 @@
+"""Settings: defaults, bad values naming the variable, secrets masked, secrets from files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from dispatcher.cli import app
+from dispatcher.config import ConfigError, get_settings, load_settings
+
+
+@pytest.fixture()
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for key in list(os.environ):
+        if key.startswith("DISPATCHER_") and not key.startswith("DISPATCHER_TEST_"):
+            monkeypatch.delenv(key)
+    get_settings.cache_clear()
+
+
+@pytest.mark.usefixtures("clean_env")
+def test_defaults_run_on_a_bare_machine() -> None:
+    settings = load_settings()
+    assert settings.database_url == "sqlite:///dispatcher.db"
+    assert settings.batch_size == 500
+    assert (settings.queue_urgent, settings.queue_bulk) == ("urgent", "bulk")
+
+
+@pytest.mark.usefixtures("clean_env")
+@pytest.mark.parametrize(
+    ("variable", "value", "needle"),
+    [
+        ("DISPATCHER_BATCH_SIZE", "-5", "greater than or equal to 1"),
+        ("DISPATCHER_BATCH_SIZE", "many", "valid integer"),
+        ("DISPATCHER_DATABASE_URL", "not a url", "not a database URL"),
+        ("DISPATCHER_DATABASE_URL", "mysql://u@h/db", "only sqlite"),
+        ("DISPATCHER_REDIS_URL", "localhost:6379", "redis://"),
+        ("DISPATCHER_SMTP_PORT", "70000", "less than or equal to 65535"),
+        ("DISPATCHER_SMTP_TLS", "maybe", "none"),
+        ("DISPATCHER_QUEUE_URGENT", "urgent queue", "letters, digits"),
+    ],
+)
+def test_a_bad_value_names_its_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, needle: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert variable in str(caught.value)
+    assert needle in str(caught.value)
+    result = CliRunner().invoke(app, ["config"])
+    assert result.exit_code == 2
+    assert variable in result.output
+
+
+@pytest.mark.usefixtures("clean_env")
+def test_config_masks_secrets(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    (tmp_path / "DISPATCHER_SMTP_PASSWORD").write_text("mat-khau-bi-mat")
+    monkeypatch.setenv("DISPATCHER_SECRETS_DIR", str(tmp_path))
+    monkeypatch.setenv("DISPATCHER_DATABASE_URL", "postgresql://svc:db-secret@db.internal/bhxh")
+    monkeypatch.setenv("DISPATCHER_REDIS_URL", "redis://:redis-secret@redis.internal:6379/0")
+    monkeypatch.setenv("DISPATCHER_SECRET_KEY", "signing-secret")
+    settings = load_settings()
+    assert settings.smtp_password is not None
+    assert settings.smtp_password.get_secret_value() == "mat-khau-bi-mat"
+    result = CliRunner().invoke(app, ["config"])
+    assert result.exit_code == 0, result.output
+    for secret in ("mat-khau-bi-mat", "db-secret", "redis-secret", "signing-secret"):
+        assert secret not in result.output
+    assert "DISPATCHER_SMTP_PASSWORD=********" in result.output
+    assert "DISPATCHER_DATABASE_URL=postgresql://svc:********@db.internal/bhxh" in result.output
+    assert "DISPATCHER_REDIS_URL=redis://:********@redis.internal:6379/0" in result.output
+    get_settings.cache_clear()
