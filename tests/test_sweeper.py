@@ -95,6 +95,7 @@ def test_pause_then_resume_finishes_the_campaign(
 
     with db.transaction() as session:
         run_id = session.scalar(select(Run.id).where(Run.campaign_id == campaign_id))
+    assert run_id is not None
     actors.plan_run(run_id)
     assert client.post(f"/v1/campaigns/{campaign_id}/pause").json()["status"] == "paused"
 
@@ -129,6 +130,7 @@ def test_cancel_stops_what_has_not_been_sent(
 
     with db.transaction() as session:
         run_id = session.scalar(select(Run.id).where(Run.campaign_id == campaign_id))
+    assert run_id is not None
     actors.plan_run(run_id)  # a plan job that was already queued does nothing now
     assert campaign_status(client, campaign_id)["counts"]["total"] == 0
     assert smtp.mailbox.count() == 0

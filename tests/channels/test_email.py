@@ -38,7 +38,7 @@ def test_many_sends_share_a_few_connections(smtp: SmtpServer) -> None:
     sessions: list[object] = []
     original = smtp.mailbox.handle_DATA
 
-    async def count_sessions(server, session, envelope):  # type: ignore[no-untyped-def]
+    async def count_sessions(server, session, envelope):
         if session not in sessions:
             sessions.append(session)
         return await original(server, session, envelope)
