@@ -1,0 +1,81 @@
+"""The production roles as real processes: `dispatcher worker` and `dispatcher scheduler`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+
+import pytest
+import redis
+
+from dispatcher.clock import utcnow
+from dispatcher.config import Settings
+from tests.support import SmtpServer, wait_for
+from tests.test_end_to_end import PEOPLE, add_people, campaign_status, launch, publish_template
+from workers.scheduler import LEADER_KEY
+
+
+@contextmanager
+def role(*args: str) -> Iterator[subprocess.Popen[str]]:
+    env = dict(os.environ)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dispatcher.cli", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        yield process
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
+
+
+@pytest.mark.timeout(180)
+def test_worker_and_scheduler_processes_deliver_a_scheduled_campaign(
+    client, smtp: SmtpServer, settings: Settings, redis_client: redis.Redis
+) -> None:
+    add_people(client)
+    publish_template(client)
+    campaign_id = launch(client, send_at=(utcnow() + timedelta(seconds=2)).isoformat())
+    assert campaign_status(client, campaign_id)["status"] == "scheduled"
+    with (
+        role("worker", "--queues", "urgent", "--threads", "2") as worker,
+        role("scheduler") as first,
+        role("scheduler") as second,
+    ):
+        done = wait_for(
+            lambda: campaign_status(client, campaign_id)["status"] == "completed",
+            timeout=90,
+            interval=0.2,
+            what="the scheduler to launch and the worker to deliver",
+        )
+        assert done
+        assert worker.poll() is None and first.poll() is None and second.poll() is None
+        # Exactly one of the two schedulers leads.
+        leader = redis_client.get(LEADER_KEY)
+        assert isinstance(leader, bytes)
+        pids = {str(first.pid), str(second.pid)}
+        assert leader.decode().split(":")[1] in pids
+    assert smtp.mailbox.count() == len(PEOPLE)
+
+
+def test_worker_refuses_an_unknown_queue(settings: Settings) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "dispatcher.cli", "worker", "--queues", "slow"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "unknown queue 'slow'" in result.stderr
