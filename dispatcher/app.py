@@ -16,6 +16,7 @@ from dispatcher import jobs
 from dispatcher.campaigns.router import messages as messages_router
 from dispatcher.campaigns.router import router as campaigns_router
 from dispatcher.config import Settings, get_settings
+from dispatcher.consent.router import router as unsubscribe_router
 from dispatcher.content import service as content
 from dispatcher.content.router import router as templates_router
 from dispatcher.db import get_database
@@ -108,6 +109,7 @@ def create_app(settings: Settings | None = None, *, configure_jobs: bool = True)
         campaigns_router,
         messages_router,
         deliveries_router,
+        unsubscribe_router,
     ):
         app.include_router(router)
     return app

@@ -124,7 +124,7 @@ def test_campaign_reaches_every_mailbox_once(client, worker, smtp: SmtpServer) -
         assert "&lt;script&gt;" in content["html"], "HTML parts are autoescaped"
         assert received[0]["Message-ID"].startswith("<delivery-")
         # Fraud warnings are not transactional: one-click unsubscribe (RFC 8058).
-        assert received[0]["List-Unsubscribe"].startswith("<https://thongbao.bhxh.test/u/")
+        assert received[0]["List-Unsubscribe"].strip().startswith("<https://thongbao.bhxh.test/u/")
         assert received[0]["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
 
     deliveries = all_deliveries(client, campaign_id=campaign_id)

@@ -9,13 +9,16 @@ makes a repeated page harmless.
 
 from __future__ import annotations
 
-from sqlalchemy import Boolean, Integer, String, literal, select
+from typing import Any
+
+from sqlalchemy import Boolean, ColumnElement, Integer, Select, String, literal, select
 from sqlalchemy.orm import Session
 
 from dispatcher.campaigns.models import Campaign, Run
 from dispatcher.campaigns.service import queue_for
 from dispatcher.clock import utcnow
 from dispatcher.config import Settings
+from dispatcher.consent import service as consent
 from dispatcher.db import Database, UTCDateTime
 from dispatcher.deliveries.models import OPEN_STATUSES, Delivery, DeliveryStatus
 from dispatcher.jobs import SEND_BATCH, Job, actor_name, enqueue_after_commit, new_batch_id
@@ -28,10 +31,10 @@ def plan_page(*, session: Session, run: Run, campaign: Campaign, settings: Setti
     """Plan the next page of ``run``; returns how many deliveries it made, None when done."""
     channels = list(campaign.channels)
     page = max(1, settings.batch_size // max(1, len(channels)))
-    where = compile_audience(campaign.audience)
+    audience = compile_audience(campaign.audience)
     ids = session.scalars(
         select(Recipient.id)
-        .where(where, Recipient.id > run.planned_through)
+        .where(audience, Recipient.id > run.planned_through)
         .order_by(Recipient.id)
         .limit(page)
     ).all()
@@ -39,30 +42,37 @@ def plan_page(*, session: Session, run: Run, campaign: Campaign, settings: Setti
         return None
     now = utcnow()
     batch_id = new_batch_id()
-    rows = (
-        select(
-            literal(run.id, Integer()),
-            literal(campaign.id, Integer()),
-            Recipient.id,
-            Address.channel,
-            literal(DeliveryStatus.pending.value, String()),
-            literal(batch_id, String()),
-            literal(now, UTCDateTime()),
-            literal(now, UTCDateTime()),
-            literal(now, UTCDateTime()),
-            literal(0, Integer()),
-            literal(0, Integer()),
-            literal(False, Boolean()),
-        )
-        .join(Address, Address.recipient_id == Recipient.id)
-        .where(
-            where,
-            Recipient.id > run.planned_through,
-            Recipient.id <= ids[-1],
-            Address.channel.in_(channels),
-            Address.dead_at.is_(None),
-        )
+    page_rows = (
+        Recipient.id > run.planned_through,
+        Recipient.id <= ids[-1],
+        Address.channel.in_(channels),
+        Address.dead_at.is_(None),
     )
+    opted_out = consent.opted_out_clause(campaign.kind)
+
+    def rows(
+        status: str, reason: str | None, *where: ColumnElement[bool]
+    ) -> Select[*tuple[Any, ...]]:
+        return (
+            select(
+                literal(run.id, Integer()),
+                literal(campaign.id, Integer()),
+                Recipient.id,
+                Address.channel,
+                literal(status, String()),
+                literal(batch_id if status == DeliveryStatus.pending else None, String()),
+                literal(reason, String()),
+                literal(now, UTCDateTime()),
+                literal(now, UTCDateTime()),
+                literal(now, UTCDateTime()),
+                literal(0, Integer()),
+                literal(0, Integer()),
+                literal(False, Boolean()),
+            )
+            .join(Address, Address.recipient_id == Recipient.id)
+            .where(audience, *page_rows, *where)
+        )
+
     columns = [
         "run_id",
         "campaign_id",
@@ -70,6 +80,7 @@ def plan_page(*, session: Session, run: Run, campaign: Campaign, settings: Setti
         "channel",
         "status",
         "batch_id",
+        "error_class",
         "available_at",
         "created_at",
         "updated_at",
@@ -77,11 +88,19 @@ def plan_page(*, session: Session, run: Run, campaign: Campaign, settings: Setti
         "failures",
         "reclaimed",
     ]
+    insert = insert_for(session, Delivery)
+    if opted_out is not None:
+        # The audit shows who was left out and why, not just who was sent to.
+        skipped = rows(DeliveryStatus.skipped.value, "opted_out", opted_out)
+        result = session.execute(
+            insert.from_select(columns, skipped).on_conflict_do_nothing().returning(Delivery.id)
+        )
+        run.planned_count += len(result.all())
+    sendable = rows(
+        DeliveryStatus.pending.value, None, *([~opted_out] if opted_out is not None else [])
+    )
     statement = (
-        insert_for(session, Delivery)
-        .from_select(columns, rows)
-        .on_conflict_do_nothing()
-        .returning(Delivery.id)
+        insert.from_select(columns, sendable).on_conflict_do_nothing().returning(Delivery.id)
     )
     delivery_ids = sorted(session.scalars(statement).all())
     run.planned_through = ids[-1]

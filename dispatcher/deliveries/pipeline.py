@@ -42,6 +42,7 @@ from dispatcher.campaigns.planner import complete_if_done
 from dispatcher.campaigns.service import queue_for
 from dispatcher.clock import utcnow
 from dispatcher.config import Settings
+from dispatcher.consent import service as consent
 from dispatcher.content import service as content
 from dispatcher.content.render import (
     TemplateProblem,
@@ -276,8 +277,11 @@ class BatchProcessor:
             unsubscribe = None
             if kind is not Category.transactional:
                 assert self._signing_key is not None
-                token = secrets.sign(
-                    self._signing_key, f"{item.recipient_id}.{item.channel}.{kind.value}"
+                token = consent.token_for(
+                    self._signing_key,
+                    recipient_id=item.recipient_id,
+                    channel=item.channel,
+                    kind=kind.value,
                 )
                 unsubscribe = f"{self.settings.public_url}/u/{token}"
             context = content.build_context(
