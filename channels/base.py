@@ -17,9 +17,11 @@ their connections (an SMTP pool, one HTTP client) between :meth:`Adapter.open` a
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 
 class ErrorClass(StrEnum):
@@ -53,6 +55,9 @@ class Message:
     # Present for kinds a recipient may opt out of (RFC 8058 for email).
     unsubscribe_url: str | None = None
     campaign_id: int | None = None
+    # The recipient's external id (social-insurance number), for channels that keep records
+    # per person (the VssID inbox).
+    recipient: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -114,11 +119,66 @@ class ChannelLimits:
     html_body: bool = False  # the body is an HTML dialect (Telegram), autoescaped when rendered
 
 
+@dataclass(frozen=True, slots=True)
+class RateRule:
+    """A provider's published limit, enforced by the pipeline across every worker (Redis).
+
+    ``per_address`` rules hold per recipient address (Telegram: one message a second per
+    chat); the others for the whole channel account. ``DISPATCHER_RATE_LIMITS`` overrides the
+    channel-wide ``per_second``.
+    """
+
+    per_second: float
+    burst: int = 1
+    per_address: bool = False
+
+
+class StateStore(Protocol):
+    """Durable key-value state shared by every worker (e.g. an OAuth token pair that rotates).
+
+    Keys are namespaced by the adapter (``"zalo:refresh_token"``). Values are secrets: never
+    log them.
+    """
+
+    async def get(self, key: str) -> str | None: ...
+
+    async def set(self, key: str, value: str) -> None: ...
+
+
+class MemoryState:
+    """A :class:`StateStore` for tests and one-process use."""
+
+    def __init__(self, initial: dict[str, str] | None = None) -> None:
+        self.values = dict(initial or {})
+
+    async def get(self, key: str) -> str | None:
+        return self.values.get(key)
+
+    async def set(self, key: str, value: str) -> None:
+        self.values[key] = value
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class AdapterContext:
+    """What the service lends an adapter besides its settings."""
+
+    state: StateStore = field(default_factory=MemoryState)
+    # The service's clock (aware UTC); adapters never read the wall clock themselves.
+    now: Callable[[], datetime] = _utcnow
+    # Per-channel services an adapter may need (e.g. "inbox" and "devices" for VssID).
+    services: dict[str, Any] = field(default_factory=dict)
+
+
 class Adapter(ABC):
     """One provider. Subclasses set ``name`` and implement :meth:`send`."""
 
     name: ClassVar[str]
     limits: ClassVar[ChannelLimits] = ChannelLimits()
+    rate_limits: ClassVar[tuple[RateRule, ...]] = ()
 
     async def open(self) -> None:  # noqa: B027 - optional hook
         """Open connections; called once before the first send."""
@@ -132,5 +192,5 @@ class Adapter(ABC):
 
     @classmethod
     @abstractmethod
-    def from_settings(cls, settings: Any) -> Adapter:
+    def from_settings(cls, settings: Any, context: AdapterContext) -> Adapter:
         """Build the adapter from the service's settings."""

@@ -19,6 +19,7 @@ import aiosmtplib
 
 from channels.base import (
     Adapter,
+    AdapterContext,
     AuthError,
     Category,
     DeliveryError,
@@ -76,7 +77,7 @@ class EmailAdapter(Adapter):
         self._clients: set[aiosmtplib.SMTP] = set()
 
     @classmethod
-    def from_settings(cls, settings: Any) -> EmailAdapter:
+    def from_settings(cls, settings: Any, context: AdapterContext) -> EmailAdapter:
         return cls(
             host=settings.smtp_host,
             port=settings.smtp_port,

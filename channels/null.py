@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from channels.base import Adapter, Message, SendResult
+from channels.base import Adapter, AdapterContext, Message, SendResult
 from channels.limits import LIMITS
 
 
@@ -16,5 +16,5 @@ class NullAdapter(Adapter):
         return SendResult(provider_message_id=f"null-{message.delivery_id}", provider_code="ok")
 
     @classmethod
-    def from_settings(cls, settings: Any) -> NullAdapter:
+    def from_settings(cls, settings: Any, context: AdapterContext) -> NullAdapter:
         return cls()

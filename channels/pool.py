@@ -9,14 +9,15 @@ from typing import Any
 import structlog
 
 from channels import registry
-from channels.base import Adapter
+from channels.base import Adapter, AdapterContext
 
 log = structlog.get_logger(__name__)
 
 
 class AdapterPool:
-    def __init__(self, settings: Any) -> None:
+    def __init__(self, settings: Any, context: AdapterContext | None = None) -> None:
         self.settings = settings
+        self.context = context or AdapterContext()
         self._adapters: dict[str, Adapter] = {}
         self._lock: asyncio.Lock | None = None
 
@@ -30,7 +31,7 @@ class AdapterPool:
         async with self._lock:
             adapter = self._adapters.get(channel)
             if adapter is None:
-                adapter = registry.get(channel).from_settings(self.settings)
+                adapter = registry.get(channel).from_settings(self.settings, self.context)
                 await adapter.open()
                 self._adapters[channel] = adapter
                 log.info("adapter_opened", channel=channel)

@@ -19,6 +19,10 @@ ENTRY_POINT_GROUP = "dispatcher.channels"
 BUILTIN = {
     "email": "channels.email:EmailAdapter",
     "null": "channels.null:NullAdapter",
+    "telegram": "channels.telegram:TelegramAdapter",
+    "zalo": "channels.zalo:ZaloAdapter",
+    "facebook": "channels.facebook:FacebookAdapter",
+    "vssid": "channels.vssid:VssidAdapter",
 }
 
 _lock = threading.Lock()

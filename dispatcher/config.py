@@ -60,6 +60,38 @@ class Settings(BaseSettings):
     smtp_pool_size: int = Field(default=4, ge=1, le=100, description="Open SMTP connections.")
     smtp_timeout: float = Field(default=30.0, gt=0)
 
+    # Telegram Bot API
+    telegram_token: SecretStr | None = None
+    telegram_base_url: str = "https://api.telegram.org/bot"
+    # Zalo Official Account. The access/refresh pair rotates; after the first refresh the
+    # current pair lives in the database, and these only seed it.
+    zalo_app_id: str | None = None
+    zalo_secret_key: SecretStr | None = None
+    zalo_access_token: SecretStr | None = None
+    zalo_refresh_token: SecretStr | None = None
+    zalo_api_url: str = "https://openapi.zalo.me"
+    zalo_oauth_url: str = "https://oauth.zaloapp.com"
+    # Facebook Messenger (a Page)
+    facebook_page_id: str | None = None
+    facebook_page_token: SecretStr | None = None
+    facebook_graph_url: str = "https://graph.facebook.com"
+    facebook_api_version: str = "v21.0"
+    # Firebase Cloud Messaging, for pushes to the VssID app
+    fcm_project_id: str | None = None
+    fcm_service_account: SecretStr | None = Field(
+        default=None, description="The service account's JSON key (or use ..._FILE)."
+    )
+    fcm_service_account_file: str | None = None
+    fcm_endpoint: str = "https://fcm.googleapis.com"
+    fcm_token_uri: str | None = Field(
+        default=None, description="Override the key's token_uri (a test emulator)."
+    )
+    http_timeout: float = Field(default=15.0, gt=0, description="Provider HTTP timeout.")
+    rate_limits: dict[str, float] = Field(
+        default_factory=dict,
+        description='Messages per second per channel account, e.g. {"telegram": 25}.',
+    )
+
     batch_size: int = Field(default=500, ge=1, le=10_000, description="Deliveries per job.")
     queue_urgent: str = "urgent"
     queue_bulk: str = "bulk"
@@ -95,6 +127,27 @@ class Settings(BaseSettings):
     def _redis_url(cls, value: str) -> str:
         if not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @field_validator(
+        "telegram_base_url",
+        "zalo_api_url",
+        "zalo_oauth_url",
+        "facebook_graph_url",
+        "fcm_endpoint",
+    )
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    @field_validator("rate_limits")
+    @classmethod
+    def _rates(cls, value: dict[str, float]) -> dict[str, float]:
+        for channel, rate in value.items():
+            if rate <= 0:
+                raise ValueError(f"{channel}: a rate must be above zero")
         return value
 
     @field_validator("public_url")

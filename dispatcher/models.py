@@ -1,6 +1,7 @@
 """Every table of the service, imported in one place for Alembic and the tests."""
 
 from dispatcher.campaigns.models import Campaign, Run
+from dispatcher.channel_state import ChannelState
 from dispatcher.consent.models import OptOut
 from dispatcher.content.models import Template, TemplateVersion, Variant
 from dispatcher.db import Base
@@ -13,6 +14,7 @@ __all__ = [
     "Attempt",
     "Base",
     "Campaign",
+    "ChannelState",
     "Delivery",
     "OptOut",
     "Recipient",
