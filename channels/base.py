@@ -97,7 +97,14 @@ class TransientError(DeliveryError):
 
 
 class RateLimitedError(DeliveryError):
+    """Slow down. ``scope="channel"`` (the default) pauses the whole channel account for every
+    worker; ``scope="message"`` defers only this message (e.g. a Zalo promotion at night)."""
+
     error_class = ErrorClass.rate_limited
+
+    def __init__(self, reason: str, *, scope: str = "channel", **kwargs: Any) -> None:
+        super().__init__(reason, **kwargs)
+        self.scope = scope
 
 
 class AuthError(DeliveryError):

@@ -22,6 +22,7 @@ from dispatcher.content.router import router as templates_router
 from dispatcher.db import get_database
 from dispatcher.deliveries.router import router as deliveries_router
 from dispatcher.errors import Invalid, ServiceError
+from dispatcher.inbox.router import router as inbox_router
 from dispatcher.recipients.router import router as recipients_router
 
 log = structlog.get_logger(__name__)
@@ -109,6 +110,7 @@ def create_app(settings: Settings | None = None, *, configure_jobs: bool = True)
         campaigns_router,
         messages_router,
         deliveries_router,
+        inbox_router,
         unsubscribe_router,
     ):
         app.include_router(router)

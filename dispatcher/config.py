@@ -92,6 +92,13 @@ class Settings(BaseSettings):
         description='Messages per second per channel account, e.g. {"telegram": 25}.',
     )
 
+    rate_wait_seconds: float = Field(
+        default=30.0, ge=0, description="Longest a send waits for its channel before deferring."
+    )
+    auth_pause_seconds: float = Field(
+        default=300.0, gt=0, description="How long a refused credential pauses its channel."
+    )
+
     batch_size: int = Field(default=500, ge=1, le=10_000, description="Deliveries per job.")
     queue_urgent: str = "urgent"
     queue_bulk: str = "bulk"

@@ -6,6 +6,7 @@ from dispatcher.consent.models import OptOut
 from dispatcher.content.models import Template, TemplateVersion, Variant
 from dispatcher.db import Base
 from dispatcher.deliveries.models import Attempt, Delivery
+from dispatcher.inbox.models import Device, InboxItem
 from dispatcher.recipients.models import Address, Recipient
 from dispatcher.secrets import ServiceSecret
 
@@ -16,6 +17,8 @@ __all__ = [
     "Campaign",
     "ChannelState",
     "Delivery",
+    "Device",
+    "InboxItem",
     "OptOut",
     "Recipient",
     "Run",

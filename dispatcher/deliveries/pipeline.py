@@ -28,18 +28,23 @@ import structlog
 from sqlalchemy import Table, bindparam, case, func, select, update
 
 from channels.base import (
+    Adapter,
+    AdapterContext,
     AuthError,
     Category,
     DeliveryError,
     ErrorClass,
     Message,
     PermanentError,
+    RateLimitedError,
+    TransientError,
 )
 from channels.pool import AdapterPool
-from dispatcher import secrets
+from dispatcher import ratelimit, secrets
 from dispatcher.campaigns.models import Campaign, Run
 from dispatcher.campaigns.planner import complete_if_done
 from dispatcher.campaigns.service import queue_for
+from dispatcher.channel_state import DatabaseState
 from dispatcher.clock import utcnow
 from dispatcher.config import Settings
 from dispatcher.consent import service as consent
@@ -59,20 +64,32 @@ from dispatcher.deliveries.models import (
     Outcome,
 )
 from dispatcher.deliveries.retry import RetryPolicy
+from dispatcher.inbox.stores import DatabaseDevices, DatabaseInbox
 from dispatcher.jobs import (
     SEND_BATCH,
     Job,
     JobQueue,
+    MemoryMarkers,
     actor_name,
     enqueue_after_commit,
     new_batch_id,
 )
 from dispatcher.loop import LoopThread
+from dispatcher.metrics import (
+    AUTH_FAILURES,
+    CHANNEL_PAUSES,
+    DELIVERY_OUTCOMES,
+    RATE_LIMIT_WAIT_SECONDS,
+    SEND_SECONDS,
+)
 from dispatcher.recipients.models import Address, Recipient
 
 log = structlog.get_logger(__name__)
 
 WORKER_NAME = f"{socket.gethostname()}:{os.getpid()}"
+# Retries for these wait as asked and do not count against the delivery's attempt budget.
+NO_BUDGET = ("rate_limited", "auth", "deferred")
+MAX_RATE_ROUNDS = 5
 deliveries_t: Table = Delivery.__table__  # type: ignore[assignment]
 attempts_t: Table = Attempt.__table__  # type: ignore[assignment]
 addresses_t: Table = Address.__table__  # type: ignore[assignment]
@@ -151,13 +168,26 @@ class BatchProcessor:
         loop: LoopThread,
         adapters: AdapterPool | None = None,
         policy: RetryPolicy | None = None,
+        limiter: ratelimit.Limiter | None = None,
     ) -> None:
         self.db = db
         self.settings = settings
         self.queue = queue
         self.loop = loop
-        self.adapters = adapters or AdapterPool(settings)
+        self.adapters = adapters or AdapterPool(
+            settings,
+            AdapterContext(
+                state=DatabaseState(db),
+                now=utcnow,
+                services={"vssid.inbox": DatabaseInbox(db), "vssid.devices": DatabaseDevices(db)},
+            ),
+        )
         self.policy = policy or RetryPolicy.from_settings(settings)
+        self.limiter: ratelimit.Limiter = limiter or (
+            ratelimit.MemoryLimiter()
+            if isinstance(queue.markers, MemoryMarkers)
+            else ratelimit.RedisLimiter(settings.redis_url)
+        )
         self._signing_key: bytes | None = None
 
     # -- 1. claim ---------------------------------------------------------------------------
@@ -309,70 +339,128 @@ class BatchProcessor:
                 locale=variant.locale,
                 unsubscribe_url=unsubscribe,
                 campaign_id=campaign.id,
+                recipient=person["external_id"],
             )
 
     # -- 3. send ----------------------------------------------------------------------------
 
     async def _send_one(self, item: Work, semaphore: asyncio.Semaphore) -> None:
         assert item.message is not None
-        number = item.attempts
+        channel = item.channel
         async with semaphore:
             try:
-                adapter = await self.adapters.get(item.channel)
+                adapter = await self.adapters.get(channel)
             except Exception as exc:
                 item.status = DeliveryStatus.failed
                 item.error_class = ErrorClass.permanent.value
-                item.error_reason = f"channel {item.channel} unavailable: {exc}"
-                log.error("adapter_unavailable", channel=item.channel, error=str(exc))
+                item.error_reason = f"channel {channel} unavailable: {exc}"
+                log.error("adapter_unavailable", channel=channel, error=str(exc))
                 return
-            try:
-                async for attempt in self.policy.quick(item.failures):
-                    with attempt:
-                        number += 1
-                        started = utcnow()
-                        t0 = time.perf_counter()
-                        try:
-                            result = await adapter.send(item.message)
-                        except DeliveryError as exc:
-                            item.tries.append(_failed_try(number, started, t0, exc))
-                            if exc.error_class in (ErrorClass.transient, ErrorClass.auth):
-                                item.failures += 1
-                            raise
-                        except Exception as exc:
-                            # An adapter bug is not the citizen's fault: treat it as a blip.
-                            log.exception("adapter_crashed", channel=item.channel)
-                            error = DeliveryError(f"adapter error: {exc!r}")
-                            item.tries.append(_failed_try(number, started, t0, error, "transient"))
-                            item.failures += 1
-                            item.error_class = ErrorClass.transient.value
-                            item.error_reason = str(error)
-                            item.status = DeliveryStatus.retrying
-                            return
-                        item.tries.append(
-                            AttemptRecord(
-                                number=number,
-                                started_at=started,
-                                duration_ms=_ms(t0),
-                                outcome=Outcome.sent,
-                                provider_code=result.provider_code,
-                                provider_reply=result.provider_reply,
-                                provider_message_id=result.provider_message_id,
-                            )
+            limits = ratelimit.limits_for(
+                channel, item.message.address, adapter.rate_limits, self.settings.rate_limits
+            )
+            for _ in range(MAX_RATE_ROUNDS):
+                try:
+                    await self._send_round(item, adapter, limits)
+                    return
+                except ratelimit.Deferred as deferred:
+                    # Nothing was sent: no attempt to record, no budget spent.
+                    item.status = DeliveryStatus.retrying
+                    item.error_class = "deferred"
+                    item.error_reason = f"{channel} paused; waiting {deferred.seconds:.0f}s"
+                    item.retry_after = deferred.seconds
+                    return
+                except RateLimitedError as exc:
+                    wait = exc.retry_after if exc.retry_after is not None else 1.0
+                    self._note_failure(item, exc)
+                    item.status = DeliveryStatus.retrying
+                    if exc.scope == "channel" and await self.limiter.pause(channel, wait):
+                        CHANNEL_PAUSES.labels(channel, "rate_limited").inc()
+                        log.warning("channel_paused", channel=channel, seconds=wait)
+                    if exc.scope != "channel" or wait > self.settings.rate_wait_seconds:
+                        item.retry_after = wait
+                        return
+                    # A short pause: wait it out in the batch and try again.
+                except AuthError as exc:
+                    self._note_failure(item, exc)
+                    item.status = DeliveryStatus.retrying
+                    item.retry_after = self.settings.auth_pause_seconds
+                    if await self.limiter.pause(channel, self.settings.auth_pause_seconds):
+                        # Loud once per pause, not once per delivery.
+                        AUTH_FAILURES.labels(channel).inc()
+                        CHANNEL_PAUSES.labels(channel, "auth").inc()
+                        log.error(
+                            "channel_auth_failed",
+                            channel=channel,
+                            reason=exc.reason,
+                            paused_seconds=self.settings.auth_pause_seconds,
                         )
-                        item.status = DeliveryStatus.sent
-                        item.provider_message_id = result.provider_message_id
-                        item.error_class = item.error_reason = None
-            except DeliveryError as exc:
-                item.error_class = exc.error_class.value
-                item.error_reason = exc.reason
-                item.retry_after = exc.retry_after
-                if isinstance(exc, PermanentError):
+                    return
+                except PermanentError as exc:
+                    self._note_failure(item, exc)
                     item.status = DeliveryStatus.failed
                     item.address_dead = exc.address_dead
-                else:
+                    return
+                except TransientError as exc:
+                    self._note_failure(item, exc)
                     item.status = DeliveryStatus.retrying
-                    if isinstance(exc, AuthError):
-                        log.error("channel_auth_failed", channel=item.channel, reason=exc.reason)
+                    return
+            item.retry_after = item.retry_after or 1.0
+
+    @staticmethod
+    def _note_failure(item: Work, exc: DeliveryError) -> None:
+        item.error_class = exc.error_class.value
+        item.error_reason = exc.reason
+        item.retry_after = exc.retry_after
+
+    async def _send_round(
+        self, item: Work, adapter: Adapter, limits: list[ratelimit.Limit]
+    ) -> None:
+        """One round of tries: quick tenacity retries for blips, each behind a rate slot."""
+        assert item.message is not None
+        channel = item.channel
+        async for attempt in self.policy.quick(item.failures):
+            with attempt:
+                waited = await ratelimit.acquire(
+                    self.limiter, channel, limits, max_wait=self.settings.rate_wait_seconds
+                )
+                if waited:
+                    RATE_LIMIT_WAIT_SECONDS.labels(channel).inc(waited)
+                number = item.attempts + len(item.tries) + 1
+                started = utcnow()
+                t0 = time.perf_counter()
+                try:
+                    result = await adapter.send(item.message)
+                except DeliveryError as exc:
+                    item.tries.append(_failed_try(number, started, t0, exc))
+                    DELIVERY_OUTCOMES.labels(channel, exc.error_class.value).inc()
+                    if isinstance(exc, TransientError):
+                        item.failures += 1
+                    raise
+                except Exception as exc:
+                    # An adapter bug is not the citizen's fault: treat it as a blip.
+                    log.exception("adapter_crashed", channel=channel)
+                    error = TransientError(f"adapter error: {exc!r}")
+                    item.tries.append(_failed_try(number, started, t0, error))
+                    item.failures += 1
+                    raise error from None
+                elapsed = time.perf_counter() - t0
+                SEND_SECONDS.labels(channel).observe(elapsed)
+                DELIVERY_OUTCOMES.labels(channel, "sent").inc()
+                item.tries.append(
+                    AttemptRecord(
+                        number=number,
+                        started_at=started,
+                        duration_ms=int(elapsed * 1000),
+                        outcome=Outcome.sent,
+                        provider_code=result.provider_code,
+                        provider_reply=result.provider_reply,
+                        provider_message_id=result.provider_message_id,
+                    )
+                )
+                item.status = DeliveryStatus.sent
+                item.provider_message_id = result.provider_message_id
+                item.error_class = item.error_reason = None
 
     async def _send_all(self, work: list[Work]) -> None:
         semaphore = asyncio.Semaphore(self.settings.send_concurrency)
@@ -396,7 +484,7 @@ class BatchProcessor:
         for item in work:
             available_at = now
             if item.status is DeliveryStatus.retrying:
-                if item.error_class == ErrorClass.rate_limited.value:
+                if item.error_class in NO_BUDGET:
                     delay = item.retry_after or self.policy.backoff(1)
                 elif self.policy.exhausted(item.failures):
                     item.status = DeliveryStatus.failed
