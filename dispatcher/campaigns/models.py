@@ -25,6 +25,9 @@ class Campaign(Base):
     )
     audience: Mapped[dict[str, Any]] = mapped_column(JSONType)
     channels: Mapped[list[str]] = mapped_column(JSONType)
+    # "all": every listed channel the recipient has; "fallback": the first usable one, then
+    # the next after a failure.
+    channel_mode: Mapped[str] = mapped_column(String(16), default="all", server_default="all")
     priority: Mapped[str] = mapped_column(String(16))
     send_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     variables: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)

@@ -9,10 +9,22 @@ makes a repeated page harmless.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Boolean, ColumnElement, Integer, Select, String, literal, select
-from sqlalchemy.orm import Session
+from sqlalchemy import (
+    Boolean,
+    ColumnElement,
+    Integer,
+    Select,
+    String,
+    and_,
+    case,
+    exists,
+    literal,
+    select,
+)
+from sqlalchemy.orm import Session, aliased
 
 from dispatcher.campaigns.models import Campaign, Run
 from dispatcher.campaigns.service import queue_for
@@ -26,11 +38,128 @@ from dispatcher.recipients.audience import compile_audience
 from dispatcher.recipients.models import Address, Recipient
 from dispatcher.sql import insert_for
 
+COLUMNS = (
+    "run_id",
+    "campaign_id",
+    "recipient_id",
+    "channel",
+    "status",
+    "batch_id",
+    "error_class",
+    "available_at",
+    "created_at",
+    "updated_at",
+    "attempts",
+    "failures",
+    "reclaimed",
+)
+
+
+class Rows:
+    """Builds the ``INSERT ... SELECT`` of delivery rows for one run and one batch.
+
+    The rules of who gets what, in SQL over (Recipient, Address):
+    - an address is *usable* when it is not dead and its owner has not opted out of the
+      campaign's category on that channel;
+    - unusable addresses become ``skipped`` rows with their reason (``address_dead``,
+      ``opted_out``), so the audit says why nothing was sent there;
+    - in fallback mode only the first usable channel in the campaign's order is planned, and
+      only unusable channels before it are recorded as skipped.
+    """
+
+    def __init__(self, *, session: Session, run: Run, campaign: Campaign, batch_id: str) -> None:
+        self.session = session
+        self.run = run
+        self.campaign = campaign
+        self.batch_id = batch_id
+        self.now = utcnow()
+        self.channels = list(campaign.channels)
+        self.rank = {channel: i for i, channel in enumerate(self.channels)}
+        self.opted = consent.opted_out_clause(campaign.kind)
+
+    def usable(self, address: Any = Address) -> ColumnElement[bool]:
+        alive = address.dead_at.is_(None)
+        opted = consent.opted_out_clause(self.campaign.kind, address)
+        return alive if opted is None else and_(alive, ~opted)
+
+    def rank_of(self, address: Any = Address) -> ColumnElement[int]:
+        return case(self.rank, value=address.channel, else_=len(self.channels))
+
+    def none_usable_before(self) -> ColumnElement[bool]:
+        """No usable address ranks ahead of this one (fallback mode)."""
+        other = aliased(Address)
+        return ~exists().where(
+            other.recipient_id == Address.recipient_id,
+            other.channel.in_(self.channels),
+            self.rank_of(other) < self.rank_of(),
+            self.usable(other),
+        )
+
+    def select(self, status: str, reason: str | None, *where: Any) -> Select[*tuple[Any, ...]]:
+        return (
+            select(
+                literal(self.run.id, Integer()),
+                literal(self.campaign.id, Integer()),
+                Recipient.id,
+                Address.channel,
+                literal(status, String()),
+                literal(self.batch_id if status == DeliveryStatus.pending else None, String()),
+                literal(reason, String()),
+                literal(self.now, UTCDateTime()),
+                literal(self.now, UTCDateTime()),
+                literal(self.now, UTCDateTime()),
+                literal(0, Integer()),
+                literal(0, Integer()),
+                literal(False, Boolean()),
+            )
+            .join(Address, Address.recipient_id == Recipient.id)
+            .where(Address.channel.in_(self.channels), *where)
+        )
+
+    def insert(self, rows: Select[*tuple[Any, ...]]) -> list[int]:
+        statement = (
+            insert_for(self.session, Delivery)
+            .from_select(list(COLUMNS), rows)
+            .on_conflict_do_nothing()
+            .returning(Delivery.id)
+        )
+        return list(self.session.scalars(statement))
+
+    def plan(self, *where: Any) -> tuple[list[int], int]:
+        """Insert the rows for the recipients ``where`` selects: (pending ids, skipped count)."""
+        if self.campaign.channel_mode == "fallback":
+            where = (*where, self.none_usable_before())
+        skipped = len(
+            self.insert(
+                self.select("skipped", "address_dead", Address.dead_at.is_not(None), *where)
+            )
+        )
+        if self.opted is not None:
+            skipped += len(
+                self.insert(
+                    self.select(
+                        "skipped", "opted_out", Address.dead_at.is_(None), self.opted, *where
+                    )
+                )
+            )
+        return sorted(self.insert(self.select("pending", None, self.usable(), *where))), skipped
+
+    def next_hops(self, failed: Sequence[tuple[int, str]]) -> list[int]:
+        """Fallback: plan each (recipient, failed channel)'s next usable channel."""
+        made: list[int] = []
+        by_channel: dict[str, list[int]] = {}
+        for recipient_id, channel in failed:
+            by_channel.setdefault(channel, []).append(recipient_id)
+        for channel, recipient_ids in by_channel.items():
+            after = self.rank.get(channel, len(self.channels))
+            pending, _ = self.plan(Recipient.id.in_(recipient_ids), self.rank_of() > after)
+            made += pending
+        return made
+
 
 def plan_page(*, session: Session, run: Run, campaign: Campaign, settings: Settings) -> int | None:
     """Plan the next page of ``run``; returns how many deliveries it made, None when done."""
-    channels = list(campaign.channels)
-    page = max(1, settings.batch_size // max(1, len(channels)))
+    page = max(1, settings.batch_size // max(1, len(campaign.channels)))
     audience = compile_audience(campaign.audience)
     ids = session.scalars(
         select(Recipient.id)
@@ -40,84 +169,39 @@ def plan_page(*, session: Session, run: Run, campaign: Campaign, settings: Setti
     ).all()
     if not ids:
         return None
-    now = utcnow()
-    batch_id = new_batch_id()
-    page_rows = (
-        Recipient.id > run.planned_through,
-        Recipient.id <= ids[-1],
-        Address.channel.in_(channels),
-        Address.dead_at.is_(None),
+    rows = Rows(session=session, run=run, campaign=campaign, batch_id=new_batch_id())
+    pending, skipped = rows.plan(
+        audience, Recipient.id > run.planned_through, Recipient.id <= ids[-1]
     )
-    opted_out = consent.opted_out_clause(campaign.kind)
-
-    def rows(
-        status: str, reason: str | None, *where: ColumnElement[bool]
-    ) -> Select[*tuple[Any, ...]]:
-        return (
-            select(
-                literal(run.id, Integer()),
-                literal(campaign.id, Integer()),
-                Recipient.id,
-                Address.channel,
-                literal(status, String()),
-                literal(batch_id if status == DeliveryStatus.pending else None, String()),
-                literal(reason, String()),
-                literal(now, UTCDateTime()),
-                literal(now, UTCDateTime()),
-                literal(now, UTCDateTime()),
-                literal(0, Integer()),
-                literal(0, Integer()),
-                literal(False, Boolean()),
-            )
-            .join(Address, Address.recipient_id == Recipient.id)
-            .where(audience, *page_rows, *where)
-        )
-
-    columns = [
-        "run_id",
-        "campaign_id",
-        "recipient_id",
-        "channel",
-        "status",
-        "batch_id",
-        "error_class",
-        "available_at",
-        "created_at",
-        "updated_at",
-        "attempts",
-        "failures",
-        "reclaimed",
-    ]
-    insert = insert_for(session, Delivery)
-    if opted_out is not None:
-        # The audit shows who was left out and why, not just who was sent to.
-        skipped = rows(DeliveryStatus.skipped.value, "opted_out", opted_out)
-        result = session.execute(
-            insert.from_select(columns, skipped).on_conflict_do_nothing().returning(Delivery.id)
-        )
-        run.planned_count += len(result.all())
-    sendable = rows(
-        DeliveryStatus.pending.value, None, *([~opted_out] if opted_out is not None else [])
-    )
-    statement = (
-        insert.from_select(columns, sendable).on_conflict_do_nothing().returning(Delivery.id)
-    )
-    delivery_ids = sorted(session.scalars(statement).all())
     run.planned_through = ids[-1]
-    run.planned_count += len(delivery_ids)
-    run.planner_heartbeat_at = now
-    if delivery_ids:
-        queue = queue_for(campaign, settings)
-        enqueue_after_commit(
-            session,
-            Job(
-                actor_name(SEND_BATCH, queue),
-                queue,
-                (run.id, delivery_ids, batch_id),
-                batch_id=batch_id,
-            ),
+    run.planned_count += len(pending) + skipped
+    run.planner_heartbeat_at = rows.now
+    if pending:
+        enqueue_batch(
+            session=session,
+            run=run,
+            campaign=campaign,
+            ids=pending,
+            batch_id=rows.batch_id,
+            settings=settings,
         )
-    return len(delivery_ids)
+    return len(pending) + skipped
+
+
+def enqueue_batch(
+    *,
+    session: Session,
+    run: Run,
+    campaign: Campaign,
+    ids: list[int],
+    batch_id: str,
+    settings: Settings,
+) -> None:
+    queue = queue_for(campaign, settings)
+    enqueue_after_commit(
+        session,
+        Job(actor_name(SEND_BATCH, queue), queue, (run.id, ids, batch_id), batch_id=batch_id),
+    )
 
 
 def plan_run(*, db: Database, run_id: int, settings: Settings) -> int:

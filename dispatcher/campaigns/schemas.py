@@ -44,6 +44,12 @@ class CampaignIn(BaseModel):
         '{"kind": ...}, {"language": [...]}, and/or/not.'
     )
     channels: list[str] = Field(min_length=1, max_length=10)
+    channel_mode: Literal["all", "fallback"] = Field(
+        default="all",
+        description="all: send on every listed channel the recipient has. fallback: the "
+        "channels are an order of preference; send on the first usable one, and on a failure "
+        "move to the next.",
+    )
     priority: Priority | None = Field(default=None, description="Default: from the kind.")
     send_at: datetime | None = Field(default=None, description="Default: at approval.")
     variables: dict[str, Any] = Field(default_factory=dict)
@@ -94,6 +100,7 @@ class CampaignOut(BaseModel):
     template_version: int | None
     audience: dict[str, Any]
     channels: list[str]
+    channel_mode: str
     priority: str
     send_at: datetime | None
     variables: dict[str, Any]

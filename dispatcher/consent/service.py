@@ -9,6 +9,7 @@ and are never blocked.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import ColumnElement, exists, select
 from sqlalchemy.orm import Session
@@ -54,14 +55,15 @@ def unsubscribe_scope(kind: str) -> str:
     return ALL if category == "warnings" else category
 
 
-def opted_out_clause(kind: str) -> ColumnElement[bool] | None:
-    """True for (Recipient, Address) rows whose owner opted out of ``kind`` on that channel."""
+def opted_out_clause(kind: str, address: Any = Address) -> ColumnElement[bool] | None:
+    """True for address rows whose owner opted out of ``kind`` on that channel; None when
+    nothing can block ``kind``. ``address`` may be an alias of :class:`Address`."""
     categories = blocking_categories(kind)
     if not categories:
         return None
     return exists().where(
-        OptOut.recipient_id == Recipient.id,
-        OptOut.channel == Address.channel,
+        OptOut.recipient_id == address.recipient_id,
+        OptOut.channel == address.channel,
         OptOut.category.in_(categories),
     )
 

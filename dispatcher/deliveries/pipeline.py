@@ -42,7 +42,7 @@ from channels.base import (
 from channels.pool import AdapterPool
 from dispatcher import ratelimit, secrets
 from dispatcher.campaigns.models import Campaign, Run
-from dispatcher.campaigns.planner import complete_if_done
+from dispatcher.campaigns.planner import Rows, complete_if_done, enqueue_batch
 from dispatcher.campaigns.service import queue_for
 from dispatcher.channel_state import DatabaseState
 from dispatcher.clock import utcnow
@@ -596,7 +596,31 @@ class BatchProcessor:
                     ),
                 )
             fresh_run = session.get(Run, run.id)
+            if campaign.channel_mode == "fallback" and fresh_run is not None:
+                # The next channel in the campaign's order, for every delivery that ended
+                # without reaching its recipient; each hop is its own delivery row.
+                ended = [
+                    (w.recipient_id, w.channel)
+                    for w in work
+                    if w.status in (DeliveryStatus.failed, DeliveryStatus.skipped)
+                ]
+                if ended:
+                    rows = Rows(
+                        session=session, run=fresh_run, campaign=campaign, batch_id=new_batch_id()
+                    )
+                    hops = rows.next_hops(ended)
+                    fresh_run.planned_count += len(hops)
+                    if hops:
+                        enqueue_batch(
+                            session=session,
+                            run=fresh_run,
+                            campaign=campaign,
+                            ids=hops,
+                            batch_id=rows.batch_id,
+                            settings=self.settings,
+                        )
             if fresh_run is not None:
+                session.flush()
                 complete_if_done(session=session, run=fresh_run)
         return report
 
