@@ -27,13 +27,13 @@ from typing import Any
 import structlog
 from sqlalchemy import Table, bindparam, case, func, select, update
 
+from channels import registry
 from channels.base import (
     Adapter,
     AdapterContext,
     AuthError,
     Category,
     DeliveryError,
-    ErrorClass,
     Message,
     PermanentError,
     RateLimitedError,
@@ -349,18 +349,18 @@ class BatchProcessor:
         channel = item.channel
         async with semaphore:
             try:
-                adapter = await self.adapters.get(channel)
-            except Exception as exc:
+                rules = registry.get(channel).rate_limits
+            except registry.UnknownChannel as exc:
+                # The campaign named a plugin that is no longer installed.
                 item.status = DeliveryStatus.failed
-                item.error_class = ErrorClass.permanent.value
-                item.error_reason = f"channel {channel} unavailable: {exc}"
-                log.error("adapter_unavailable", channel=channel, error=str(exc))
+                item.error_class, item.error_reason = "permanent", str(exc)
                 return
             limits = ratelimit.limits_for(
-                channel, item.message.address, adapter.rate_limits, self.settings.rate_limits
+                channel, item.message.address, rules, self.settings.rate_limits
             )
             for _ in range(MAX_RATE_ROUNDS):
                 try:
+                    adapter = await self._adapter(channel)
                     await self._send_round(item, adapter, limits)
                     return
                 except ratelimit.Deferred as deferred:
@@ -406,6 +406,17 @@ class BatchProcessor:
                     item.status = DeliveryStatus.retrying
                     return
             item.retry_after = item.retry_after or 1.0
+
+    async def _adapter(self, channel: str) -> Adapter:
+        """The open adapter; opening fails by the same classes as a send (a getMe blip is
+        transient), and a channel that cannot be built at all is a permanent failure."""
+        try:
+            return await self.adapters.get(channel)
+        except DeliveryError:
+            raise
+        except Exception as exc:
+            log.error("adapter_unavailable", channel=channel, error=str(exc))
+            raise PermanentError(f"channel {channel} unavailable: {exc}") from None
 
     @staticmethod
     def _note_failure(item: Work, exc: DeliveryError) -> None:

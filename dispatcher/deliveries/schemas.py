@@ -33,6 +33,7 @@ class DeliveryOut(BaseModel):
     created_at: datetime
     updated_at: datetime
     sent_at: datetime | None
+    next_attempt_at: datetime | None = None
     attempts: list[AttemptOut]
 
 

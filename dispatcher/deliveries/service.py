@@ -8,7 +8,7 @@ from collections import defaultdict
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from dispatcher.deliveries.models import Attempt, Delivery, DeliveryStatus
+from dispatcher.deliveries.models import OPEN_STATUSES, Attempt, Delivery, DeliveryStatus
 from dispatcher.deliveries.schemas import AttemptOut, DeliveryOut, DeliveryPage
 from dispatcher.errors import Invalid
 from dispatcher.recipients.models import Recipient
@@ -101,6 +101,7 @@ def search(
             created_at=d.created_at,
             updated_at=d.updated_at,
             sent_at=d.sent_at,
+            next_attempt_at=d.available_at if d.status in OPEN_STATUSES else None,
             attempts=attempts.get(d.id, []),
         )
         for d, external_id in rows

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from dispatcher.clock import utcnow
 from dispatcher.deliveries.service import decode_cursor, encode_cursor
@@ -13,7 +13,7 @@ from dispatcher.deps import DbSession
 from dispatcher.errors import NotFound
 from dispatcher.inbox.models import Device, InboxItem
 from dispatcher.inbox.schemas import DeviceIn, DeviceOut, InboxItemOut, InboxPage
-from dispatcher.recipients.models import Recipient
+from dispatcher.recipients.models import Address, Recipient
 from dispatcher.sql import insert_for
 
 router = APIRouter(tags=["vssid inbox"])
@@ -105,6 +105,12 @@ def register_device(external_id: str, data: DeviceIn, session: DbSession) -> Dev
             index_elements=["token"],
             set_={"recipient_id": recipient_id, "platform": data.platform, "last_seen_at": now},
         )
+    )
+    # A phone registered again: the VssID address reaches someone once more.
+    session.execute(
+        update(Address)
+        .where(Address.recipient_id == recipient_id, Address.channel == "vssid")
+        .values(dead_at=None, dead_reason=None)
     )
     device = session.scalar(select(Device).where(Device.token == data.token))
     assert device is not None

@@ -1,0 +1,129 @@
+"""Zalo through the real pipeline: rotated tokens kept in the database, dead followers, night."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from dispatcher.channel_state import ChannelState
+from dispatcher.clock import clock
+from dispatcher.config import get_settings
+from dispatcher.db import Database
+from tests.emulators.zalo import ZaloEmulator
+from tests.support import wait_for
+from tests.test_end_to_end import all_deliveries, campaign_status
+
+DAY = datetime(2026, 3, 10, 3, 0, tzinfo=UTC)  # 10:00 in Vietnam
+NIGHT = datetime(2026, 3, 10, 16, 0, tzinfo=UTC)  # 23:00 in Vietnam
+
+TEMPLATE = {
+    "key": "zalo_test",
+    "variants": [{"channel": "zalo", "body": "Xin chào {{ recipient.given_name }}"}],
+}
+
+
+@pytest.fixture()
+def zalo(settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[ZaloEmulator]:
+    clock.freeze(DAY)
+    with ZaloEmulator(clock=clock.now) as emulator:
+        for key, value in {
+            "ZALO_APP_ID": emulator.app_id,
+            "ZALO_SECRET_KEY": emulator.secret_key,
+            "ZALO_ACCESS_TOKEN": emulator.access_token,
+            "ZALO_REFRESH_TOKEN": emulator.refresh_token,
+            "ZALO_API_URL": emulator.base_url,
+            "ZALO_OAUTH_URL": emulator.base_url,
+        }.items():
+            monkeypatch.setenv(f"DISPATCHER_{key}", value)
+        get_settings.cache_clear()
+        yield emulator
+    clock.reset()
+
+
+def setup(client: Any, users: int = 4) -> None:
+    people = [
+        {"external_id": f"06{i:08d}", "full_name": f"Lý Thị {i}", "addresses": {"zalo": f"u{i}"}}
+        for i in range(users)
+    ]
+    assert client.post("/v1/recipients", json=people).status_code == 200
+    assert client.post("/v1/templates", json=TEMPLATE).status_code == 201
+
+
+def launch(client: Any, kind: str) -> int:
+    created = client.post(
+        "/v1/campaigns",
+        json={
+            "name": "Zalo",
+            "kind": kind,
+            "template": "zalo_test",
+            "audience": {"all": True},
+            "channels": ["zalo"],
+            "priority": "urgent",
+        },
+    ).json()
+    client.post(f"/v1/campaigns/{created['id']}/submit")
+    client.post(f"/v1/campaigns/{created['id']}/approve")
+    return int(created["id"])
+
+
+def finished(client: Any, campaign_id: int) -> dict[str, Any]:
+    return dict(
+        wait_for(lambda: (c := campaign_status(client, campaign_id))["status"] == "completed" and c)
+    )
+
+
+def test_a_refreshed_token_pair_is_kept_in_the_database(
+    client, worker, zalo: ZaloEmulator, db: Database
+) -> None:
+    setup(client)
+    zalo.expire_access_token()
+    done = finished(client, launch(client, "fraud_warning"))
+    assert done["counts"]["by_status"] == {"sent": 4}
+    assert zalo.refresh_count == 1
+    with db.transaction() as session:
+        stored = {k: v for k, v in session.execute(select(ChannelState.key, ChannelState.value))}
+    assert stored["zalo:access_token"] == zalo.access_token
+    assert stored["zalo:refresh_token"] == zalo.refresh_token
+    # Every message went out under the refreshed token, and the provider's ids are stored.
+    deliveries = all_deliveries(client, campaign_id=done["id"])
+    assert all(d["provider_message_id"] for d in deliveries)
+    assert {d["provider_message_id"] for d in deliveries} == {m.message_id for m in zalo.outbox}
+
+
+def test_a_user_who_unfollowed_is_marked_dead_and_skipped_next_time(
+    client, worker, zalo: ZaloEmulator
+) -> None:
+    setup(client)
+    zalo.unfollow("u2")
+    first = finished(client, launch(client, "greeting"))
+    assert first["counts"]["by_status"] == {"sent": 3, "failed": 1}
+    (failed,) = all_deliveries(client, campaign_id=first["id"], status="failed")
+    assert failed["attempts"][0]["provider_code"] == "-213"
+    assert failed["attempts"][0]["error_class"] == "address_dead"
+    second = finished(client, launch(client, "greeting"))
+    assert second["counts"]["by_status"] == {"sent": 3, "skipped": 1}
+
+
+def test_promotions_wait_for_the_morning_and_other_kinds_do_not(
+    client, worker, zalo: ZaloEmulator
+) -> None:
+    setup(client, users=2)
+    clock.freeze(NIGHT)
+    promotion = launch(client, "greeting")
+    warning = finished(client, launch(client, "fraud_warning"))
+    assert warning["counts"]["by_status"] == {"sent": 2}, "consultation messages go at night"
+
+    def deferred() -> list[dict[str, Any]]:
+        found = all_deliveries(client, campaign_id=promotion, status="retrying")
+        return found if len(found) == 2 else []
+
+    for delivery in wait_for(deferred):
+        assert delivery["error_class"] == "rate_limited"
+        # Audited as a deferral; no call reached Zalo.
+        assert [a["outcome"] for a in delivery["attempts"]] == ["rate_limited"]
+        assert delivery["next_attempt_at"] == "2026-03-10T23:00:00Z", "06:00 in Vietnam"
+    assert len(zalo.outbox) == 2
