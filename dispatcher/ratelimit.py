@@ -48,9 +48,21 @@ for i = 2, #KEYS do
 end
 if wait > 0 then return wait end
 for i = 2, #KEYS do
-  redis.call('SET', KEYS[i], tats[i], 'PX', math.max(1, tats[i] - now) + 1000)
+  redis.call('SET', KEYS[i], tats[i], 'PX', math.ceil(math.max(1, tats[i] - now)) + 1000)
 end
 return 0
+"""
+
+
+# Starts a pause (returns 1), or lengthens a running one (returns 0): one event per pause.
+_PAUSE = """
+local current = redis.call('PTTL', KEYS[1])
+if current > 0 then
+  if current < tonumber(ARGV[1]) then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+  return 0
+end
+redis.call('SET', KEYS[1], 1, 'PX', ARGV[1])
+return 1
 """
 
 
@@ -85,7 +97,8 @@ class Limiter(Protocol):
         ...
 
     async def pause(self, channel: str, seconds: float) -> bool:
-        """Pause the channel for everyone; True if this call started (or lengthened) it."""
+        """Pause the channel for everyone (never shortening a pause); True only if this call
+        started it, so that a pause is reported once, not by every worker that hits it."""
         ...
 
 
@@ -111,14 +124,10 @@ class RedisLimiter:
         return max(0.0, float(waited) / 1000.0)
 
     async def pause(self, channel: str, seconds: float) -> bool:
-        client = self._redis()
-        key = f"{PREFIX}{channel}:pause"
-        ms = max(1, int(seconds * 1000))
-        current = await client.pttl(key)
-        if current is not None and current >= ms:
-            return False
-        await client.set(key, 1, px=ms)
-        return True
+        started = await self._redis().eval(
+            _PAUSE, 1, f"{PREFIX}{channel}:pause", max(1, int(seconds * 1000))
+        )
+        return bool(started)
 
     async def close(self) -> None:
         if self._client is not None:
@@ -152,12 +161,12 @@ class MemoryLimiter:
             return 0.0
 
     async def pause(self, channel: str, seconds: float) -> bool:
-        until = time.monotonic() * 1000 + seconds * 1000
+        now = time.monotonic() * 1000
+        until = now + seconds * 1000
         with self._lock:
-            if self._paused.get(channel, 0.0) >= until:
-                return False
-            self._paused[channel] = until
-            return True
+            current = self._paused.get(channel, 0.0)
+            self._paused[channel] = max(current, until)
+            return current <= now
 
     async def close(self) -> None:
         return None

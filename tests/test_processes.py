@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -21,24 +22,25 @@ from workers.scheduler import LEADER_KEY
 
 
 @contextmanager
-def role(*args: str) -> Iterator[subprocess.Popen[str]]:
-    env = dict(os.environ)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "dispatcher.cli", *args],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        yield process
-    finally:
-        process.send_signal(signal.SIGTERM)
+def role(*args: str) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``dispatcher <args>`` as its own process; its output goes to a file (a pipe nobody
+    reads would fill up and freeze a chatty worker)."""
+    with tempfile.TemporaryFile() as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "dispatcher.cli", *args],
+            env=dict(os.environ),
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
         try:
-            process.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.communicate()
+            yield process
+        finally:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
 
 @pytest.mark.timeout(180)

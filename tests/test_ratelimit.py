@@ -94,3 +94,14 @@ def test_settings_override_the_channel_rate_and_addresses_are_hashed() -> None:
         "per-chat limits keep the provider's rate"
     )
     assert "912" not in limits[1].key and "+84" not in limits[1].key
+
+
+def test_rates_that_do_not_divide_a_second_evenly(make_limiter) -> None:
+    async def go() -> list[float]:
+        limiter = make_limiter()
+        limits = limits_for("telegram", "", (RateRule(per_second=29, burst=1),), {})
+        return [await limiter.wait_needed("telegram", limits) for _ in range(2)]
+
+    first, second = asyncio.run(go())
+    assert first == 0.0
+    assert 0.02 < second <= 1 / 29 + 0.001

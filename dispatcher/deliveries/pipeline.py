@@ -360,8 +360,7 @@ class BatchProcessor:
             )
             for _ in range(MAX_RATE_ROUNDS):
                 try:
-                    adapter = await self._adapter(channel)
-                    await self._send_round(item, adapter, limits)
+                    await self._send_round(item, limits)
                     return
                 except ratelimit.Deferred as deferred:
                     # Nothing was sent: no attempt to record, no budget spent.
@@ -424,10 +423,11 @@ class BatchProcessor:
         item.error_reason = exc.reason
         item.retry_after = exc.retry_after
 
-    async def _send_round(
-        self, item: Work, adapter: Adapter, limits: list[ratelimit.Limit]
-    ) -> None:
-        """One round of tries: quick tenacity retries for blips, each behind a rate slot."""
+    async def _send_round(self, item: Work, limits: list[ratelimit.Limit]) -> None:
+        """One round of tries: quick tenacity retries for blips, each behind a rate slot.
+
+        The adapter is opened behind the slot too: opening calls the provider (getMe, a token
+        grant), and a refused credential must pause the channel before others pile in."""
         assert item.message is not None
         channel = item.channel
         async for attempt in self.policy.quick(item.failures):
@@ -437,6 +437,7 @@ class BatchProcessor:
                 )
                 if waited:
                     RATE_LIMIT_WAIT_SECONDS.labels(channel).inc(waited)
+                adapter = await self._adapter(channel)
                 number = item.attempts + len(item.tries) + 1
                 started = utcnow()
                 t0 = time.perf_counter()

@@ -131,7 +131,7 @@ def test_declares_its_limits_and_is_registered() -> None:
     assert TelegramAdapter.name == "telegram"
     assert TelegramAdapter.limits is LIMITS["telegram"]
     overall, per_chat = TelegramAdapter.rate_limits
-    assert (overall.per_second, overall.burst, overall.per_address) == (30, 30, False)
+    assert (overall.per_second, overall.burst, overall.per_address) == (29, 1, False)
     assert (per_chat.per_second, per_chat.burst, per_chat.per_address) == (1, 1, True)
 
 
@@ -140,7 +140,7 @@ def test_declares_its_limits_and_is_registered() -> None:
 
 def test_sends_html_and_returns_the_message_id(tg: TelegramEmulator) -> None:
     result = send_one(make_adapter(tg), message())
-    assert result == SendResult(provider_message_id="1", provider_code="ok")
+    assert result == SendResult(provider_message_id=f"{CHAT}:1", provider_code="ok")
     delivery = tg.outbox.last()
     assert delivery.address == CHAT
     assert delivery.text == "Kính gửi Ông/Bà & gia đình"  # the emulator parsed it as HTML
@@ -166,8 +166,9 @@ def test_one_bot_and_one_get_me_for_many_concurrent_sends(
         return list(results), again, a.bot is bot
 
     results, again, same_bot = run(adapter, go)
-    assert [r.provider_message_id for r in results] == ["1"] * 20  # ids count per chat
-    assert again.provider_message_id == "2"
+    # Telegram counts ids per chat; the chat qualifies them.
+    assert [r.provider_message_id for r in results] == [f"{c}:1" for c in range(1, 21)]
+    assert again.provider_message_id == "1:2"
     assert same_bot
     assert len(tg.requests.filter(path="getMe")) == 1
     assert len(tg.requests.filter(path="sendMessage")) == 21
