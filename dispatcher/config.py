@@ -99,6 +99,16 @@ class Settings(BaseSettings):
         default=300.0, gt=0, description="How long a refused credential pauses its channel."
     )
 
+    schedule_grace_seconds: float = Field(
+        default=6 * 3600,
+        ge=0,
+        description="A firing missed by less than this runs late; older ones are skipped.",
+    )
+    send_windows: dict[str, str] = Field(
+        default_factory=lambda: {"greeting": "07:00-21:00", "policy_news": "07:00-21:00"},
+        description='Vietnam-time windows by kind or "kind:channel"; other kinds ignore them.',
+    )
+
     batch_size: int = Field(default=500, ge=1, le=10_000, description="Deliveries per job.")
     queue_urgent: str = "urgent"
     queue_bulk: str = "bulk"
@@ -155,6 +165,18 @@ class Settings(BaseSettings):
         for channel, rate in value.items():
             if rate <= 0:
                 raise ValueError(f"{channel}: a rate must be above zero")
+        return value
+
+    @field_validator("send_windows")
+    @classmethod
+    def _windows(cls, value: dict[str, str]) -> dict[str, str]:
+        from dispatcher.scheduling.windows import parse_window
+
+        for key, window in value.items():
+            try:
+                parse_window(window)
+            except ValueError as exc:
+                raise ValueError(f"{key}: {exc}") from None
         return value
 
     @field_validator("public_url")

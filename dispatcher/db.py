@@ -36,6 +36,10 @@ class Base(DeclarativeBase):
 # BIGINT keys on PostgreSQL; SQLite only makes an alias of the rowid for "INTEGER PRIMARY KEY".
 BigId = BigInteger().with_variant(sqlite.INTEGER(), "sqlite")
 JSONType = JSON().with_variant(postgresql.JSONB(), "postgresql")
+# For optional JSON: None is SQL NULL (so "IS NULL" finds it), not the JSON value null.
+NullableJSON = JSON(none_as_null=True).with_variant(
+    postgresql.JSONB(none_as_null=True), "postgresql"
+)
 
 
 class UTCDateTime(TypeDecorator[datetime]):

@@ -157,6 +157,12 @@ def db(database_url: str, _databases: dict[str, Database]) -> Iterator[Database]
     if database is None:
         database = _databases[database_url] = Database(database_url)
     _truncate(database)
+    # Ids start again after the reset: forget what the caches keyed by them.
+    from dispatcher.content.render import renderer
+    from dispatcher.content.service import versions
+
+    versions.clear()
+    renderer.clear()
     set_database(database)
     yield database
     set_database(None)
@@ -190,6 +196,8 @@ def settings(
         "SWEEP_INTERVAL_SECONDS": "0.2",
         "LEASE_SECONDS": "30",
         "PUBLIC_URL": "https://thongbao.bhxh.test",
+        # No send windows unless a test sets them: nothing may depend on the hour it runs at.
+        "SEND_WINDOWS": "{}",
     }
     for key in list(os.environ):
         if key.startswith("DISPATCHER_") and not key.startswith("DISPATCHER_TEST_"):

@@ -21,6 +21,8 @@ def test_dev_runs_a_first_campaign_without_redis(tmp_path: Path) -> None:
         **{k: v for k, v in os.environ.items() if not k.startswith("DISPATCHER_")},
         "DISPATCHER_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",  # nothing listens there
         "DISPATCHER_SWEEP_INTERVAL_SECONDS": "0.5",
+        # A greeting at night would wait for its window: this test is not about the hour.
+        "DISPATCHER_SEND_WINDOWS": "{}",
     }
     process = subprocess.Popen(
         [sys.executable, "-m", "dispatcher.cli", "dev", "--port", str(port)],

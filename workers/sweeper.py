@@ -33,6 +33,7 @@ from dispatcher.jobs import (
     enqueue_after_commit,
     new_batch_id,
 )
+from dispatcher.scheduling import service as scheduling
 
 log = structlog.get_logger(__name__)
 
@@ -47,6 +48,8 @@ class SweepReport:
     requeued: int = 0
     runs_completed: int = 0
     campaigns_launched: int = 0
+    firings: int = 0
+    firings_skipped: int = 0
 
 
 def restart_stalled_planners(*, db: Database, settings: Settings, now: datetime) -> int:
@@ -193,6 +196,9 @@ def sweep(
         report.campaigns_launched = len(
             campaigns.launch_due(session=session, settings=settings, now=now)
         )
+    with db.transaction() as session:
+        fired = scheduling.fire_due(session=session, settings=settings, now=now)
+        report.firings, report.firings_skipped = fired.fired, fired.skipped
     report.planners_restarted = restart_stalled_planners(db=db, settings=settings, now=now)
     report.leases_expired = expire_leases(db=db, now=now)
     report.requeued = requeue_orphans(db=db, settings=settings, markers=markers, now=now)

@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, String, UniqueConstraint
+from sqlalchemy import ForeignKey, Index, String, UniqueConstraint, false
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from dispatcher.clock import utcnow
-from dispatcher.db import Base, BigId, JSONType, UTCDateTime
+from dispatcher.db import Base, BigId, JSONType, NullableJSON, UTCDateTime
 
 
 class Campaign(Base):
@@ -30,6 +30,9 @@ class Campaign(Base):
     channel_mode: Mapped[str] = mapped_column(String(16), default="all", server_default="all")
     priority: Mapped[str] = mapped_column(String(16))
     send_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # A recurring campaign's rule (dispatcher.scheduling.rules), and when it fires next.
+    schedule: Mapped[dict[str, Any] | None] = mapped_column(NullableJSON, nullable=True)
+    next_fire_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     variables: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     status: Mapped[str] = mapped_column(String(16), default="draft")
     # Why the campaign is in its state, for people (a cancellation reason, an error).
@@ -42,7 +45,10 @@ class Campaign(Base):
 
     runs: Mapped[list[Run]] = relationship(back_populates="campaign", order_by="Run.id")
 
-    __table_args__ = (Index("ix_campaigns_status_send_at", "status", "send_at"),)
+    __table_args__ = (
+        Index("ix_campaigns_status_send_at", "status", "send_at"),
+        Index("ix_campaigns_status_next_fire_at", "status", "next_fire_at"),
+    )
 
 
 class Run(Base):
@@ -57,8 +63,13 @@ class Run(Base):
     # A scheduled firing's slot, unique per campaign so a slot never runs twice. NULL for
     # transactional messages, which are their own runs.
     slot: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    # planning -> running -> completed; or paused / cancelled.
+    # planning -> running -> completed; or paused / cancelled; "skipped" for a firing the
+    # scheduler missed beyond its grace period (recorded, never silently lost).
     status: Mapped[str] = mapped_column(String(16), default="planning")
+    # Fired after its time (the scheduler was down), within the grace period.
+    late: Mapped[bool] = mapped_column(default=False, server_default=false())
+    # Narrows the campaign's audience for this run only (a birthday run: born on that day).
+    audience: Mapped[dict[str, Any] | None] = mapped_column(NullableJSON, nullable=True)
     # Keyset cursor of the planner: the last recipient id turned into deliveries.
     planned_through: Mapped[int] = mapped_column(BigId, default=0)
     planned_count: Mapped[int] = mapped_column(default=0)

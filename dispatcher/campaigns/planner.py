@@ -9,6 +9,7 @@ makes a repeated page harmless.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -36,6 +37,7 @@ from dispatcher.deliveries.models import OPEN_STATUSES, Delivery, DeliveryStatus
 from dispatcher.jobs import SEND_BATCH, Job, actor_name, enqueue_after_commit, new_batch_id
 from dispatcher.recipients.audience import compile_audience
 from dispatcher.recipients.models import Address, Recipient
+from dispatcher.scheduling import windows
 from dispatcher.sql import insert_for
 
 COLUMNS = (
@@ -67,13 +69,21 @@ class Rows:
       only unusable channels before it are recorded as skipped.
     """
 
-    def __init__(self, *, session: Session, run: Run, campaign: Campaign, batch_id: str) -> None:
+    def __init__(
+        self, *, session: Session, run: Run, campaign: Campaign, batch_id: str, settings: Settings
+    ) -> None:
         self.session = session
         self.run = run
         self.campaign = campaign
         self.batch_id = batch_id
         self.now = utcnow()
         self.channels = list(campaign.channels)
+        # Greetings and news planned outside their send window wait for it to open.
+        self.available = {
+            channel: windows.next_open(self.now, campaign.kind, channel, settings.send_windows)
+            or self.now
+            for channel in self.channels
+        }
         self.rank = {channel: i for i, channel in enumerate(self.channels)}
         self.opted = consent.opted_out_clause(campaign.kind)
 
@@ -105,7 +115,11 @@ class Rows:
                 literal(status, String()),
                 literal(self.batch_id if status == DeliveryStatus.pending else None, String()),
                 literal(reason, String()),
-                literal(self.now, UTCDateTime()),
+                case(
+                    {c: literal(t, UTCDateTime()) for c, t in self.available.items()},
+                    value=Address.channel,
+                    else_=literal(self.now, UTCDateTime()),
+                ),
                 literal(self.now, UTCDateTime()),
                 literal(self.now, UTCDateTime()),
                 literal(0, Integer()),
@@ -115,6 +129,10 @@ class Rows:
             .join(Address, Address.recipient_id == Recipient.id)
             .where(Address.channel.in_(self.channels), *where)
         )
+
+    def wait(self) -> float:
+        """Seconds until the first of this batch's rows may be sent."""
+        return max(0.0, (min(self.available.values()) - self.now).total_seconds())
 
     def insert(self, rows: Select[*tuple[Any, ...]]) -> list[int]:
         statement = (
@@ -161,6 +179,8 @@ def plan_page(*, session: Session, run: Run, campaign: Campaign, settings: Setti
     """Plan the next page of ``run``; returns how many deliveries it made, None when done."""
     page = max(1, settings.batch_size // max(1, len(campaign.channels)))
     audience = compile_audience(campaign.audience)
+    if run.audience:
+        audience = and_(audience, compile_audience(run.audience, "run.audience"))
     ids = session.scalars(
         select(Recipient.id)
         .where(audience, Recipient.id > run.planned_through)
@@ -169,7 +189,9 @@ def plan_page(*, session: Session, run: Run, campaign: Campaign, settings: Setti
     ).all()
     if not ids:
         return None
-    rows = Rows(session=session, run=run, campaign=campaign, batch_id=new_batch_id())
+    rows = Rows(
+        session=session, run=run, campaign=campaign, batch_id=new_batch_id(), settings=settings
+    )
     pending, skipped = rows.plan(
         audience, Recipient.id > run.planned_through, Recipient.id <= ids[-1]
     )
@@ -196,11 +218,18 @@ def enqueue_batch(
     ids: list[int],
     batch_id: str,
     settings: Settings,
+    delay: float = 0.0,
 ) -> None:
     queue = queue_for(campaign, settings)
     enqueue_after_commit(
         session,
-        Job(actor_name(SEND_BATCH, queue), queue, (run.id, ids, batch_id), batch_id=batch_id),
+        Job(
+            actor_name(SEND_BATCH, queue),
+            queue,
+            (run.id, ids, batch_id),
+            delay_ms=math.ceil(delay * 1000) if delay > 0 else None,
+            batch_id=batch_id,
+        ),
     )
 
 
@@ -240,7 +269,13 @@ def complete_if_done(*, session: Session, run: Run) -> bool:
     run.status = "completed"
     run.finished_at = now
     campaign = session.get(Campaign, run.campaign_id)
-    if campaign is not None and campaign.kind != "transactional" and campaign.status == "running":
+    # A recurring campaign lives on between runs; only a one-shot campaign completes.
+    if (
+        campaign is not None
+        and campaign.schedule is None
+        and campaign.kind != "transactional"
+        and campaign.status == "running"
+    ):
         active = session.scalar(
             select(Run.id)
             .where(

@@ -7,7 +7,13 @@ from sqlalchemy import select
 
 from dispatcher.campaigns import service
 from dispatcher.campaigns.models import Campaign, Run
-from dispatcher.campaigns.schemas import CampaignIn, CampaignOut, MessageIn, MessageOut
+from dispatcher.campaigns.schemas import (
+    CampaignIn,
+    CampaignOut,
+    MessageIn,
+    MessageOut,
+    ScheduleIn,
+)
 from dispatcher.deps import AppSettings, DbSession
 from dispatcher.errors import NotFound
 
@@ -48,6 +54,18 @@ def submit_campaign(campaign_id: int, session: DbSession) -> CampaignOut:
 @router.post("/{campaign_id}/approve", response_model=CampaignOut)
 def approve_campaign(campaign_id: int, session: DbSession, settings: AppSettings) -> CampaignOut:
     campaign = service.approve(session=session, campaign_id=campaign_id, settings=settings)
+    return service.to_out(session=session, campaign=campaign)
+
+
+@router.put(
+    "/{campaign_id}/schedule",
+    response_model=CampaignOut,
+    summary="Change a recurring rule (an approved campaign needs a new approval)",
+)
+def reschedule_campaign(campaign_id: int, data: ScheduleIn, session: DbSession) -> CampaignOut:
+    campaign = service.reschedule(
+        session=session, campaign_id=campaign_id, schedule=data.schedule.model_dump(mode="json")
+    )
     return service.to_out(session=session, campaign=campaign)
 
 

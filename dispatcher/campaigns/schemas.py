@@ -5,11 +5,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from channels import registry
 from channels.base import Category
 from dispatcher.recipients.audience import AudienceError, compile_audience
+from dispatcher.scheduling.rules import Schedule
 
 URGENT_KINDS = {Category.fraud_warning, Category.disaster_support, Category.transactional}
 Priority = Literal["urgent", "bulk"]
@@ -52,7 +53,17 @@ class CampaignIn(BaseModel):
     )
     priority: Priority | None = Field(default=None, description="Default: from the kind.")
     send_at: datetime | None = Field(default=None, description="Default: at approval.")
+    schedule: Schedule | None = Field(
+        default=None,
+        description="A recurring rule instead of send_at: cron, lunar, birthday or occasion.",
+    )
     variables: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _once_or_recurring(self) -> CampaignIn:
+        if self.schedule is not None and self.send_at is not None:
+            raise ValueError("give send_at (once) or schedule (recurring), not both")
+        return self
 
     @field_validator("audience")
     @classmethod
@@ -76,10 +87,15 @@ class CampaignIn(BaseModel):
         return value
 
 
+class ScheduleIn(BaseModel):
+    schedule: Schedule
+
+
 class RunOut(BaseModel):
     id: int
     status: str
     scheduled_for: datetime
+    late: bool = False
     planned_count: int
     planned_at: datetime | None
     started_at: datetime | None
@@ -103,6 +119,8 @@ class CampaignOut(BaseModel):
     channel_mode: str
     priority: str
     send_at: datetime | None
+    schedule: dict[str, Any] | None = None
+    next_fire_at: datetime | None = None
     variables: dict[str, Any]
     status: str
     status_reason: str | None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -40,6 +41,7 @@ from dispatcher.jobs import (
     new_batch_id,
 )
 from dispatcher.recipients.models import Recipient
+from dispatcher.scheduling.service import first_firing
 
 TRANSITIONS: dict[str, dict[str, str]] = {
     # action: {from status: to status}
@@ -105,6 +107,7 @@ def create(*, session: Session, data: CampaignIn) -> Campaign:
         channel_mode=data.channel_mode,
         priority=data.priority or default_priority(data.kind),
         send_at=data.send_at,
+        schedule=data.schedule.model_dump(mode="json") if data.schedule else None,
         variables=data.variables,
         status="draft",
         created_at=now,
@@ -144,14 +147,26 @@ def approve(*, session: Session, campaign_id: int, settings: Settings) -> Campai
     now = utcnow()
     campaign.template_version_id = version.id
     campaign.approved_at = campaign.updated_at = now
-    if campaign.send_at is not None and campaign.send_at > now:
+    if campaign.schedule is not None:
+        campaign.status = "scheduled"
+        campaign.next_fire_at = first_firing(campaign, now)
+    elif campaign.send_at is not None and campaign.send_at > now:
         campaign.status = "scheduled"
     else:
         launch(session=session, campaign=campaign, settings=settings, at=campaign.send_at or now)
     return campaign
 
 
-def launch(*, session: Session, campaign: Campaign, settings: Settings, at: datetime) -> Run | None:
+def launch(
+    *,
+    session: Session,
+    campaign: Campaign,
+    settings: Settings,
+    at: datetime,
+    late: bool = False,
+    audience: dict[str, Any] | None = None,
+    variables: dict[str, Any] | None = None,
+) -> Run | None:
     """Make the run for the slot ``at`` and queue its planning; None if that slot already ran."""
     now = utcnow()
     run = Run(
@@ -159,6 +174,9 @@ def launch(*, session: Session, campaign: Campaign, settings: Settings, at: date
         scheduled_for=at,
         slot=at.isoformat(),
         status="planning",
+        late=late,
+        audience=audience,
+        variables=variables or {},
         template_version_id=campaign.template_version_id,
         created_at=now,
         started_at=now,
@@ -170,7 +188,9 @@ def launch(*, session: Session, campaign: Campaign, settings: Settings, at: date
             session.flush()
     except IntegrityError:
         return None
-    campaign.status = "running"
+    if campaign.schedule is None:
+        # A recurring campaign stays scheduled between its runs.
+        campaign.status = "running"
     campaign.updated_at = now
     enqueue_plan(session=session, run=run, campaign=campaign, settings=settings)
     return run
@@ -187,6 +207,7 @@ def launch_due(*, session: Session, settings: Settings, now: datetime | None = N
     due = session.scalars(
         select(Campaign)
         .where(Campaign.status == "scheduled", Campaign.send_at <= now)
+        .where(Campaign.schedule.is_(None))
         .order_by(Campaign.send_at)
         .limit(100)
         .with_for_update(skip_locked=True)
@@ -198,6 +219,23 @@ def launch_due(*, session: Session, settings: Settings, now: datetime | None = N
         if run is not None:
             runs.append(run)
     return runs
+
+
+def reschedule(*, session: Session, campaign_id: int, schedule: dict[str, Any]) -> Campaign:
+    """Change a recurring rule. An approved rule must be approved again before it fires."""
+    campaign = get_campaign(session=session, campaign_id=campaign_id, lock=True)
+    if campaign.status not in ("draft", "submitted", "approved", "scheduled", "paused"):
+        raise Conflict(f"cannot change the schedule of a campaign that is {campaign.status}")
+    if campaign.schedule is None:
+        raise Conflict("this campaign has no schedule; it sends once (send_at)")
+    campaign.schedule = schedule
+    campaign.next_fire_at = None
+    if campaign.status != "draft":
+        campaign.status = "submitted"
+        campaign.approved_at = None
+        campaign.status_reason = "schedule changed: needs a new approval"
+    campaign.updated_at = utcnow()
+    return campaign
 
 
 def pause(*, session: Session, campaign_id: int) -> Campaign:
@@ -219,7 +257,11 @@ def resume(*, session: Session, campaign_id: int, settings: Settings) -> Campaig
     runs = session.scalars(
         select(Run).where(Run.campaign_id == campaign.id, Run.status == "paused")
     ).all()
-    if not runs and campaign.send_at is not None and campaign.send_at > now:
+    if campaign.schedule is not None:
+        # Firings that fell while paused are not caught up: staff paused them on purpose.
+        campaign.status = "scheduled"
+        campaign.next_fire_at = first_firing(campaign, now)
+    elif not runs and campaign.send_at is not None and campaign.send_at > now:
         campaign.status = "scheduled"
     else:
         campaign.status = "running"
@@ -237,6 +279,7 @@ def cancel(*, session: Session, campaign_id: int, reason: str | None = None) -> 
     campaign.status = _transition(campaign, "cancel")
     now = utcnow()
     campaign.updated_at = campaign.completed_at = now
+    campaign.next_fire_at = None
     campaign.status_reason = reason
     session.execute(
         update(Run)
@@ -280,7 +323,7 @@ def to_out(*, session: Session, campaign: Campaign) -> CampaignOut:
         else None
     )
     runs = session.scalars(
-        select(Run).where(Run.campaign_id == campaign.id).order_by(Run.id.desc()).limit(20)
+        select(Run).where(Run.campaign_id == campaign.id).order_by(Run.id.desc()).limit(50)
     ).all()
     return CampaignOut(
         id=campaign.id,
@@ -293,6 +336,8 @@ def to_out(*, session: Session, campaign: Campaign) -> CampaignOut:
         channel_mode=campaign.channel_mode,
         priority=campaign.priority,
         send_at=campaign.send_at,
+        schedule=campaign.schedule,
+        next_fire_at=campaign.next_fire_at,
         variables=campaign.variables or {},
         status=campaign.status,
         status_reason=campaign.status_reason,
@@ -308,6 +353,7 @@ def to_out(*, session: Session, campaign: Campaign) -> CampaignOut:
                 status=r.status,
                 scheduled_for=r.scheduled_for,
                 planned_count=r.planned_count,
+                late=r.late,
                 planned_at=r.planned_at,
                 started_at=r.started_at,
                 finished_at=r.finished_at,

@@ -182,6 +182,10 @@ class Renderer:
                     self._cache.popitem(last=False)
         return template
 
+    def clear(self) -> None:
+        with self._lock:
+            self._cache.clear()
+
     def render(self, variant: VariantData, context: Mapping[str, Any]) -> Rendered:
         limits = limits_for(variant.channel)
         parts: dict[str, str | None] = {}

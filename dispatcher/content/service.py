@@ -128,6 +128,11 @@ class _VersionCache:
                 self._items.popitem(last=False)
         return loaded
 
+    def clear(self) -> None:
+        """Forget everything (tests reset the database, and with it the ids)."""
+        with self._lock:
+            self._items.clear()
+
 
 versions = _VersionCache()
 

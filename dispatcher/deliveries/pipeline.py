@@ -83,12 +83,13 @@ from dispatcher.metrics import (
     SEND_SECONDS,
 )
 from dispatcher.recipients.models import Address, Recipient
+from dispatcher.scheduling import windows
 
 log = structlog.get_logger(__name__)
 
 WORKER_NAME = f"{socket.gethostname()}:{os.getpid()}"
 # Retries for these wait as asked and do not count against the delivery's attempt budget.
-NO_BUDGET = ("rate_limited", "auth", "deferred")
+NO_BUDGET = ("rate_limited", "auth", "deferred", "send_window")
 MAX_RATE_ROUNDS = 5
 deliveries_t: Table = Delivery.__table__  # type: ignore[assignment]
 attempts_t: Table = Attempt.__table__  # type: ignore[assignment]
@@ -348,6 +349,17 @@ class BatchProcessor:
         assert item.message is not None
         channel = item.channel
         async with semaphore:
+            now = utcnow()
+            opening = windows.next_open(
+                now, item.message.kind.value, channel, self.settings.send_windows
+            )
+            if opening is not None:
+                # The window closed while the batch was on its way: wait for the morning.
+                item.status = DeliveryStatus.retrying
+                item.error_class = "send_window"
+                item.error_reason = f"outside the send window; opens {opening.isoformat()}"
+                item.retry_after = (opening - now).total_seconds()
+                return
             try:
                 rules = registry.get(channel).rate_limits
             except registry.UnknownChannel as exc:
@@ -618,7 +630,11 @@ class BatchProcessor:
                 ]
                 if ended:
                     rows = Rows(
-                        session=session, run=fresh_run, campaign=campaign, batch_id=new_batch_id()
+                        session=session,
+                        run=fresh_run,
+                        campaign=campaign,
+                        batch_id=new_batch_id(),
+                        settings=self.settings,
                     )
                     hops = rows.next_hops(ended)
                     fresh_run.planned_count += len(hops)
@@ -630,6 +646,7 @@ class BatchProcessor:
                             ids=hops,
                             batch_id=rows.batch_id,
                             settings=self.settings,
+                            delay=rows.wait(),
                         )
             if fresh_run is not None:
                 session.flush()

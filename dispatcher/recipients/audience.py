@@ -6,14 +6,16 @@ A filter is a JSON object; several keys in one object must all hold::
     {"external_ids": ["0123456789", ...]}
     {"province": ["Hà Nội", "Quảng Ninh"]}
     {"kind": "organization"}            {"language": ["vi", "km"]}
+    {"born_on": ["03-08"]}              (birthday: month-day)
     {"and": [f, ...]}   {"or": [f, ...]}   {"not": f}
 """
 
 from __future__ import annotations
 
+from datetime import date
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, false, not_, or_, true
+from sqlalchemy import ColumnElement, and_, extract, false, not_, or_, true
 
 from dispatcher.recipients.models import Recipient
 
@@ -62,6 +64,22 @@ def compile_audience(spec: Any, path: str = "audience") -> ColumnElement[bool]:
         elif key == "language":
             langs = [v.lower() for v in _strings(value, where)]
             clauses.append(Recipient.language.in_(langs))
+        elif key == "born_on":
+            days = _strings(value, where)
+            matches = []
+            for text in days:
+                try:
+                    month, day = (int(part) for part in text.split("-"))
+                    date(2000, month, day)  # a leap year: 02-29 is a real birthday
+                except ValueError:
+                    raise AudienceError(f"{where}: {text!r} is not a day as MM-DD") from None
+                matches.append(
+                    and_(
+                        extract("month", Recipient.birth_date) == month,
+                        extract("day", Recipient.birth_date) == day,
+                    )
+                )
+            clauses.append(or_(*matches))
         elif key in ("and", "or"):
             if not isinstance(value, list) or not value:
                 raise AudienceError(f"{where}: expected a non-empty list of filters")
@@ -70,7 +88,7 @@ def compile_audience(spec: Any, path: str = "audience") -> ColumnElement[bool]:
         elif key == "not":
             clauses.append(not_(compile_audience(value, where)))
         else:
-            known = "all, external_ids, province, kind, language, and, or, not"
+            known = "all, external_ids, province, kind, language, born_on, and, or, not"
             raise AudienceError(f"{where}: unknown filter {key!r}; known filters: {known}")
     if not clauses:
         return false()

@@ -6,6 +6,8 @@
     python -m tests.emulators fcm --port 8084
 
 It prints the settings that point the service at it, then serves until interrupted.
+``GET <base>/_emulator/stats`` answers request counts by status and accepted messages (for
+benchmarks; not part of any provider's API).
 """
 
 from __future__ import annotations
@@ -66,6 +68,10 @@ def main() -> None:
     print(f"{args.provider} emulator on {emulator.base_url}", flush=True)
     for key, value in settings.items():
         print(f"export DISPATCHER_{key}={value}", flush=True)
+    print(
+        f"# stats (not part of the provider's API): GET {emulator.base_url}/_emulator/stats",
+        flush=True,
+    )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

@@ -13,7 +13,10 @@ What lives here:
   a :class:`RequestLog` of every HTTP request received (body included, recorded before the
   response leaves so a client never races it), an ``outbox`` :class:`Journal` of accepted
   messages (:class:`Delivery`), per-address scripts of outcomes (``script(address, *outcomes)``),
-  and :class:`RateLimits` built from :class:`TokenBucket`.
+  and :class:`RateLimits` built from :class:`TokenBucket`; ``expire_token_after(n)`` lets the
+  credential authorise n more calls, then expires it as the provider would.
+- ``GET /_emulator/stats`` on every emulator: request counts by status and accepted messages,
+  for benchmarks. It is not part of any provider's contract, and it is not recorded.
 - :class:`ManualClock`, a hand-driven wall clock *and* monotonic clock, so tests never depend on
   the real date or on real time passing.
 - Small helpers every emulator needs: body parsing (JSON, form-urlencoded, multipart), ids.
@@ -30,7 +33,7 @@ import json
 import socket
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -592,6 +595,27 @@ class RecordingMiddleware:
                 record()
 
 
+STATS_PATH = "/_emulator/stats"
+
+
+class StatsEndpoint:
+    """Answers ``GET /_emulator/stats`` with :meth:`Emulator.stats`; passes the rest through.
+
+    It sits outside the recording middleware, so polling it never shows up in the request log
+    or in the counts it reports.
+    """
+
+    def __init__(self, app: ASGIApp, emulator: Emulator) -> None:
+        self.app = app
+        self.emulator = emulator
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == STATS_PATH and scope["method"] == "GET":
+            await JSONResponse(self.emulator.stats())(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
 class _ThreadedUvicorn(uvicorn.Server):
     """uvicorn.Server whose idle loop can be woken from another thread.
 
@@ -779,6 +803,7 @@ class Emulator:
         self.scripts = Scripts()
         # One re-entrant lock for each emulator's own state (tokens, per-user flags, counters).
         self._lock = threading.RLock()
+        self._token_calls_left: int | None = None  # see expire_token_after()
         self._host = host
         self._port = port
         self._server: EmulatorServer | None = None
@@ -793,7 +818,8 @@ class Emulator:
     def app(self) -> ASGIApp:
         """The recording ASGI app (usable in-process too, e.g. with httpx.ASGITransport)."""
         if self._app is None:
-            self._app = RecordingMiddleware(self.build_app(), self.requests, self.clock)
+            recording = RecordingMiddleware(self.build_app(), self.requests, self.clock)
+            self._app = StatsEndpoint(recording, self)
         return self._app
 
     def start(self) -> Self:
@@ -861,6 +887,76 @@ class Emulator:
             await asyncio.sleep(seconds)
         else:
             await self._server.hold(seconds)
+
+    # -- credentials ----------------------------------------------------------------------
+
+    def expire_token_after(self, calls: int) -> None:
+        """Let the credential authorise ``calls`` more API calls, then expire it.
+
+        Every call that passes the credential check counts, whatever it is answered then (a
+        send refused for a bad chat still used the token; Telegram's getMe counts too). The
+        token presented on the last counted call is expired the provider's way (see each
+        emulator's ``_expire_credential``), so the call after it gets the provider's auth
+        error; a token obtained afterwards (a refresh, a new grant, ``add_token``) works. The
+        countdown is one-shot and stops there. ``calls=0`` expires the credential now.
+        """
+        if calls < 0:
+            raise ValueError("calls must be zero or more")
+        with self._lock:
+            self._token_calls_left = calls or None
+            if calls == 0:
+                self._expire_credential(None)
+
+    @property
+    def token_calls_left(self) -> int | None:
+        """Calls the credential may still authorise (None: no countdown running)."""
+        with self._lock:
+            return self._token_calls_left
+
+    def _spend_token_call(self, token: str) -> None:
+        """Count one call ``token`` authorised; the last one of the budget expires it.
+
+        Subclasses call this once a call has passed their credential check.
+        """
+        with self._lock:
+            if self._token_calls_left is None:
+                return
+            self._token_calls_left -= 1
+            if self._token_calls_left == 0:
+                self._token_calls_left = None
+                self._expire_credential(token)
+
+    def _expire_credential(self, token: str | None) -> None:
+        """Make ``token`` (None: the provider's current credential) fail as expired."""
+        raise NotImplementedError(f"{type(self).__name__} has no credential to expire")
+
+    # -- stats (not part of any provider's contract) ----------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """What ``GET /_emulator/stats`` answers: counts for benchmarks and dashboards.
+
+        ``requests`` and ``by_status`` count every recorded HTTP request (the stats endpoint
+        itself is not recorded); ``accepted`` counts messages delivered to the outbox, with
+        ``accepted_per_second[i]`` those accepted in the i-th second after the first one.
+        """
+        requests = self.requests.snapshot()
+        by_status = Counter(str(r.status) for r in requests)
+        times = sorted(d.at for d in self.outbox.snapshot())
+        per_second: list[int] = []
+        if times:
+            first = times[0]
+            per_second = [0] * (int((times[-1] - first).total_seconds()) + 1)
+            for at in times:
+                per_second[int((at - first).total_seconds())] += 1
+        return {
+            "note": "emulator statistics; not part of any provider's API",
+            "requests": len(requests),
+            "by_status": dict(sorted(by_status.items())),
+            "accepted": len(times),
+            "first_accepted_at": times[0].isoformat() if times else None,
+            "last_accepted_at": times[-1].isoformat() if times else None,
+            "accepted_per_second": per_second,
+        }
 
     # -- outbox ---------------------------------------------------------------------------
 

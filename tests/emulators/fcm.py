@@ -16,7 +16,8 @@ Speaks:
   "errorCode":"UNREGISTERED"}]}}``. Authentication failures are 401 ``UNAUTHENTICATED`` with a
   ``google.rpc.ErrorInfo`` detail (reason ``ACCESS_TOKEN_EXPIRED``, ...), as Google answers them.
 
-Enforced: bearer token validity and expiry (:meth:`FcmEmulator.expire_tokens`), its scope, the
+Enforced: bearer token validity and expiry (:meth:`FcmEmulator.expire_tokens`, or after n more
+sends with ``expire_token_after(n)``), its scope, the
 project, the message shape (one target; data values strings; no reserved data keys), the
 payload limit (4096 bytes, 2048 for topic/condition messages, measured by :func:`payload_size`),
 quotas (600,000/min per project, 240/min per device → 429 ``QUOTA_EXCEEDED`` with Retry-After).
@@ -282,6 +283,9 @@ class FcmEmulator(Emulator):
                 if token is None or value == token:
                     issued.expires_at = past
 
+    def _expire_credential(self, token: str | None) -> None:
+        self.expire_tokens(token)  # 401 ACCESS_TOKEN_EXPIRED; a new grant works
+
     # -- per-target state --------------------------------------------------------------------
 
     def unregister(self, token: str) -> None:
@@ -390,6 +394,7 @@ class FcmEmulator(Emulator):
                 "Request had insufficient authentication scopes.",
                 [_error_info("ACCESS_TOKEN_SCOPE_INSUFFICIENT")],
             )
+        self._spend_token_call(token.strip())
         return None
 
     async def _send(self, request: Request) -> Response:

@@ -11,7 +11,8 @@ Speaks:
 - Errors: ``{"error":{"message","type","code","error_subcode","fbtrace_id"}}`` (subcode only when
   there is one), HTTP 400/403/500/503 depending on the error; classify on code/subcode.
 
-Enforced: the token (190; expired 190/463, revoked 190/460; missing 104), the page the token
+Enforced: the token (190; expired 190/463, also after n more calls with
+``expire_token_after(n)``; revoked 190/460; missing 104), the page the token
 belongs to (100/33), ``messaging_type`` and tags, text ≤ 2000 characters (100), the 24 h window
 since the user's last message (10/2018278; ``MESSAGE_TAG`` with ``CONFIRMED_EVENT_UPDATE``,
 ``POST_PURCHASE_UPDATE``, ``ACCOUNT_UPDATE`` is allowed outside it, ``HUMAN_AGENT`` for 7 days),
@@ -238,6 +239,9 @@ class MessengerEmulator(Emulator):
         with self._lock:
             self._tokens[token or self._current_token] = ("expired", 463)
 
+    def _expire_credential(self, token: str | None) -> None:
+        self.expire_token(token)  # 190/463 until issue_token()
+
     def revoke_token(self, token: str | None = None) -> None:
         """The token was invalidated (password change, app removed): 190/460."""
         with self._lock:
@@ -293,6 +297,8 @@ class MessengerEmulator(Emulator):
             return error(104)
         with self._lock:
             state = self._tokens.get(str(token))
+            if state is not None and state[0] == "valid":
+                self._spend_token_call(str(token))
         if state is None:
             return error(190)
         if state[0] != "valid":

@@ -17,9 +17,11 @@ Enforced like the real service:
 - flood control: ~30 messages/s per bot, 1 message/s per chat, 20/min per group → 429
   "Too Many Requests: retry after N" with ``parameters.retry_after`` (all configurable).
 
-Per chat, tests can make a chat blocked / deactivated / never started / unknown
-(:meth:`TelegramEmulator.block` & co.) or script one-shot answers with
-``script(chat_id, flood(3), OK, server_error())`` using the factories in this module.
+The bot token can be revoked now (:meth:`TelegramEmulator.revoke_token`) or after n more calls
+(``expire_token_after(n)``; getMe counts). Per chat, tests can make a chat blocked /
+deactivated / never started / unknown (:meth:`TelegramEmulator.block` & co.) or script one-shot
+answers with ``script(chat_id, flood(3), OK, server_error())`` using the factories in this
+module; ``script(ANY, *[server_error()] * k)`` answers the next k sends (any chat) with a 5xx.
 """
 
 from __future__ import annotations
@@ -411,6 +413,9 @@ class TelegramEmulator(Emulator):
         with self._lock:
             self._tokens.discard(token or self.token)
 
+    def _expire_credential(self, token: str | None) -> None:
+        self.revoke_token(token)  # Telegram tokens never expire; they are revoked: 401
+
     def block(self, chat_id: int | str) -> None:
         """The user blocked the bot: every send answers 403 until :meth:`restore`."""
         self.scripts.stick(str(chat_id), blocked())
@@ -447,6 +452,8 @@ class TelegramEmulator(Emulator):
             return not_found().to_response()
         with self._lock:
             known = token in self._tokens
+            if known:
+                self._spend_token_call(token)
         if not known:
             return unauthorized().to_response()
         params: dict[str, Any] = dict(request.query_params)

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from .base import Delay, Disconnect, ManualClock, Reply
+from .base import ANY, Delay, Disconnect, ManualClock, Reply
 from .conftest import START
 from .fcm import (
     CLOUD_PLATFORM_SCOPE,
@@ -170,6 +170,29 @@ def test_tokens_expire_after_an_hour_of_emulated_time(
     assert push(http, fcm, token=token).status_code == 200
     clock.advance(1)
     assert push(http, fcm, token=token).status_code == 401
+
+
+def test_access_token_expires_after_n_sends(fcm: FcmEmulator, http: httpx.Client) -> None:
+    token = request_token(http, fcm, assertion=make_jwt()).json()["access_token"]
+    fcm.expire_token_after(3)
+    assert [push(http, fcm, token=token).status_code for _ in range(3)] == [200] * 3
+    expired = push(http, fcm, token=token)
+    assert expired.status_code == 401
+    assert rpc_error(expired)["details"][0]["reason"] == "ACCESS_TOKEN_EXPIRED"
+    assert len(fcm.outbox) == 3
+    renewed = request_token(http, fcm, assertion=make_jwt()).json()["access_token"]
+    assert push(http, fcm, token=renewed).status_code == 200
+
+
+def test_unavailable_for_the_next_k_sends_to_any_device(
+    fcm: FcmEmulator, http: httpx.Client
+) -> None:
+    fcm.script(ANY, *[unavailable(retry_after=1)] * 2, internal())
+    token = fcm.issue_token()
+    answers = [push(http, fcm, token=token) for _ in range(4)]
+    assert [a.status_code for a in answers] == [503, 503, 500, 200]
+    assert answers[0].headers["retry-after"] == "1"
+    assert len(fcm.outbox) == 1
 
 
 def test_scope_and_project_are_checked(fcm: FcmEmulator, http: httpx.Client) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from .base import Delay, Disconnect, ManualClock
+from .base import ANY, Delay, Disconnect, ManualClock
 from .messenger import ERRORS, MessengerEmulator, error, rate_limited
 
 PSID = "6543210987654321"
@@ -195,6 +195,27 @@ def test_token_errors(messenger: MessengerEmulator, http: httpx.Client) -> None:
     messenger.revoke_token()
     revoked = graph_error(send(http, messenger, token=fresh))
     assert (revoked["code"], revoked["error_subcode"]) == (190, 460)
+
+
+def test_page_token_expires_after_n_calls(messenger: MessengerEmulator, http: httpx.Client) -> None:
+    messenger.expire_token_after(2)
+    assert send(http, messenger).status_code == 200
+    assert send(http, messenger, messaging_type="SOMETIMES").status_code == 400  # counts too
+    expired = graph_error(send(http, messenger))
+    assert (expired["code"], expired["error_subcode"]) == (190, 463)
+    assert len(messenger.outbox) == 1
+    fresh = messenger.issue_token()  # what an operator pastes in after a 190
+    assert all(send(http, messenger, token=fresh).status_code == 200 for _ in range(3))
+
+
+def test_server_errors_for_the_next_k_calls_on_any_psid(
+    messenger: MessengerEmulator, http: httpx.Client
+) -> None:
+    messenger.script(ANY, error(1), error(2), error(1200))
+    answers = [send(http, messenger, psid=f"65432109876543{i:02d}") for i in range(4)]
+    assert [a.status_code for a in answers] == [500, 503, 500, 200]
+    assert [graph_error(a)["code"] for a in answers[:3]] == [1, 2, 1200]
+    assert len(messenger.outbox) == 1
 
 
 def test_other_page_and_unknown_path(messenger: MessengerEmulator, http: httpx.Client) -> None:

@@ -332,6 +332,73 @@ def test_any_address_script(tg: TelegramEmulator, http: httpx.Client) -> None:
     assert send(http, tg, 2, "x").status_code == 200
 
 
+def test_server_errors_for_the_next_k_calls_on_any_chat(
+    tg: TelegramEmulator, http: httpx.Client
+) -> None:
+    tg.script(ANY, *[server_error(503, "Service Unavailable")] * 3)
+    assert [send(http, tg, chat, "x").status_code for chat in (1, 2, 3, 4)] == [503] * 3 + [200]
+    assert tg.pending(ANY) == 0
+    assert [d.address for d in tg.outbox] == ["4"]
+
+
+def test_token_revoked_after_n_more_calls(tg: TelegramEmulator, http: httpx.Client) -> None:
+    tg.expire_token_after(3)
+    assert http.post(api(tg, "getMe")).status_code == 200  # every authorised call counts
+    assert send(http, tg, 1, "x").status_code == 200
+    assert tg.token_calls_left == 1
+    assert send(http, tg, 2, "<br>", parse_mode="HTML").status_code == 400  # it used the token
+    assert tg.token_calls_left is None, "the countdown is over"
+    revoked = send(http, tg, 3, "x")
+    assert revoked.status_code == 401
+    assert revoked.json() == {"ok": False, "error_code": 401, "description": "Unauthorized"}
+    assert http.post(api(tg, "getMe")).status_code == 401
+    assert [d.address for d in tg.outbox] == ["1"]
+    tg.add_token(tg.token)  # a new token from BotFather: no countdown any more
+    assert all(send(http, tg, chat, "x").status_code == 200 for chat in (4, 5, 6))
+    tg.expire_token_after(0)
+    assert send(http, tg, 7, "x").status_code == 401
+    with pytest.raises(ValueError, match="zero or more"):
+        tg.expire_token_after(-1)
+
+
+def test_python_telegram_bot_sees_an_expiring_token_as_invalid(tg: TelegramEmulator) -> None:
+    async def scenario() -> list[str]:
+        outcomes = []
+        tg.expire_token_after(2)  # getMe (initialize) and one send
+        async with telegram.Bot(tg.token, base_url=tg.bot_base_url) as bot:
+            for chat in (1, 2):
+                try:
+                    await bot.send_message(chat_id=chat, text="x")
+                    outcomes.append("sent")
+                except tg_errors.InvalidToken:
+                    outcomes.append("invalid token")
+        return outcomes
+
+    assert asyncio.run(scenario()) == ["sent", "invalid token"]
+
+
+def test_stats_endpoint_counts_requests_by_status_and_accepted_per_second(
+    tg: TelegramEmulator, http: httpx.Client, clock: ManualClock
+) -> None:
+    empty = http.get(f"{tg.base_url}/_emulator/stats").json()
+    assert empty["requests"] == 0 and empty["accepted"] == 0
+    assert empty["accepted_per_second"] == [] and empty["first_accepted_at"] is None
+    assert send(http, tg, 1, "x").status_code == 200
+    assert send(http, tg, 1, "x").status_code == 429  # one a second per chat
+    assert send(http, tg, 2, "x").status_code == 200
+    clock.advance(2.5)
+    assert send(http, tg, 1, "x").status_code == 200
+    stats = http.get(f"{tg.base_url}/_emulator/stats").json()
+    assert stats["requests"] == 4, "the stats requests themselves are not recorded"
+    assert stats["by_status"] == {"200": 3, "429": 1}
+    assert stats["accepted"] == 3
+    assert stats["accepted_per_second"] == [2, 0, 1]
+    assert stats["first_accepted_at"] == START.isoformat()
+    assert "not part of any provider" in stats["note"]
+    assert len(tg.requests) == 4
+    assert http.post(f"{tg.base_url}/_emulator/stats").status_code == 404  # GET only
+
+
 def test_sticky_chat_states_until_restored(tg: TelegramEmulator, http: httpx.Client) -> None:
     tg.block(1)
     tg.deactivate(2)

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from .base import Delay, Disconnect, ManualClock
+from .base import ANY, Delay, Disconnect, ManualClock
 from .conftest import START
 from .zalo import ERRORS, VIETNAM, ZaloEmulator, error, server_error
 
@@ -169,6 +169,31 @@ def test_access_token_expires_after_25_hours(
     assert send(http, zalo, "1")["error"] == -220
 
 
+def test_access_token_expires_after_n_calls_and_a_refresh_cures_it(
+    zalo: ZaloEmulator, http: httpx.Client
+) -> None:
+    zalo.expire_token_after(2)
+    assert send(http, zalo, "1")["error"] == 0
+    assert send(http, zalo, "2", text="x" * 2001)["error"] == -210  # a refused send counts
+    assert send(http, zalo, "3") == {"error": -220, "message": ERRORS[-220]}
+    assert [d.address for d in zalo.outbox] == ["1"]
+    fresh = refresh(http, zalo, zalo.refresh_token)  # the refresh call does not count
+    assert zalo.token_calls_left is None
+    assert all(send(http, zalo, u, token=fresh["access_token"])["error"] == 0 for u in "345")
+
+
+def test_expiry_countdown_follows_whichever_token_is_presented(
+    zalo: ZaloEmulator, http: httpx.Client
+) -> None:
+    old = zalo.access_token
+    new = refresh(http, zalo, zalo.refresh_token)["access_token"]
+    zalo.expire_token_after(2)
+    assert send(http, zalo, "1", token=old)["error"] == 0
+    assert send(http, zalo, "2", token=new)["error"] == 0  # the last call: this token expires
+    assert send(http, zalo, "3", token=new)["error"] == -220
+    assert send(http, zalo, "4", token=old)["error"] == 0
+
+
 @pytest.mark.parametrize(
     ("overrides", "code"),
     [
@@ -304,6 +329,23 @@ def test_transient_gateway_failure_then_success(zalo: ZaloEmulator, http: httpx.
     assert gateway.headers["content-type"].startswith("text/html")
     assert send(http, zalo, "1") == {"error": -32, "message": "custom text"}
     assert send(http, zalo, "1")["error"] == 0
+
+
+def test_gateway_errors_for_the_next_k_calls_on_any_user(
+    zalo: ZaloEmulator, http: httpx.Client
+) -> None:
+    zalo.script(ANY, *[server_error(503)] * 2)
+    url = f"{zalo.base_url}/v3.0/oa/message/cs"
+    statuses = [
+        http.post(
+            url,
+            headers={"access_token": zalo.access_token},
+            json={"recipient": {"user_id": user}, "message": {"text": "x"}},
+        ).status_code
+        for user in ("1", "2", "3")
+    ]
+    assert statuses == [503, 503, 200]
+    assert [d.address for d in zalo.outbox] == ["3"]
 
 
 def test_delay_and_dropped_connection(zalo: ZaloEmulator, http: httpx.Client) -> None:

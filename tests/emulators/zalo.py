@@ -12,7 +12,8 @@ Speaks, on one port (the adapter points both its OpenAPI and OAuth base URLs her
   "refresh_token":..,"expires_in":"90000"}`` (``expires_in`` is a *string*, as Zalo sends it).
   Refresh tokens are single use: each refresh rotates it; the old one is then refused.
 
-Enforced: the access token (-216 unknown, -220 expired: :meth:`ZaloEmulator.expire_access_token`),
+Enforced: the access token (-216 unknown, -220 expired: :meth:`ZaloEmulator.expire_access_token`,
+or after n more calls: ``expire_token_after(n)``),
 text ≤ 2000 characters (-210), followers only (-213), the consultation window for ``cs``
 (-230), ``promotion`` never 22:00–06:00 Vietnam time (-234, judged on the injected clock),
 an app-wide call rate (-32), optional OA and per-user quotas (-211, -218). Every code of the
@@ -181,6 +182,9 @@ class ZaloEmulator(Emulator):
                 if token is None or value == token:
                     record.expires_at = past
 
+    def _expire_credential(self, token: str | None) -> None:
+        self.expire_access_token(token)  # -220; the refresh token still gets a new one
+
     def expire_refresh_token(self) -> None:
         with self._lock:
             self._refresh[self._current_refresh].expires_at = self.clock() - timedelta(seconds=1)
@@ -253,6 +257,7 @@ class ZaloEmulator(Emulator):
                 return error(-216)
             if record.expires_at <= self.clock():
                 return error(-220)
+            self._spend_token_call(record.value)
         return None
 
     async def _message(self, request: Request) -> Response:
