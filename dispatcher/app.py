@@ -24,6 +24,7 @@ from dispatcher.deliveries.router import router as deliveries_router
 from dispatcher.errors import Invalid, ServiceError
 from dispatcher.inbox.router import router as inbox_router
 from dispatcher.recipients.router import router as recipients_router
+from dispatcher.scheduling.router import router as schedules_router
 
 log = structlog.get_logger(__name__)
 
@@ -111,6 +112,7 @@ def create_app(settings: Settings | None = None, *, configure_jobs: bool = True)
         messages_router,
         deliveries_router,
         inbox_router,
+        schedules_router,
         unsubscribe_router,
     ):
         app.include_router(router)

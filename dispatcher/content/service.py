@@ -6,7 +6,7 @@ import threading
 import tomllib
 from collections import OrderedDict
 from collections.abc import Mapping
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from dispatcher.content.render import (
 from dispatcher.content.schemas import PreviewIn, TemplateIn, TemplateOut, VariantOut
 from dispatcher.errors import Invalid, NotFound
 from dispatcher.recipients.models import Recipient
+from dispatcher.scheduling.rules import calendar_variables
 
 log = structlog.get_logger(__name__)
 
@@ -52,6 +53,11 @@ _SAMPLE_PEOPLE = (
         attributes={},
     ),
 )
+
+
+# Variables every run provides (dispatcher.scheduling.rules.calendar_variables), for checking
+# templates that use them.
+SAMPLE_CALENDAR = calendar_variables(datetime(2026, 1, 1, 1, tzinfo=UTC))
 
 
 def recipient_view(recipient: Recipient | Mapping[str, Any], locale: str) -> RecipientView:
@@ -162,7 +168,7 @@ def validate(template: TemplateIn) -> None:
                 context = build_context(
                     view,
                     defaults=template.defaults,
-                    variables={},
+                    variables=SAMPLE_CALENDAR,
                     channel=variant.channel,
                     locale=variant.locale,
                     unsubscribe_url="https://example.invalid/u/sample",
@@ -295,7 +301,7 @@ def preview(
     context = build_context(
         view,
         defaults=defaults,
-        variables=request.variables,
+        variables={**calendar_variables(utcnow()), **request.variables},
         channel=request.channel,
         locale=variant.locale,
         unsubscribe_url="https://example.invalid/u/preview",

@@ -84,6 +84,7 @@ from dispatcher.metrics import (
 )
 from dispatcher.recipients.models import Address, Recipient
 from dispatcher.scheduling import windows
+from dispatcher.scheduling.rules import calendar_variables
 
 log = structlog.get_logger(__name__)
 
@@ -127,6 +128,8 @@ class Work:
     error_class: str | None = None
     error_reason: str | None = None
     retry_after: float | None = None
+    # An exact instant to wait for (a send window's opening), rather than a delay.
+    not_before: datetime | None = None
     address_dead: bool = False
 
 
@@ -284,7 +287,11 @@ class BatchProcessor:
         defaults, variants = claim.defaults, claim.variants
         assert campaign is not None and run is not None
         kind = Category(campaign.kind)
-        variables = {**(campaign.variables or {}), **(run.variables or {})}
+        variables = {
+            **calendar_variables(run.scheduled_for),
+            **(campaign.variables or {}),
+            **(run.variables or {}),
+        }
         views: dict[tuple[int, str], Any] = {}
         for item in claim.work:
             person = people.get(item.recipient_id)
@@ -358,7 +365,7 @@ class BatchProcessor:
                 item.status = DeliveryStatus.retrying
                 item.error_class = "send_window"
                 item.error_reason = f"outside the send window; opens {opening.isoformat()}"
-                item.retry_after = (opening - now).total_seconds()
+                item.not_before = opening
                 return
             try:
                 rules = registry.get(channel).rate_limits
@@ -508,7 +515,9 @@ class BatchProcessor:
         for item in work:
             available_at = now
             if item.status is DeliveryStatus.retrying:
-                if item.error_class in NO_BUDGET:
+                if item.not_before is not None:
+                    delay = max(0.0, (item.not_before - now).total_seconds())
+                elif item.error_class in NO_BUDGET:
                     delay = item.retry_after or self.policy.backoff(1)
                 elif self.policy.exhausted(item.failures):
                     item.status = DeliveryStatus.failed
@@ -519,7 +528,7 @@ class BatchProcessor:
                 else:
                     delay = self.policy.backoff(item.failures)
                 if item.status is DeliveryStatus.retrying:
-                    available_at = now + timedelta(seconds=delay)
+                    available_at = item.not_before or now + timedelta(seconds=delay)
                     # Grouped by whole seconds, rounded up: a job never arrives before its rows.
                     retry_groups[max(1, math.ceil(delay))].append(item.delivery_id)
             report.count(item.status)

@@ -218,18 +218,27 @@ def birthday_audience(rule: BirthdayRule, slot: datetime) -> dict[str, Any]:
     return {"born_on": born}
 
 
+def calendar_variables(instant: datetime, zone: str = VIETNAM) -> dict[str, Any]:
+    """What every message knows of its day: the local year and date, the lunar year's name.
+
+    Every run provides them (from the instant it stands for), so any template may use them.
+    """
+    local = instant.astimezone(_zone(zone)).date()
+    lunar_year = lunar.to_lunar(local).year
+    return {
+        "year": str(local.year),
+        "date": local.strftime("%d/%m/%Y"),
+        "lunar_year": lunar_year,
+        "lunar_year_name": lunar_year_name(lunar_year),
+    }
+
+
 def firing_variables(
     rule: CronRule | LunarRule | BirthdayRule | OccasionRule, slot: datetime
 ) -> dict[str, Any]:
-    """Template variables a firing knows: the local year and date, the lunar year's name."""
-    local = slot.astimezone(rule.zone).date()
-    lunar_date = lunar.to_lunar(local)
-    variables: dict[str, Any] = {
-        "year": str(local.year),
-        "date": local.strftime("%d/%m/%Y"),
-        "lunar_year": lunar_date.year,
-        "lunar_year_name": lunar_year_name(lunar_date.year),
-    }
+    """Template variables of a firing: its calendar, and the occasion it is for."""
+    variables = calendar_variables(slot, rule.timezone)
+    lunar_date = lunar.to_lunar(slot.astimezone(rule.zone).date())
     if isinstance(rule, OccasionRule):
         variables["occasion"] = rule.occasion
         occasion = OCCASIONS[rule.occasion]

@@ -1,0 +1,139 @@
+"""Send windows: greetings wait for the morning and go when the window opens; warnings don't."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+from sqlalchemy import select
+
+from dispatcher.campaigns.models import Run
+from dispatcher.campaigns.planner import plan_run
+from dispatcher.clock import clock
+from dispatcher.config import Settings, get_settings
+from dispatcher.db import Database
+from dispatcher.deliveries.models import Delivery
+from dispatcher.deliveries.pipeline import BatchProcessor
+from dispatcher.loop import get_loop
+from dispatcher.scheduling.windows import next_open
+
+VN = ZoneInfo("Asia/Ho_Chi_Minh")
+
+
+def vn(y: int, m: int, d: int, hh: int = 0, mm: int = 0) -> datetime:
+    return datetime(y, m, d, hh, mm, tzinfo=VN).astimezone(UTC)
+
+
+WINDOWS = {"greeting": "07:00-21:00", "policy_news": "07:00-21:00"}
+
+
+def test_window_arithmetic() -> None:
+    assert next_open(vn(2026, 5, 4, 12), "greeting", "email", WINDOWS) is None
+    assert next_open(vn(2026, 5, 4, 22), "greeting", "email", WINDOWS) == vn(2026, 5, 5, 7)
+    assert next_open(vn(2026, 5, 4, 5), "greeting", "zalo", WINDOWS) == vn(2026, 5, 4, 7)
+    assert next_open(vn(2026, 5, 4, 21), "greeting", "email", WINDOWS) == vn(2026, 5, 5, 7)
+    assert next_open(vn(2026, 5, 4, 23), "fraud_warning", "email", WINDOWS) is None
+    overnight = {"greeting:telegram": "20:00-02:00"}
+    assert next_open(vn(2026, 5, 4, 1), "greeting", "telegram", overnight) is None
+    assert next_open(vn(2026, 5, 4, 3), "greeting", "telegram", overnight) == vn(2026, 5, 4, 20)
+
+
+@pytest.fixture()
+def windowed(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
+    monkeypatch.setenv("DISPATCHER_SEND_WINDOWS", '{"greeting": "07:00-21:00"}')
+    get_settings.cache_clear()
+    yield get_settings()
+    clock.reset()
+
+
+def setup(client: Any, kind: str) -> int:
+    people = [
+        {"external_id": f"13{i:08d}", "full_name": f"Ngô {i}", "addresses": {"null": f"n{i}"}}
+        for i in range(3)
+    ]
+    assert client.post("/v1/recipients", json=people).status_code == 200
+    template = {"key": "loi_chuc", "variants": [{"channel": "default", "body": "Chúc mừng"}]}
+    assert client.post("/v1/templates", json=template).status_code == 201
+    created = client.post(
+        "/v1/campaigns",
+        json={
+            "name": "Chúc",
+            "kind": kind,
+            "template": "loi_chuc",
+            "audience": {"all": True},
+            "channels": ["null"],
+        },
+    ).json()
+    client.post(f"/v1/campaigns/{created['id']}/submit")
+    client.post(f"/v1/campaigns/{created['id']}/approve")
+    return int(created["id"])
+
+
+def statuses(db: Database, campaign_id: int) -> list[tuple[str, datetime, str | None]]:
+    with db.transaction() as session:
+        return [
+            (d.status, d.available_at, d.error_class)
+            for d in session.scalars(select(Delivery).where(Delivery.campaign_id == campaign_id))
+        ]
+
+
+def plan_and_process(db: Database, settings: Settings, job_queue: Any, campaign_id: int) -> None:
+    with db.transaction() as session:
+        run = session.scalar(select(Run).where(Run.campaign_id == campaign_id))
+        assert run is not None
+        run_id = run.id
+    plan_run(db=db, run_id=run_id, settings=settings)
+    process(db, settings, job_queue, campaign_id)
+
+
+def process(db: Database, settings: Settings, job_queue: Any, campaign_id: int) -> None:
+    with db.transaction() as session:
+        rows = session.execute(
+            select(Delivery.run_id, Delivery.id).where(Delivery.campaign_id == campaign_id)
+        ).all()
+    processor = BatchProcessor(db=db, settings=settings, queue=job_queue, loop=get_loop())
+    processor.process(rows[0][0], [r[1] for r in rows], None)
+
+
+def test_a_greeting_planned_at_night_waits_for_the_morning_and_then_goes(
+    client, db: Database, windowed: Settings, job_queue
+) -> None:
+    clock.shift(vn(2026, 5, 4, 22, 30) - clock.now())
+    campaign_id = setup(client, "greeting")
+    plan_and_process(db, windowed, job_queue, campaign_id)
+    rows = statuses(db, campaign_id)
+    assert {(s, a) for s, a, _ in rows} == {("pending", vn(2026, 5, 5, 7))}, "waiting, not failed"
+    listed = client.get("/v1/deliveries", params={"campaign_id": campaign_id}).json()["items"]
+    assert {d["next_attempt_at"] for d in listed} == {"2026-05-05T00:00:00Z"}
+    # The window opens.
+    clock.shift(vn(2026, 5, 5, 7, 0) - clock.now())
+    process(db, windowed, job_queue, campaign_id)
+    assert {s for s, _, _ in statuses(db, campaign_id)} == {"sent"}
+
+
+def test_a_window_that_closes_mid_run_defers_without_spending_attempts(
+    client, db: Database, windowed: Settings, job_queue
+) -> None:
+    clock.shift(vn(2026, 5, 4, 20, 59) - clock.now())
+    campaign_id = setup(client, "greeting")
+    with db.transaction() as session:
+        run = session.scalar(select(Run).where(Run.campaign_id == campaign_id))
+        assert run is not None
+        run_id = run.id
+    plan_run(db=db, run_id=run_id, settings=windowed)
+    clock.shift(vn(2026, 5, 4, 21, 1) - clock.now())
+    process(db, windowed, job_queue, campaign_id)
+    rows = statuses(db, campaign_id)
+    assert {(s, a, e) for s, a, e in rows} == {("retrying", vn(2026, 5, 5, 7), "send_window")}
+    listed = client.get("/v1/deliveries", params={"campaign_id": campaign_id}).json()["items"]
+    assert all(d["attempts"] == [] for d in listed), "nothing was sent, nothing counted"
+
+
+def test_fraud_warnings_ignore_windows(client, db: Database, windowed: Settings, job_queue) -> None:
+    clock.shift(vn(2026, 5, 4, 23, 30) - clock.now())
+    campaign_id = setup(client, "fraud_warning")
+    plan_and_process(db, windowed, job_queue, campaign_id)
+    assert {s for s, _, _ in statuses(db, campaign_id)} == {"sent"}
