@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -67,9 +68,29 @@ def test_worker_and_scheduler_processes_deliver_a_scheduled_campaign(
         # Exactly one of the two schedulers leads.
         leader = redis_client.get(LEADER_KEY)
         assert isinstance(leader, bytes)
-        pids = {str(first.pid), str(second.pid)}
-        assert leader.decode().split(":")[1] in pids
-    assert smtp.mailbox.count() == len(PEOPLE)
+        leading = first if leader.decode().split(":")[1] == str(first.pid) else second
+        standby = second if leading is first else first
+        assert leader.decode().split(":")[1] == str(leading.pid)
+
+        # kill -9 the leader: the standby takes over within the lock's TTL (10 s here).
+        killed = time.monotonic()
+        leading.kill()
+
+        def standby_leads() -> bool:
+            holder = redis_client.get(LEADER_KEY)
+            return isinstance(holder, bytes) and holder.decode().split(":")[1] == str(standby.pid)
+
+        wait_for(standby_leads, timeout=20, interval=0.1, what="the standby to take over")
+        assert time.monotonic() - killed <= 10 + 1.5, "within the TTL (and a poll)"
+        # ...and it does the leader's work: the next scheduled campaign goes out.
+        later = launch(client, send_at=(utcnow() + timedelta(seconds=1)).isoformat())
+        wait_for(
+            lambda: campaign_status(client, later)["status"] == "completed",
+            timeout=60,
+            interval=0.2,
+            what="the new leader to launch the next campaign",
+        )
+    assert smtp.mailbox.count() == 2 * len(PEOPLE)
 
 
 def test_worker_refuses_an_unknown_queue(settings: Settings) -> None:

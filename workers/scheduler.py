@@ -93,6 +93,7 @@ def run_scheduler(
                         log.info("sweep", **report)
                 except Exception:
                     log.exception("sweep_failed")
-            stop.wait(settings.sweep_interval_seconds if leading else min(ttl / 3, 5.0))
+            # A standby polls often: it takes over within the TTL plus half a second.
+            stop.wait(settings.sweep_interval_seconds if leading else min(ttl / 10, 0.5))
     finally:
         leadership.release()
