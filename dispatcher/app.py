@@ -13,6 +13,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
 from dispatcher import jobs
+from dispatcher.audiences.router import router as audiences_router
 from dispatcher.campaigns.router import messages as messages_router
 from dispatcher.campaigns.router import router as campaigns_router
 from dispatcher.config import Settings, get_settings
@@ -107,6 +108,7 @@ def create_app(settings: Settings | None = None, *, configure_jobs: bool = True)
 
     for router in (
         recipients_router,
+        audiences_router,
         templates_router,
         campaigns_router,
         messages_router,

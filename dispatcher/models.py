@@ -1,5 +1,6 @@
 """Every table of the service, imported in one place for Alembic and the tests."""
 
+from dispatcher.audiences.models import SavedAudience
 from dispatcher.campaigns.models import Campaign, Run
 from dispatcher.channel_state import ChannelState
 from dispatcher.consent.models import OptOut
@@ -22,6 +23,7 @@ __all__ = [
     "OptOut",
     "Recipient",
     "Run",
+    "SavedAudience",
     "ServiceSecret",
     "Template",
     "TemplateVersion",

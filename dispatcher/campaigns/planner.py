@@ -27,6 +27,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session, aliased
 
+from dispatcher.audiences import service as audiences
 from dispatcher.campaigns.models import Campaign, Run
 from dispatcher.campaigns.service import queue_for
 from dispatcher.clock import utcnow
@@ -178,9 +179,14 @@ class Rows:
 def plan_page(*, session: Session, run: Run, campaign: Campaign, settings: Settings) -> int | None:
     """Plan the next page of ``run``; returns how many deliveries it made, None when done."""
     page = max(1, settings.batch_size // max(1, len(campaign.channels)))
-    audience = compile_audience(campaign.audience)
+    # Ages count on the day the run stands for, the same for every page of it.
+    today = run.scheduled_for.astimezone(windows.VIETNAM).date()
+    resolve = audiences.resolver(session)
+    audience = compile_audience(campaign.audience, today=today, resolve=resolve)
     if run.audience:
-        audience = and_(audience, compile_audience(run.audience, "run.audience"))
+        audience = and_(
+            audience, compile_audience(run.audience, "run.audience", today=today, resolve=resolve)
+        )
     ids = session.scalars(
         select(Recipient.id)
         .where(audience, Recipient.id > run.planned_through)

@@ -14,6 +14,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from dispatcher.audiences import service as audiences
 from dispatcher.campaigns.models import Campaign, Run
 from dispatcher.campaigns.schemas import (
     CampaignIn,
@@ -97,6 +98,7 @@ def create(*, session: Session, data: CampaignIn) -> Campaign:
         ) from None
     version = content.get_version(session=session, template=template)
     _check_template_covers(session, template, version, data.channels)
+    audiences.compile_for(session, data.audience)  # saved audiences it names must exist
     now = utcnow()
     campaign = Campaign(
         name=data.name,

@@ -7,11 +7,16 @@ A filter is a JSON object; several keys in one object must all hold::
     {"province": ["Hà Nội", "Quảng Ninh"]}
     {"kind": "organization"}            {"language": ["vi", "km"]}
     {"born_on": ["03-08"]}              (birthday: month-day)
+    {"age": {"min": 60, "max": 75}}     (whole years, on the day the run plans)
+    {"attributes": {"participation": ["compulsory", "voluntary"]}}   (values in ``attributes``)
+    {"saved": "nguoi_cao_tuoi_ha_noi"}  (a saved audience, resolved when the run plans)
     {"and": [f, ...]}   {"or": [f, ...]}   {"not": f}
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from datetime import date
 from typing import Any
 
@@ -37,8 +42,40 @@ def _strings(value: Any, path: str, *, allow_single: bool = True) -> list[str]:
     return [v.strip() for v in value]
 
 
-def compile_audience(spec: Any, path: str = "audience") -> ColumnElement[bool]:
-    """Validate a filter and turn it into a WHERE clause; raises :class:`AudienceError`."""
+Resolver = Callable[[str], dict[str, Any] | None]
+MAX_DEPTH = 8
+ATTRIBUTE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+
+
+def _years_before(day: date, years: int) -> date:
+    try:
+        return day.replace(year=day.year - years)
+    except ValueError:  # 29 February in a common year
+        return day.replace(year=day.year - years, day=28)
+
+
+def compile_audience(
+    spec: Any,
+    path: str = "audience",
+    *,
+    today: date | None = None,
+    resolve: Resolver | None = None,
+    _depth: int = 0,
+) -> ColumnElement[bool]:
+    """Validate a filter and turn it into a WHERE clause; raises :class:`AudienceError`.
+
+    ``today`` anchors age ranges (default: 1 January 2000, for validation only);
+    ``resolve`` looks up saved audiences by name (without it a name is only checked for form).
+    """
+    if _depth > MAX_DEPTH:
+        raise AudienceError(
+            f"{path}: filters nest deeper than {MAX_DEPTH} (a saved audience loop?)"
+        )
+    anchor = today or date(2000, 1, 1)
+
+    def sub(value: Any, where: str) -> ColumnElement[bool]:
+        return compile_audience(value, where, today=today, resolve=resolve, _depth=_depth + 1)
+
     if not isinstance(spec, dict) or not spec:
         raise AudienceError(f"{path}: expected a non-empty object")
     clauses: list[ColumnElement[bool]] = []
@@ -83,12 +120,46 @@ def compile_audience(spec: Any, path: str = "audience") -> ColumnElement[bool]:
         elif key in ("and", "or"):
             if not isinstance(value, list) or not value:
                 raise AudienceError(f"{where}: expected a non-empty list of filters")
-            parts = [compile_audience(v, f"{where}[{i}]") for i, v in enumerate(value)]
+            parts = [sub(v, f"{where}[{i}]") for i, v in enumerate(value)]
             clauses.append(and_(*parts) if key == "and" else or_(*parts))
         elif key == "not":
-            clauses.append(not_(compile_audience(value, where)))
+            clauses.append(not_(sub(value, where)))
+        elif key == "age":
+            if not isinstance(value, dict) or not value or set(value) - {"min", "max"}:
+                raise AudienceError(f'{where}: expected {{"min": years, "max": years}}')
+            low, high = value.get("min"), value.get("max")
+            for name, bound in (("min", low), ("max", high)):
+                if bound is not None and (not isinstance(bound, int) or not 0 <= bound <= 150):
+                    raise AudienceError(f"{where}.{name}: a whole number of years, 0 to 150")
+            if low is not None and high is not None and low > high:
+                raise AudienceError(f"{where}: min is above max")
+            parts = [Recipient.birth_date.is_not(None)]
+            if low is not None:
+                parts.append(Recipient.birth_date <= _years_before(anchor, low))
+            if high is not None:
+                parts.append(Recipient.birth_date > _years_before(anchor, high + 1))
+            clauses.append(and_(*parts))
+        elif key == "attributes":
+            if not isinstance(value, dict) or not value:
+                raise AudienceError(f'{where}: expected {{"name": [values]}}')
+            for name, wanted in value.items():
+                if not ATTRIBUTE_NAME.match(str(name)):
+                    raise AudienceError(f"{where}: {name!r} is not an attribute name")
+                values = _strings(wanted, f"{where}.{name}")
+                clauses.append(Recipient.attributes[name].as_string().in_(values))
+        elif key == "saved":
+            if not isinstance(value, str) or not value.strip():
+                raise AudienceError(f"{where}: the name of a saved audience")
+            if resolve is not None:
+                saved = resolve(value)
+                if saved is None:
+                    raise AudienceError(f"{where}: no saved audience named {value!r}")
+                clauses.append(sub(saved, f"{where}({value})"))
         else:
-            known = "all, external_ids, province, kind, language, born_on, and, or, not"
+            known = (
+                "all, external_ids, province, kind, language, born_on, age, attributes, saved, "
+                "and, or, not"
+            )
             raise AudienceError(f"{where}: unknown filter {key!r}; known filters: {known}")
     if not clauses:
         return false()
