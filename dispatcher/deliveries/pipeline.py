@@ -456,11 +456,12 @@ class BatchProcessor:
                 )
                 if waited:
                     RATE_LIMIT_WAIT_SECONDS.labels(channel).inc(waited)
-                adapter = await self._adapter(channel)
                 number = item.attempts + len(item.tries) + 1
                 started = utcnow()
                 t0 = time.perf_counter()
                 try:
+                    # Opening counts as part of the try: a refused token at getMe is audited.
+                    adapter = await self._adapter(channel)
                     result = await adapter.send(item.message)
                 except DeliveryError as exc:
                     item.tries.append(_failed_try(number, started, t0, exc))

@@ -135,6 +135,7 @@ def test_a_refused_token_pauses_the_channel_once_instead_of_failing_everyone(
     assert AUTH_FAILURES.labels("telegram")._value.get() - before == 1, "one loud event"
     attempts = [a for d in all_deliveries(client, campaign_id=campaign_id) for a in d["attempts"]]
     assert len(attempts) <= 2, "the others were held back, not sent to fail"
+    assert attempts and attempts[0]["outcome"] == "auth", "the refused try is in the audit"
     assert {d["error_class"] for d in all_deliveries(client, campaign_id=campaign_id)} <= {
         "auth",
         "deferred",
