@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends
+from fastapi import Depends, Path, Query
 from sqlalchemy.orm import Session
 
 from dispatcher.config import Settings, get_settings
@@ -19,4 +19,9 @@ def get_session() -> Iterator[Session]:
 
 
 DbSession = Annotated[Session, Depends(get_session, scope="function")]
+
+# Ids are 64-bit in the database: anything larger is a 422, never a driver overflow.
+MAX_ID = 2**63 - 1
+PathId = Annotated[int, Path(ge=1, le=MAX_ID)]
+QueryId = Annotated[int | None, Query(ge=1, le=MAX_ID)]
 AppSettings = Annotated[Settings, Depends(get_settings)]

@@ -14,7 +14,7 @@ from dispatcher.campaigns.schemas import (
     MessageOut,
     ScheduleIn,
 )
-from dispatcher.deps import AppSettings, DbSession
+from dispatcher.deps import AppSettings, DbSession, PathId
 from dispatcher.errors import NotFound
 
 router = APIRouter(prefix="/v1/campaigns", tags=["campaigns"])
@@ -40,19 +40,19 @@ def list_campaigns(
 
 
 @router.get("/{campaign_id}", response_model=CampaignOut, summary="Status and live counts")
-def get_campaign(campaign_id: int, session: DbSession) -> CampaignOut:
+def get_campaign(campaign_id: PathId, session: DbSession) -> CampaignOut:
     campaign = service.get_campaign(session=session, campaign_id=campaign_id)
     return service.to_out(session=session, campaign=campaign)
 
 
 @router.post("/{campaign_id}/submit", response_model=CampaignOut)
-def submit_campaign(campaign_id: int, session: DbSession) -> CampaignOut:
+def submit_campaign(campaign_id: PathId, session: DbSession) -> CampaignOut:
     campaign = service.submit(session=session, campaign_id=campaign_id)
     return service.to_out(session=session, campaign=campaign)
 
 
 @router.post("/{campaign_id}/approve", response_model=CampaignOut)
-def approve_campaign(campaign_id: int, session: DbSession, settings: AppSettings) -> CampaignOut:
+def approve_campaign(campaign_id: PathId, session: DbSession, settings: AppSettings) -> CampaignOut:
     campaign = service.approve(session=session, campaign_id=campaign_id, settings=settings)
     return service.to_out(session=session, campaign=campaign)
 
@@ -62,7 +62,7 @@ def approve_campaign(campaign_id: int, session: DbSession, settings: AppSettings
     response_model=CampaignOut,
     summary="Change a recurring rule (an approved campaign needs a new approval)",
 )
-def reschedule_campaign(campaign_id: int, data: ScheduleIn, session: DbSession) -> CampaignOut:
+def reschedule_campaign(campaign_id: PathId, data: ScheduleIn, session: DbSession) -> CampaignOut:
     campaign = service.reschedule(
         session=session, campaign_id=campaign_id, schedule=data.schedule.model_dump(mode="json")
     )
@@ -70,19 +70,19 @@ def reschedule_campaign(campaign_id: int, data: ScheduleIn, session: DbSession) 
 
 
 @router.post("/{campaign_id}/pause", response_model=CampaignOut)
-def pause_campaign(campaign_id: int, session: DbSession) -> CampaignOut:
+def pause_campaign(campaign_id: PathId, session: DbSession) -> CampaignOut:
     campaign = service.pause(session=session, campaign_id=campaign_id)
     return service.to_out(session=session, campaign=campaign)
 
 
 @router.post("/{campaign_id}/resume", response_model=CampaignOut)
-def resume_campaign(campaign_id: int, session: DbSession, settings: AppSettings) -> CampaignOut:
+def resume_campaign(campaign_id: PathId, session: DbSession, settings: AppSettings) -> CampaignOut:
     campaign = service.resume(session=session, campaign_id=campaign_id, settings=settings)
     return service.to_out(session=session, campaign=campaign)
 
 
 @router.post("/{campaign_id}/cancel", response_model=CampaignOut)
-def cancel_campaign(campaign_id: int, session: DbSession) -> CampaignOut:
+def cancel_campaign(campaign_id: PathId, session: DbSession) -> CampaignOut:
     campaign = service.cancel(session=session, campaign_id=campaign_id)
     return service.to_out(session=session, campaign=campaign)
 
@@ -109,7 +109,7 @@ def send_message(
 
 
 @messages.get("/{message_id}", response_model=MessageOut)
-def get_message(message_id: int, session: DbSession) -> MessageOut:
+def get_message(message_id: PathId, session: DbSession) -> MessageOut:
     run = session.get(Run, message_id)
     if run is None or run.slot is not None:
         raise NotFound(f"message {message_id} does not exist")

@@ -6,7 +6,7 @@ from sqlalchemy import select
 from dispatcher.content import service
 from dispatcher.content.models import Template
 from dispatcher.content.schemas import PreviewIn, PreviewOut, TemplateIn, TemplateOut
-from dispatcher.deps import DbSession
+from dispatcher.deps import DbSession, QueryId
 
 router = APIRouter(prefix="/v1/templates", tags=["templates"])
 
@@ -34,7 +34,7 @@ def list_templates(session: DbSession) -> list[TemplateOut]:
 
 
 @router.get("/{key}", response_model=TemplateOut)
-def get_template(key: str, session: DbSession, version: int | None = None) -> TemplateOut:
+def get_template(key: str, session: DbSession, version: QueryId = None) -> TemplateOut:
     template = service.get_template(session=session, key=key)
     found = service.get_version(session=session, template=template, version=version)
     return service.to_out(

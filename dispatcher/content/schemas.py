@@ -95,7 +95,7 @@ class PreviewIn(BaseModel):
         default=None, description="Recipient fields to use instead of a stored recipient."
     )
     variables: dict[str, Any] = Field(default_factory=dict)
-    version: int | None = None
+    version: int | None = Field(default=None, ge=1, le=2**31 - 1)
 
 
 class PreviewOut(BaseModel):

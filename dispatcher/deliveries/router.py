@@ -6,7 +6,7 @@ from fastapi import APIRouter, Query
 
 from dispatcher.deliveries import service
 from dispatcher.deliveries.schemas import DeliveryPage
-from dispatcher.deps import DbSession
+from dispatcher.deps import DbSession, QueryId
 
 router = APIRouter(prefix="/v1/deliveries", tags=["deliveries"])
 
@@ -14,8 +14,8 @@ router = APIRouter(prefix="/v1/deliveries", tags=["deliveries"])
 @router.get("", response_model=DeliveryPage, summary="Deliveries with their attempts, by cursor")
 def list_deliveries(
     session: DbSession,
-    campaign_id: int | None = None,
-    run_id: int | None = None,
+    campaign_id: QueryId = None,
+    run_id: QueryId = None,
     recipient: Annotated[str | None, Query(description="external_id")] = None,
     status: str | None = None,
     channel: str | None = None,

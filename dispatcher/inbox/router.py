@@ -9,7 +9,7 @@ from sqlalchemy import func, select, update
 
 from dispatcher.clock import utcnow
 from dispatcher.deliveries.service import decode_cursor, encode_cursor
-from dispatcher.deps import DbSession
+from dispatcher.deps import DbSession, PathId
 from dispatcher.errors import NotFound
 from dispatcher.inbox.models import Device, InboxItem
 from dispatcher.inbox.schemas import DeviceIn, DeviceOut, InboxItemOut, InboxPage
@@ -73,7 +73,7 @@ def read_inbox(
 
 
 @router.post("/v1/inbox/{external_id}/{item_id}/read", response_model=InboxItemOut)
-def mark_read(external_id: str, item_id: int, session: DbSession) -> InboxItemOut:
+def mark_read(external_id: str, item_id: PathId, session: DbSession) -> InboxItemOut:
     recipient_id = _recipient_id(session, external_id)
     item = session.get(InboxItem, item_id)
     if item is None or item.recipient_id != recipient_id:

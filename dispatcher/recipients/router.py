@@ -3,6 +3,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from pydantic import TypeAdapter, ValidationError
 
@@ -17,6 +18,7 @@ MAX_PER_REQUEST = 10_000
 _one_or_many: TypeAdapter[Any] = TypeAdapter(RecipientIn)
 _many: TypeAdapter[list[RecipientIn]] = TypeAdapter(list[RecipientIn])
 
+_ONE = RecipientIn.model_json_schema()
 _BODY_SCHEMA = {
     "requestBody": {
         "required": True,
@@ -24,12 +26,8 @@ _BODY_SCHEMA = {
             "application/json": {
                 "schema": {
                     "oneOf": [
-                        {"$ref": "#/components/schemas/RecipientIn"},
-                        {
-                            "type": "array",
-                            "items": {"$ref": "#/components/schemas/RecipientIn"},
-                            "maxItems": MAX_PER_REQUEST,
-                        },
+                        _ONE,
+                        {"type": "array", "items": _ONE, "maxItems": MAX_PER_REQUEST},
                     ]
                 }
             }
@@ -84,6 +82,14 @@ async def upsert_recipients(
     request: Request, response: Response, session: DbSession
 ) -> RecipientOut | UpsertSummary:
     body = await _parse(request)
+    # Blocking database work never runs on the event loop: a request waiting there for
+    # SQLite's write lock would stall every other request, including the lock's holder.
+    return await run_in_threadpool(_upsert, body, response, session)
+
+
+def _upsert(
+    body: RecipientIn | list[RecipientIn], response: Response, session: DbSession
+) -> RecipientOut | UpsertSummary:
     items = body if isinstance(body, list) else [body]
     recipients, created = service.upsert_many(session=session, items=items)
     if isinstance(body, list):
