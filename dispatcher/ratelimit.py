@@ -27,30 +27,34 @@ from channels.base import RateRule
 
 PREFIX = "dispatcher:rate:"
 
-# Returns the milliseconds to wait before a send may go (0: go, slots taken).
+# Reserves the next slot of every rule and returns {1, ms to wait until it}; or, when the
+# channel is paused or the slot is further away than ARGV[1] ms, reserves nothing and returns
+# {0, ms to wait}. Waits are whole milliseconds rounded up (Redis truncates fractions, and a
+# truncated wait would let a send go early). The caller sleeps once: one call per message.
 # KEYS[1] = the channel's pause key; KEYS[2..] = one GCRA key per rule.
-# ARGV = emission interval ms, tolerance ms, per rule.
+# ARGV[1] = longest wait to reserve; then emission interval ms, tolerance ms, per rule.
 _ACQUIRE = """
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
 local paused = redis.call('PTTL', KEYS[1])
-if paused > 0 then return paused end
-local wait = 0
+if paused > 0 then return {0, paused} end
+local at = now
 local tats = {}
 for i = 2, #KEYS do
-  local emission = tonumber(ARGV[(i - 2) * 2 + 1])
-  local tolerance = tonumber(ARGV[(i - 2) * 2 + 2])
+  local tolerance = tonumber(ARGV[(i - 2) * 2 + 3])
   local tat = tonumber(redis.call('GET', KEYS[i]) or now)
   if tat < now then tat = now end
-  tats[i] = tat + emission
-  local need = tat - now - tolerance
-  if need > wait then wait = need end
+  tats[i] = tat
+  if tat - tolerance > at then at = tat - tolerance end
 end
-if wait > 0 then return wait end
+local wait = math.ceil(at - now)
+if wait > tonumber(ARGV[1]) then return {0, wait} end
 for i = 2, #KEYS do
-  redis.call('SET', KEYS[i], tats[i], 'PX', math.ceil(math.max(1, tats[i] - now)) + 1000)
+  local emission = tonumber(ARGV[(i - 2) * 2 + 2])
+  local reserved = math.max(tats[i], at) + emission
+  redis.call('SET', KEYS[i], tostring(reserved), 'PX', math.ceil(reserved - now) + 1000)
 end
-return 0
+return {1, wait}
 """
 
 
@@ -92,8 +96,11 @@ def limits_for(
 
 
 class Limiter(Protocol):
-    async def wait_needed(self, channel: str, limits: Sequence[Limit]) -> float:
-        """Seconds to wait before sending (0.0: a slot was taken)."""
+    async def reserve(
+        self, channel: str, limits: Sequence[Limit], max_wait: float
+    ) -> tuple[bool, float]:
+        """Take the next slot no further than ``max_wait`` seconds away: (True, seconds until
+        it). Otherwise (paused, or the slot is too far) take nothing: (False, seconds to wait)."""
         ...
 
     async def pause(self, channel: str, seconds: float) -> bool:
@@ -109,19 +116,24 @@ class RedisLimiter:
         self._script: object | None = None
 
     def _redis(self) -> aioredis.Redis:
-        # Created lazily on the event loop that uses it.
+        # Created lazily on the event loop that uses it. A blocking pool: a burst of sends
+        # waits for a connection instead of failing past the pool's size.
         if self._client is None:
-            self._client = aioredis.Redis.from_url(self.url, socket_timeout=10)
+            pool = aioredis.BlockingConnectionPool.from_url(
+                self.url, max_connections=64, timeout=20, socket_timeout=10
+            )
+            self._client = aioredis.Redis(connection_pool=pool)
         return self._client
 
-    async def wait_needed(self, channel: str, limits: Sequence[Limit]) -> float:
-        client = self._redis()
+    async def reserve(
+        self, channel: str, limits: Sequence[Limit], max_wait: float
+    ) -> tuple[bool, float]:
         keys = [f"{PREFIX}{channel}:pause", *(limit.key for limit in limits)]
-        args: list[float] = []
+        args: list[float] = [max(0, int(max_wait * 1000))]
         for limit in limits:
             args += [round(limit.emission_ms, 3), round(limit.tolerance_ms, 3)]
-        waited = await client.eval(_ACQUIRE, len(keys), *keys, *args)
-        return max(0.0, float(waited) / 1000.0)
+        reserved, wait_ms = await self._redis().eval(_ACQUIRE, len(keys), *keys, *args)
+        return bool(reserved), max(0.0, float(wait_ms) / 1000.0)
 
     async def pause(self, channel: str, seconds: float) -> bool:
         started = await self._redis().eval(
@@ -143,22 +155,21 @@ class MemoryLimiter:
         self._paused: dict[str, float] = {}
         self._lock = threading.Lock()
 
-    async def wait_needed(self, channel: str, limits: Sequence[Limit]) -> float:
+    async def reserve(
+        self, channel: str, limits: Sequence[Limit], max_wait: float
+    ) -> tuple[bool, float]:
         now = time.monotonic() * 1000
         with self._lock:
             paused = self._paused.get(channel, 0.0) - now
             if paused > 0:
-                return paused / 1000
-            wait = 0.0
-            tats = {}
+                return False, paused / 1000
+            tats = {limit.key: max(self._tats.get(limit.key, now), now) for limit in limits}
+            at = max([now] + [tats[limit.key] - limit.tolerance_ms for limit in limits])
+            if at - now > max_wait * 1000:
+                return False, (at - now) / 1000
             for limit in limits:
-                tat = max(self._tats.get(limit.key, now), now)
-                tats[limit.key] = tat + limit.emission_ms
-                wait = max(wait, tat - now - limit.tolerance_ms)
-            if wait > 0:
-                return wait / 1000
-            self._tats.update(tats)
-            return 0.0
+                self._tats[limit.key] = max(tats[limit.key], at) + limit.emission_ms
+            return True, (at - now) / 1000
 
     async def pause(self, channel: str, seconds: float) -> bool:
         now = time.monotonic() * 1000
@@ -190,10 +201,17 @@ async def acquire(
     """
     waited = 0.0
     while True:
-        need = await limiter.wait_needed(channel, limits)
-        if need <= 0:
-            return waited
-        if waited + need > max_wait:
-            raise Deferred(need)
-        await asyncio.sleep(need)
-        waited += need
+        reserved, wait = await limiter.reserve(channel, limits, max_wait - waited)
+        if reserved:
+            if wait > 0:
+                await asyncio.sleep(wait)
+                # A pause that began while we slept (a refused token, a 429) holds us too.
+                free, paused = await limiter.reserve(channel, (), 0)
+                if not free:
+                    raise Deferred(paused)
+            return waited + wait
+        if waited + wait > max_wait:
+            raise Deferred(wait)
+        # Paused for a little while: wait it out, then ask again.
+        await asyncio.sleep(wait)
+        waited += wait

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from itertools import pairwise
 
 import pytest
 import redis
@@ -33,17 +34,18 @@ def make_limiter(request: pytest.FixtureRequest, redis_url: str, redis_client: r
 
 
 def test_the_budget_is_shared_between_workers(make_limiter) -> None:
-    async def go() -> list[float]:
+    async def go() -> list[tuple[bool, float]]:
         first, second = make_limiter(), make_limiter()
         channel_wide = limits_for("telegram", "", TELEGRAM[:1], {})
-        needs = [await first.wait_needed("telegram", channel_wide) for _ in range(2)]
-        needs.append(await second.wait_needed("telegram", channel_wide))
-        needs.append(await second.wait_needed("telegram", channel_wide))
-        return needs
+        taken = [await first.reserve("telegram", channel_wide, 60) for _ in range(2)]
+        taken.append(await second.reserve("telegram", channel_wide, 60))
+        taken.append(await second.reserve("telegram", channel_wide, 60))
+        return taken
 
-    needs = asyncio.run(go())
-    assert needs[:3] == [0.0, 0.0, 0.0], "a burst of 3 goes at once"
-    assert 0.3 < needs[3] <= 0.5, "the fourth waits about one emission interval (0.5 s)"
+    taken = asyncio.run(go())
+    assert [t[0] for t in taken] == [True] * 4
+    assert [t[1] for t in taken[:3]] == [0.0, 0.0, 0.0], "a burst of 3 goes at once"
+    assert 0.45 < taken[3][1] <= 0.51, "the fourth slot is one emission interval (0.5 s) away"
 
 
 def test_per_address_limits_are_separate(make_limiter) -> None:
@@ -51,29 +53,62 @@ def test_per_address_limits_are_separate(make_limiter) -> None:
         limiter = make_limiter()
         chat_a = limits_for("telegram", "1001", TELEGRAM, {})
         chat_b = limits_for("telegram", "1002", TELEGRAM, {})
-        first = await limiter.wait_needed("telegram", chat_a)
-        again = await limiter.wait_needed("telegram", chat_a)
-        other = await limiter.wait_needed("telegram", chat_b)
+        first = (await limiter.reserve("telegram", chat_a, 60))[1]
+        again = (await limiter.reserve("telegram", chat_a, 60))[1]
+        other = (await limiter.reserve("telegram", chat_b, 60))[1]
         return first, again, other
 
     first, again, other = asyncio.run(go())
-    assert first == 0.0 and other == 0.0
-    assert again > 0.5, "one message a second per chat"
+    assert first == 0.0
+    assert 0.95 < again <= 1.01, "one message a second per chat"
+    assert other < again, "another chat is not held by the first chat's limit"
 
 
 def test_a_pause_holds_the_channel_for_everyone(make_limiter) -> None:
-    async def go() -> tuple[bool, bool, float, float]:
+    async def go() -> tuple[bool, bool, tuple[bool, float], tuple[bool, float]]:
         one, two = make_limiter(), make_limiter()
         started = await one.pause("zalo", 5)
         shorter = await two.pause("zalo", 1)
-        zalo = await two.wait_needed("zalo", limits_for("zalo", "u", (RateRule(100, 100),), {}))
-        email = await two.wait_needed("email", limits_for("email", "e", (RateRule(100, 100),), {}))
+        zalo = await two.reserve("zalo", limits_for("zalo", "u", (RateRule(100, 100),), {}), 60)
+        email = await two.reserve("email", limits_for("email", "e", (RateRule(100, 100),), {}), 60)
         return started, shorter, zalo, email
 
     started, shorter, zalo, email = asyncio.run(go())
     assert started and not shorter, "a shorter pause never cuts a longer one"
-    assert 4.0 < zalo <= 5.0
-    assert email == 0.0
+    assert zalo[0] is False and 4.0 < zalo[1] <= 5.0, "nothing reserved while paused"
+    assert email == (True, 0.0)
+
+
+def test_a_slot_too_far_away_is_not_taken(make_limiter) -> None:
+    async def go() -> list[tuple[bool, float]]:
+        limiter = make_limiter()
+        slow = limits_for("zalo", "", (RateRule(per_second=1, burst=1),), {})
+        return [
+            await limiter.reserve("zalo", slow, 60),
+            await limiter.reserve("zalo", slow, 0.1),  # refused: 1 s away
+            await limiter.reserve("zalo", slow, 60),
+        ]
+
+    first, refused, third = asyncio.run(go())
+    assert first == (True, 0.0)
+    assert refused[0] is False and 0.9 < refused[1] <= 1.0
+    assert third[0] is True and 0.9 < third[1] <= 1.0, "the refused call reserved nothing"
+
+
+def test_reservations_are_evenly_spaced_and_never_early(make_limiter) -> None:
+    """Sixty senders asking at once get slots exactly 1/29 s apart: no burst leaks through."""
+
+    async def go() -> list[float]:
+        limiter = make_limiter()
+        limits = limits_for("telegram", "", (RateRule(per_second=29, burst=1),), {})
+        return [(await limiter.reserve("telegram", limits, 60))[1] for _ in range(60)]
+
+    waits = asyncio.run(go())
+    assert waits[0] == 0.0
+    for i, wait in enumerate(waits):
+        # Each slot is i/29 s after the first (less the time the calls themselves took).
+        assert i / 29 - 0.05 <= wait <= i / 29 + 0.002, (i, wait)
+    assert all(b > a for a, b in pairwise(waits))
 
 
 def test_acquire_defers_rather_than_sit_through_a_long_pause(make_limiter) -> None:
@@ -94,14 +129,3 @@ def test_settings_override_the_channel_rate_and_addresses_are_hashed() -> None:
         "per-chat limits keep the provider's rate"
     )
     assert "912" not in limits[1].key and "+84" not in limits[1].key
-
-
-def test_rates_that_do_not_divide_a_second_evenly(make_limiter) -> None:
-    async def go() -> list[float]:
-        limiter = make_limiter()
-        limits = limits_for("telegram", "", (RateRule(per_second=29, burst=1),), {})
-        return [await limiter.wait_needed("telegram", limits) for _ in range(2)]
-
-    first, second = asyncio.run(go())
-    assert first == 0.0
-    assert 0.02 < second <= 1 / 29 + 0.001

@@ -1,0 +1,1308 @@
+"""Channel throughput: Telegram against its rate limit, and email over SMTP.
+
+    python bench/channels.py                       # Telegram for 60 s, then 10,000 emails
+    python bench/channels.py --quick               # 10 s of Telegram, 1,000 emails (smoke run)
+    python bench/channels.py --only telegram --duration 120
+    python bench/channels.py --only email --emails 50000
+
+Each scenario builds the service from scratch, every part a real subprocess in its own session:
+a private ``redis-server`` (``--save "" --appendonly no``), a fresh SQLite file migrated with
+``dispatcher migrate``, the provider in another process, the API (``dispatcher serve``) and the
+workers (``dispatcher worker --queues urgent --processes P --threads T``). Recipients go in
+through ``POST /v1/recipients`` (arrays of up to 10,000), a template is published, and a
+``fraud_warning`` campaign (urgent queue) is created, submitted and approved over HTTP.
+
+*Telegram.* The provider is the Telegram emulator (``python -m tests.emulators telegram --rate
+30``), which answers 429 as soon as its bucket (30 a second) runs dry. N = rate × duration
+distinct chats. The rate is measured on the emulator's side, from its ``GET /_emulator/stats``
+(not part of Telegram's API): messages accepted per second of its own clock, over the steady
+window (the first ``--warmup`` seconds and the last, partial second left out), together with
+every 429 it answered. The aim: at least 95% of the limit, and not one 429.
+
+*Email.* The provider is an aiosmtpd server in another process (this script, in a hidden child
+mode) that accepts every message and reports its count to a file. The figure is messages/s from
+the approve call until the campaign reads ``completed``.
+
+Both scenarios also report the CPU seconds each role used during the campaign, and those used by
+other processes on the machine (a busy machine disturbs the figures); ``--profile`` records the
+worker processes and the provider with py-spy. Figures are printed and written to
+``bench/results/channels-telegram-<duration>s.json`` / ``channels-email-<N>.json``. Every subprocess
+is stopped (SIGTERM to its process group, then SIGKILL) when a scenario ends, fails or is
+interrupted with Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any, TextIO
+
+try:
+    import psutil
+except ImportError:
+    sys.exit(
+        "bench/channels.py needs the project's virtualenv (psutil, httpx, redis, aiosmtpd): "
+        "run it as .venv/bin/python bench/channels.py"
+    )
+
+if TYPE_CHECKING:
+    import httpx
+
+BENCH_DIR = Path(__file__).resolve().parent
+ROOT = BENCH_DIR.parent
+RESULTS_DIR = BENCH_DIR / "results"
+
+POLL_SECONDS = 0.5
+PROGRESS_SECONDS = 2.0
+RECIPIENTS_PER_REQUEST = 10_000  # the API's own limit per POST /v1/recipients
+NAMESPACE = "dispatcher"  # dramatiq's namespace in Redis (its worker heartbeats live there)
+SMTP_CHILD = "--smtp-child"
+AIM_SHARE = 0.95  # of the provider's limit, over the steady window
+TEMPLATE_KEY = "bench_channels_fraud_warning"
+
+TEMPLATE: dict[str, Any] = {
+    "key": TEMPLATE_KEY,
+    "kind": "fraud_warning",
+    "description": "Channel benchmark (bench/channels.py)",
+    "defaults": {"hotline": "1900 9068"},
+    "variants": [
+        {
+            "channel": "telegram",
+            "locale": "vi",
+            "body": "<b>BHXH Việt Nam cảnh báo lừa đảo</b>\n"
+            "Kính gửi {{ recipient.honorific }} {{ recipient.full_name }}: cơ quan BHXH không "
+            "bao giờ yêu cầu chuyển tiền qua điện thoại. Tổng đài {{ hotline }}.",
+        },
+        {
+            "channel": "email",
+            "locale": "vi",
+            "subject": "Cảnh báo lừa đảo mạo danh BHXH — {{ recipient.full_name }}",
+            "body": "Kính gửi {{ recipient.honorific }} {{ recipient.full_name }},\n\n"
+            "Cơ quan BHXH không bao giờ yêu cầu chuyển tiền qua điện thoại.\n"
+            "Mã số BHXH: {{ recipient.external_id }} · {{ recipient.province }}.\n"
+            "Tổng đài {{ hotline }}.",
+            "html": "<p>Kính gửi <b>{{ recipient.full_name }}</b>,</p>"
+            "<p>Cơ quan BHXH không bao giờ yêu cầu chuyển tiền qua điện thoại. "
+            "Tổng đài {{ hotline }}.</p>",
+        },
+    ],
+}
+
+SURNAMES = ("Nguyễn", "Trần", "Lê", "Phạm", "Hoàng", "Huỳnh", "Phan", "Vũ", "Võ", "Đặng")
+MIDDLES = ("Văn", "Thị", "Hữu", "Đức", "Minh", "Thanh", "Quốc", "Ngọc")
+GIVENS = ("An", "Bình", "Chi", "Dũng", "Hà", "Hải", "Hương", "Lan", "Long", "Mai", "Nam", "Yến")
+PROVINCES = ("Hà Nội", "TP Hồ Chí Minh", "Hải Phòng", "Đà Nẵng", "Cần Thơ", "Nghệ An")
+
+
+class BenchError(Exception):
+    """The benchmark cannot go on; the message says why and what to do."""
+
+
+# -- processes ----------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def dispatcher_command() -> list[str]:
+    """The ``dispatcher`` console script of this interpreter's environment."""
+    script = Path(sys.executable).with_name("dispatcher")
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-m", "dispatcher.cli"]
+
+
+class Managed:
+    """A subprocess in its own session (so that its whole tree can be ended), logging to a file."""
+
+    def __init__(
+        self, name: str, argv: Sequence[str], *, env: dict[str, str], log_path: Path
+    ) -> None:
+        self.name = name
+        self.log_path = log_path
+        self._log = log_path.open("ab")
+        try:
+            self.proc = subprocess.Popen(
+                list(argv),
+                cwd=ROOT,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            self._log.close()
+            raise BenchError(f"cannot start the {name} ({argv[0]}): {exc}") from None
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def children(self) -> list[psutil.Process]:
+        """The process's descendants (dramatiq's forked worker processes)."""
+        try:
+            return list(psutil.Process(self.pid).children(recursive=True))
+        except psutil.Error:
+            return []
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the process and its living descendants so far."""
+        total = 0.0
+        try:
+            members = [psutil.Process(self.pid), *self.children()]
+        except psutil.Error:
+            return total
+        for member in members:
+            with contextlib.suppress(psutil.Error):
+                times = member.cpu_times()
+                total += times.user + times.system
+        return total
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM the process group, SIGKILL whatever is left after ``timeout``."""
+        descendants = self.children()
+        if self.alive():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        # Descendants that outlived their parent, by pid (psutil checks it is still the same
+        # process, not a reused pid).
+        for member in descendants:
+            with contextlib.suppress(psutil.Error):
+                if member.is_running():
+                    member.kill()
+        self._log.close()
+
+    def text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def tail(self, lines: int = 25) -> str:
+        return "\n".join(f"    {line}" for line in self.text().splitlines()[-lines:])
+
+    def dead_error(self) -> BenchError:
+        return BenchError(
+            f"the {self.name} process exited with code {self.proc.returncode}; "
+            f"last lines of {self.log_path.name}:\n{self.tail()}"
+        )
+
+
+def wait_until(
+    predicate: Callable[[], bool],
+    *,
+    timeout: float,
+    what: str,
+    watch: Sequence[Managed] = (),
+    interval: float = 0.1,
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for process in watch:
+            if not process.alive():
+                raise process.dead_error()
+        if predicate():
+            return
+        time.sleep(interval)
+    detail = "".join(f"\n  {p.log_path.name}:\n{p.tail()}" for p in watch)
+    raise BenchError(f"timed out after {timeout:.0f} s waiting for {what}{detail}")
+
+
+def start_private_redis(workdir: Path) -> tuple[Managed, str]:
+    import redis
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise BenchError(
+            "redis-server is not on PATH: install it (e.g. apt-get install redis-server)"
+        )
+    port = free_port()
+    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+    argv += ["--appendonly", "no", "--dir", str(workdir)]
+    process = Managed("redis-server", argv, env=dict(os.environ), log_path=workdir / "redis.log")
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url, socket_connect_timeout=1)
+
+    def up() -> bool:
+        try:
+            return bool(client.ping())
+        except (redis.RedisError, OSError):
+            return False
+
+    wait_until(up, timeout=15, what="the private redis-server", watch=[process])
+    return process, url
+
+
+# -- the SMTP server (a child process of this script) -------------------------------------------
+
+
+class CountingHandler:
+    """An aiosmtpd handler that accepts every message and counts them."""
+
+    def __init__(self) -> None:
+        self.messages = 0
+        self.recipients = 0
+        self.bytes = 0
+        self.first: float | None = None
+        self.last: float | None = None
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        now = time.time()
+        if self.first is None:
+            self.first = now
+        self.last = now
+        self.messages += 1
+        self.recipients += len(envelope.rcpt_tos)
+        self.bytes += len(envelope.content or b"")
+        return "250 2.0.0 Message accepted for delivery"
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "messages": self.messages,
+            "recipients": self.recipients,
+            "bytes": self.bytes,
+            "first_at": self.first,
+            "last_at": self.last,
+        }
+
+
+def smtp_child(port: int, stats_path: Path) -> int:
+    """Serve SMTP on 127.0.0.1:``port`` until SIGTERM, writing counts to ``stats_path``."""
+    from aiosmtpd.controller import Controller
+
+    handler = CountingHandler()
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+
+    def write(final: bool = False) -> None:
+        temporary = stats_path.with_suffix(".tmp")
+        temporary.write_text(json.dumps({**handler.snapshot(), "ready": True, "final": final}))
+        os.replace(temporary, stats_path)
+
+    try:
+        while not stop.is_set():
+            write()
+            stop.wait(0.2)
+    finally:
+        controller.stop()
+        write(final=True)
+    return 0
+
+
+def read_smtp_stats(path: Path) -> dict[str, Any] | None:
+    try:
+        data: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data
+
+
+# -- the service --------------------------------------------------------------------------------
+
+
+@dataclass
+class Options:
+    scenarios: tuple[str, ...]
+    duration: float
+    rate: float
+    warmup: float
+    emails: int
+    workers: int
+    threads: int
+    batch_size: int | None
+    smtp_pool_size: int
+    extra_env: dict[str, str] = field(default_factory=dict)
+    keep: bool = False
+    timeout: float | None = None
+    profile: bool = False
+
+
+def service_env(
+    options: Options, database_url: str, redis_url: str, api_port: int
+) -> dict[str, str]:
+    # Settings of the caller's shell must not leak into the measurement: only --env adds any.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DISPATCHER_")}
+    env.update(
+        {
+            "DISPATCHER_DATABASE_URL": database_url,
+            "DISPATCHER_REDIS_URL": redis_url,
+            "DISPATCHER_PUBLIC_URL": f"http://127.0.0.1:{api_port}",
+            "DISPATCHER_WORKER_THREADS": str(options.threads),
+            "DISPATCHER_LOG_FORMAT": "json",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    if options.batch_size is not None:
+        env["DISPATCHER_BATCH_SIZE"] = str(options.batch_size)
+    # Measure the tree this file lives in, even when another checkout is installed.
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+@dataclass
+class Audit:
+    """What the service's own audit (GET /v1/deliveries) says about a campaign."""
+
+    statuses: dict[str, int]
+    outcomes: dict[str, int]
+    started: list[datetime]  # every attempt's started_at (the slot was taken just before)
+
+    def started_per_second(self, origin: datetime) -> list[int]:
+        """Attempts started in each second after ``origin`` (earlier ones count in the first)."""
+        if not self.started:
+            return []
+        offsets = [max(0.0, (at - origin).total_seconds()) for at in self.started]
+        counts = [0] * (int(max(offsets)) + 1)
+        for offset in offsets:
+            counts[int(offset)] += 1
+        return counts
+
+
+class Service:
+    """Redis, the database, the provider, the API and the workers of one scenario."""
+
+    def __init__(self, options: Options, name: str, stack: contextlib.ExitStack) -> None:
+        self.options = options
+        self.name = name
+        self.processes: list[Managed] = []
+        self.watched: list[Managed] = []
+        self.workdir = Path(tempfile.mkdtemp(prefix=f"dispatcher-bench-{name}-"))
+        if options.keep:
+            print(f"  logs and files kept in {self.workdir}")
+        else:
+            stack.callback(shutil.rmtree, self.workdir, ignore_errors=True)
+        stack.callback(self.stop_all)
+        self.api_port = free_port()
+        self.provider_env: dict[str, str] = {}
+        self.env: dict[str, str] = {}
+        self.redis_url = ""
+        self.api: Managed | None = None
+        self.workers: Managed | None = None
+        self.provider: Managed | None = None
+        self.redis: Managed | None = None
+        self.http: httpx.Client | None = None
+
+    @property
+    def client(self) -> httpx.Client:
+        """The HTTP client of the API (once :meth:`up` has started it)."""
+        if self.http is None:
+            raise BenchError("the API is not running")
+        return self.http
+
+    def stop_all(self) -> None:
+        if self.http is not None:
+            self.http.close()
+        for process in reversed(self.processes):
+            process.stop()
+
+    def start(
+        self, name: str, argv: Sequence[str], env: dict[str, str], *, watch: bool = True
+    ) -> Managed:
+        """Start a process that is stopped with the scenario; a watched one must stay up."""
+        process = Managed(name, argv, env=env, log_path=self.workdir / f"{name}.log")
+        self.processes.append(process)
+        if watch:
+            self.watched.append(process)
+        return process
+
+    def start_redis(self) -> None:
+        process, self.redis_url = start_private_redis(self.workdir)
+        self.processes.append(process)
+        self.watched.append(process)
+        self.redis = process
+
+    def redis_calls(self) -> dict[str, int]:
+        """Calls per Redis command so far (``INFO commandstats`` of the private Redis)."""
+        import redis
+
+        client = redis.Redis.from_url(self.redis_url)
+        try:
+            stats = client.info("commandstats")
+        finally:
+            client.close()
+        return {
+            name.removeprefix("cmdstat_"): int(value["calls"])
+            for name, value in stats.items()
+            if isinstance(value, dict) and "calls" in value
+        }
+
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds used so far by each role (its whole process tree)."""
+        roles = {
+            "workers": self.workers,
+            "api": self.api,
+            "provider": self.provider,
+            "redis": self.redis,
+        }
+        used = {name: p.cpu_seconds() for name, p in roles.items() if p is not None}
+        own = psutil.Process().cpu_times()
+        used["this script"] = own.user + own.system
+        # Everything else on the machine (other benchmarks, test suites...) is the busy time of
+        # all CPUs minus ours: cpu_used() reports it as "other processes".
+        machine = psutil.cpu_times()
+        busy = ("user", "nice", "system", "irq", "softirq")
+        used["machine busy"] = sum(getattr(machine, name, 0.0) for name in busy)
+        return used
+
+    def up(self) -> None:
+        """Migrate, then start the API and the workers (the provider is already running)."""
+        import httpx
+        import redis
+
+        database_url = f"sqlite:///{self.workdir / 'bench.db'}"
+        self.env = service_env(self.options, database_url, self.redis_url, self.api_port)
+        self.env.update({f"DISPATCHER_{k}": v for k, v in self.provider_env.items()})
+        self.env.update(self.options.extra_env)
+        migrate = subprocess.run(
+            [*dispatcher_command(), "migrate"],
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if migrate.returncode != 0:
+            raise BenchError(f"dispatcher migrate failed:\n{migrate.stdout}{migrate.stderr}")
+
+        serve = [*dispatcher_command(), "serve", "--host", "127.0.0.1"]
+        self.api = self.start("api", [*serve, "--port", str(self.api_port)], self.env)
+        self.http = httpx.Client(base_url=f"http://127.0.0.1:{self.api_port}", timeout=120)
+
+        def ready() -> bool:
+            try:
+                return bool(self.client.get("/readyz").status_code == 200)
+            except httpx.TransportError:
+                return False
+
+        wait_until(ready, timeout=60, what="the API (/readyz)", watch=[self.api])
+
+        worker = [*dispatcher_command(), "worker", "--queues", "urgent"]
+        worker += ["--processes", str(self.options.workers)]
+        worker += ["--threads", str(self.options.threads)]
+        self.workers = self.start("workers", worker, self.env)
+        client = redis.Redis.from_url(self.redis_url)
+        heartbeats = f"{NAMESPACE}:__heartbeats__"
+        wait_until(
+            lambda: int(client.zcard(heartbeats)) >= self.options.workers,
+            timeout=90,
+            what=f"{self.options.workers} dramatiq worker process(es) to poll Redis",
+            watch=[self.api, self.workers],
+        )
+        client.close()
+
+    def check_alive(self) -> None:
+        for process in self.watched:
+            if not process.alive():
+                raise process.dead_error()
+
+    def post(self, path: str, body: Any, expect: int) -> dict[str, Any]:
+        response = self.client.post(path, json=body)
+        if response.status_code != expect:
+            raise BenchError(f"POST {path}: {response.status_code} {response.text[:500]}")
+        data: dict[str, Any] = response.json()
+        return data
+
+    def add_recipients(self, people: list[dict[str, Any]]) -> float:
+        """POST the recipients in arrays of up to 10,000; returns the seconds it took."""
+        t0 = time.perf_counter()
+        for start in range(0, len(people), RECIPIENTS_PER_REQUEST):
+            chunk = people[start : start + RECIPIENTS_PER_REQUEST]
+            answer = self.post("/v1/recipients", chunk, 200)
+            if answer.get("count") != len(chunk):
+                raise BenchError(
+                    f"POST /v1/recipients stored {answer.get('count')} of {len(chunk)}"
+                )
+        return time.perf_counter() - t0
+
+    def publish_template(self) -> None:
+        self.post("/v1/templates", TEMPLATE, 201)
+
+    def launch(self, channel: str) -> tuple[int, float, datetime]:
+        """Create, submit and approve; returns (campaign id, monotonic and wall time of approve)."""
+        created = self.post(
+            "/v1/campaigns",
+            {
+                "name": f"Cảnh báo mạo danh BHXH ({channel} benchmark)",
+                "kind": "fraud_warning",
+                "template": TEMPLATE_KEY,
+                "audience": {"all": True},
+                "channels": [channel],
+            },
+            201,
+        )
+        if created.get("priority") != "urgent":
+            raise BenchError(f"the campaign is not urgent: {created.get('priority')}")
+        campaign_id = int(created["id"])
+        self.post(f"/v1/campaigns/{campaign_id}/submit", None, 200)
+        wall = datetime.now(UTC)
+        t0 = time.monotonic()
+        self.post(f"/v1/campaigns/{campaign_id}/approve", None, 200)
+        return campaign_id, t0, wall
+
+    def campaign(self, campaign_id: int) -> dict[str, Any]:
+        response = self.client.get(f"/v1/campaigns/{campaign_id}")
+        if response.status_code != 200:
+            raise BenchError(f"GET /v1/campaigns/{campaign_id}: {response.status_code}")
+        data: dict[str, Any] = response.json()
+        return data
+
+    def audit(self, campaign_id: int) -> Audit:
+        """Deliveries by status, attempts by outcome, and when each attempt started."""
+        statuses: Counter[str] = Counter()
+        outcomes: Counter[str] = Counter()
+        started: list[datetime] = []
+        cursor: str | None = None
+        while True:
+            params: dict[str, Any] = {"campaign_id": campaign_id, "limit": 1000}
+            if cursor:
+                params["cursor"] = cursor
+            page = self.client.get("/v1/deliveries", params=params).json()
+            for delivery in page["items"]:
+                statuses[delivery["status"]] += 1
+                for attempt in delivery["attempts"]:
+                    outcomes[attempt["outcome"]] += 1
+                    started.append(datetime.fromisoformat(attempt["started_at"]))
+            cursor = page["next_cursor"]
+            if cursor is None:
+                return Audit(dict(statuses), dict(outcomes), sorted(started))
+
+    def worker_pids(self) -> list[int]:
+        """The forked worker processes (not dramatiq's supervising parent)."""
+        if self.workers is None:
+            return []
+        return [p.pid for p in self.workers.children() if "dramatiq" in " ".join(_cmdline(p))]
+
+
+def _cmdline(process: psutil.Process) -> list[str]:
+    try:
+        return list(process.cmdline())
+    except psutil.Error:
+        return []
+
+
+def iso(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+def server_seconds(campaign: dict[str, Any]) -> float | None:
+    approved, completed = iso(campaign.get("approved_at")), iso(campaign.get("completed_at"))
+    if approved is None or completed is None:
+        return None
+    return (completed - approved).total_seconds()
+
+
+def person(prefix: str, i: int) -> dict[str, Any]:
+    surname = SURNAMES[i % len(SURNAMES)]
+    middle = MIDDLES[(i // len(SURNAMES)) % len(MIDDLES)]
+    given = GIVENS[(i // 7) % len(GIVENS)]
+    return {
+        "external_id": f"{prefix}{i:08d}",
+        "full_name": f"{surname} {middle} {given}",
+        "province": PROVINCES[i % len(PROVINCES)],
+    }
+
+
+# -- profiling (optional) -----------------------------------------------------------------------
+
+
+class Profiler:
+    """``py-spy record`` on each worker process while the campaign runs (``--profile``)."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self.outputs: list[Path] = []
+        self.processes: list[Managed] = []
+
+    def start(self) -> None:
+        binary = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+        if not Path(binary).exists():
+            raise BenchError("--profile needs py-spy: pip install py-spy (into the virtualenv)")
+        pids = {f"worker-{pid}": pid for pid in self.service.worker_pids()}
+        if self.service.provider is not None:
+            pids["provider"] = self.service.provider.pid
+        for label, pid in pids.items():
+            out = self.service.workdir / f"profile-{label}.txt"
+            argv = [binary, "record", "--pid", str(pid), "--format", "raw", "--output", str(out)]
+            argv += ["--rate", "50", "--nonblocking"]
+            process = self.service.start(f"py-spy-{pid}", argv, dict(os.environ), watch=False)
+            self.processes.append(process)
+            self.outputs.append(out)
+
+    def stop(self) -> list[str]:
+        for process in self.processes:
+            if process.alive():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(process.pid, signal.SIGINT)  # py-spy writes its output on SIGINT
+        for process in self.processes:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.proc.wait(30)
+        kept = []
+        for out in self.outputs:
+            if out.exists():
+                target = RESULTS_DIR / f"channels-{self.service.name}-{out.name}"
+                RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(out, target)
+                kept.append(relative(target))
+        return kept
+
+
+# -- Telegram ---------------------------------------------------------------------------------
+
+
+def start_telegram_emulator(service: Service, rate: float) -> str:
+    port = free_port()
+    argv = [sys.executable, "-m", "tests.emulators", "telegram", "--port", str(port)]
+    argv += ["--rate", f"{rate:g}"]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env["PYTHONUNBUFFERED"] = "1"
+    emulator = service.start("telegram-emulator", argv, env)
+    service.provider = emulator
+    wait_until(
+        lambda: "_emulator/stats" in emulator.text(),
+        timeout=30,
+        what="the Telegram emulator to print its settings",
+        watch=[emulator],
+    )
+    for line in emulator.text().splitlines():
+        if line.startswith("export DISPATCHER_"):
+            key, _, value = line.removeprefix("export DISPATCHER_").partition("=")
+            service.provider_env[key] = value
+    if "TELEGRAM_TOKEN" not in service.provider_env:
+        raise BenchError(f"the Telegram emulator printed no token:\n{emulator.tail()}")
+    return f"http://127.0.0.1:{port}"
+
+
+def steady_rate(per_second: list[int], warmup: float) -> tuple[float | None, list[int]]:
+    """Mean of the whole seconds after ``warmup``, the last (partial) second left out."""
+    skip = math.ceil(warmup)
+    window = per_second[skip:-1]
+    if not window:
+        return None, []
+    return sum(window) / len(window), window
+
+
+def run_telegram(options: Options) -> dict[str, Any]:
+    import httpx
+
+    n = math.ceil(options.rate * options.duration)
+    print(
+        f"\n== Telegram: {n:,} chats (limit {options.rate:g}/s × {options.duration:g} s), "
+        f"{options.workers} worker process(es) × {options.threads} threads ==",
+        flush=True,
+    )
+    with contextlib.ExitStack() as stack:
+        service = Service(options, "telegram", stack)
+        setup_t0 = time.perf_counter()
+        service.start_redis()
+        emulator_url = start_telegram_emulator(service, options.rate)
+        stats_client = httpx.Client(base_url=emulator_url, timeout=30)
+        stack.callback(stats_client.close)
+
+        def stats() -> dict[str, Any]:
+            data: dict[str, Any] = stats_client.get("/_emulator/stats").json()
+            return data
+
+        service.up()
+        people = [
+            {**person("TG", i), "addresses": {"telegram": str(100_000_000 + i)}} for i in range(n)
+        ]
+        insert_s = service.add_recipients(people)
+        service.publish_template()
+        if stats()["requests"] != 0:
+            raise BenchError("the Telegram emulator was called before the campaign")
+        setup_s = time.perf_counter() - setup_t0
+        print(
+            f"  setup {setup_s:.1f} s (recipients through the API: {insert_s:.1f} s); "
+            f"emulator at {emulator_url}",
+            flush=True,
+        )
+        settings = {
+            **{k: v for k, v in service.env.items() if k.startswith("DISPATCHER_")},
+            "DISPATCHER_TELEGRAM_TOKEN": "***",
+        }
+        profiler = Profiler(service) if options.profile else None
+        if profiler is not None:
+            profiler.start()
+
+        cpu_before = service.cpu()
+        redis_before = service.redis_calls()
+        campaign_id, t0, approved_wall = service.launch("telegram")
+        timeout = options.timeout or (n / (options.rate * 0.9) + 120)
+        last_progress = t0
+        previous_accepted = 0
+        campaign: dict[str, Any] = {}
+        while True:
+            time.sleep(POLL_SECONDS)
+            service.check_alive()
+            campaign = service.campaign(campaign_id)
+            now = time.monotonic()
+            if now - last_progress >= PROGRESS_SECONDS or campaign["status"] == "completed":
+                current = stats()
+                accepted = current["accepted"]
+                rate_now = (accepted - previous_accepted) / max(1e-9, now - last_progress)
+                sent = campaign["counts"]["by_status"].get("sent", 0)
+                print(
+                    f"  t={now - t0:6.1f} s  sent {sent:>6,}"
+                    f"  accepted {accepted:>6,}  429s {current['by_status'].get('429', 0):>3}"
+                    f"  ({rate_now:5.1f}/s)",
+                    flush=True,
+                )
+                previous_accepted, last_progress = accepted, now
+            if campaign["status"] == "completed":
+                break
+            if now - t0 > timeout:
+                raise BenchError(
+                    f"the campaign did not complete within {timeout:.0f} s: {campaign['counts']}"
+                )
+        elapsed = time.monotonic() - t0
+        cpu = cpu_used(cpu_before, service.cpu())
+        redis_calls = calls_used(redis_before, service.redis_calls())
+        profiles = profiler.stop() if profiler is not None else []
+        final = stats()
+        audit = service.audit(campaign_id)
+
+    statuses, outcomes = audit.statuses, audit.outcomes
+    per_second: list[int] = final["accepted_per_second"]
+    steady, window = steady_rate(per_second, options.warmup)
+    first, last = iso(final["first_accepted_at"]), iso(final["last_accepted_at"])
+    span = (last - first).total_seconds() if first and last else 0.0
+    too_many = int(final["by_status"].get("429", 0))
+    share = steady / options.rate if steady is not None else None
+    return {
+        "scenario": "telegram",
+        "recipients": n,
+        "limit_per_second": options.rate,
+        "duration_target_s": options.duration,
+        "warmup_s": options.warmup,
+        "accepted": final["accepted"],
+        "emulator_requests": final["requests"],
+        "emulator_by_status": final["by_status"],
+        "too_many_requests_429": too_many,
+        "steady_rate_per_s": steady,
+        "steady_share_of_limit": share,
+        "steady_window_s": [math.ceil(options.warmup), math.ceil(options.warmup) + len(window)],
+        "per_second_min": min(window) if window else None,
+        "per_second_max": max(per_second) if per_second else None,
+        "accepted_per_second": per_second,
+        "first_to_last_accepted_s": span,
+        "overall_rate_per_s": (final["accepted"] - 1) / span if span > 0 else None,
+        "approve_to_first_accepted_s": (first - approved_wall).total_seconds() if first else None,
+        "approve_to_completed_s": elapsed,
+        "server_approved_to_completed_s": server_seconds(campaign),
+        "deliveries_by_status": statuses,
+        "attempts_by_outcome": outcomes,
+        "rate_limited_attempts_our_side": outcomes.get("rate_limited", 0),
+        # The same seconds of the clock, seen from our side: when each attempt started.
+        "attempts_started_per_second": audit.started_per_second(first) if first else [],
+        "aim": {
+            "share_of_limit": AIM_SHARE,
+            "met_rate": share is not None and share >= AIM_SHARE,
+            "met_no_429": too_many == 0,
+        },
+        "cpu_seconds_during_campaign": cpu,
+        "redis_calls_during_campaign": redis_calls,
+        "profiles": profiles,
+        "settings": settings,
+        "options": options_summary(options),
+        "machine": machine(),
+    }
+
+
+def print_telegram(r: dict[str, Any], out: TextIO = sys.stdout) -> None:
+    limit = r["limit_per_second"]
+    aim = r["aim"]
+    steady = r["steady_rate_per_s"]
+    lo, hi = r["steady_window_s"]
+    verdict_rate = "met" if aim["met_rate"] else "NOT met"
+    verdict_429 = "met" if aim["met_no_429"] else "NOT met"
+    print("\n-- Telegram results --", file=out)
+    rows = [
+        ("chats / accepted by the emulator", f"{r['recipients']:,} / {r['accepted']:,}"),
+        (
+            f"sustained rate, seconds {lo}–{hi} of the emulator's clock",
+            "n/a (run too short)"
+            if steady is None
+            else f"{steady:.2f} msg/s = {100 * steady / limit:.1f}% of {limit:g}/s "
+            f"[aim ≥ {100 * aim['share_of_limit']:.0f}%: {verdict_rate}]",
+        ),
+        (
+            "per-second accepted (steady min / any max)",
+            f"{r['per_second_min']} / {r['per_second_max']}",
+        ),
+        ("429 answered by the emulator", f"{r['too_many_requests_429']} [aim 0: {verdict_429}]"),
+        ("rate_limited attempts (our audit)", str(r["rate_limited_attempts_our_side"])),
+        ("emulator requests by status", json.dumps(r["emulator_by_status"])),
+        (
+            "first → last accepted",
+            f"{r['first_to_last_accepted_s']:.1f} s "
+            f"({_fmt(r['overall_rate_per_s'], '.2f')} msg/s overall)",
+        ),
+        ("approve → first accepted", f"{_fmt(r['approve_to_first_accepted_s'], '.2f')} s"),
+        (
+            "approve → completed",
+            f"{r['approve_to_completed_s']:.1f} s polled every {POLL_SECONDS} s "
+            f"(server: {_fmt(r['server_approved_to_completed_s'], '.1f')} s)",
+        ),
+        ("deliveries by status", json.dumps(r["deliveries_by_status"])),
+        ("attempts by outcome", json.dumps(r["attempts_by_outcome"])),
+        ("CPU during the campaign", cpu_text(r)),
+        ("Redis calls during the campaign", redis_text(r)),
+    ]
+    _rows(rows, out)
+    print(f"  accepted per second (emulator): {r['accepted_per_second']}", file=out)
+    print(
+        f"  attempts started per second (our audit, same origin): "
+        f"{r['attempts_started_per_second']}",
+        file=out,
+    )
+
+
+# -- email --------------------------------------------------------------------------------------
+
+
+def start_smtp_server(service: Service) -> tuple[Path, int]:
+    try:
+        import aiosmtpd  # noqa: F401
+    except ImportError:
+        raise BenchError("the email scenario needs aiosmtpd: pip install aiosmtpd") from None
+    port = free_port()
+    stats_path = service.workdir / "smtp-stats.json"
+    argv = [sys.executable, str(Path(__file__).resolve()), SMTP_CHILD, str(port), str(stats_path)]
+    env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"
+    server = service.start("smtp-server", argv, env)
+    service.provider = server
+    wait_until(
+        lambda: (read_smtp_stats(stats_path) or {}).get("ready") is True,
+        timeout=30,
+        what="the SMTP server",
+        watch=[server],
+    )
+    service.provider_env.update(
+        {
+            "SMTP_HOST": "127.0.0.1",
+            "SMTP_PORT": str(port),
+            "SMTP_TLS": "none",
+            "SMTP_POOL_SIZE": str(service.options.smtp_pool_size),
+        }
+    )
+    return stats_path, port
+
+
+def run_email(options: Options) -> dict[str, Any]:
+    n = options.emails
+    print(
+        f"\n== Email: {n:,} recipients over SMTP (aiosmtpd in another process), "
+        f"{options.workers} worker process(es) × {options.threads} threads, "
+        f"SMTP pool {options.smtp_pool_size} per process ==",
+        flush=True,
+    )
+    with contextlib.ExitStack() as stack:
+        service = Service(options, "email", stack)
+        setup_t0 = time.perf_counter()
+        service.start_redis()
+        stats_path, smtp_port = start_smtp_server(service)
+        service.up()
+        people = [
+            {**person("EM", i), "addresses": {"email": f"nguoi.nhan{i:06d}@example.vn"}}
+            for i in range(n)
+        ]
+        insert_s = service.add_recipients(people)
+        service.publish_template()
+        setup_s = time.perf_counter() - setup_t0
+        print(
+            f"  setup {setup_s:.1f} s (recipients through the API: {insert_s:.1f} s); "
+            f"SMTP on 127.0.0.1:{smtp_port}",
+            flush=True,
+        )
+        settings = {k: v for k, v in service.env.items() if k.startswith("DISPATCHER_")}
+        profiler = Profiler(service) if options.profile else None
+        if profiler is not None:
+            profiler.start()
+
+        cpu_before = service.cpu()
+        redis_before = service.redis_calls()
+        campaign_id, t0, approved_wall = service.launch("email")
+        timeout = options.timeout or max(300.0, n / 20)
+        last_progress = t0
+        previous = 0
+        campaign: dict[str, Any] = {}
+        while True:
+            time.sleep(POLL_SECONDS)
+            service.check_alive()
+            campaign = service.campaign(campaign_id)
+            now = time.monotonic()
+            if now - last_progress >= PROGRESS_SECONDS or campaign["status"] == "completed":
+                received = (read_smtp_stats(stats_path) or {}).get("messages", 0)
+                sent = campaign["counts"]["by_status"].get("sent", 0)
+                print(
+                    f"  t={now - t0:6.1f} s  sent {sent:>7,}"
+                    f"  received {received:>7,}"
+                    f"  ({(received - previous) / max(1e-9, now - last_progress):6.1f}/s)",
+                    flush=True,
+                )
+                previous, last_progress = received, now
+            if campaign["status"] == "completed":
+                break
+            if now - t0 > timeout:
+                raise BenchError(
+                    f"the campaign did not complete within {timeout:.0f} s: {campaign['counts']}"
+                )
+        elapsed = time.monotonic() - t0
+        cpu = cpu_used(cpu_before, service.cpu())
+        redis_calls = calls_used(redis_before, service.redis_calls())
+        profiles = profiler.stop() if profiler is not None else []
+        audit = service.audit(campaign_id)
+        smtp = read_smtp_stats(stats_path) or {}
+    statuses, outcomes = audit.statuses, audit.outcomes
+
+    sent = int(campaign["counts"]["by_status"].get("sent", 0))
+    first, last = smtp.get("first_at"), smtp.get("last_at")
+    span = (last - first) if first is not None and last is not None else 0.0
+    return {
+        "scenario": "email",
+        "recipients": n,
+        "sent": sent,
+        "smtp_received": smtp.get("messages"),
+        "smtp_bytes": smtp.get("bytes"),
+        "approve_to_completed_s": elapsed,
+        "rate_per_s": sent / elapsed if elapsed > 0 else None,
+        "server_approved_to_completed_s": server_seconds(campaign),
+        "smtp_first_to_last_s": span,
+        "smtp_rate_per_s": (smtp.get("messages", 0) - 1) / span if span > 0 else None,
+        "approve_to_first_received_s": (
+            first - approved_wall.timestamp() if first is not None else None
+        ),
+        "deliveries_by_status": statuses,
+        "attempts_by_outcome": outcomes,
+        "cpu_seconds_during_campaign": cpu,
+        "redis_calls_during_campaign": redis_calls,
+        "profiles": profiles,
+        "settings": settings,
+        "options": options_summary(options),
+        "machine": machine(),
+    }
+
+
+def print_email(r: dict[str, Any], out: TextIO = sys.stdout) -> None:
+    print("\n-- Email results --", file=out)
+    server = r["server_approved_to_completed_s"]
+    rows = [
+        (
+            "recipients / sent / received by SMTP",
+            f"{r['recipients']:,} / {r['sent']:,} / {r['smtp_received']:,}",
+        ),
+        (
+            "approve → completed",
+            f"{r['approve_to_completed_s']:.1f} s polled every {POLL_SECONDS} s → "
+            f"{_fmt(r['rate_per_s'], '.1f')} msg/s",
+        ),
+        (
+            "server approved_at → completed_at",
+            "n/a"
+            if server is None
+            else f"{server:.1f} s → {r['sent'] / server if server > 0 else 0:.1f} msg/s",
+        ),
+        (
+            "SMTP first → last message",
+            f"{r['smtp_first_to_last_s']:.1f} s → {_fmt(r['smtp_rate_per_s'], '.1f')} msg/s",
+        ),
+        ("approve → first message received", f"{_fmt(r['approve_to_first_received_s'], '.2f')} s"),
+        ("deliveries by status", json.dumps(r["deliveries_by_status"])),
+        ("attempts by outcome", json.dumps(r["attempts_by_outcome"])),
+        ("CPU during the campaign", cpu_text(r)),
+        ("Redis calls during the campaign", redis_text(r)),
+    ]
+    _rows(rows, out)
+
+
+# -- output -------------------------------------------------------------------------------------
+
+
+OTHER_CPU_WARNING = 0.25  # cores used by other processes above which figures are disturbed
+
+
+def cpu_used(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """CPU seconds per role between two :meth:`Service.cpu` readings, and "other processes"."""
+    used = {name: after[name] - before.get(name, 0.0) for name in after}
+    busy = used.pop("machine busy")
+    used["other processes"] = max(0.0, busy - sum(used.values()))
+    return {name: round(seconds, 2) for name, seconds in used.items()}
+
+
+def cpu_text(r: dict[str, Any]) -> str:
+    """CPU seconds per role, and as cores busy on average over approve → completed."""
+    elapsed = r["approve_to_completed_s"]
+    used = r["cpu_seconds_during_campaign"]
+    parts = [
+        f"{name} {seconds:.1f} s ({seconds / elapsed:.2f} cores)" for name, seconds in used.items()
+    ]
+    text = ", ".join(parts) + f"; the machine has {os.cpu_count()} CPUs"
+    if used.get("other processes", 0.0) / elapsed > OTHER_CPU_WARNING:
+        text += " ← other processes were busy: figures are disturbed"
+    return text
+
+
+def calls_used(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    used = {name: after[name] - before.get(name, 0) for name in after}
+    return dict(sorted(((k, v) for k, v in used.items() if v > 0), key=lambda kv: -kv[1]))
+
+
+def redis_text(r: dict[str, Any]) -> str:
+    """The busiest Redis commands, also per message (eval is the shared rate limiter)."""
+    messages = max(1, r["recipients"])
+    top = list(r["redis_calls_during_campaign"].items())[:4]
+    return ", ".join(f"{name} {calls:,} ({calls / messages:.1f}/message)" for name, calls in top)
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def _rows(rows: list[tuple[str, str]], out: TextIO) -> None:
+    width = max(len(label) for label, _ in rows)
+    for label, value in rows:
+        print(f"  {label:<{width}}  {value}", file=out)
+
+
+def options_summary(options: Options) -> dict[str, Any]:
+    return {
+        "workers": options.workers,
+        "threads": options.threads,
+        "batch_size": options.batch_size,
+        "smtp_pool_size": options.smtp_pool_size,
+        "extra_env": options.extra_env,
+        "queue": "urgent",
+        "database": "sqlite",
+    }
+
+
+def machine() -> dict[str, Any]:
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "load_average": load,
+        "at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "git_commit": git_commit(),
+    }
+
+
+def git_commit() -> str | None:
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() or None
+
+
+def relative(path: Path) -> str:
+    try:
+        return str(path.relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
+def write_json(name: str, payload: dict[str, Any]) -> Path:
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / name
+    path.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
+    return path
+
+
+# -- command line -------------------------------------------------------------------------------
+
+
+def parse_env(pairs: Sequence[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise BenchError(f"--env takes KEY=VALUE, got {pair!r}")
+        out[key if key.startswith("DISPATCHER_") else f"DISPATCHER_{key}"] = value
+    return out
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python bench/channels.py",
+        description="Channel throughput: Telegram against its rate limit, and email over SMTP.",
+    )
+    parser.add_argument(
+        "--only", choices=["telegram", "email"], help="run one scenario (default: both)"
+    )
+    parser.add_argument(
+        "--duration", type=float, default=None, help="Telegram: seconds of sending (default 60)"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke run: 10 s of Telegram, 1,000 emails"
+    )
+    parser.add_argument(
+        "--rate", type=float, default=30.0, help="the Telegram emulator's limit (/s, default 30)"
+    )
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=2.0,
+        help="Telegram: seconds left out at the start of the steady window (default 2)",
+    )
+    parser.add_argument(
+        "--emails", type=int, default=None, help="email recipients (default 10,000)"
+    )
+    parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+    parser.add_argument("--threads", type=int, default=4, help="threads per worker (default 4)")
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="deliveries per job (default: the service's)"
+    )
+    parser.add_argument(
+        "--smtp-pool-size",
+        type=int,
+        default=4,
+        help="SMTP connections per worker process (default 4)",
+    )
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an extra DISPATCHER_* setting for the service (repeatable; prefix optional)",
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=None, help="give up on a campaign after this many s"
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="py-spy record each worker process during the campaign (raw folded stacks "
+        "copied to bench/results/)",
+    )
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the temporary directories (logs, SQLite)"
+    )
+    return parser.parse_args(argv)
+
+
+def options_for(args: argparse.Namespace) -> Options:
+    duration = args.duration if args.duration is not None else (10.0 if args.quick else 60.0)
+    emails = args.emails if args.emails is not None else (1_000 if args.quick else 10_000)
+    if duration <= 0 or args.rate <= 0 or emails < 1:
+        raise BenchError("--duration, --rate and --emails must be above zero")
+    if args.workers < 1 or args.threads < 1:
+        raise BenchError("--workers and --threads must be at least 1")
+    return Options(
+        scenarios=(args.only,) if args.only else ("telegram", "email"),
+        duration=duration,
+        rate=args.rate,
+        warmup=args.warmup,
+        emails=emails,
+        workers=args.workers,
+        threads=args.threads,
+        batch_size=args.batch_size,
+        smtp_pool_size=args.smtp_pool_size,
+        extra_env=parse_env(args.env),
+        keep=args.keep,
+        timeout=args.timeout,
+        profile=args.profile,
+    )
+
+
+def check_environment() -> None:
+    missing = []
+    for module in ("httpx", "redis", "psutil", "dramatiq", "uvicorn"):
+        try:
+            __import__(module)
+        except ImportError:
+            missing.append(module)
+    if missing:
+        raise BenchError(
+            f"missing Python packages: {', '.join(missing)}. Run this with the project's "
+            "virtualenv, e.g. .venv/bin/python bench/channels.py"
+        )
+    if not (ROOT / "tests" / "emulators" / "__main__.py").exists():
+        raise BenchError("tests/emulators is missing: run from a full checkout of the project")
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    raw = list(sys.argv[1:] if argv is None else argv)
+    if raw[:1] == [SMTP_CHILD]:
+        return smtp_child(int(raw[1]), Path(raw[2]))
+    # Run as a script, bench/ comes first on sys.path and this file shadows the project's
+    # ``channels`` package: so it imports no project code; its subprocesses run from ROOT.
+    args = parse_args(raw)
+    # Ctrl-C and SIGTERM both end up in the finally blocks that stop every subprocess (SIGINT
+    # explicitly: a shell may start a background job with it ignored).
+    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGINT, _terminate)
+    try:
+        check_environment()
+        options = options_for(args)
+        for scenario in options.scenarios:
+            if scenario == "telegram":
+                result = run_telegram(options)
+                print_telegram(result)
+                path = write_json(f"channels-telegram-{options.duration:g}s.json", result)
+            else:
+                result = run_email(options)
+                print_email(result)
+                path = write_json(f"channels-email-{options.emails}.json", result)
+            for profile in result["profiles"]:
+                print(f"  py-spy profile: {profile}")
+            print(f"  written to {relative(path)}", flush=True)
+    except BenchError as exc:
+        print(f"\nbenchmark failed: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted: every subprocess was stopped", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
