@@ -108,9 +108,31 @@ class Limiter(Protocol):
         started it, so that a pause is reported once, not by every worker that hits it."""
         ...
 
+    async def refresh(self, channel: str) -> None:
+        """Learn whether the channel is paused now (once per batch, for rule-less channels)."""
+        ...
 
-class RedisLimiter:
+    def paused_locally(self, channel: str) -> float:
+        """Seconds the channel is known to be paused, from what this process last saw."""
+        ...
+
+
+class _KnownPauses:
+    """Pauses this process has seen, so rule-less sends need no Redis call each."""
+
+    def __init__(self) -> None:
+        self._known: dict[str, float] = {}
+
+    def _saw(self, channel: str, seconds: float) -> None:
+        self._known[channel] = time.monotonic() + seconds
+
+    def paused_locally(self, channel: str) -> float:
+        return max(0.0, self._known.get(channel, 0.0) - time.monotonic())
+
+
+class RedisLimiter(_KnownPauses):
     def __init__(self, url: str) -> None:
+        super().__init__()
         self.url = url
         self._client: aioredis.Redis | None = None
         self._script: object | None = None
@@ -133,13 +155,21 @@ class RedisLimiter:
         for limit in limits:
             args += [round(limit.emission_ms, 3), round(limit.tolerance_ms, 3)]
         reserved, wait_ms = await self._redis().eval(_ACQUIRE, len(keys), *keys, *args)
-        return bool(reserved), max(0.0, float(wait_ms) / 1000.0)
+        wait = max(0.0, float(wait_ms) / 1000.0)
+        if not reserved and not limits:
+            self._saw(channel, wait)
+        return bool(reserved), wait
 
     async def pause(self, channel: str, seconds: float) -> bool:
+        self._saw(channel, max(seconds, self.paused_locally(channel)))
         started = await self._redis().eval(
             _PAUSE, 1, f"{PREFIX}{channel}:pause", max(1, int(seconds * 1000))
         )
         return bool(started)
+
+    async def refresh(self, channel: str) -> None:
+        remaining = await self._redis().pttl(f"{PREFIX}{channel}:pause")
+        self._saw(channel, max(0, remaining or 0) / 1000)
 
     async def close(self) -> None:
         if self._client is not None:
@@ -147,10 +177,11 @@ class RedisLimiter:
             self._client = None
 
 
-class MemoryLimiter:
+class MemoryLimiter(_KnownPauses):
     """The same rules inside one process (``dispatcher dev`` without Redis, and tests)."""
 
     def __init__(self) -> None:
+        super().__init__()
         self._tats: dict[str, float] = {}
         self._paused: dict[str, float] = {}
         self._lock = threading.Lock()
@@ -177,7 +208,13 @@ class MemoryLimiter:
         with self._lock:
             current = self._paused.get(channel, 0.0)
             self._paused[channel] = max(current, until)
+            self._saw(channel, (self._paused[channel] - now) / 1000)
             return current <= now
+
+    async def refresh(self, channel: str) -> None:
+        now = time.monotonic() * 1000
+        with self._lock:
+            self._saw(channel, max(0.0, self._paused.get(channel, 0.0) - now) / 1000)
 
     async def close(self) -> None:
         return None
@@ -199,6 +236,15 @@ async def acquire(
     Raises :class:`Deferred` rather than wait longer than ``max_wait`` in total, so a worker
     never sits on a claimed batch through a long pause.
     """
+    if not limits:
+        # No rate to keep: only a pause can hold the send, and the batch learnt of pauses
+        # when it began (and of any this process started since).
+        paused = limiter.paused_locally(channel)
+        if paused > max_wait:
+            raise Deferred(paused)
+        if paused > 0:
+            await asyncio.sleep(paused)
+        return paused
     waited = 0.0
     while True:
         reserved, wait = await limiter.reserve(channel, limits, max_wait - waited)

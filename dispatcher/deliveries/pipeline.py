@@ -495,6 +495,9 @@ class BatchProcessor:
                 item.error_class = item.error_reason = None
 
     async def _send_all(self, work: list[Work]) -> None:
+        # Once per batch and channel: is it paused? (Rate-limited channels ask per send.)
+        for channel in {w.channel for w in work if w.message}:
+            await self.limiter.refresh(channel)
         semaphore = asyncio.Semaphore(self.settings.send_concurrency)
         await asyncio.gather(*(self._send_one(w, semaphore) for w in work if w.message))
 
