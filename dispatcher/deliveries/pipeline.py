@@ -196,7 +196,13 @@ class BatchProcessor:
 
     # -- 1. claim ---------------------------------------------------------------------------
 
-    def _claim(self, run_id: int, delivery_ids: Sequence[int], lease_until: datetime) -> Claim:
+    def _claim(
+        self,
+        run_id: int,
+        delivery_ids: Sequence[int],
+        batch_id: str | None,
+        lease_until: datetime,
+    ) -> Claim:
         now = utcnow()
         with self.db.transaction() as session:
             run = session.get(Run, run_id)
@@ -204,35 +210,25 @@ class BatchProcessor:
                 return Claim(run=run)
             campaign = session.get(Campaign, run.campaign_id)
             assert campaign is not None
-            claimable = Delivery.status.in_(CLAIMABLE_STATUSES) | (
-                (Delivery.status == DeliveryStatus.claimed) & (Delivery.lease_until < now)
+            d = deliveries_t.c
+            claimable = d.status.in_([s.value for s in CLAIMABLE_STATUSES]) | (
+                (d.status == DeliveryStatus.claimed.value) & (d.lease_until < now)
             )
+            # Rows carry the id of the batch meant to claim them (the planner, a retry or the
+            # sweeper set it), so the indexed batch id picks them, not a list of 500 ids.
+            which = d.batch_id == batch_id if batch_id else d.id.in_(list(delivery_ids))
             rows = session.execute(
-                update(Delivery)
-                .where(
-                    Delivery.id.in_(list(delivery_ids)),
-                    Delivery.run_id == run_id,
-                    Delivery.available_at <= now,
-                    claimable,
-                )
+                update(deliveries_t)
+                .where(which, d.run_id == run_id, d.available_at <= now, claimable)
                 .values(
-                    status=DeliveryStatus.claimed,
+                    status=DeliveryStatus.claimed.value,
                     lease_until=lease_until,
                     updated_at=now,
                     reclaimed=case(
-                        (Delivery.status == DeliveryStatus.claimed, True),
-                        else_=Delivery.reclaimed,
+                        (d.status == DeliveryStatus.claimed.value, True), else_=d.reclaimed
                     ),
                 )
-                .returning(
-                    Delivery.id,
-                    Delivery.recipient_id,
-                    Delivery.channel,
-                    Delivery.attempts,
-                    Delivery.failures,
-                    Delivery.reclaimed,
-                ),
-                execution_options={"synchronize_session": False},
+                .returning(d.id, d.recipient_id, d.channel, d.attempts, d.failures, d.reclaimed)
             ).all()
             claim = Claim(
                 work=[Work(r[0], r[1], r[2], r[3], r[4], bool(r[5])) for r in rows],
@@ -443,56 +439,68 @@ class BatchProcessor:
         item.retry_after = exc.retry_after
 
     async def _send_round(self, item: Work, limits: list[ratelimit.Limit]) -> None:
-        """One round of tries: quick tenacity retries for blips, each behind a rate slot.
+        """One round of tries: the first goes straight out; after a blip, the policy's quick
+        retries (tenacity), each behind a rate slot like the first."""
+        try:
+            await self._try_once(item, limits)
+            return
+        except TransientError:
+            retrying = self.policy.quick_after_failure(item.failures)
+            if retrying is None:
+                raise
+        await asyncio.sleep(self.policy.first_quick_wait())
+        async for attempt in retrying:
+            with attempt:
+                await self._try_once(item, limits)
 
-        The adapter is opened behind the slot too: opening calls the provider (getMe, a token
-        grant), and a refused credential must pause the channel before others pile in."""
+    async def _try_once(self, item: Work, limits: list[ratelimit.Limit]) -> None:
+        """One try, audited. The adapter is opened behind the rate slot: opening calls the
+        provider (getMe, a token grant), and a refused credential must pause the channel before
+        others pile in."""
         assert item.message is not None
         channel = item.channel
-        async for attempt in self.policy.quick(item.failures):
-            with attempt:
-                waited = await ratelimit.acquire(
-                    self.limiter, channel, limits, max_wait=self.settings.rate_wait_seconds
-                )
-                if waited:
-                    RATE_LIMIT_WAIT_SECONDS.labels(channel).inc(waited)
-                number = item.attempts + len(item.tries) + 1
-                started = utcnow()
-                t0 = time.perf_counter()
-                try:
-                    # Opening counts as part of the try: a refused token at getMe is audited.
-                    adapter = await self._adapter(channel)
-                    result = await adapter.send(item.message)
-                except DeliveryError as exc:
-                    item.tries.append(_failed_try(number, started, t0, exc))
-                    DELIVERY_OUTCOMES.labels(channel, exc.error_class.value).inc()
-                    if isinstance(exc, TransientError):
-                        item.failures += 1
-                    raise
-                except Exception as exc:
-                    # An adapter bug is not the citizen's fault: treat it as a blip.
-                    log.exception("adapter_crashed", channel=channel)
-                    error = TransientError(f"adapter error: {exc!r}")
-                    item.tries.append(_failed_try(number, started, t0, error))
-                    item.failures += 1
-                    raise error from None
-                elapsed = time.perf_counter() - t0
-                SEND_SECONDS.labels(channel).observe(elapsed)
-                DELIVERY_OUTCOMES.labels(channel, "sent").inc()
-                item.tries.append(
-                    AttemptRecord(
-                        number=number,
-                        started_at=started,
-                        duration_ms=int(elapsed * 1000),
-                        outcome=Outcome.sent,
-                        provider_code=result.provider_code,
-                        provider_reply=result.provider_reply,
-                        provider_message_id=result.provider_message_id,
-                    )
-                )
-                item.status = DeliveryStatus.sent
-                item.provider_message_id = result.provider_message_id
-                item.error_class = item.error_reason = None
+        waited = await ratelimit.acquire(
+            self.limiter, channel, limits, max_wait=self.settings.rate_wait_seconds
+        )
+        if waited:
+            RATE_LIMIT_WAIT_SECONDS.labels(channel).inc(waited)
+        number = item.attempts + len(item.tries) + 1
+        started = utcnow()
+        t0 = time.perf_counter()
+        try:
+            # Opening counts as part of the try: a refused token at getMe is audited.
+            adapter = await self._adapter(channel)
+            result = await adapter.send(item.message)
+        except DeliveryError as exc:
+            item.tries.append(_failed_try(number, started, t0, exc))
+            DELIVERY_OUTCOMES.labels(channel, exc.error_class.value).inc()
+            if isinstance(exc, TransientError):
+                item.failures += 1
+            raise
+        except Exception as exc:
+            # An adapter bug is not the citizen's fault: treat it as a blip.
+            log.exception("adapter_crashed", channel=channel)
+            error = TransientError(f"adapter error: {exc!r}")
+            item.tries.append(_failed_try(number, started, t0, error))
+            item.failures += 1
+            raise error from None
+        elapsed = time.perf_counter() - t0
+        SEND_SECONDS.labels(channel).observe(elapsed)
+        DELIVERY_OUTCOMES.labels(channel, "sent").inc()
+        item.tries.append(
+            AttemptRecord(
+                number=number,
+                started_at=started,
+                duration_ms=int(elapsed * 1000),
+                outcome=Outcome.sent,
+                provider_code=result.provider_code,
+                provider_reply=result.provider_reply,
+                provider_message_id=result.provider_message_id,
+            )
+        )
+        item.status = DeliveryStatus.sent
+        item.provider_message_id = result.provider_message_id
+        item.error_class = item.error_reason = None
 
     async def _send_all(self, work: list[Work]) -> None:
         # Once per batch and channel: is it paused? (Rate-limited channels ask per send.)
@@ -705,7 +713,7 @@ class BatchProcessor:
     ) -> BatchReport:
         """Claim, render, send and record one batch (the worker actor's whole job)."""
         lease_until = utcnow() + timedelta(seconds=self.settings.lease_seconds)
-        claim = self._claim(run_id, delivery_ids, lease_until)
+        claim = self._claim(run_id, delivery_ids, batch_id, lease_until)
         campaign, run, work = claim.campaign, claim.run, claim.work
         if not work or campaign is None or run is None:
             if claim.due is not None and campaign is not None:

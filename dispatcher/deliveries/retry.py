@@ -43,19 +43,26 @@ class RetryPolicy:
             max_delay=settings.retry_max_seconds,
         )
 
-    def quick(self, failures_so_far: int) -> AsyncRetrying:
-        """Tenacity loop for one round of sends, never past the delivery's attempt budget."""
-        tries = max(1, min(self.quick_retries + 1, self.max_attempts - failures_so_far))
+    def quick_after_failure(self, failures: int) -> AsyncRetrying | None:
+        """Tenacity loop for the quick retries after a first transient failure, never past the
+        delivery's attempt budget; None when no quick retry is left."""
+        tries = min(self.quick_retries, self.max_attempts - failures)
+        if tries <= 0:
+            return None
         return AsyncRetrying(
             stop=stop_after_attempt(tries),
             wait=wait_exponential_jitter(
-                multiplier=self.quick_wait,
+                multiplier=self.quick_wait * 2,
                 max=max(self.quick_wait * 8, 0.001),
                 jitter=self.quick_wait,
             ),
             retry=retry_if_exception_type(TransientError),
             reraise=True,
         )
+
+    def first_quick_wait(self) -> float:
+        """The pause before the first quick retry (the loop waits between the later ones)."""
+        return self.quick_wait + random.uniform(0, self.quick_wait)
 
     def backoff(self, failures: int) -> float:
         """Seconds before the next round after ``failures`` failed attempts (equal jitter)."""
