@@ -24,6 +24,7 @@ from dispatcher.db import get_database
 from dispatcher.deliveries.router import router as deliveries_router
 from dispatcher.errors import Invalid, ServiceError
 from dispatcher.inbox.router import router as inbox_router
+from dispatcher.recipients.import_router import router as import_router
 from dispatcher.recipients.router import router as recipients_router
 from dispatcher.scheduling.router import router as schedules_router
 
@@ -107,6 +108,7 @@ def create_app(settings: Settings | None = None, *, configure_jobs: bool = True)
         )
 
     for router in (
+        import_router,
         recipients_router,
         audiences_router,
         templates_router,

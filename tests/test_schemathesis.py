@@ -59,6 +59,9 @@ def test_no_server_errors_and_answers_match_the_schema(tmp_path: Path) -> None:
                 "2",
                 "--seed",
                 "20261124",
+                # Schemathesis cannot serialise JSON Lines bodies; the import has its own tests.
+                "--exclude-path",
+                "/v1/recipients/import",
             ],
             cwd=tmp_path,
             capture_output=True,

@@ -1,0 +1,1555 @@
+"""End-to-end benchmark of the delivery pipeline, with its peak memory and a raw floor.
+
+    python bench/pipeline.py                          # 100,000 recipients, SQLite
+    python bench/pipeline.py --recipients 10000
+    python bench/pipeline.py --database postgresql
+    python bench/pipeline.py --compare 10000,100000   # does peak memory grow with N?
+
+One measurement, from scratch each time:
+
+1. *Setup (not timed).* A private ``redis-server`` on a free port (or ``--redis-url``), a fresh
+   SQLite file in a temporary directory (or a throwaway PostgreSQL database, dropped at the end),
+   ``dispatcher migrate``, N recipients with Vietnamese names and a ``null`` address each
+   (``executemany``, not the API), the API (``dispatcher serve``) and the workers
+   (``dispatcher worker --queues bulk``) as real subprocesses, and a template published through
+   the API.
+2. *End to end (timed).* POST /v1/campaigns → submit → approve; the clock runs from the approve
+   call until GET /v1/campaigns/{id} says ``completed`` with N sent (polled every 0.5 s). Peak
+   RSS of the API and of the worker process tree is sampled every 0.2 s.
+3. *The planner alone.* An identical second campaign is created, submitted and approved with
+   the service functions in a separate process whose job queue is a Redis queue nobody serves;
+   that process then times ``planner.plan_run`` (its RSS sampled the same way) and cancels the
+   campaign, so nothing sends it.
+4. *The raw floor.* In this process: the same number of Jinja renders (same template text,
+   ``SandboxedEnvironment``) and the same rows written with plain DB-API ``executemany`` (INSERT
+   of N delivery-like rows, UPDATE of their status, INSERT of N attempt-like rows, in batches
+   of the same size) on the same kind of database.
+
+Figures are printed and written to ``bench/results/pipeline-<db>-<N>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any, TextIO
+
+import httpx
+import psutil
+import redis
+
+BENCH_DIR = Path(__file__).resolve().parent
+ROOT = BENCH_DIR.parent
+RESULTS_DIR = BENCH_DIR / "results"
+# Run as a script, sys.path[0] is bench/: a module there (bench/channels.py) would shadow the
+# project's packages of the same name. Put the project root in its place.
+if sys.path and Path(sys.path[0] or ".").resolve() == BENCH_DIR:
+    sys.path[0] = str(ROOT)
+elif str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+MiB = 1024 * 1024
+POLL_SECONDS = 0.5
+SAMPLE_SECONDS = 0.2
+PROGRESS_SECONDS = 2.0
+DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+NAMESPACE = "dispatcher"  # the dramatiq namespace and the batch markers' prefix in Redis
+RESULT_TAG = "BENCH_RESULT "
+
+TEMPLATE_KEY = "bench_greeting"
+SUBJECT = "Chúc mừng năm mới {{ year }} — {{ recipient.full_name }}"
+BODY = (
+    "Kính gửi {{ recipient.honorific }} {{ recipient.full_name }},\n\n"
+    "Nhân dịp năm mới {{ year }}, Bảo hiểm xã hội Việt Nam kính chúc {{ recipient.honorific }} "
+    "{{ recipient.given_name }} và gia đình một năm mới an khang, hạnh phúc.\n"
+    "Mã số BHXH: {{ recipient.external_id }} · {{ recipient.province }}.\n"
+    "Tra cứu quyền lợi trên ứng dụng VssID hoặc gọi Tổng đài {{ hotline }}."
+    "{% if unsubscribe_url %}\n\nHủy đăng ký: {{ unsubscribe_url }}{% endif %}"
+)
+TEMPLATE: dict[str, Any] = {
+    "key": TEMPLATE_KEY,
+    "kind": "greeting",
+    "description": "Benchmark greeting (bench/pipeline.py)",
+    "defaults": {"year": "2026", "hotline": "1900 9068"},
+    "variants": [{"channel": "default", "locale": "vi", "subject": SUBJECT, "body": BODY}],
+}
+CAMPAIGN_VARIABLES = {"year": "Bính Ngọ 2026"}
+
+SURNAMES = (
+    "Nguyễn",
+    "Trần",
+    "Lê",
+    "Phạm",
+    "Hoàng",
+    "Huỳnh",
+    "Phan",
+    "Vũ",
+    "Võ",
+    "Đặng",
+    "Bùi",
+    "Đỗ",
+    "Hồ",
+    "Ngô",
+    "Dương",
+    "Lý",
+    "Trương",
+    "Đinh",
+)
+MIDDLES = (
+    "Văn",
+    "Thị",
+    "Hữu",
+    "Đức",
+    "Minh",
+    "Thanh",
+    "Quốc",
+    "Ngọc",
+    "Thu",
+    "Hoàng",
+    "Xuân",
+    "Bích",
+    "Gia",
+    "Kim",
+    "Phương",
+)
+GIVENS = (
+    "An",
+    "Bình",
+    "Chi",
+    "Dũng",
+    "Giang",
+    "Hà",
+    "Hải",
+    "Hạnh",
+    "Hiếu",
+    "Hoa",
+    "Hùng",
+    "Hương",
+    "Khánh",
+    "Lan",
+    "Linh",
+    "Long",
+    "Mai",
+    "Minh",
+    "Nam",
+    "Ngọc",
+    "Nhung",
+    "Phúc",
+    "Phương",
+    "Quang",
+    "Quân",
+    "Sơn",
+    "Tâm",
+    "Thảo",
+    "Trang",
+    "Trung",
+    "Tuấn",
+    "Việt",
+    "Yến",
+    "Đạt",
+    "Thủy",
+    "Huệ",
+)
+PROVINCES = (
+    "Hà Nội",
+    "TP Hồ Chí Minh",
+    "Hải Phòng",
+    "Đà Nẵng",
+    "Cần Thơ",
+    "Quảng Ninh",
+    "Nghệ An",
+    "Thanh Hóa",
+    "Khánh Hòa",
+    "Lâm Đồng",
+    "Thừa Thiên Huế",
+    "Bắc Ninh",
+    "Đắk Lắk",
+    "Bà Rịa - Vũng Tàu",
+)
+
+
+class BenchError(Exception):
+    """A failure explained in its message; printed without a traceback."""
+
+
+# -- recipients ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Person:
+    external_id: str
+    full_name: str
+    kind: str
+    province: str
+    birth_date: date
+
+    @property
+    def honorific(self) -> str:
+        return "Quý đơn vị" if self.kind == "organization" else "Ông/Bà"
+
+    @property
+    def given_name(self) -> str:
+        parts = self.full_name.split()
+        return parts[-1] if parts else ""
+
+
+def person(i: int) -> Person:
+    """The i-th recipient (1-based), the same on every run; one in 25 is an organisation."""
+    province = PROVINCES[(i * 7) % len(PROVINCES)]
+    given = GIVENS[(i * 13) % len(GIVENS)]
+    if i % 25 == 0:
+        name, kind = f"Công ty Cổ phần {given} {province}", "organization"
+    else:
+        surname = SURNAMES[(i * 31) % len(SURNAMES)]
+        middle = MIDDLES[(i * 17) % len(MIDDLES)]
+        name, kind = f"{surname} {middle} {given}", "person"
+    born = date(1950 + i % 55, 1 + i % 12, 1 + i % 28)
+    return Person(f"{i:010d}", name, kind, province, born)
+
+
+# -- processes ----------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def dispatcher_command() -> list[str]:
+    """The ``dispatcher`` console script of this interpreter's environment."""
+    script = Path(sys.executable).with_name("dispatcher")
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-m", "dispatcher.cli"]
+
+
+class Managed:
+    """A subprocess in its own session (so that the whole tree can be ended), logging to a file."""
+
+    def __init__(
+        self, name: str, argv: Sequence[str], *, env: dict[str, str], log_path: Path
+    ) -> None:
+        self.name = name
+        self.log_path = log_path
+        self._log = log_path.open("ab")
+        self.proc = subprocess.Popen(
+            list(argv),
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def tree(self) -> list[psutil.Process]:
+        try:
+            root = psutil.Process(self.proc.pid)
+            return [root, *root.children(recursive=True)]
+        except psutil.Error:
+            return []
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM the process group, SIGKILL whatever is left after ``timeout``."""
+        members = self.tree()
+        if self.alive():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        # Children that outlived their parent (a forked dramatiq worker): by pid, ours only.
+        for member in members[1:]:
+            with contextlib.suppress(psutil.Error):
+                if member.is_running():
+                    member.kill()
+        self._log.close()
+
+    def tail(self, lines: int = 25) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return "\n".join(f"    {line}" for line in text[-lines:])
+
+    def dead_error(self) -> BenchError:
+        return BenchError(
+            f"the {self.name} process exited with code {self.proc.returncode}; "
+            f"last lines of {self.log_path.name}:\n{self.tail()}"
+        )
+
+
+@dataclass(slots=True)
+class Peak:
+    total_bytes: int = 0  # the sum over the process tree, at the sample where it was largest
+    single_bytes: int = 0  # the largest single process
+    processes: int = 0  # processes in the tree at the largest sum
+    samples: int = 0
+
+
+class RssSampler(threading.Thread):
+    """Samples the RSS of each watched process tree every ``interval`` seconds."""
+
+    def __init__(self, interval: float = SAMPLE_SECONDS) -> None:
+        super().__init__(name="rss-sampler", daemon=True)
+        self.interval = interval
+        self._watched: dict[str, Managed] = {}
+        self.peaks: dict[str, Peak] = {}
+        self._lock = threading.Lock()
+        self._halt = threading.Event()
+
+    def watch(self, role: str, process: Managed) -> None:
+        with self._lock:
+            self._watched[role] = process
+            self.peaks.setdefault(role, Peak())
+
+    def unwatch(self, role: str) -> None:
+        with self._lock:
+            self._watched.pop(role, None)
+
+    def sample(self) -> None:
+        with self._lock:
+            watched = list(self._watched.items())
+        for role, process in watched:
+            sizes = []
+            for member in process.tree():
+                with contextlib.suppress(psutil.Error):
+                    sizes.append(member.memory_info().rss)
+            if not sizes:
+                continue
+            with self._lock:
+                peak = self.peaks[role]
+                peak.samples += 1
+                peak.single_bytes = max(peak.single_bytes, max(sizes))
+                if sum(sizes) > peak.total_bytes:
+                    peak.total_bytes, peak.processes = sum(sizes), len(sizes)
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            self.sample()
+            self._halt.wait(self.interval)
+
+    def stop(self) -> None:
+        self._halt.set()
+        if self.is_alive():
+            self.join(timeout=5)
+        self.sample()
+
+
+@dataclass(slots=True)
+class CpuSnapshot:
+    at: float
+    machine_busy_s: float
+    ours: dict[int, float]
+
+
+def cpu_snapshot(processes: Sequence[Managed]) -> CpuSnapshot:
+    """Busy CPU seconds of the whole machine, and of each process of ours (and this one)."""
+    times = psutil.cpu_times()
+    busy = times.user + times.system + getattr(times, "nice", 0.0)
+    busy += getattr(times, "irq", 0.0) + getattr(times, "softirq", 0.0)
+    members = [psutil.Process()] + [m for p in processes for m in p.tree()]
+    ours: dict[int, float] = {}
+    for member in members:
+        with contextlib.suppress(psutil.Error):
+            t = member.cpu_times()
+            ours[member.pid] = t.user + t.system
+    return CpuSnapshot(time.perf_counter(), busy, ours)
+
+
+def cpu_share(before: CpuSnapshot, after: CpuSnapshot) -> dict[str, float]:
+    """Cores used on average between two snapshots: by our processes, and by everything else."""
+    elapsed = max(after.at - before.at, 1e-9)
+    machine = (after.machine_busy_s - before.machine_busy_s) / elapsed
+    ours = sum(t - before.ours.get(pid, 0.0) for pid, t in after.ours.items()) / elapsed
+    return {
+        "cores": float(psutil.cpu_count() or 1),
+        "machine_busy_cores": round(machine, 2),
+        "ours_cores": round(ours, 2),
+        "others_cores": round(max(0.0, machine - ours), 2),
+    }
+
+
+def wait_until(
+    predicate: Callable[[], bool],
+    *,
+    timeout: float,
+    what: str,
+    watch: Sequence[Managed] = (),
+    interval: float = 0.1,
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for process in watch:
+            if not process.alive():
+                raise process.dead_error()
+        if predicate():
+            return
+        time.sleep(interval)
+    detail = "".join(f"\n  {p.log_path.name}:\n{p.tail()}" for p in watch)
+    raise BenchError(f"timed out after {timeout:.0f} s waiting for {what}{detail}")
+
+
+# -- Redis and the databases --------------------------------------------------------------------
+
+
+def check_redis(url: str) -> None:
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3).ping()
+    except (redis.RedisError, OSError) as exc:
+        raise BenchError(
+            f"Redis is not reachable at {url}: {exc}. Start it, or leave out --redis-url to let "
+            "the benchmark start a private redis-server."
+        ) from None
+
+
+def start_private_redis(workdir: Path) -> tuple[Managed, str]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise BenchError("redis-server is not on PATH: install it, or pass --redis-url")
+    port = free_port()
+    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+    argv += ["--appendonly", "no", "--dir", str(workdir)]
+    process = Managed("redis-server", argv, env=dict(os.environ), log_path=workdir / "redis.log")
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url, socket_connect_timeout=1)
+
+    def up() -> bool:
+        try:
+            return bool(client.ping())
+        except (redis.RedisError, OSError):
+            return False
+
+    wait_until(up, timeout=15, what="the private redis-server", watch=[process])
+    return process, url
+
+
+def create_postgres_database(admin_url: str) -> tuple[str, str]:
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    try:
+        admin = psycopg.connect(admin_url, autocommit=True, connect_timeout=3)
+    except psycopg.Error as exc:
+        first = (str(exc).strip().splitlines() or ["?"])[0]
+        raise BenchError(
+            f"PostgreSQL is not reachable at {admin_url}: {first}. "
+            "Start it, or pass --postgres-url (an admin URL allowed to CREATE DATABASE)."
+        ) from None
+    name = f"dispatcher_bench_{uuid.uuid4().hex[:10]}"
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    return name, url
+
+
+def drop_postgres_database(admin_url: str, name: str) -> None:
+    import psycopg
+
+    with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def insert_recipients(url: str, n: int, chunk: int = 10_000) -> None:
+    """N recipients with a ``null`` address each, in executemany chunks (ids 1..N)."""
+    from sqlalchemy import insert, text
+
+    from dispatcher.db import create_db_engine
+    from dispatcher.recipients.models import Address, Recipient
+
+    engine = create_db_engine(url)
+    now = datetime.now(UTC)
+    try:
+        with engine.begin() as connection:
+            for start in range(1, n + 1, chunk):
+                people = [(i, person(i)) for i in range(start, min(n, start + chunk - 1) + 1)]
+                connection.execute(
+                    insert(Recipient),
+                    [
+                        {
+                            "id": i,
+                            "external_id": p.external_id,
+                            "full_name": p.full_name,
+                            "birth_date": p.birth_date,
+                            "province": p.province,
+                            "language": "vi",
+                            "kind": p.kind,
+                            "attributes": {},
+                            "created_at": now,
+                            "updated_at": now,
+                        }
+                        for i, p in people
+                    ],
+                )
+                connection.execute(
+                    insert(Address),
+                    [
+                        {"recipient_id": i, "channel": "null", "value": f"null:{p.external_id}"}
+                        for i, p in people
+                    ],
+                )
+            if engine.dialect.name == "postgresql":
+                connection.execute(
+                    text("SELECT setval(pg_get_serial_sequence('recipients', 'id'), :n)"),
+                    {"n": n},
+                )
+    finally:
+        engine.dispose()
+
+
+def database_checks(url: str, campaign_id: int) -> dict[str, Any]:
+    """What the database holds for the campaign: deliveries by status, attempts, batches."""
+    from sqlalchemy import func, select
+
+    from dispatcher.db import create_db_engine
+    from dispatcher.deliveries.models import Attempt, Delivery
+
+    engine = create_db_engine(url)
+    try:
+        with engine.connect() as connection:
+            by_status = dict(
+                connection.execute(
+                    select(Delivery.status, func.count())
+                    .where(Delivery.campaign_id == campaign_id)
+                    .group_by(Delivery.status)
+                ).all()
+            )
+            attempts = connection.scalar(
+                select(func.count())
+                .select_from(Attempt)
+                .join(Delivery, Delivery.id == Attempt.delivery_id)
+                .where(Delivery.campaign_id == campaign_id)
+            )
+            duplicates = connection.scalar(
+                select(func.count())
+                .select_from(Attempt)
+                .join(Delivery, Delivery.id == Attempt.delivery_id)
+                .where(Delivery.campaign_id == campaign_id, Attempt.possible_duplicate)
+            )
+            batches = connection.scalar(
+                select(func.count(func.distinct(Delivery.batch_id))).where(
+                    Delivery.campaign_id == campaign_id
+                )
+            )
+        return {
+            "deliveries_by_status": {str(k): int(v) for k, v in by_status.items()},
+            "attempts": int(attempts or 0),
+            "possible_duplicates": int(duplicates or 0),
+            "batches": int(batches or 0),
+        }
+    finally:
+        engine.dispose()
+
+
+# -- the raw floor -------------------------------------------------------------------------------
+
+
+def open_rows(url: str, campaign_id: int) -> str:
+    """Why rows are still open: how many, and when the earliest is due (a stall's hint)."""
+    from sqlalchemy import func, select
+
+    from dispatcher.db import create_db_engine
+    from dispatcher.deliveries.models import OPEN_STATUSES, Delivery
+
+    engine = create_db_engine(url)
+    try:
+        with engine.connect() as connection:
+            count, due = connection.execute(
+                select(func.count(), func.min(Delivery.available_at)).where(
+                    Delivery.campaign_id == campaign_id, Delivery.status.in_(OPEN_STATUSES)
+                )
+            ).one()
+    except Exception as exc:
+        return f"(could not read the open rows: {exc})"
+    finally:
+        engine.dispose()
+    return f"{count} open deliveries, the earliest due at {due} (now {datetime.now(UTC):%H:%M:%S})"
+
+
+FLOOR_DDL = """
+CREATE TABLE bench_floor_deliveries (
+    id {bigint} PRIMARY KEY, run_id {bigint} NOT NULL, campaign_id {bigint} NOT NULL,
+    recipient_id {bigint} NOT NULL, channel VARCHAR(32) NOT NULL, status VARCHAR(16) NOT NULL,
+    batch_id VARCHAR(32), available_at {ts} NOT NULL, lease_until {ts},
+    attempts INTEGER NOT NULL, failures INTEGER NOT NULL, reclaimed BOOLEAN NOT NULL,
+    locale VARCHAR(16), provider_message_id VARCHAR(200), error_class VARCHAR(32),
+    error_reason TEXT, created_at {ts} NOT NULL, updated_at {ts} NOT NULL, sent_at {ts},
+    UNIQUE (run_id, recipient_id, channel));
+CREATE INDEX bench_floor_d_run_status ON bench_floor_deliveries (run_id, status);
+CREATE INDEX bench_floor_d_campaign ON bench_floor_deliveries (campaign_id, status, channel);
+CREATE INDEX bench_floor_d_recipient ON bench_floor_deliveries (recipient_id);
+CREATE INDEX bench_floor_d_available ON bench_floor_deliveries (status, available_at);
+CREATE INDEX bench_floor_d_batch ON bench_floor_deliveries (batch_id);
+CREATE TABLE bench_floor_attempts (
+    id {serial} PRIMARY KEY, delivery_id {bigint} NOT NULL, number INTEGER NOT NULL,
+    started_at {ts} NOT NULL, duration_ms INTEGER NOT NULL, outcome VARCHAR(16) NOT NULL,
+    error_class VARCHAR(64), provider_code VARCHAR(64), provider_reply TEXT,
+    provider_message_id VARCHAR(200), locale VARCHAR(16), possible_duplicate BOOLEAN NOT NULL,
+    worker VARCHAR(100));
+CREATE INDEX bench_floor_a_delivery ON bench_floor_attempts (delivery_id)
+"""
+FLOOR_INSERT = (
+    "INSERT INTO bench_floor_deliveries (id, run_id, campaign_id, recipient_id, channel, status,"
+    " batch_id, available_at, attempts, failures, reclaimed, created_at, updated_at)"
+    " VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p})"
+)
+FLOOR_UPDATE = (
+    "UPDATE bench_floor_deliveries SET status = {p}, attempts = {p}, locale = {p},"
+    " provider_message_id = {p}, sent_at = {p}, updated_at = {p}, lease_until = NULL"
+    " WHERE id = {p}"
+)
+FLOOR_ATTEMPT = (
+    "INSERT INTO bench_floor_attempts (delivery_id, number, started_at, duration_ms, outcome,"
+    " provider_code, provider_message_id, locale, possible_duplicate, worker)"
+    " VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p})"
+)
+
+
+@dataclass(slots=True)
+class FloorResult:
+    elapsed_s: float
+    render_s: float
+    write_s: float
+    per_second: float
+
+
+def raw_floor(database: str, url: str, n: int, batch_size: int) -> FloorResult:
+    """Renders plus plain executemany writes of the same rows, one process, no framework."""
+    from jinja2 import StrictUndefined
+    from jinja2.sandbox import SandboxedEnvironment
+
+    env = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
+    subject_t, body_t = env.from_string(SUBJECT), env.from_string(BODY)
+    defaults = {**TEMPLATE["defaults"], **CAMPAIGN_VARIABLES}
+    unsubscribe = "http://127.0.0.1:8000/u/MTIzNDUubnVsbC5ncmVldGluZw.c2lnbmF0dXJlLWJlbmNo"
+
+    connection: Any
+    if database == "sqlite":
+        path = url.split("///", 1)[1]
+        connection = sqlite3.connect(path, isolation_level=None, timeout=60)
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA synchronous=NORMAL")
+        types = {"bigint": "INTEGER", "serial": "INTEGER", "ts": "DATETIME"}
+        placeholder = "?"
+    else:
+        import psycopg
+
+        connection = psycopg.connect(url, autocommit=True)
+        types = {"bigint": "BIGINT", "serial": "BIGSERIAL", "ts": "TIMESTAMP"}
+        placeholder = "%s"
+    insert_sql = FLOOR_INSERT.format(p=placeholder)
+    update_sql = FLOOR_UPDATE.format(p=placeholder)
+    attempt_sql = FLOOR_ATTEMPT.format(p=placeholder)
+
+    def stamp() -> Any:
+        now = datetime.now(UTC).replace(tzinfo=None)
+        return now.isoformat(sep=" ") if database == "sqlite" else now
+
+    @contextlib.contextmanager
+    def transaction() -> Iterator[Any]:
+        cursor = connection.cursor()
+        cursor.execute("BEGIN IMMEDIATE" if database == "sqlite" else "BEGIN")
+        try:
+            yield cursor
+            cursor.execute("COMMIT")
+        except BaseException:
+            cursor.execute("ROLLBACK")
+            raise
+        finally:
+            cursor.close()
+
+    try:
+        with transaction() as cursor:
+            for statement in FLOOR_DDL.format(**types).split(";"):
+                cursor.execute(statement)
+        render_s = 0.0
+        started = time.perf_counter()
+        for start in range(1, n + 1, batch_size):
+            ids = range(start, min(n, start + batch_size - 1) + 1)
+            now, batch_id = stamp(), uuid.uuid4().hex
+            with transaction() as cursor:  # the planner's page
+                cursor.executemany(
+                    insert_sql,
+                    [
+                        (i, 1, 1, i, "null", "pending", batch_id, now, 0, 0, False, now, now)
+                        for i in ids
+                    ],
+                )
+            t0 = time.perf_counter()
+            for i in ids:  # the worker's renders
+                context = {**defaults, "recipient": person(i), "unsubscribe_url": unsubscribe}
+                subject_t.render(context)
+                body_t.render(context)
+            render_s += time.perf_counter() - t0
+            now = stamp()
+            with transaction() as cursor:  # the worker's record
+                cursor.executemany(
+                    update_sql, [("sent", 1, "vi", f"null-{i}", now, now, i) for i in ids]
+                )
+                cursor.executemany(
+                    attempt_sql,
+                    [(i, 1, now, 0, "sent", "ok", f"null-{i}", "vi", False, "floor") for i in ids],
+                )
+        elapsed = time.perf_counter() - started
+        with transaction() as cursor:
+            cursor.execute("DROP TABLE bench_floor_attempts")
+            cursor.execute("DROP TABLE bench_floor_deliveries")
+    finally:
+        connection.close()
+    return FloorResult(elapsed, render_s, elapsed - render_s, n / elapsed)
+
+
+# -- the planner alone (runs in its own process) -------------------------------------------------
+
+
+def planner_child(raw: str) -> int:
+    """Create, submit and approve a campaign, time ``plan_run`` on its run, then cancel it.
+
+    Started by the benchmark with DISPATCHER_* pointing at the benchmark's database and at
+    queue names no worker serves; prints one ``BENCH_RESULT {json}`` line.
+    """
+    from sqlalchemy import distinct, select
+
+    from dispatcher import jobs
+    from dispatcher.campaigns import service
+    from dispatcher.campaigns.models import Run
+    from dispatcher.campaigns.planner import plan_run
+    from dispatcher.campaigns.schemas import CampaignIn
+    from dispatcher.config import get_settings
+    from dispatcher.db import Database, set_database
+    from dispatcher.deliveries.models import Delivery
+    from dispatcher.logging import configure_logging
+
+    config = json.loads(raw)
+    configure_logging()
+    settings = get_settings()
+    jobs.configure(settings)
+    db = Database(settings.database_url)
+    set_database(db)
+    with db.transaction() as session:
+        campaign_id = service.create(session=session, data=CampaignIn(**config["campaign"])).id
+    with db.transaction() as session:
+        service.submit(session=session, campaign_id=campaign_id)
+    with db.transaction() as session:
+        service.approve(session=session, campaign_id=campaign_id, settings=settings)
+    with db.transaction() as session:
+        run_id = session.scalar(select(Run.id).where(Run.campaign_id == campaign_id))
+    assert run_id is not None
+    me = psutil.Process()
+    rss_before = me.memory_info().rss
+    started = time.perf_counter()
+    made = plan_run(db=db, run_id=run_id, settings=settings)
+    elapsed = time.perf_counter() - started
+    rss_after = me.memory_info().rss
+    max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    with db.transaction() as session:
+        service.cancel(session=session, campaign_id=campaign_id, reason="benchmark: planner only")
+    with db.transaction() as session:
+        batch_ids = [
+            b
+            for b in session.scalars(
+                select(distinct(Delivery.batch_id)).where(Delivery.campaign_id == campaign_id)
+            )
+            if b
+        ]
+    # Nobody serves these queues: remove their messages and the batch markers, nothing else.
+    client = jobs.redis_client(settings)
+    for start in range(0, len(batch_ids), 1000):
+        client.delete(*(jobs.MARKER_PREFIX + b for b in batch_ids[start : start + 1000]))
+    for queue in (settings.queue_bulk, settings.queue_urgent):
+        for key in client.scan_iter(match=f"{NAMESPACE}:{queue}*"):
+            client.delete(key)
+    result = {
+        "campaign_id": campaign_id,
+        "run_id": run_id,
+        "made": made,
+        "elapsed_s": elapsed,
+        "rss_before_bytes": rss_before,
+        "rss_after_bytes": rss_after,
+        "ru_maxrss_bytes": max_rss,
+    }
+    print(RESULT_TAG + json.dumps(result), flush=True)
+    return 0
+
+
+# -- one measurement ------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Options:
+    recipients: int
+    database: str
+    workers: int
+    threads: int
+    batch_size: int
+    redis_url: str | None
+    postgres_url: str
+    prefetch: int | None
+    extra_env: dict[str, str]
+    timeout: float
+    stuck_seconds: float
+    stall_seconds: float
+    keep: bool
+
+
+@dataclass(slots=True)
+class Outcome:
+    completed: bool
+    elapsed_s: float  # approve call -> the poll that saw completed (or all sent, if stuck)
+    all_sent_s: float | None  # approve call -> the first poll that saw N sent
+    server_elapsed_s: float | None  # campaigns.approved_at -> campaigns.completed_at
+    planned_s: float | None  # campaigns.approved_at -> runs.planned_at
+    final: dict[str, Any] = field(default_factory=dict)
+
+
+def iso(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+def wait_for_campaign(
+    client: httpx.Client,
+    campaign_id: int,
+    n: int,
+    *,
+    started: float,
+    options: Options,
+    watch: Sequence[Managed],
+    diagnose: Callable[[], str],
+) -> Outcome:
+    next_poll = started
+    last_print, last_sent = started, 0
+    progress_at, progress_sent = started, -1
+    all_sent_at: float | None = None
+    while True:
+        next_poll += POLL_SECONDS
+        time.sleep(max(0.0, next_poll - time.perf_counter()))
+        for process in watch:
+            if not process.alive():
+                raise process.dead_error()
+        response = client.get(f"/v1/campaigns/{campaign_id}")
+        now = time.perf_counter()
+        elapsed = now - started
+        if response.status_code != 200:
+            raise BenchError(
+                f"GET /v1/campaigns/{campaign_id}: {response.status_code} {response.text}"
+            )
+        data = response.json()
+        status = data["status"]
+        by_status: dict[str, int] = data["counts"]["by_status"]
+        sent = by_status.get("sent", 0)
+        if sent >= n and all_sent_at is None:
+            all_sent_at = elapsed
+        if sent != progress_sent:
+            progress_at, progress_sent = now, sent
+        elif now - progress_at > options.stall_seconds:
+            logs = "".join(f"\n  last lines of {p.log_path.name}:\n{p.tail(15)}" for p in watch)
+            raise BenchError(
+                f"nothing sent for {options.stall_seconds:.0f} s (counts {by_status}); "
+                f"{diagnose()}{logs}"
+            )
+        if status == "completed" and sent == n:
+            return _outcome(True, elapsed, all_sent_at, data)
+        if status in ("completed", "cancelled", "paused"):
+            raise BenchError(
+                f"the campaign ended {status} with counts {by_status} (expected {n} sent)"
+            )
+        if all_sent_at is not None and elapsed - all_sent_at > options.stuck_seconds:
+            print(
+                f"  ! all {n:,} sent after {all_sent_at:.1f} s but the campaign is still "
+                f"{status!r} {options.stuck_seconds:.0f} s later: not completed",
+                flush=True,
+            )
+            return _outcome(False, all_sent_at, all_sent_at, data)
+        if now - last_print >= PROGRESS_SECONDS:
+            rate_now = (sent - last_sent) / (now - last_print)
+            others = {k: v for k, v in by_status.items() if k != "sent"}
+            print(
+                f"  {elapsed:6.1f} s  sent {sent:>9,}/{n:,} ({100 * sent / n:5.1f}%)  "
+                f"{rate_now:8,.0f}/s now  {sent / elapsed:8,.0f}/s overall  [{status}] {others}",
+                flush=True,
+            )
+            last_print, last_sent = now, sent
+        if elapsed > options.timeout:
+            raise BenchError(
+                f"timed out after {options.timeout:.0f} s with counts {by_status}; {diagnose()}"
+            )
+
+
+def _outcome(
+    completed: bool, elapsed: float, all_sent: float | None, data: dict[str, Any]
+) -> Outcome:
+    approved, done = iso(data.get("approved_at")), iso(data.get("completed_at"))
+    runs = data.get("runs") or []
+    planned = iso(runs[0].get("planned_at")) if runs else None
+    return Outcome(
+        completed=completed,
+        elapsed_s=elapsed,
+        all_sent_s=all_sent,
+        server_elapsed_s=(done - approved).total_seconds() if approved and done else None,
+        planned_s=(planned - approved).total_seconds() if approved and planned else None,
+        final={"status": data["status"], "counts": data["counts"]},
+    )
+
+
+def log_problems(path: Path) -> dict[str, Any]:
+    """Error lines in a process log (structlog JSON, dramatiq and Python tracebacks)."""
+    pattern = re.compile(r'"level": "(error|critical)"|\[(ERROR|CRITICAL)\]|^Traceback')
+    count, first = 0, list[str]()
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return {"errors": 0, "first": []}
+    for index, line in enumerate(lines):
+        if pattern.search(line):
+            count += 1
+            if len(first) < 3:
+                tail = [x for x in lines[index + 1 : index + 40] if x and not x.startswith(" ")]
+                cause = f"  ->  {tail[0][:200]}" if tail and line.startswith("Traceback") else ""
+                first.append(line[:300] + cause)
+    return {"errors": count, "first": first}
+
+
+def subprocess_env(
+    options: Options, database_url: str, redis_url: str, queues: tuple[str, str]
+) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        {
+            "DISPATCHER_DATABASE_URL": database_url,
+            "DISPATCHER_REDIS_URL": redis_url,
+            "DISPATCHER_BATCH_SIZE": str(options.batch_size),
+            "DISPATCHER_WORKER_THREADS": str(options.threads),
+            "DISPATCHER_QUEUE_BULK": queues[0],
+            "DISPATCHER_QUEUE_URGENT": queues[1],
+            "DISPATCHER_LOG_FORMAT": "json",
+            # Greetings otherwise wait for 07:00-21:00 Vietnam time; a benchmark sends now.
+            "DISPATCHER_SEND_WINDOWS": "{}",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    # Measure the tree this file lives in, even when another checkout is installed.
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    if options.prefetch is not None:
+        env["dramatiq_queue_prefetch"] = str(options.prefetch)
+    env.update(options.extra_env)
+    return env
+
+
+def run_once(options: Options) -> dict[str, Any]:
+    n = options.recipients
+    print(
+        f"\n== pipeline benchmark: {n:,} recipients on {options.database}, "
+        f"{options.workers} worker process(es) × {options.threads} threads, "
+        f"batch size {options.batch_size} ==",
+        flush=True,
+    )
+    sampler = RssSampler()
+    processes: list[Managed] = []
+    with contextlib.ExitStack() as cleanup:
+        workdir = Path(tempfile.mkdtemp(prefix="dispatcher-bench-pipeline-"))
+        if options.keep:
+            print(f"  logs and files kept in {workdir}")
+        else:
+            cleanup.callback(shutil.rmtree, workdir, ignore_errors=True)
+
+        def stop_all() -> None:
+            sampler.stop()
+            for process in reversed(processes):
+                process.stop()
+
+        cleanup.callback(stop_all)
+
+        # -- Redis ------------------------------------------------------------------------------
+        if options.redis_url:
+            check_redis(options.redis_url)
+            redis_url = options.redis_url
+            # A shared Redis: queues of our own, so no other worker takes our jobs.
+            tag = uuid.uuid4().hex[:8]
+            queues = (f"bench_{tag}", f"bench_{tag}_urgent")
+        else:
+            redis_process, redis_url = start_private_redis(workdir)
+            processes.append(redis_process)
+            queues = ("bulk", "urgent")
+        redis_client = redis.Redis.from_url(redis_url)
+
+        # -- the database -----------------------------------------------------------------------
+        setup_started = time.perf_counter()
+        if options.database == "sqlite":
+            database_url = f"sqlite:///{workdir / 'bench.db'}"
+        else:
+            pg_name, database_url = create_postgres_database(options.postgres_url)
+            if not options.keep:
+                cleanup.callback(drop_postgres_database, options.postgres_url, pg_name)
+            print(f"  throwaway PostgreSQL database {pg_name}")
+        env = subprocess_env(options, database_url, redis_url, queues)
+        migrate = subprocess.run(
+            [*dispatcher_command(), "migrate"], cwd=ROOT, env=env, capture_output=True, text=True
+        )
+        if migrate.returncode != 0:
+            raise BenchError(f"dispatcher migrate failed:\n{migrate.stdout}{migrate.stderr}")
+        t0 = time.perf_counter()
+        insert_recipients(database_url, n)
+        insert_s = time.perf_counter() - t0
+        print(f"  setup: migrated, {n:,} recipients inserted in {insert_s:.1f} s", flush=True)
+
+        # -- the API and the workers ------------------------------------------------------------
+        port = free_port()
+        api = Managed(
+            "API",
+            [*dispatcher_command(), "serve", "--host", "127.0.0.1", "--port", str(port)],
+            env={**env, "DISPATCHER_PUBLIC_URL": f"http://127.0.0.1:{port}"},
+            log_path=workdir / "api.log",
+        )
+        processes.append(api)
+        sampler.watch("api", api)
+        sampler.start()
+        client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)
+        cleanup.callback(client.close)
+
+        def api_up() -> bool:
+            try:
+                return client.get("/readyz").status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_until(api_up, timeout=60, what="the API (/readyz)", watch=[api])
+        response = client.post("/v1/templates", json=TEMPLATE)
+        if response.status_code != 201:
+            raise BenchError(f"publishing the template: {response.status_code} {response.text}")
+
+        heartbeats = f"{NAMESPACE}:__heartbeats__"
+        already = int(redis_client.zcard(heartbeats))
+        workers = Managed(
+            "workers",
+            [
+                *dispatcher_command(),
+                "worker",
+                "--queues",
+                queues[0],
+                "--processes",
+                str(options.workers),
+                "--threads",
+                str(options.threads),
+            ],
+            env={**env, "DISPATCHER_PUBLIC_URL": f"http://127.0.0.1:{port}"},
+            log_path=workdir / "workers.log",
+        )
+        processes.append(workers)
+        sampler.watch("workers", workers)
+        wait_until(
+            lambda: int(redis_client.zcard(heartbeats)) >= already + options.workers,
+            timeout=90,
+            what=f"{options.workers} dramatiq worker process(es) to poll Redis",
+            watch=[api, workers],
+        )
+        setup_s = time.perf_counter() - setup_started
+        print(f"  setup done in {setup_s:.1f} s; API pid {api.pid}, workers pid {workers.pid}")
+
+        # -- end to end (timed from the approve call) ----------------------------------------
+        campaign = {
+            "name": f"Chúc mừng năm mới — benchmark {n:,}",
+            "kind": "greeting",
+            "template": TEMPLATE_KEY,
+            "audience": {"all": True},
+            "channels": ["null"],
+            "variables": CAMPAIGN_VARIABLES,
+        }
+        response = client.post("/v1/campaigns", json=campaign)
+        if response.status_code != 201:
+            raise BenchError(f"POST /v1/campaigns: {response.status_code} {response.text}")
+        campaign_id = int(response.json()["id"])
+        response = client.post(f"/v1/campaigns/{campaign_id}/submit")
+        if response.status_code != 200:
+            raise BenchError(f"submit: {response.status_code} {response.text}")
+        cpu_before = cpu_snapshot(processes)
+        started = time.perf_counter()
+        response = client.post(f"/v1/campaigns/{campaign_id}/approve")
+        if response.status_code != 200:
+            raise BenchError(f"approve: {response.status_code} {response.text}")
+        print(f"  campaign {campaign_id} approved; waiting for {n:,} sent", flush=True)
+        outcome = wait_for_campaign(
+            client,
+            campaign_id,
+            n,
+            started=started,
+            options=options,
+            watch=[api, workers],
+            diagnose=lambda: open_rows(database_url, campaign_id),
+        )
+        sampler.sample()
+        cpu = cpu_share(cpu_before, cpu_snapshot(processes))
+        rate = n / outcome.elapsed_s
+        print(f"  done: {n:,} in {outcome.elapsed_s:.2f} s = {rate:,.0f} deliveries/s", flush=True)
+        checks = database_checks(database_url, campaign_id)
+        sampler.unwatch("api")
+        sampler.unwatch("workers")
+        api.stop()
+        workers.stop()
+        problems = {"api": log_problems(api.log_path), "workers": log_problems(workers.log_path)}
+
+        # -- the planner alone -------------------------------------------------------------------
+        print("  planner alone: a second, identical campaign in its own process ...", flush=True)
+        tag = uuid.uuid4().hex[:8]
+        planner_env = subprocess_env(
+            options, database_url, redis_url, (f"bench_plan_{tag}", f"bench_plan_{tag}_urgent")
+        )
+        planner = Managed(
+            "planner",
+            [
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "--planner-child",
+                json.dumps({"campaign": campaign}),
+            ],
+            env=planner_env,
+            log_path=workdir / "planner.log",
+        )
+        processes.append(planner)
+        sampler.watch("planner", planner)
+        wait_until(
+            lambda: not planner.alive(), timeout=options.timeout, what="the planner", watch=[]
+        )
+        sampler.unwatch("planner")
+        planned = None
+        for line in planner.log_path.read_text(errors="replace").splitlines():
+            if line.startswith(RESULT_TAG):
+                planned = json.loads(line[len(RESULT_TAG) :])
+        if planner.proc.returncode != 0 or planned is None:
+            raise planner.dead_error()
+        if planned["made"] != n:
+            raise BenchError(f"the planner made {planned['made']} deliveries, expected {n}")
+        print(
+            f"  planner alone: {n:,} deliveries planned in {planned['elapsed_s']:.2f} s "
+            f"= {n / planned['elapsed_s']:,.0f}/s",
+            flush=True,
+        )
+
+        # -- the raw floor ------------------------------------------------------------------------
+        print("  raw floor: renders + executemany in this process ...", flush=True)
+        floor = raw_floor(options.database, database_url, n, options.batch_size)
+        sampler.stop()
+
+        peaks = sampler.peaks
+        result: dict[str, Any] = {
+            "benchmark": "pipeline",
+            "when": datetime.now(UTC).isoformat(timespec="seconds"),
+            "recipients": n,
+            "database": options.database,
+            "workers": options.workers,
+            "threads": options.threads,
+            "batch_size": options.batch_size,
+            "dramatiq_queue_prefetch": options.prefetch,
+            "extra_env": options.extra_env,
+            "setup_s": round(setup_s, 2),
+            "insert_recipients_s": round(insert_s, 2),
+            "completed": outcome.completed,
+            "elapsed_s": round(outcome.elapsed_s, 3),
+            "deliveries_per_s": round(rate, 1),
+            "all_sent_s": outcome.all_sent_s and round(outcome.all_sent_s, 3),
+            "server_elapsed_s": outcome.server_elapsed_s and round(outcome.server_elapsed_s, 3),
+            "server_deliveries_per_s": outcome.server_elapsed_s
+            and round(n / outcome.server_elapsed_s, 1),
+            "planned_within_s": outcome.planned_s and round(outcome.planned_s, 3),
+            "floor_elapsed_s": round(floor.elapsed_s, 3),
+            "floor_render_s": round(floor.render_s, 3),
+            "floor_write_s": round(floor.write_s, 3),
+            "floor_per_s": round(floor.per_second, 1),
+            "ratio_ours_to_floor": round(rate / floor.per_second, 4),
+            "planner_elapsed_s": round(planned["elapsed_s"], 3),
+            "planner_per_s": round(n / planned["elapsed_s"], 1),
+            "peak_rss_mib": {
+                role: {
+                    "total": round(peak.total_bytes / MiB, 1),
+                    "largest_process": round(peak.single_bytes / MiB, 1),
+                    "processes": peak.processes,
+                    "samples": peak.samples,
+                }
+                for role, peak in peaks.items()
+            },
+            "planner_rss_before_planning_mib": round(planned["rss_before_bytes"] / MiB, 1),
+            "planner_ru_maxrss_mib": round(planned["ru_maxrss_bytes"] / MiB, 1),
+            "cpu_during_timed_phase": cpu,
+            "final": outcome.final,
+            "database_checks": checks,
+            "log_problems": problems,
+            "machine": {
+                "cpus": os.cpu_count(),
+                "python": platform.python_version(),
+                "platform": platform.platform(),
+                "commit": git_commit(),
+            },
+        }
+        if options.keep:
+            result["workdir"] = str(workdir)
+    return result
+
+
+def git_commit() -> str | None:
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        )
+    except OSError:
+        return None
+    return done.stdout.strip() or None
+
+
+# -- output ----------------------------------------------------------------------------------------
+
+
+def mib(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.1f} MiB"
+
+
+def print_block(r: dict[str, Any], out: TextIO = sys.stdout) -> None:
+    peaks = r["peak_rss_mib"]
+    api, workers, planner = peaks.get("api", {}), peaks.get("workers", {}), peaks.get("planner", {})
+    rows = [
+        ("recipients (N)", f"{r['recipients']:,}"),
+        ("database", r["database"]),
+        (
+            "workers × threads",
+            f"{r['workers']} × {r['threads']}"
+            + (
+                ""
+                if r["dramatiq_queue_prefetch"] is None
+                else f"  (prefetch {r['dramatiq_queue_prefetch']})"
+            ),
+        ),
+        ("batch size", str(r["batch_size"])),
+        *(
+            [("extra environment", " ".join(f"{k}={v}" for k, v in r["extra_env"].items()))]
+            if r.get("extra_env")
+            else []
+        ),
+        (
+            "elapsed",
+            f"{r['elapsed_s']:.2f} s  (approve call → GET says completed, polled every "
+            f"{POLL_SECONDS} s)" + ("" if r["completed"] else "  NOT COMPLETED: time of all sent"),
+        ),
+        (
+            "elapsed, server clock",
+            "-"
+            if r["server_elapsed_s"] is None
+            else f"{r['server_elapsed_s']:.2f} s  (approved_at → completed_at)",
+        ),
+        (
+            "planning finished at",
+            "-"
+            if r["planned_within_s"] is None
+            else f"{r['planned_within_s']:.2f} s after approval (planner inside the workers)",
+        ),
+        ("deliveries/s", f"{r['deliveries_per_s']:,.0f}"),
+        (
+            "floor/s",
+            f"{r['floor_per_s']:,.0f}  (render {r['floor_render_s']:.2f} s + write "
+            f"{r['floor_write_s']:.2f} s, one process)",
+        ),
+        ("ratio ours/floor", f"{r['ratio_ours_to_floor']:.2f}"),
+        (
+            "planner alone",
+            f"{r['planner_elapsed_s']:.2f} s = {r['planner_per_s']:,.0f} deliveries/s",
+        ),
+        ("peak RSS API", mib(api.get("total"))),
+        (
+            "peak RSS workers",
+            f"{mib(workers.get('largest_process'))} largest process, "
+            f"{mib(workers.get('total'))} total of {workers.get('processes', 0)} processes",
+        ),
+        (
+            "peak RSS planner",
+            f"{mib(planner.get('total'))}  (before planning "
+            f"{mib(r['planner_rss_before_planning_mib'])})",
+        ),
+    ]
+    cpu = r.get("cpu_during_timed_phase")
+    if cpu:
+        note = (
+            "  ← other processes were busy: figures are disturbed"
+            if cpu["others_cores"] > 0.25
+            else ""
+        )
+        rows.append(
+            (
+                "CPU while timed",
+                f"ours {cpu['ours_cores']:.2f} cores, other processes "
+                f"{cpu['others_cores']:.2f}, of {cpu['cores']:.0f}{note}",
+            )
+        )
+    checks = r["database_checks"]
+    rows.append(
+        (
+            "database check",
+            f"deliveries {checks['deliveries_by_status']}, attempts "
+            f"{checks['attempts']:,}, batches {checks['batches']:,}, possible duplicates "
+            f"{checks['possible_duplicates']}",
+        )
+    )
+    for role, found in r["log_problems"].items():
+        if found["errors"]:
+            rows.append(
+                (f"{role} log errors", f"{found['errors']}: " + " | ".join(found["first"][:2]))
+            )
+    width = max(len(label) for label, _ in rows)
+    print(f"\n-- results: pipeline, {r['database']}, N={r['recipients']:,} " + "-" * 30, file=out)
+    for label, value in rows:
+        print(f"  {label:<{width}}  {value}", file=out)
+
+
+def write_json(name: str, payload: dict[str, Any]) -> Path:
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / name
+    path.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return path
+
+
+def relative(path: Path) -> str:
+    with contextlib.suppress(ValueError):
+        return str(path.relative_to(Path.cwd()))
+    return str(path)
+
+
+def growth(small: float, big: float) -> float:
+    return 100.0 * (big - small) / small if small else 0.0
+
+
+def compare(results: list[dict[str, Any]], threshold: float) -> dict[str, Any]:
+    a, b = results[0], results[-1]
+    figures: dict[str, Any] = {}
+    print(
+        f"\n-- peak memory: N={a['recipients']:,} → N={b['recipients']:,} "
+        f"({b['recipients'] / a['recipients']:.0f}× the recipients) " + "-" * 20
+    )
+    for role, key in (
+        ("api", "total"),
+        ("workers", "largest_process"),
+        ("workers", "total"),
+        ("planner", "total"),
+    ):
+        small = a["peak_rss_mib"].get(role, {}).get(key)
+        big = b["peak_rss_mib"].get(role, {}).get(key)
+        if small is None or big is None:
+            continue
+        pct = growth(small, big)
+        verdict = "GREW" if pct > threshold else "flat"
+        label = f"{role} ({key.replace('_', ' ')})"
+        print(f"  {label:<28} {small:8.1f} → {big:8.1f} MiB  {pct:+6.1f}%  {verdict}")
+        figures[f"{role}.{key}"] = {
+            "small_mib": small,
+            "big_mib": big,
+            "growth_pct": round(pct, 1),
+            "grew": pct > threshold,
+        }
+    grew = any(f["grew"] for f in figures.values())
+    print(
+        f"  peak memory {'GREW' if grew else 'did not grow'} by more than {threshold:.0f}% "
+        f"with the campaign size"
+    )
+    rate = growth(a["deliveries_per_s"], b["deliveries_per_s"])
+    print(
+        f"  deliveries/s {a['deliveries_per_s']:,.0f} → {b['deliveries_per_s']:,.0f} ({rate:+.1f}%)"
+    )
+    return {
+        "threshold_pct": threshold,
+        "grew": grew,
+        "roles": figures,
+        "deliveries_per_s": [a["deliveries_per_s"], b["deliveries_per_s"]],
+    }
+
+
+# -- command line ----------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="End-to-end throughput and peak memory of the delivery pipeline "
+        "(API → planner → Redis → workers → database), against a raw floor.",
+    )
+    parser.add_argument("--recipients", type=int, default=100_000, help="N (default 100000)")
+    parser.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite")
+    parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="threads per worker process (default: the "
+        "service's DISPATCHER_WORKER_THREADS default)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="deliveries per job (default: the service's default)",
+    )
+    parser.add_argument(
+        "--redis-url",
+        default=None,
+        help="use this Redis instead of starting a "
+        "private redis-server (only the benchmark's own keys are touched)",
+    )
+    parser.add_argument(
+        "--postgres-url",
+        default=os.environ.get("DISPATCHER_BENCH_POSTGRES_URL", DEFAULT_POSTGRES_URL),
+        help="admin URL used to create and drop a throwaway database",
+    )
+    parser.add_argument(
+        "--compare",
+        default=None,
+        metavar="N1,N2",
+        help="run two sizes and report whether peak memory grew",
+    )
+    parser.add_argument(
+        "--growth-threshold",
+        type=float,
+        default=10.0,
+        help="percent of peak RSS growth counted as growing (default 10)",
+    )
+    parser.add_argument(
+        "--prefetch",
+        type=int,
+        default=None,
+        help="set dramatiq_queue_prefetch for the workers (default: the service's choice)",
+    )
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra environment for the service's processes, e.g. "
+        "DISPATCHER_SEND_CONCURRENCY=128 or dramatiq_worker_timeout=100 (repeatable)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="seconds to wait for the campaign (default: 300 + N/100)",
+    )
+    parser.add_argument(
+        "--stuck-seconds",
+        type=float,
+        default=30.0,
+        help="give up this long after all are sent but the campaign is not completed (default 30)",
+    )
+    parser.add_argument(
+        "--stall-seconds",
+        type=float,
+        default=60.0,
+        help="give up when nothing more is sent for this long (default 60)",
+    )
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the temporary directory (logs, SQLite file) and database",
+    )
+    parser.add_argument("--planner-child", default=None, help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def options_for(args: argparse.Namespace, n: int) -> Options:
+    from dispatcher.config import Settings
+
+    defaults = Settings.model_fields
+    threads = args.threads or int(defaults["worker_threads"].default)
+    batch_size = args.batch_size or int(defaults["batch_size"].default)
+    extra_env = {}
+    for item in args.env:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise BenchError(f"--env takes KEY=VALUE, not {item!r}")
+        extra_env[key] = value
+    if n < 1 or args.workers < 1 or threads < 1 or batch_size < 1:
+        raise BenchError("--recipients, --workers, --threads and --batch-size must be positive")
+    return Options(
+        recipients=n,
+        database=args.database,
+        workers=args.workers,
+        threads=threads,
+        batch_size=batch_size,
+        redis_url=args.redis_url,
+        postgres_url=args.postgres_url,
+        prefetch=args.prefetch,
+        extra_env=extra_env,
+        timeout=args.timeout or 300 + n / 100,
+        stuck_seconds=args.stuck_seconds,
+        stall_seconds=args.stall_seconds,
+        keep=args.keep,
+    )
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.planner_child is not None:
+        return planner_child(args.planner_child)
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        if args.compare:
+            try:
+                sizes = [int(x.replace("_", "")) for x in args.compare.split(",")]
+            except ValueError:
+                raise BenchError("--compare takes two sizes, e.g. 10000,100000") from None
+            if len(sizes) != 2:
+                raise BenchError("--compare takes two sizes, e.g. 10000,100000")
+            results = []
+            for n in sizes:
+                result = run_once(options_for(args, n))
+                print_block(result)
+                path = write_json(f"pipeline-{args.database}-{n}.json", result)
+                print(f"  written to {relative(path)}")
+                results.append(result)
+            summary = compare(results, args.growth_threshold)
+            path = write_json(
+                f"pipeline-{args.database}-compare-{sizes[0]}-{sizes[1]}.json",
+                {"compare": summary, "runs": results},
+            )
+            print(f"  written to {relative(path)}")
+        else:
+            result = run_once(options_for(args, args.recipients))
+            print_block(result)
+            path = write_json(f"pipeline-{args.database}-{args.recipients}.json", result)
+            print(f"  written to {relative(path)}")
+    except BenchError as exc:
+        print(f"\nbenchmark failed: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted: every subprocess was stopped", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
