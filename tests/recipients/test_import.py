@@ -18,7 +18,6 @@ from typer.testing import CliRunner
 from dispatcher.clock import utcnow
 from dispatcher.db import Database
 from dispatcher.recipients import importer
-from dispatcher.recipients.import_router import router
 from dispatcher.recipients.importer import (
     ImportFileError,
     Rejection,
@@ -65,10 +64,7 @@ MIXED_REJECTED: dict[int, tuple[str | None, str]] = {
 
 @pytest.fixture()
 def api(client: Any) -> Any:
-    """The test client, with the import router included if the app does not include it yet."""
-    app = client.app
-    if not any(getattr(route, "path", None) == IMPORT_URL for route in app.routes):
-        app.include_router(router)
+    """The test client (the app includes the import router)."""
     return client
 
 
