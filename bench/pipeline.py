@@ -1516,6 +1516,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.planner_child is not None:
         return planner_child(args.planner_child)
     signal.signal(signal.SIGTERM, _terminate)
+    # Started in the background by a shell, SIGINT may come ignored: Ctrl-C must still clean up.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         if args.compare:
             try:
