@@ -14,6 +14,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
 from dispatcher import jobs
 from dispatcher.audiences.router import router as audiences_router
+from dispatcher.auth.router import router as keys_router
 from dispatcher.campaigns.router import messages as messages_router
 from dispatcher.campaigns.router import router as campaigns_router
 from dispatcher.config import Settings, get_settings
@@ -118,6 +119,7 @@ def create_app(settings: Settings | None = None, *, configure_jobs: bool = True)
         inbox_router,
         schedules_router,
         unsubscribe_router,
+        keys_router,
     ):
         app.include_router(router)
     return app

@@ -1,4 +1,5 @@
-"""The ``dispatcher`` command: serve, worker, scheduler, migrate, dev, config, import."""
+"""The ``dispatcher`` command: serve, worker, scheduler, migrate, dev, config, import, keys,
+audit."""
 
 from __future__ import annotations
 
@@ -194,6 +195,149 @@ def dev(
         stop.set()
         worker.stop()
         scheduler_thread.join(timeout=10)
+
+
+keys_app = typer.Typer(help="API keys: create (shown once), list, revoke.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("create")
+def keys_create(
+    role: Annotated[
+        str, typer.Option(help="editor, approver, operator, sender (transactional) or admin.")
+    ],
+    name: Annotated[str, typer.Option(help="Who or what uses the key.")],
+    expires_in_days: Annotated[
+        float | None, typer.Option(help="Days until the key stops working. Default: never.")
+    ] = None,
+) -> None:
+    """Create an API key and print it on stdout (the only time it is shown)."""
+    from datetime import timedelta
+
+    from dispatcher import audit
+    from dispatcher.auth.service import create_key
+    from dispatcher.clock import utcnow
+    from dispatcher.db import get_database
+    from dispatcher.errors import ServiceError
+
+    _settings()
+    if expires_in_days is not None and expires_in_days <= 0:
+        _error("--expires-in-days must be above zero")
+        raise typer.Exit(2)
+    expires = utcnow() + timedelta(days=expires_in_days) if expires_in_days else None
+    try:
+        with get_database().transaction() as session:
+            row, key = create_key(session, role=role, name=name, expires_at=expires)
+            audit.record(
+                session,
+                actor="command line",
+                action="key.create",
+                subject=f"key:{row.id}",
+                data={"name": row.name, "role": row.role, "expires_at": row.expires_at},
+            )
+    except ServiceError as exc:
+        _error(exc.message)
+        raise typer.Exit(2) from None
+    console.print(
+        f"key {row.id} ({row.name}, {row.role}"
+        f"{', expires ' + row.expires_at.isoformat() if row.expires_at else ''}) created; "
+        "it is printed below once and cannot be shown again:"
+    )
+    typer.echo(key)
+
+
+@keys_app.command("list")
+def keys_list(
+    all_keys: Annotated[bool, typer.Option("--all", help="Include revoked keys.")] = False,
+) -> None:
+    """List keys (never the keys themselves)."""
+    from dispatcher.auth.service import list_keys
+    from dispatcher.db import get_database
+
+    _settings()
+    with get_database().transaction() as session:
+        rows = list_keys(session, include_revoked=all_keys)
+        for row in rows:
+            state = "revoked" if row.revoked_at else "active"
+            typer.echo(
+                f"{row.id}\t{row.role}\t{state}\t{row.name}\t"
+                f"expires {row.expires_at.isoformat() if row.expires_at else 'never'}\t"
+                f"last used {row.last_used_at.isoformat() if row.last_used_at else 'never'}"
+            )
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: Annotated[int, typer.Argument(help="The key's id (keys list).")]) -> None:
+    """Revoke a key at once."""
+    from dispatcher import audit
+    from dispatcher.auth.service import revoke
+    from dispatcher.db import get_database
+    from dispatcher.errors import ServiceError
+
+    _settings()
+    try:
+        with get_database().transaction() as session:
+            row = revoke(session, key_id)
+            audit.record(
+                session, actor="command line", action="key.revoke", subject=f"key:{row.id}", data={}
+            )
+    except ServiceError as exc:
+        _error(exc.message)
+        raise typer.Exit(2) from None
+    console.print(f"key {key_id} ({row.name}) revoked")
+
+
+audit_app = typer.Typer(help="The tamper-evident audit log.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+
+
+@audit_app.command("verify")
+def audit_verify(
+    all_problems: Annotated[
+        bool, typer.Option("--all", help="Report every problem, not only the first.")
+    ] = False,
+    skip_attempts: Annotated[
+        bool,
+        typer.Option("--skip-attempts", help="Check the chain only, not the attempt rows."),
+    ] = False,
+) -> None:
+    """Walk the hash chain, its seals and the delivery attempts it covers.
+
+    Exit status 0 when intact, 1 when an entry was altered, removed or reordered.
+    """
+    from dispatcher import audit, secrets
+    from dispatcher.db import get_database
+
+    settings = _settings()
+    with get_database().transaction() as session:
+        report = audit.verify(
+            session,
+            secrets.audit_key(session, settings),
+            check_attempts=not skip_attempts,
+            stop_at_first=not all_problems,
+        )
+    for problem in report.problems:
+        _error(problem.message)
+    typer.echo(
+        f"entries: {report.entries} (attempt batches: {report.attempt_entries}), "
+        f"seals: {report.seals}: {'intact' if report.ok else 'TAMPERED'}"
+    )
+    raise typer.Exit(0 if report.ok else 1)
+
+
+@audit_app.command("seal")
+def audit_seal() -> None:
+    """Seal the chain's head now (the scheduler also does it periodically)."""
+    from dispatcher import audit, secrets
+    from dispatcher.db import get_database
+
+    settings = _settings()
+    with get_database().transaction() as session:
+        row = audit.seal(session, secrets.audit_key(session, settings))
+        if row is None:
+            typer.echo("nothing new to seal")
+        else:
+            typer.echo(f"seal {row.id} at entry {row.seq}: {row.hash}")
 
 
 _IMPORT_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}

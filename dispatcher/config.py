@@ -109,6 +109,22 @@ class Settings(BaseSettings):
         description='Vietnam-time windows by kind or "kind:channel"; other kinds ignore them.',
     )
 
+    messages_per_second_per_key: float = Field(
+        default=50.0, gt=0, description="Transactional messages a sender key may send per second."
+    )
+    messages_burst_per_key: int = Field(
+        default=100, ge=1, description="How many messages a sender key may send at once."
+    )
+    approval_ttl_seconds: float = Field(
+        default=7 * 86400,
+        gt=0,
+        description="An approval not sent within this long expires and needs approving again.",
+    )
+
+    audit_seal_interval_seconds: float = Field(
+        default=300.0, gt=0, description="How often the scheduler seals the audit log."
+    )
+
     batch_size: int = Field(default=500, ge=1, le=10_000, description="Deliveries per job.")
     queue_urgent: str = "urgent"
     queue_bulk: str = "bulk"

@@ -18,6 +18,12 @@ class NotFound(ServiceError):
     status_code = 404
 
 
+class Forbidden(ServiceError):
+    """The caller may not do this, whatever its role (the two-person rule)."""
+
+    status_code = 403
+
+
 class Conflict(ServiceError):
     """A state transition or write that the current state does not allow."""
 

@@ -1,6 +1,8 @@
 """Every table of the service, imported in one place for Alembic and the tests."""
 
 from dispatcher.audiences.models import SavedAudience
+from dispatcher.audit.models import AuditEntry, AuditHead, AuditSeal
+from dispatcher.auth.models import ApiKey
 from dispatcher.campaigns.models import Campaign, Run
 from dispatcher.channel_state import ChannelState
 from dispatcher.consent.models import OptOut
@@ -13,7 +15,11 @@ from dispatcher.secrets import ServiceSecret
 
 __all__ = [
     "Address",
+    "ApiKey",
     "Attempt",
+    "AuditEntry",
+    "AuditHead",
+    "AuditSeal",
     "Base",
     "Campaign",
     "ChannelState",

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+import redis
 import redis.asyncio as aioredis
 
 from channels.base import RateRule
@@ -261,3 +262,33 @@ async def acquire(
         # Paused for a little while: wait it out, then ask again.
         await asyncio.sleep(wait)
         waited += wait
+
+
+def take_now(client: redis.Redis, key: str, per_second: float, burst: int) -> float:
+    """A synchronous GCRA check for request paths: 0 when a slot was taken now, else the
+    seconds until one frees (nothing taken). Uses the same script as channel limits."""
+    emission = 1000.0 / per_second
+    tolerance = emission * max(0, burst - 1)
+    reserved, wait_ms = client.eval(
+        _ACQUIRE, 2, f"{PREFIX}{key}:pause", f"{PREFIX}{key}", 0, emission, tolerance
+    )
+    return 0.0 if reserved else max(0.001, float(wait_ms) / 1000.0)
+
+
+class MemoryBucket:
+    """``take_now`` inside one process (``dispatcher dev`` without Redis)."""
+
+    def __init__(self) -> None:
+        self._tats: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def take_now(self, key: str, per_second: float, burst: int) -> float:
+        now = time.monotonic()
+        emission = 1.0 / per_second
+        with self._lock:
+            tat = max(self._tats.get(key, now), now)
+            wait = tat - emission * max(0, burst - 1) - now
+            if wait > 0:
+                return wait
+            self._tats[key] = tat + emission
+            return 0.0

@@ -13,12 +13,12 @@ import secrets
 from datetime import datetime
 
 from sqlalchemy import String, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from dispatcher.clock import utcnow
 from dispatcher.config import Settings
 from dispatcher.db import Base, UTCDateTime
+from dispatcher.sql import insert_for
 
 SIGNING_KEY = "signing_key"
 
@@ -38,19 +38,21 @@ def signing_key(session: Session, settings: Settings) -> bytes:
     value = session.scalar(select(ServiceSecret.value).where(ServiceSecret.name == SIGNING_KEY))
     if value is None:
         fresh = secrets.token_urlsafe(32)
-        insert = (
-            postgresql.insert(ServiceSecret)
-            if session.get_bind().dialect.name == "postgresql"
-            else sqlite.insert(ServiceSecret)
-        )
         session.execute(
-            insert.values(
-                name=SIGNING_KEY, value=fresh, created_at=utcnow()
-            ).on_conflict_do_nothing()
+            insert_for(session, ServiceSecret)
+            .values(name=SIGNING_KEY, value=fresh, created_at=utcnow())
+            .on_conflict_do_nothing()
         )
         value = session.scalar(select(ServiceSecret.value).where(ServiceSecret.name == SIGNING_KEY))
     assert value is not None
     return value.encode()
+
+
+def audit_key(session: Session, settings: Settings) -> bytes:
+    """The key that seals the audit log: derived from the signing key. With
+    ``DISPATCHER_SECRET_KEY`` set outside the database, whoever can edit the database still
+    cannot forge a seal."""
+    return hmac.new(signing_key(session, settings), b"audit-seal", hashlib.sha256).digest()
 
 
 def _b64(raw: bytes) -> str:

@@ -240,13 +240,38 @@ def worker(job_queue: jobs.JobQueue, settings: Settings, db: Database) -> Iterat
     actors.set_processor(None)
 
 
+def make_key(db: Database, role: str, name: str) -> str:
+    from dispatcher.auth.service import create_key
+
+    with db.transaction() as session:
+        _, key = create_key(session, role=role, name=name)
+    return key
+
+
 @pytest.fixture()
-def client(settings: Settings, db: Database, job_queue: jobs.JobQueue) -> Iterator[object]:
+def admin_key(db: Database) -> str:
+    """The default client's key: an admin, who drafts and submits in most tests."""
+    return make_key(db, "admin", "Quản trị viên")
+
+
+@pytest.fixture()
+def approver(db: Database) -> dict[str, str]:
+    """Headers of a second person, an approver: the submitter may not approve."""
+    return {"Authorization": f"Bearer {make_key(db, 'approver', 'Người phê duyệt')}"}
+
+
+@pytest.fixture()
+def client(
+    settings: Settings, db: Database, job_queue: jobs.JobQueue, admin_key: str
+) -> Iterator[object]:
     from fastapi.testclient import TestClient
 
     from dispatcher.app import create_app
 
-    with TestClient(create_app(settings, configure_jobs=False)) as test_client:
+    with TestClient(
+        create_app(settings, configure_jobs=False),
+        headers={"Authorization": f"Bearer {admin_key}"},
+    ) as test_client:
         yield test_client
 
 

@@ -112,3 +112,35 @@ def parts(message: EmailMessage) -> dict[str, Any]:
         "text": text.get_content() if text is not None else None,
         "html": html.get_content() if html is not None else None,
     }
+
+
+def second_person() -> dict[str, str]:
+    """Headers of a fresh approver key: the two-person rule refuses the submitter's own."""
+    from dispatcher.auth.service import create_key
+    from dispatcher.db import get_database
+
+    with get_database().transaction() as session:
+        _, key = create_key(session, role="approver", name="Người phê duyệt")
+    return {"Authorization": f"Bearer {key}"}
+
+
+def approve(client: Any, campaign_id: int) -> Any:
+    """Approve as a second person; returns the response."""
+    return client.post(f"/v1/campaigns/{campaign_id}/approve", headers=second_person())
+
+
+def cli_key(role: str, *, env: dict[str, str], cwd: Any, name: str = "test") -> str:
+    """A key made with ``dispatcher keys create`` against the database ``env`` names."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "dispatcher.cli", "keys", "create", "--role", role, "--name", name],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return done.stdout.strip().splitlines()[-1]

@@ -10,6 +10,7 @@ from dispatcher.campaigns.models import Campaign
 from dispatcher.content.models import TemplateVersion
 from dispatcher.db import Database
 from dispatcher.recipients.models import Recipient
+from tests.support import approve
 from tests.test_end_to_end import TEMPLATE, add_people, publish_template
 
 TEMPLATE_DATA: dict[str, Any] = TEMPLATE
@@ -194,12 +195,12 @@ def test_transitions_that_are_not_allowed_say_why(client) -> None:
     campaign = response.json()
     assert campaign["priority"] == "bulk"
     cid = campaign["id"]
-    refused = client.post(f"/v1/campaigns/{cid}/approve")
+    refused = approve(client, cid)
     assert refused.status_code == 409
     assert refused.json()["detail"] == "cannot approve a campaign that is draft: submit it first"
     assert client.post(f"/v1/campaigns/{cid}/resume").status_code == 409
     client.post(f"/v1/campaigns/{cid}/submit")
-    assert client.post(f"/v1/campaigns/{cid}/approve").json()["status"] == "scheduled"
+    assert approve(client, cid).json()["status"] == "scheduled"
     assert client.post(f"/v1/campaigns/{cid}/pause").json()["status"] == "paused"
     assert client.post(f"/v1/campaigns/{cid}/resume").json()["status"] == "scheduled"
     assert client.post(f"/v1/campaigns/{cid}/cancel").json()["status"] == "cancelled"

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import free_port, wait_for
+from tests.support import cli_key, free_port, wait_for
 
 
 @pytest.mark.timeout(120)
@@ -48,7 +48,9 @@ def test_dev_runs_a_first_campaign_without_redis(tmp_path: Path) -> None:
         assert (tmp_path / "dispatcher.db").exists(), (
             "the SQLite file lives in the working directory"
         )
-        api = httpx.Client(base_url=base, timeout=10)
+        admin = cli_key("admin", env=env, cwd=tmp_path)
+        approver = cli_key("approver", env=env, cwd=tmp_path)
+        api = httpx.Client(base_url=base, timeout=10, headers={"Authorization": f"Bearer {admin}"})
         people = [
             {
                 "external_id": f"04{i:08d}",
@@ -74,7 +76,11 @@ def test_dev_runs_a_first_campaign_without_redis(tmp_path: Path) -> None:
             },
         ).json()
         api.post(f"/v1/campaigns/{campaign['id']}/submit")
-        api.post(f"/v1/campaigns/{campaign['id']}/approve")
+        approved = api.post(
+            f"/v1/campaigns/{campaign['id']}/approve",
+            headers={"Authorization": f"Bearer {approver}"},
+        )
+        assert approved.status_code == 200, approved.text
         done = wait_for(
             lambda: (
                 (c := api.get(f"/v1/campaigns/{campaign['id']}").json())["status"] == "completed"

@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 
 from dispatcher.db import Database
 from dispatcher.deliveries.models import Attempt, Delivery
-from tests.support import SmtpServer, parts, wait_for
+from tests.support import SmtpServer, approve, parts, wait_for
 from workers.sweeper import sweep
 
 PEOPLE = [
@@ -75,7 +75,7 @@ def launch(client: Any, **overrides: Any) -> int:
     assert created["priority"] == "urgent"
     campaign_id = created["id"]
     assert client.post(f"/v1/campaigns/{campaign_id}/submit").json()["status"] == "submitted"
-    approved = client.post(f"/v1/campaigns/{campaign_id}/approve")
+    approved = approve(client, campaign_id)
     assert approved.status_code == 200, approved.text
     return int(campaign_id)
 

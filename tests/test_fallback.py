@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.support import SmtpServer, wait_for
+from tests.support import SmtpServer, approve, wait_for
 from tests.test_end_to_end import all_deliveries, campaign_status
 
 PEOPLE = [
@@ -56,7 +56,7 @@ def run(client: Any, channels: list[str], mode: str = "all") -> dict[str, Any]:
     ).json()
     assert created["channel_mode"] == mode
     client.post(f"/v1/campaigns/{created['id']}/submit")
-    client.post(f"/v1/campaigns/{created['id']}/approve")
+    approve(client, created["id"])
     return dict(
         wait_for(
             lambda: (c := campaign_status(client, created["id"]))["status"] == "completed" and c

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import free_port, wait_for
+from tests.support import cli_key, free_port, wait_for
 
 
 @pytest.mark.timeout(300)
@@ -46,11 +46,14 @@ def test_no_server_errors_and_answers_match_the_schema(tmp_path: Path) -> None:
                 return False
 
         wait_for(up, timeout=60, what="the API")
+        key = cli_key("admin", env=env, cwd=tmp_path, name="schemathesis")
         result = subprocess.run(
             [
                 cli,
                 "run",
                 f"{base}/openapi.json",
+                "--header",
+                f"Authorization: Bearer {key}",
                 "--checks",
                 "not_a_server_error,response_schema_conformance",
                 "--max-examples",

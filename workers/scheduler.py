@@ -10,13 +10,14 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 import uuid
 from dataclasses import asdict
 
 import redis
 import structlog
 
-from dispatcher import jobs
+from dispatcher import audit, jobs, secrets
 from dispatcher.config import Settings
 from dispatcher.db import Database
 from workers.sweeper import sweep
@@ -67,6 +68,11 @@ class Leadership:
         self.leading = False
 
 
+def seal_audit(db: Database, settings: Settings) -> None:
+    with db.transaction() as session:
+        audit.seal(session, secrets.audit_key(session, settings))
+
+
 def run_scheduler(
     *,
     db: Database,
@@ -80,6 +86,7 @@ def run_scheduler(
     ttl = leader_ttl or max(3 * settings.sweep_interval_seconds, 10.0)
     leadership = Leadership(client, ttl)
     was_leading = False
+    next_seal = time.monotonic() + settings.audit_seal_interval_seconds
     try:
         while not stop.is_set():
             leading = leadership.hold()
@@ -93,6 +100,12 @@ def run_scheduler(
                         log.info("sweep", **report)
                 except Exception:
                     log.exception("sweep_failed")
+                if time.monotonic() >= next_seal:
+                    next_seal = time.monotonic() + settings.audit_seal_interval_seconds
+                    try:
+                        seal_audit(db, settings)
+                    except Exception:
+                        log.exception("audit_seal_failed")
             # A standby polls often: it takes over within the TTL plus half a second.
             stop.wait(settings.sweep_interval_seconds if leading else min(ttl / 10, 0.5))
     finally:

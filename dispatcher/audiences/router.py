@@ -3,18 +3,22 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from dispatcher.audiences import service
 from dispatcher.audiences.models import SavedAudience
+from dispatcher.auth.deps import require
+from dispatcher.auth.service import Role
 from dispatcher.deps import DbSession
 from dispatcher.errors import NotFound
 from dispatcher.recipients.schemas import RecipientOut
 from dispatcher.recipients.service import to_out
 
-router = APIRouter(prefix="/v1/audiences", tags=["audiences"])
+router = APIRouter(
+    prefix="/v1/audiences", tags=["audiences"], dependencies=[Depends(require(Role.editor))]
+)
 
 
 class PreviewIn(BaseModel):

@@ -42,6 +42,14 @@ class Campaign(Base):
     submitted_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     approved_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # Two-person rule: the API keys that created, submitted and approved the campaign.
+    created_by: Mapped[int | None] = mapped_column(BigId, nullable=True)
+    submitted_by: Mapped[int | None] = mapped_column(BigId, nullable=True)
+    approved_by: Mapped[int | None] = mapped_column(BigId, nullable=True)
+    # What the approver saw, frozen: a later difference withdraws the approval.
+    approved_preview_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    approved_audience_count: Mapped[int | None] = mapped_column(BigId, nullable=True)
+    approval_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
     runs: Mapped[list[Run]] = relationship(back_populates="campaign", order_by="Run.id")
 

@@ -5,13 +5,23 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Response
 from sqlalchemy import select
 
+from dispatcher.auth.deps import (
+    Approver,
+    Editor,
+    Operator,
+    RateLimitedSender,
+    SenderOrOperator,
+    Staff,
+)
 from dispatcher.campaigns import service
 from dispatcher.campaigns.models import Campaign, Run
 from dispatcher.campaigns.schemas import (
     CampaignIn,
     CampaignOut,
+    ChannelPreviewOut,
     MessageIn,
     MessageOut,
+    ReasonIn,
     ScheduleIn,
 )
 from dispatcher.deps import AppSettings, DbSession, PathId
@@ -22,14 +32,15 @@ messages = APIRouter(prefix="/v1/messages", tags=["messages"])
 
 
 @router.post("", status_code=201, response_model=CampaignOut)
-def create_campaign(data: CampaignIn, session: DbSession) -> CampaignOut:
-    campaign = service.create(session=session, data=data)
+def create_campaign(data: CampaignIn, session: DbSession, caller: Editor) -> CampaignOut:
+    campaign = service.create(session=session, data=data, caller=caller)
     return service.to_out(session=session, campaign=campaign)
 
 
 @router.get("", response_model=list[CampaignOut])
 def list_campaigns(
     session: DbSession,
+    caller: Staff,
     status: str | None = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> list[CampaignOut]:
@@ -40,21 +51,53 @@ def list_campaigns(
 
 
 @router.get("/{campaign_id}", response_model=CampaignOut, summary="Status and live counts")
-def get_campaign(campaign_id: PathId, session: DbSession) -> CampaignOut:
+def get_campaign(campaign_id: PathId, session: DbSession, caller: Staff) -> CampaignOut:
     campaign = service.get_campaign(session=session, campaign_id=campaign_id)
     return service.to_out(session=session, campaign=campaign)
 
 
 @router.post("/{campaign_id}/submit", response_model=CampaignOut)
-def submit_campaign(campaign_id: PathId, session: DbSession) -> CampaignOut:
-    campaign = service.submit(session=session, campaign_id=campaign_id)
+def submit_campaign(campaign_id: PathId, session: DbSession, caller: Editor) -> CampaignOut:
+    campaign = service.submit(session=session, campaign_id=campaign_id, caller=caller)
     return service.to_out(session=session, campaign=campaign)
 
 
-@router.post("/{campaign_id}/approve", response_model=CampaignOut)
-def approve_campaign(campaign_id: PathId, session: DbSession, settings: AppSettings) -> CampaignOut:
-    campaign = service.approve(session=session, campaign_id=campaign_id, settings=settings)
+@router.post(
+    "/{campaign_id}/approve",
+    response_model=CampaignOut,
+    summary="Approve (not by the key that submitted it); freezes what was approved",
+)
+def approve_campaign(
+    campaign_id: PathId, session: DbSession, settings: AppSettings, caller: Approver
+) -> CampaignOut:
+    campaign = service.approve(
+        session=session, campaign_id=campaign_id, settings=settings, caller=caller
+    )
     return service.to_out(session=session, campaign=campaign)
+
+
+@router.post(
+    "/{campaign_id}/reject", response_model=CampaignOut, summary="Back to draft, saying why"
+)
+def reject_campaign(
+    campaign_id: PathId, data: ReasonIn, session: DbSession, caller: Approver
+) -> CampaignOut:
+    campaign = service.reject(
+        session=session, campaign_id=campaign_id, reason=data.reason, caller=caller
+    )
+    return service.to_out(session=session, campaign=campaign)
+
+
+@router.get(
+    "/{campaign_id}/preview",
+    response_model=list[ChannelPreviewOut],
+    summary="Every channel's message for a sample person, as the approver sees it",
+)
+def preview_campaign(
+    campaign_id: PathId, session: DbSession, caller: Staff
+) -> list[ChannelPreviewOut]:
+    campaign = service.get_campaign(session=session, campaign_id=campaign_id)
+    return service.preview_out(session=session, campaign=campaign)
 
 
 @router.put(
@@ -62,28 +105,44 @@ def approve_campaign(campaign_id: PathId, session: DbSession, settings: AppSetti
     response_model=CampaignOut,
     summary="Change a recurring rule (an approved campaign needs a new approval)",
 )
-def reschedule_campaign(campaign_id: PathId, data: ScheduleIn, session: DbSession) -> CampaignOut:
+def reschedule_campaign(
+    campaign_id: PathId, data: ScheduleIn, session: DbSession, caller: Editor
+) -> CampaignOut:
     campaign = service.reschedule(
-        session=session, campaign_id=campaign_id, schedule=data.schedule.model_dump(mode="json")
+        session=session,
+        campaign_id=campaign_id,
+        schedule=data.schedule.model_dump(mode="json"),
+        caller=caller,
     )
     return service.to_out(session=session, campaign=campaign)
 
 
 @router.post("/{campaign_id}/pause", response_model=CampaignOut)
-def pause_campaign(campaign_id: PathId, session: DbSession) -> CampaignOut:
-    campaign = service.pause(session=session, campaign_id=campaign_id)
+def pause_campaign(campaign_id: PathId, session: DbSession, caller: Operator) -> CampaignOut:
+    campaign = service.pause(session=session, campaign_id=campaign_id, caller=caller)
     return service.to_out(session=session, campaign=campaign)
 
 
 @router.post("/{campaign_id}/resume", response_model=CampaignOut)
-def resume_campaign(campaign_id: PathId, session: DbSession, settings: AppSettings) -> CampaignOut:
-    campaign = service.resume(session=session, campaign_id=campaign_id, settings=settings)
+def resume_campaign(
+    campaign_id: PathId, session: DbSession, settings: AppSettings, caller: Operator
+) -> CampaignOut:
+    campaign = service.resume(
+        session=session, campaign_id=campaign_id, settings=settings, caller=caller
+    )
     return service.to_out(session=session, campaign=campaign)
 
 
 @router.post("/{campaign_id}/cancel", response_model=CampaignOut)
-def cancel_campaign(campaign_id: PathId, session: DbSession) -> CampaignOut:
-    campaign = service.cancel(session=session, campaign_id=campaign_id)
+def cancel_campaign(
+    campaign_id: PathId, session: DbSession, caller: Operator, data: ReasonIn | None = None
+) -> CampaignOut:
+    campaign = service.cancel(
+        session=session,
+        campaign_id=campaign_id,
+        reason=data.reason if data else None,
+        caller=caller,
+    )
     return service.to_out(session=session, campaign=campaign)
 
 
@@ -98,6 +157,7 @@ def send_message(
     session: DbSession,
     settings: AppSettings,
     response: Response,
+    caller: RateLimitedSender,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> MessageOut:
     run, new = service.send_message(
@@ -109,7 +169,7 @@ def send_message(
 
 
 @messages.get("/{message_id}", response_model=MessageOut)
-def get_message(message_id: PathId, session: DbSession) -> MessageOut:
+def get_message(message_id: PathId, session: DbSession, caller: SenderOrOperator) -> MessageOut:
     run = session.get(Run, message_id)
     if run is None or run.slot is not None:
         raise NotFound(f"message {message_id} does not exist")

@@ -129,8 +129,30 @@ class CampaignOut(BaseModel):
     submitted_at: datetime | None
     approved_at: datetime | None
     completed_at: datetime | None
+    created_by: int | None = Field(default=None, description="API key ids (the two-person rule)")
+    submitted_by: int | None = None
+    approved_by: int | None = None
+    approved_audience_count: int | None = Field(
+        default=None, description="The audience's size when approved; a change withdraws it"
+    )
+    approval_expires_at: datetime | None = None
     counts: Counts
     runs: list[RunOut]
+
+
+class ReasonIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    reason: str = Field(min_length=1, max_length=500)
+
+
+class ChannelPreviewOut(BaseModel):
+    channel: str
+    locale: str | None
+    subject: str | None
+    body: str | None
+    html: str | None
+    problem: str | None = Field(default=None, description="Why this channel has no preview")
 
 
 class MessageIn(BaseModel):

@@ -6,19 +6,25 @@ cancelled from any unfinished state; paused / resumed while scheduled or running
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
+import structlog
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from dispatcher import audit
 from dispatcher.audiences import service as audiences
+from dispatcher.auth.service import Caller
 from dispatcher.campaigns.models import Campaign, Run
 from dispatcher.campaigns.schemas import (
     CampaignIn,
     CampaignOut,
+    ChannelPreviewOut,
     Counts,
     MessageDelivery,
     MessageIn,
@@ -30,9 +36,9 @@ from dispatcher.clock import utcnow
 from dispatcher.config import Settings
 from dispatcher.content import service as content
 from dispatcher.content.models import Template, TemplateVersion
-from dispatcher.content.render import choose_variant
+from dispatcher.content.render import Rendered, choose_variant
 from dispatcher.deliveries.models import CLAIMABLE_STATUSES, Delivery, DeliveryStatus
-from dispatcher.errors import Conflict, Invalid, NotFound
+from dispatcher.errors import Conflict, Forbidden, Invalid, NotFound
 from dispatcher.jobs import (
     PLAN_RUN,
     SEND_BATCH,
@@ -44,10 +50,13 @@ from dispatcher.jobs import (
 from dispatcher.recipients.models import Recipient
 from dispatcher.scheduling.service import first_firing
 
+log = structlog.get_logger(__name__)
+
 TRANSITIONS: dict[str, dict[str, str]] = {
     # action: {from status: to status}
     "submit": {"draft": "submitted"},
     "approve": {"submitted": "approved"},
+    "reject": {"submitted": "draft"},
     "pause": {"scheduled": "paused", "running": "paused"},
     "resume": {"paused": "running"},
     "cancel": {
@@ -57,6 +66,7 @@ TRANSITIONS: dict[str, dict[str, str]] = {
 
 HINTS = {
     ("approve", "draft"): "submit it first",
+    ("reject", "draft"): "it is not submitted",
     ("submit", "submitted"): "it is already waiting for approval",
     ("resume", "running"): "it is not paused",
 }
@@ -89,7 +99,7 @@ def _check_template_covers(
         )
 
 
-def create(*, session: Session, data: CampaignIn) -> Campaign:
+def create(*, session: Session, data: CampaignIn, caller: Caller | None = None) -> Campaign:
     try:
         template = content.get_template(session=session, key=data.template)
     except NotFound:
@@ -114,6 +124,7 @@ def create(*, session: Session, data: CampaignIn) -> Campaign:
         status="draft",
         created_at=now,
         updated_at=now,
+        created_by=caller.key_id if caller else None,
     )
     session.add(campaign)
     session.flush()
@@ -131,17 +142,95 @@ def _transition(campaign: Campaign, action: str) -> str:
     return target
 
 
-def submit(*, session: Session, campaign_id: int) -> Campaign:
+def _audit(session: Session, campaign: Campaign, actor: str, action: str, **data: Any) -> None:
+    audit.record(
+        session,
+        actor=actor,
+        action=f"campaign.{action}",
+        subject=f"campaign:{campaign.id}",
+        data={"status": campaign.status, **data},
+    )
+
+
+def submit(*, session: Session, campaign_id: int, caller: Caller | None = None) -> Campaign:
     campaign = get_campaign(session=session, campaign_id=campaign_id, lock=True)
     campaign.status = _transition(campaign, "submit")
     campaign.submitted_at = campaign.updated_at = utcnow()
+    campaign.submitted_by = caller.key_id if caller else None
+    campaign.status_reason = None
+    _audit(session, campaign, caller.label if caller else "system", "submit")
     return campaign
 
 
-def approve(*, session: Session, campaign_id: int, settings: Settings) -> Campaign:
-    """Approve, freezing the template version; launch now unless ``send_at`` is ahead."""
+@dataclass(frozen=True, slots=True)
+class ChannelPreview:
+    channel: str
+    rendered: Rendered | None
+
+
+def previews(*, session: Session, campaign: Campaign, version_id: int) -> list[ChannelPreview]:
+    """Each channel's message as the sample person would get it: what an approver reads."""
+    return [
+        ChannelPreview(
+            channel,
+            content.render_sample(
+                session=session,
+                version_id=version_id,
+                channel=channel,
+                variables=campaign.variables or {},
+            ),
+        )
+        for channel in campaign.channels
+    ]
+
+
+def preview_out(*, session: Session, campaign: Campaign) -> list[ChannelPreviewOut]:
+    version_id = campaign.template_version_id
+    if version_id is None:
+        template = session.get(Template, campaign.template_id)
+        assert template is not None
+        version_id = content.get_version(session=session, template=template).id
+    out = []
+    for item in previews(session=session, campaign=campaign, version_id=version_id):
+        r = item.rendered
+        out.append(
+            ChannelPreviewOut(
+                channel=item.channel,
+                locale=r.locale if r else None,
+                subject=r.subject if r else None,
+                body=r.body if r else None,
+                html=r.html if r else None,
+                problem=None if r else "the template has no variant for this channel",
+            )
+        )
+    return out
+
+
+def preview_hash(*, session: Session, campaign: Campaign, version_id: int) -> str:
+    digest = hashlib.sha256()
+    for item in previews(session=session, campaign=campaign, version_id=version_id):
+        r = item.rendered
+        parts = [item.channel] + ([r.subject or "", r.body, r.html or ""] if r else ["-"])
+        digest.update("\x1f".join(parts).encode() + b"\x1e")
+    return digest.hexdigest()
+
+
+def audience_count(*, session: Session, campaign: Campaign) -> int:
+    where = audiences.compile_for(session, campaign.audience)
+    return session.scalar(select(func.count()).select_from(Recipient).where(where)) or 0
+
+
+def approve(
+    *, session: Session, campaign_id: int, settings: Settings, caller: Caller | None = None
+) -> Campaign:
+    """Approve, freezing the template version, the preview and the audience count; launch now
+    unless ``send_at`` is ahead. The key that submitted a campaign cannot approve it."""
     campaign = get_campaign(session=session, campaign_id=campaign_id, lock=True)
     _transition(campaign, "approve")
+    if caller is not None and campaign.submitted_by == caller.key_id:
+        raise Forbidden(
+            f"{caller.label} submitted this campaign; a different approver must approve it"
+        )
     template = session.get(Template, campaign.template_id)
     assert template is not None
     version = content.get_version(session=session, template=template)
@@ -149,14 +238,114 @@ def approve(*, session: Session, campaign_id: int, settings: Settings) -> Campai
     now = utcnow()
     campaign.template_version_id = version.id
     campaign.approved_at = campaign.updated_at = now
+    campaign.approved_by = caller.key_id if caller else None
+    campaign.approved_preview_hash = preview_hash(
+        session=session, campaign=campaign, version_id=version.id
+    )
+    campaign.approved_audience_count = audience_count(session=session, campaign=campaign)
+    campaign.status_reason = None
     if campaign.schedule is not None:
         campaign.status = "scheduled"
         campaign.next_fire_at = first_firing(campaign, now)
     elif campaign.send_at is not None and campaign.send_at > now:
         campaign.status = "scheduled"
     else:
+        campaign.status = "approved"
+    start = campaign.next_fire_at or campaign.send_at or now
+    campaign.approval_expires_at = max(start, now) + timedelta(
+        seconds=settings.approval_ttl_seconds
+    )
+    _audit(
+        session,
+        campaign,
+        caller.label if caller else "system",
+        "approve",
+        template_version=version.version,
+        preview_hash=campaign.approved_preview_hash,
+        audience_count=campaign.approved_audience_count,
+        expires_at=campaign.approval_expires_at,
+    )
+    if campaign.status == "approved":
         launch(session=session, campaign=campaign, settings=settings, at=campaign.send_at or now)
     return campaign
+
+
+def reject(
+    *, session: Session, campaign_id: int, reason: str, caller: Caller | None = None
+) -> Campaign:
+    """Send a submitted campaign back to its editors, saying why."""
+    campaign = get_campaign(session=session, campaign_id=campaign_id, lock=True)
+    campaign.status = _transition(campaign, "reject")
+    campaign.status_reason = f"rejected: {reason}"
+    campaign.submitted_at = campaign.submitted_by = None
+    campaign.updated_at = utcnow()
+    _audit(session, campaign, caller.label if caller else "system", "reject", reason=reason)
+    return campaign
+
+
+def withdraw(*, session: Session, campaign: Campaign, reason: str, actor: str = "system") -> None:
+    """Take an approval back: the campaign waits for a new approval, saying why."""
+    campaign.status = "submitted"
+    campaign.status_reason = f"approval withdrawn: {reason}"
+    campaign.approved_at = campaign.approved_by = campaign.approval_expires_at = None
+    campaign.approved_preview_hash = campaign.approved_audience_count = None
+    campaign.next_fire_at = None
+    campaign.updated_at = utcnow()
+    log.warning("approval_withdrawn", campaign_id=campaign.id, reason=reason)
+    _audit(session, campaign, actor, "withdraw", reason=reason)
+
+
+def approval_problem(*, session: Session, campaign: Campaign, now: datetime) -> str | None:
+    """Why the campaign's approval no longer holds, or None. Checked before each launch.
+
+    The audience count is compared before the first run only: a recurring campaign's
+    audience grows and shrinks between firings by design.
+    """
+    if campaign.approved_preview_hash is None:
+        return None  # approved before approvals were frozen (or a transactional campaign)
+    first = session.scalar(select(Run.id).where(Run.campaign_id == campaign.id).limit(1)) is None
+    if first and campaign.approval_expires_at is not None and now > campaign.approval_expires_at:
+        return "it expired before the campaign was sent"
+    template = session.get(Template, campaign.template_id)
+    assert template is not None
+    latest = content.get_version(session=session, template=template)
+    if latest.id != campaign.template_version_id:
+        return f"template {template.key!r} has a new version (v{latest.version})"
+    assert campaign.template_version_id is not None
+    seen = preview_hash(session=session, campaign=campaign, version_id=campaign.template_version_id)
+    if seen != campaign.approved_preview_hash:
+        return "the rendered preview changed"
+    if first:
+        count = audience_count(session=session, campaign=campaign)
+        if count != campaign.approved_audience_count:
+            return f"the audience changed from {campaign.approved_audience_count} to {count}"
+    return None
+
+
+def still_approved(*, session: Session, campaign: Campaign, now: datetime) -> bool:
+    problem = approval_problem(session=session, campaign=campaign, now=now)
+    if problem is None:
+        return True
+    withdraw(session=session, campaign=campaign, reason=problem)
+    return False
+
+
+def withdraw_for_template(*, session: Session, template_id: int, version: int) -> list[int]:
+    """A new template version withdraws approvals that have not started sending."""
+    waiting = session.scalars(
+        select(Campaign)
+        .where(Campaign.template_id == template_id)
+        .where(Campaign.status.in_(("approved", "scheduled")))
+        .where(Campaign.approved_preview_hash.is_not(None))
+        .with_for_update()
+    ).all()
+    for campaign in waiting:
+        withdraw(
+            session=session,
+            campaign=campaign,
+            reason=f"the template has a new version (v{version})",
+        )
+    return [c.id for c in waiting]
 
 
 def launch(
@@ -217,13 +406,21 @@ def launch_due(*, session: Session, settings: Settings, now: datetime | None = N
     runs = []
     for campaign in due:
         assert campaign.send_at is not None
+        if not still_approved(session=session, campaign=campaign, now=now):
+            continue
         run = launch(session=session, campaign=campaign, settings=settings, at=campaign.send_at)
         if run is not None:
             runs.append(run)
     return runs
 
 
-def reschedule(*, session: Session, campaign_id: int, schedule: dict[str, Any]) -> Campaign:
+def reschedule(
+    *,
+    session: Session,
+    campaign_id: int,
+    schedule: dict[str, Any],
+    caller: Caller | None = None,
+) -> Campaign:
     """Change a recurring rule. An approved rule must be approved again before it fires."""
     campaign = get_campaign(session=session, campaign_id=campaign_id, lock=True)
     if campaign.status not in ("draft", "submitted", "approved", "scheduled", "paused"):
@@ -232,18 +429,19 @@ def reschedule(*, session: Session, campaign_id: int, schedule: dict[str, Any]) 
         raise Conflict("this campaign has no schedule; it sends once (send_at)")
     campaign.schedule = schedule
     campaign.next_fire_at = None
+    actor = caller.label if caller else "system"
     if campaign.status != "draft":
-        campaign.status = "submitted"
-        campaign.approved_at = None
-        campaign.status_reason = "schedule changed: needs a new approval"
+        withdraw(session=session, campaign=campaign, reason="the schedule changed", actor=actor)
     campaign.updated_at = utcnow()
+    _audit(session, campaign, actor, "reschedule", schedule=schedule)
     return campaign
 
 
-def pause(*, session: Session, campaign_id: int) -> Campaign:
+def pause(*, session: Session, campaign_id: int, caller: Caller | None = None) -> Campaign:
     campaign = get_campaign(session=session, campaign_id=campaign_id, lock=True)
     campaign.status = _transition(campaign, "pause")
     campaign.updated_at = utcnow()
+    _audit(session, campaign, caller.label if caller else "system", "pause")
     session.execute(
         update(Run)
         .where(Run.campaign_id == campaign.id, Run.status.in_(("planning", "running")))
@@ -252,10 +450,13 @@ def pause(*, session: Session, campaign_id: int) -> Campaign:
     return campaign
 
 
-def resume(*, session: Session, campaign_id: int, settings: Settings) -> Campaign:
+def resume(
+    *, session: Session, campaign_id: int, settings: Settings, caller: Caller | None = None
+) -> Campaign:
     campaign = get_campaign(session=session, campaign_id=campaign_id, lock=True)
     _transition(campaign, "resume")
     now = utcnow()
+    _audit(session, campaign, caller.label if caller else "system", "resume")
     runs = session.scalars(
         select(Run).where(Run.campaign_id == campaign.id, Run.status == "paused")
     ).all()
@@ -276,10 +477,17 @@ def resume(*, session: Session, campaign_id: int, settings: Settings) -> Campaig
     return campaign
 
 
-def cancel(*, session: Session, campaign_id: int, reason: str | None = None) -> Campaign:
+def cancel(
+    *,
+    session: Session,
+    campaign_id: int,
+    reason: str | None = None,
+    caller: Caller | None = None,
+) -> Campaign:
     campaign = get_campaign(session=session, campaign_id=campaign_id, lock=True)
     campaign.status = _transition(campaign, "cancel")
     now = utcnow()
+    _audit(session, campaign, caller.label if caller else "system", "cancel", reason=reason)
     campaign.updated_at = campaign.completed_at = now
     campaign.next_fire_at = None
     campaign.status_reason = reason
@@ -348,6 +556,11 @@ def to_out(*, session: Session, campaign: Campaign) -> CampaignOut:
         submitted_at=campaign.submitted_at,
         approved_at=campaign.approved_at,
         completed_at=campaign.completed_at,
+        created_by=campaign.created_by,
+        submitted_by=campaign.submitted_by,
+        approved_by=campaign.approved_by,
+        approved_audience_count=campaign.approved_audience_count,
+        approval_expires_at=campaign.approval_expires_at,
         counts=counts(session=session, campaign_id=campaign.id),
         runs=[
             RunOut(

@@ -350,3 +350,24 @@ def load_builtin_templates(*, session: Session, directory: Path | None = None) -
             raise ValueError(f"built-in template {path.name}: {exc}") from exc
         loaded.append(template.key)
     return loaded
+
+
+def render_sample(
+    *, session: Session, version_id: int, channel: str, variables: Mapping[str, Any]
+) -> Rendered | None:
+    """A version's Vietnamese variant for ``channel`` rendered for the sample person, with a
+    fixed calendar: the same inputs always give the same text (what an approver sees)."""
+    defaults, variants = versions.get(session, version_id)
+    variant = choose_variant(variants, channel, "vi")
+    if variant is None:
+        return None
+    view = recipient_view(_sample_fields(_SAMPLE_PEOPLE[0]), variant.locale)
+    context = build_context(
+        view,
+        defaults=defaults,
+        variables={**SAMPLE_CALENDAR, **variables},
+        channel=channel,
+        locale=variant.locale,
+        unsubscribe_url="https://example.invalid/u/preview",
+    )
+    return renderer.render(variant, context)

@@ -40,7 +40,7 @@ from channels.base import (
     TransientError,
 )
 from channels.pool import AdapterPool
-from dispatcher import ratelimit, secrets
+from dispatcher import audit, ratelimit, secrets
 from dispatcher.campaigns.models import Campaign, Run
 from dispatcher.campaigns.planner import Rows, complete_if_done, enqueue_batch
 from dispatcher.campaigns.service import queue_for
@@ -672,6 +672,8 @@ class BatchProcessor:
             if fresh_run is not None:
                 session.flush()
                 complete_if_done(session=session, run=fresh_run)
+            # Last in the transaction: appending holds the audit chain's head until commit.
+            audit.record_attempts(connection, rows=tries, worker=WORKER_NAME, run_id=run.id)
         return report
 
     def _release(self, work: list[Work], lease_until: datetime) -> None:

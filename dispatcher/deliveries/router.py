@@ -2,13 +2,17 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 
+from dispatcher.auth.deps import require
+from dispatcher.auth.service import Role
 from dispatcher.deliveries import service
 from dispatcher.deliveries.schemas import DeliveryPage
 from dispatcher.deps import DbSession, QueryId
 
-router = APIRouter(prefix="/v1/deliveries", tags=["deliveries"])
+router = APIRouter(
+    prefix="/v1/deliveries", tags=["deliveries"], dependencies=[Depends(require(Role.operator))]
+)
 
 
 @router.get("", response_model=DeliveryPage, summary="Deliveries with their attempts, by cursor")

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from sqlalchemy import func, select, update
 
+from dispatcher.auth.deps import Sender, SenderOrOperator
 from dispatcher.clock import utcnow
 from dispatcher.deliveries.service import decode_cursor, encode_cursor
 from dispatcher.deps import DbSession, PathId
@@ -40,6 +41,7 @@ def _out(item: InboxItem) -> InboxItemOut:
 
 @router.get("/v1/inbox/{external_id}", response_model=InboxPage, summary="Newest first")
 def read_inbox(
+    caller: SenderOrOperator,
     external_id: str,
     session: DbSession,
     cursor: str | None = None,
@@ -73,7 +75,9 @@ def read_inbox(
 
 
 @router.post("/v1/inbox/{external_id}/{item_id}/read", response_model=InboxItemOut)
-def mark_read(external_id: str, item_id: PathId, session: DbSession) -> InboxItemOut:
+def mark_read(
+    external_id: str, item_id: PathId, session: DbSession, caller: Sender
+) -> InboxItemOut:
     recipient_id = _recipient_id(session, external_id)
     item = session.get(InboxItem, item_id)
     if item is None or item.recipient_id != recipient_id:
@@ -89,7 +93,9 @@ def mark_read(external_id: str, item_id: PathId, session: DbSession) -> InboxIte
     status_code=201,
     summary="Register a VssID device for pushes (re-registering a token moves it)",
 )
-def register_device(external_id: str, data: DeviceIn, session: DbSession) -> DeviceOut:
+def register_device(
+    external_id: str, data: DeviceIn, session: DbSession, caller: Sender
+) -> DeviceOut:
     recipient_id = _recipient_id(session, external_id)
     now = utcnow()
     session.execute(

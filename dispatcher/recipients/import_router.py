@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import anyio
 import anyio.from_thread
 import anyio.to_thread
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from pydantic import BaseModel, Field
 
 from dispatcher.db import get_database
@@ -29,7 +29,12 @@ from dispatcher.recipients.importer import (
 
 __all__ = ["ImportReport", "RejectedRow", "router"]
 
-router = APIRouter(prefix="/v1/recipients", tags=["recipients"])
+from dispatcher.auth.deps import require
+from dispatcher.auth.service import Role
+
+router = APIRouter(
+    prefix="/v1/recipients", tags=["recipients"], dependencies=[Depends(require(Role.editor))]
+)
 
 CONTENT_TYPES: dict[str, ImportFormat] = {
     "text/csv": ImportFormat.csv,

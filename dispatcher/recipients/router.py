@@ -7,6 +7,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from pydantic import TypeAdapter, ValidationError
 
+from dispatcher.auth.deps import Editor, EditorOrOperator
 from dispatcher.deps import DbSession
 from dispatcher.errors import NotFound
 from dispatcher.recipients import service
@@ -79,7 +80,7 @@ async def _parse(request: Request) -> RecipientIn | list[RecipientIn]:
     summary="Create or update one recipient (object) or many (array), by external_id",
 )
 async def upsert_recipients(
-    request: Request, response: Response, session: DbSession
+    request: Request, response: Response, session: DbSession, caller: Editor
 ) -> RecipientOut | UpsertSummary:
     body = await _parse(request)
     # Blocking database work never runs on the event loop: a request waiting there for
@@ -101,7 +102,7 @@ def _upsert(
 
 
 @router.get("/{external_id}", response_model=RecipientOut)
-def get_recipient(external_id: str, session: DbSession) -> RecipientOut:
+def get_recipient(external_id: str, session: DbSession, caller: EditorOrOperator) -> RecipientOut:
     recipient = service.get_by_external_id(session=session, external_id=external_id)
     if recipient is None:
         raise NotFound(f"recipient {external_id!r} does not exist")

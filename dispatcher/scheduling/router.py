@@ -5,15 +5,17 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel
 
+from dispatcher.auth.deps import require
+from dispatcher.auth.service import STAFF
 from dispatcher.clock import utcnow
 from dispatcher.deps import DbSession
 from dispatcher.scheduling import rules, service
 from dispatcher.scheduling.windows import VIETNAM
 
-router = APIRouter(prefix="/v1", tags=["schedules"])
+router = APIRouter(prefix="/v1", tags=["schedules"], dependencies=[Depends(require(*STAFF))])
 
 
 class FiringOut(BaseModel):

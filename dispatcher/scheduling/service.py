@@ -65,7 +65,7 @@ def _skip(session: Session, campaign: Campaign, slot: datetime, now: datetime) -
 
 def fire_due(*, session: Session, settings: Settings, now: datetime | None = None) -> FireReport:
     """Fire every recurring campaign whose next firing has come (run by the scheduler)."""
-    from dispatcher.campaigns.service import launch
+    from dispatcher.campaigns.service import launch, still_approved
 
     now = now or utcnow()
     grace = timedelta(seconds=settings.schedule_grace_seconds)
@@ -80,6 +80,8 @@ def fire_due(*, session: Session, settings: Settings, now: datetime | None = Non
     ).all()
     for campaign in due:
         assert campaign.schedule is not None and campaign.next_fire_at is not None
+        if not still_approved(session=session, campaign=campaign, now=now):
+            continue
         rule = rules.parse(campaign.schedule)
         slot = campaign.next_fire_at
         for _ in range(MAX_SLOTS_PER_TICK):

@@ -15,6 +15,7 @@ from tests.channels.test_fcm import generate_key_pem, service_account_info
 from tests.emulators.fcm import FcmEmulator
 from tests.emulators.telegram import TelegramEmulator
 from tests.emulators.zalo import ZaloEmulator
+from tests.support import approve
 
 # 10:00 in Vietnam on an ordinary Tuesday: promotions may go out.
 DAYTIME = datetime(2026, 3, 10, 3, 0, tzinfo=UTC)
@@ -119,7 +120,7 @@ def campaign(client: Any) -> Callable[..., int]:
         assert created.status_code == 201, created.text
         campaign_id = int(created.json()["id"])
         client.post(f"/v1/campaigns/{campaign_id}/submit")
-        assert client.post(f"/v1/campaigns/{campaign_id}/approve").status_code == 200
+        assert approve(client, campaign_id).status_code == 200
         return campaign_id
 
     return launch

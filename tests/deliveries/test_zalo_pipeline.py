@@ -14,7 +14,7 @@ from dispatcher.clock import clock
 from dispatcher.config import get_settings
 from dispatcher.db import Database
 from tests.emulators.zalo import ZaloEmulator
-from tests.support import wait_for
+from tests.support import approve, wait_for
 from tests.test_end_to_end import all_deliveries, campaign_status
 
 DAY = datetime(2026, 3, 10, 3, 0, tzinfo=UTC)  # 10:00 in Vietnam
@@ -66,7 +66,7 @@ def launch(client: Any, kind: str) -> int:
         },
     ).json()
     client.post(f"/v1/campaigns/{created['id']}/submit")
-    client.post(f"/v1/campaigns/{created['id']}/approve")
+    approve(client, created["id"])
     return int(created["id"])
 
 

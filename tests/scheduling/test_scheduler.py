@@ -20,7 +20,7 @@ from dispatcher.db import Database
 from dispatcher.deliveries.models import Delivery
 from dispatcher.recipients.models import Recipient
 from dispatcher.scheduling.service import fire_due
-from tests.support import wait_for
+from tests.support import approve, wait_for
 from workers.scheduler import LEADER_KEY, Leadership
 
 VN = ZoneInfo("Asia/Ho_Chi_Minh")
@@ -52,7 +52,7 @@ def recurring(client: Any, schedule: dict[str, Any], **extra: Any) -> int:
     assert created.status_code == 201, created.text
     campaign_id = int(created.json()["id"])
     client.post(f"/v1/campaigns/{campaign_id}/submit")
-    approved = client.post(f"/v1/campaigns/{campaign_id}/approve").json()
+    approved = approve(client, campaign_id).json()
     assert approved["status"] == "scheduled"
     return campaign_id
 
@@ -215,7 +215,7 @@ def test_editing_a_rule_needs_a_new_approval_and_pause_resume(client, job_queue)
     ).json()
     assert edited["status"] == "submitted" and edited["next_fire_at"] is None
     assert "approval" in edited["status_reason"]
-    approved = client.post(f"/v1/campaigns/{campaign_id}/approve").json()
+    approved = approve(client, campaign_id).json()
     assert approved["next_fire_at"] == vn(2027, 1, 1, 6, 30).isoformat().replace("+00:00", "Z")
     assert client.post(f"/v1/campaigns/{campaign_id}/pause").json()["status"] == "paused"
     resumed = client.post(f"/v1/campaigns/{campaign_id}/resume").json()

@@ -19,6 +19,7 @@ from dispatcher.deliveries.models import Delivery
 from dispatcher.deliveries.pipeline import BatchProcessor
 from dispatcher.loop import get_loop
 from dispatcher.scheduling.windows import next_open
+from tests.support import approve
 
 VN = ZoneInfo("Asia/Ho_Chi_Minh")
 
@@ -68,7 +69,7 @@ def setup(client: Any, kind: str) -> int:
         },
     ).json()
     client.post(f"/v1/campaigns/{created['id']}/submit")
-    client.post(f"/v1/campaigns/{created['id']}/approve")
+    approve(client, created["id"])
     return int(created["id"])
 
 

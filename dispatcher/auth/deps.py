@@ -1,0 +1,95 @@
+"""Request dependencies that say who is calling and refuse the wrong role.
+
+A key comes as ``Authorization: Bearer <key>``, or, for the dashboard, in the
+``dispatcher_key`` cookie. Missing or unusable: 401. Usable but the wrong role: 403.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
+
+from dispatcher import jobs
+from dispatcher.auth.service import STAFF, Caller, Role, Unauthenticated, authenticate
+from dispatcher.db import get_database
+from dispatcher.ratelimit import MemoryBucket, take_now
+
+COOKIE = "dispatcher_key"
+
+_bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer bhxh_…`")
+_cookie = APIKeyCookie(name=COOKIE, auto_error=False, description="The dashboard's session")
+
+
+def _unauthorized(reason: str) -> HTTPException:
+    return HTTPException(401, detail=reason, headers={"WWW-Authenticate": "Bearer"})
+
+
+def current_caller(
+    request: Request,
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    cookie: Annotated[str | None, Depends(_cookie)],
+) -> Caller:
+    key = bearer.credentials if bearer is not None else cookie
+    if not key:
+        raise _unauthorized("an API key is required: Authorization: Bearer <key>")
+    try:
+        # A short transaction of its own: the request's session may not exist (streaming
+        # endpoints manage their own) and must not be held open around a long body.
+        with get_database().transaction() as session:
+            caller = authenticate(session, key)
+    except Unauthenticated as exc:
+        raise _unauthorized(str(exc)) from None
+    request.state.caller = caller
+    return caller
+
+
+def require(*roles: Role) -> Callable[[Caller], Caller]:
+    """A dependency letting through the given roles, and admins."""
+    allowed = {Role.admin, *roles}
+    names = " or ".join(r.value for r in roles) if roles else Role.admin.value
+
+    def check(caller: Annotated[Caller, Depends(current_caller)]) -> Caller:
+        if caller.role not in allowed:
+            raise HTTPException(
+                403, detail=f"this needs the {names} role; {caller.label} is {caller.role.value}"
+            )
+        return caller
+
+    return check
+
+
+Editor = Annotated[Caller, Depends(require(Role.editor))]
+Approver = Annotated[Caller, Depends(require(Role.approver))]
+Operator = Annotated[Caller, Depends(require(Role.operator))]
+Admin = Annotated[Caller, Depends(require())]
+Staff = Annotated[Caller, Depends(require(*STAFF))]
+EditorOrOperator = Annotated[Caller, Depends(require(Role.editor, Role.operator))]
+Sender = Annotated[Caller, Depends(require(Role.sender))]
+SenderOrOperator = Annotated[Caller, Depends(require(Role.sender, Role.operator))]
+
+_memory_bucket = MemoryBucket()
+
+
+def sender_within_rate(caller: Sender) -> Caller:
+    """A sender key may send ``messages_per_second_per_key`` (a burst of ``..._burst``)."""
+    queue = jobs.get_job_queue()
+    key = f"api-key:{caller.key_id}"
+    rate = queue.settings.messages_per_second_per_key
+    burst = queue.settings.messages_burst_per_key
+    if isinstance(queue.markers, jobs.RedisMarkers):
+        wait = take_now(queue.markers.client, key, rate, burst)
+    else:
+        wait = _memory_bucket.take_now(key, rate, burst)
+    if wait > 0:
+        raise HTTPException(
+            429,
+            detail=f"{caller.label} is over its rate of {rate:g} messages/s; retry shortly",
+            headers={"Retry-After": str(max(1, round(wait + 0.5)))},
+        )
+    return caller
+
+
+RateLimitedSender = Annotated[Caller, Depends(sender_within_rate)]

@@ -1,0 +1,267 @@
+"""API keys and roles: every route refuses a missing key and a wrong role."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from dispatcher.app import create_app
+from dispatcher.auth.service import Role
+from dispatcher.clock import utcnow
+from dispatcher.config import Settings
+from dispatcher.db import Database
+from tests.conftest import make_key
+
+EDITOR, APPROVER, OPERATOR, SENDER = "editor", "approver", "operator", "sender"
+STAFF = {EDITOR, APPROVER, OPERATOR}
+
+# Who may call what (admins may call everything). A route missing here fails the test, so a
+# new route cannot ship without a decision about who may use it.
+ROLES: dict[tuple[str, str], set[str]] = {
+    ("POST", "/v1/recipients/import"): {EDITOR},
+    ("POST", "/v1/recipients"): {EDITOR},
+    ("GET", "/v1/recipients/{external_id}"): {EDITOR, OPERATOR},
+    ("POST", "/v1/recipients/{external_id}/devices"): {SENDER},
+    ("POST", "/v1/audiences/preview"): {EDITOR},
+    ("POST", "/v1/audiences"): {EDITOR},
+    ("GET", "/v1/audiences"): {EDITOR},
+    ("GET", "/v1/audiences/{name}"): {EDITOR},
+    ("POST", "/v1/templates"): {EDITOR},
+    ("GET", "/v1/templates"): STAFF,
+    ("GET", "/v1/templates/{key}"): STAFF,
+    ("POST", "/v1/templates/{key}/preview"): STAFF,
+    ("POST", "/v1/campaigns"): {EDITOR},
+    ("GET", "/v1/campaigns"): STAFF,
+    ("GET", "/v1/campaigns/{campaign_id}"): STAFF,
+    ("POST", "/v1/campaigns/{campaign_id}/submit"): {EDITOR},
+    ("POST", "/v1/campaigns/{campaign_id}/approve"): {APPROVER},
+    ("POST", "/v1/campaigns/{campaign_id}/reject"): {APPROVER},
+    ("GET", "/v1/campaigns/{campaign_id}/preview"): STAFF,
+    ("PUT", "/v1/campaigns/{campaign_id}/schedule"): {EDITOR},
+    ("POST", "/v1/campaigns/{campaign_id}/pause"): {OPERATOR},
+    ("POST", "/v1/campaigns/{campaign_id}/resume"): {OPERATOR},
+    ("POST", "/v1/campaigns/{campaign_id}/cancel"): {OPERATOR},
+    ("POST", "/v1/messages"): {SENDER},
+    ("GET", "/v1/messages/{message_id}"): {SENDER, OPERATOR},
+    ("GET", "/v1/deliveries"): {OPERATOR},
+    ("GET", "/v1/inbox/{external_id}"): {SENDER, OPERATOR},
+    ("POST", "/v1/inbox/{external_id}/{item_id}/read"): {SENDER},
+    ("GET", "/v1/schedules/upcoming"): STAFF,
+    ("GET", "/v1/occasions"): STAFF,
+    ("POST", "/v1/keys"): set(),
+    ("GET", "/v1/keys"): set(),
+    ("DELETE", "/v1/keys/{key_id}"): set(),
+}
+
+# Open on purpose: probes, the citizen's unsubscribe link, and the API's own description.
+PUBLIC = {
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/u/{token}"),
+    ("POST", "/u/{token}"),
+    ("GET", "/openapi.json"),
+    ("GET", "/docs"),
+    ("GET", "/docs/oauth2-redirect"),
+    ("GET", "/redoc"),
+}
+
+
+def _walk(routes: list[Any], prefix: str = "") -> Iterator[tuple[str, str]]:
+    for route in routes:
+        if hasattr(route, "original_router"):  # an included router
+            yield from _walk(route.original_router.routes, prefix + route.include_context.prefix)
+            continue
+        for method in sorted(getattr(route, "methods", None) or ()):
+            if method != "HEAD":
+                yield method, prefix + route.path
+
+
+def route_table(app: Any) -> list[tuple[str, str]]:
+    return sorted(set(_walk(app.routes)))
+
+
+def _concrete(path: str) -> str:
+    return re.sub(r"\{[^}]+\}", "999999", path)
+
+
+@pytest.fixture()
+def keys(db: Database) -> dict[str, str]:
+    return {role.value: make_key(db, role.value, f"{role.value} key") for role in Role}
+
+
+@pytest.fixture()
+def bare(settings: Settings, db: Database, job_queue: object) -> Iterator[TestClient]:
+    with TestClient(create_app(settings, configure_jobs=False)) as test_client:
+        yield test_client
+
+
+def test_every_route_is_in_the_role_table(bare: TestClient) -> None:
+    table = route_table(bare.app)
+    unknown = [r for r in table if r not in ROLES and r not in PUBLIC]
+    assert not unknown, f"routes with no decision about who may call them: {unknown}"
+    gone = [r for r in ROLES if r not in table]
+    assert not gone, f"the role table lists routes the app does not have: {gone}"
+
+
+def test_every_route_refuses_a_missing_key_and_a_wrong_role(
+    bare: TestClient, keys: dict[str, str]
+) -> None:
+    checked = 0
+    for method, path in route_table(bare.app):
+        if (method, path) in PUBLIC:
+            continue
+        url = _concrete(path)
+        missing = bare.request(method, url)
+        assert missing.status_code == 401, (method, path, missing.text)
+        assert missing.headers["www-authenticate"] == "Bearer"
+        allowed = ROLES[(method, path)] | {"admin"}
+        for role, key in keys.items():
+            answer = bare.request(method, url, headers={"Authorization": f"Bearer {key}"})
+            if role in allowed:
+                assert answer.status_code not in (401, 403), (role, method, path, answer.text)
+            else:
+                assert answer.status_code == 403, (role, method, path, answer.text)
+                assert f"is {role}" in answer.json()["detail"]
+        checked += 1
+    assert checked >= len(ROLES)
+
+
+def test_unusable_keys_are_refused_with_the_reason(
+    bare: TestClient, db: Database, keys: dict[str, str]
+) -> None:
+    def status(key: str) -> tuple[int, str]:
+        answer = bare.get("/v1/campaigns", headers={"Authorization": f"Bearer {key}"})
+        body = answer.json()
+        return answer.status_code, body["detail"] if isinstance(body, dict) else ""
+
+    assert status("nonsense") == (401, "not an API key of this service")
+    editor = keys["editor"]
+    assert status(editor[:-2] + "xx") == (401, "unknown API key")
+    with TestClient(bare.app, cookies={"dispatcher_key": editor}) as browser:
+        assert browser.get("/v1/campaigns").status_code == 200
+
+    from dispatcher.auth.service import create_key
+
+    with db.transaction() as session:
+        row, short_lived = create_key(
+            session, role="operator", name="tạm", expires_at=utcnow() + timedelta(hours=1)
+        )
+    assert status(short_lived) == (200, "")
+    with db.transaction() as session:
+        row = session.merge(row)
+        row.expires_at = utcnow() - timedelta(seconds=1)
+    assert status(short_lived) == (401, "this API key has expired")
+
+
+def test_admins_create_list_and_revoke_keys(bare: TestClient, keys: dict[str, str]) -> None:
+    admin = {"Authorization": f"Bearer {keys['admin']}"}
+    made = bare.post(
+        "/v1/keys", json={"name": "Phòng Truyền thông", "role": "editor"}, headers=admin
+    )
+    assert made.status_code == 201, made.text
+    body = made.json()
+    new = {"Authorization": f"Bearer {body['key']}"}
+    assert bare.get("/v1/templates", headers=new).status_code == 200
+
+    listed = bare.get("/v1/keys", headers=admin).json()
+    assert body["id"] in [k["id"] for k in listed]
+    assert all("key" not in k and "secret_hash" not in k for k in listed), "never shown again"
+
+    bad_role = bare.post("/v1/keys", json={"name": "x", "role": "root"}, headers=admin)
+    assert bad_role.status_code == 422
+    assert (
+        bare.post("/v1/keys", json={"name": "x", "role": "admin"}, headers=new).status_code == 403
+    )
+
+    own_id = next(k["id"] for k in listed if k["name"] == "admin key")
+    assert bare.delete(f"/v1/keys/{own_id}", headers=admin).status_code == 409
+
+    revoked = bare.delete(f"/v1/keys/{body['id']}", headers=admin)
+    assert revoked.status_code == 200 and revoked.json()["revoked_at"]
+    refused = bare.get("/v1/templates", headers=new)
+    assert (refused.status_code, refused.json()["detail"]) == (401, "this API key was revoked")
+    again = bare.delete(f"/v1/keys/{body['id']}", headers=admin)
+    assert again.status_code == 409
+
+
+def test_the_key_is_stored_hashed(db: Database, keys: dict[str, str]) -> None:
+    from sqlalchemy import select
+
+    from dispatcher.auth.models import ApiKey
+
+    with db.transaction() as session:
+        stored = session.scalars(select(ApiKey.secret_hash)).all()
+    for key in keys.values():
+        assert key not in stored
+        assert all(key.split("_", 2)[2] not in h for h in stored)
+
+
+def test_transactional_messages_are_rate_limited_per_key(
+    bare: TestClient, db: Database, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(settings, "messages_per_second_per_key", 0.01)
+    monkeypatch.setattr(settings, "messages_burst_per_key", 2)
+    first = {"Authorization": f"Bearer {make_key(db, 'sender', 'Cổng dịch vụ công')}"}
+    second = {"Authorization": f"Bearer {make_key(db, 'sender', 'Ứng dụng VssID')}"}
+    body = {"recipient": "nobody", "template": "fraud_warning", "channels": ["email"]}
+    # Unknown recipient: 422 each time, but each call still spends the key's budget.
+    codes = [bare.post("/v1/messages", json=body, headers=first).status_code for _ in range(3)]
+    assert codes == [422, 422, 429]
+    limited = bare.post("/v1/messages", json=body, headers=first)
+    assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
+    assert "over its rate" in limited.json()["detail"]
+    assert bare.post("/v1/messages", json=body, headers=second).status_code == 422, "per key"
+
+
+def test_keys_create_on_the_command_line(settings: Settings, db: Database, tmp_path: Any) -> None:
+    env = {k: v for k, v in os.environ.items()}
+    made = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dispatcher.cli",
+            "keys",
+            "create",
+            "--role",
+            "approver",
+            "--name",
+            "Trưởng phòng",
+            "--expires-in-days",
+            "30",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert made.returncode == 0, made.stderr
+    key = made.stdout.strip()
+    assert key.startswith("bhxh_") and "\n" not in key
+    assert "printed below once" in made.stderr and key not in made.stderr
+
+    bad = subprocess.run(
+        [sys.executable, "-m", "dispatcher.cli", "keys", "create", "--role", "boss", "--name", "x"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 2 and "unknown role 'boss'" in bad.stderr
+
+    listed = subprocess.run(
+        [sys.executable, "-m", "dispatcher.cli", "keys", "list"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert "Trưởng phòng" in listed.stdout and key not in listed.stdout
