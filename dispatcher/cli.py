@@ -62,6 +62,37 @@ def migrate() -> None:
 
 
 @app.command()
+def check(
+    redis_required: Annotated[
+        bool, typer.Option("--redis/--no-redis", help="Also require Redis (workers do).")
+    ] = True,
+) -> None:
+    """Exit 0 when the database (migrated) and Redis answer, else 1: a container health check."""
+    from sqlalchemy import text
+
+    from dispatcher import jobs
+    from dispatcher import migrate as migrations
+    from dispatcher.db import get_database
+
+    settings = _settings()
+    problems = []
+    try:
+        with get_database().engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+        if migrations.current_revision(settings.database_url) is None:
+            problems.append("the database has no schema: run dispatcher migrate")
+    except Exception as exc:
+        problems.append(f"database unreachable: {type(exc).__name__}")
+    if redis_required and not jobs.redis_reachable(settings):
+        problems.append(f"Redis unreachable at {settings.masked()['redis_url']}")
+    for problem in problems:
+        _error(problem)
+    if not problems:
+        typer.echo("ok")
+    raise typer.Exit(1 if problems else 0)
+
+
+@app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
@@ -143,6 +174,34 @@ def scheduler() -> None:
     run_scheduler(db=get_database(), settings=settings, queue=queue, stop=stop)
 
 
+def _first_admin_key() -> None:
+    """On a database without any key, make an admin key and show it: the way in."""
+    from sqlalchemy import select
+
+    from dispatcher import audit
+    from dispatcher.auth.models import ApiKey
+    from dispatcher.auth.service import create_key
+    from dispatcher.db import get_database
+
+    with get_database().transaction() as session:
+        if session.scalar(select(ApiKey.id).limit(1)) is not None:
+            return
+        row, key = create_key(session, role="admin", name="first admin (dispatcher dev)")
+        audit.record(
+            session,
+            actor="dispatcher dev",
+            action="key.create",
+            subject=f"key:{row.id}",
+            data={"name": row.name, "role": row.role, "expires_at": None},
+        )
+    console.print(
+        "[bold]No API key existed: an admin key was made. It is shown this once:[/bold]\n"
+        f"  {key}\n"
+        "Use it as 'Authorization: Bearer <key>' or to log in to the dashboard; make more "
+        "with 'dispatcher keys create --role ...'."
+    )
+
+
 @app.command()
 def dev(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
@@ -172,6 +231,7 @@ def dev(
     else:
         console.print(f"broker: Redis at {settings.masked()['redis_url']}")
     console.print(f"database: {settings.masked()['database_url']}")
+    _first_admin_key()
     actors.declare(queue.broker, settings)
     worker = dramatiq.Worker(
         queue.broker,
