@@ -7,9 +7,10 @@ from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
+from dispatcher import audit
 from dispatcher.audiences import service
 from dispatcher.audiences.models import SavedAudience
-from dispatcher.auth.deps import require
+from dispatcher.auth.deps import Editor, require
 from dispatcher.auth.service import Role
 from dispatcher.deps import DbSession
 from dispatcher.errors import NotFound
@@ -67,12 +68,18 @@ def preview(
 
 
 @router.post("", response_model=AudienceOut, summary="Save a named audience (replaces one)")
-def save(data: AudienceIn, session: DbSession) -> AudienceOut:
-    return _out(
-        service.save(
-            session=session, name=data.name, spec=data.filter, description=data.description
-        )
+def save(data: AudienceIn, session: DbSession, caller: Editor) -> AudienceOut:
+    row = service.save(
+        session=session, name=data.name, spec=data.filter, description=data.description
     )
+    audit.record(
+        session,
+        actor=caller.label,
+        action="audience.save",
+        subject=f"audience:{row.name}",
+        data={"filter": row.filter},
+    )
+    return _out(row)
 
 
 @router.get("", response_model=list[AudienceOut])
