@@ -21,10 +21,13 @@ from dispatcher.config import Settings, get_settings
 from dispatcher.consent.router import router as unsubscribe_router
 from dispatcher.content import service as content
 from dispatcher.content.router import router as templates_router
+from dispatcher.dashboard.router import router as dashboard_router
 from dispatcher.db import get_database
+from dispatcher.deliveries.router import reports as delivery_reports_router
 from dispatcher.deliveries.router import router as deliveries_router
 from dispatcher.errors import Invalid, ServiceError
 from dispatcher.inbox.router import router as inbox_router
+from dispatcher.metrics_router import router as metrics_router
 from dispatcher.recipients.import_router import router as import_router
 from dispatcher.recipients.router import router as recipients_router
 from dispatcher.scheduling.router import router as schedules_router
@@ -116,10 +119,13 @@ def create_app(settings: Settings | None = None, *, configure_jobs: bool = True)
         campaigns_router,
         messages_router,
         deliveries_router,
+        delivery_reports_router,
         inbox_router,
         schedules_router,
         unsubscribe_router,
         keys_router,
+        dashboard_router,
+        metrics_router,
     ):
         app.include_router(router)
     return app

@@ -32,6 +32,21 @@ def _settings() -> Settings:
         raise typer.Exit(2) from None
 
 
+def _share_metrics(settings: Settings) -> None:
+    """Count this process's metrics in the shared directory the API adds up at each scrape.
+
+    Must run before anything imports prometheus_client (``dispatcher.metrics`` reads it on
+    import), and is inherited by the processes this one starts.
+    """
+    path = os.path.abspath(settings.metrics_dir)
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        console.print(f"[red]DISPATCHER_METRICS_DIR: cannot create {path}: {exc.strerror}[/red]")
+        raise typer.Exit(2) from None
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+
+
 @app.callback()
 def _main() -> None:
     """Every command reads DISPATCHER_* settings; see `dispatcher config`."""
@@ -103,7 +118,7 @@ def serve(
 
     from dispatcher.logging import configure_logging
 
-    _settings()
+    _share_metrics(_settings())
     configure_logging()
     uvicorn.run(
         "dispatcher.app:create_app",
@@ -136,13 +151,21 @@ def worker(
             f"[red]unknown queue {unknown[0]!r}; queues are {', '.join(sorted(known))}[/red]"
         )
         raise typer.Exit(2)
-    # Batches are long: a process should not sit on many of them while others idle.
-    os.environ.setdefault("dramatiq_queue_prefetch", "1")
+    # A batch for every thread and two waiting: a thread that finishes finds its next batch at
+    # once (a process holding one batch at a time idles while it waits on the database), yet
+    # no process sits on many batches that others could start.
+    os.environ.setdefault("dramatiq_queue_prefetch", str((threads or settings.worker_threads) + 2))
+    # dramatiq's consumer sleeps between polls, backing off up to this many ms (its default is
+    # 1000) even while its threads are busy: a second is long for urgent work, and for threads
+    # waiting for their next batch.
+    os.environ.setdefault("dramatiq_worker_timeout", "100")
+    _share_metrics(settings)
     argv = [
         sys.executable,
         "-m",
-        "dramatiq",
+        "workers.launch",
         "workers.main",
+        "--skip-logging",
         "--processes",
         str(processes),
         "--threads",
@@ -161,12 +184,14 @@ def _stop_on_signals(stop: threading.Event) -> None:
 @app.command()
 def scheduler() -> None:
     """Launch due campaigns and run the sweeper (one leader; others wait as standbys)."""
+    settings = _settings()
+    _share_metrics(settings)
+
     from dispatcher import jobs
     from dispatcher.db import get_database
     from dispatcher.logging import configure_logging
     from workers.scheduler import run_scheduler
 
-    settings = _settings()
     configure_logging()
     queue = jobs.configure(settings)
     stop = threading.Event()
@@ -208,6 +233,9 @@ def dev(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
 ) -> None:
     """The whole service in one process: API, workers and scheduler, on the embedded defaults."""
+    settings = _settings()
+    _share_metrics(settings)
+
     import dramatiq
     import uvicorn
 
@@ -219,7 +247,6 @@ def dev(
     from workers import actors
     from workers.scheduler import run_scheduler
 
-    settings = _settings()
     configure_logging()
     migrations.upgrade(settings.database_url)
     queue = jobs.configure(settings, allow_stub=True)

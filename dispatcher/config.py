@@ -143,6 +143,12 @@ class Settings(BaseSettings):
     )
     batch_marker_ttl_seconds: int = Field(default=6 * 3600, ge=60)
     worker_threads: int = Field(default=4, ge=1, le=64)
+    metrics_dir: str = Field(
+        default="dispatcher-metrics",
+        min_length=1,
+        description="Where every process (API, workers, scheduler) keeps its Prometheus "
+        "counters for the API's /metrics; all processes of a deployment must share it.",
+    )
 
     @field_validator("database_url")
     @classmethod

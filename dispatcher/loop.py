@@ -7,6 +7,7 @@ this loop, so adapters keep their connections (SMTP pool, HTTP clients) across b
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import os
 import threading
 from collections.abc import Coroutine
@@ -29,14 +30,28 @@ class LoopThread:
         self.loop.run_forever()
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
-        """Run ``coro`` on the loop and wait for its result from the calling thread."""
-        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        """Run ``coro`` on the loop and wait for its result from the calling thread.
+
+        The coroutine sees the caller's context variables (the ids a worker binds for its log
+        lines), as if it ran on the calling thread.
+        """
+        future = asyncio.run_coroutine_threadsafe(
+            _in_context(contextvars.copy_context(), coro), self.loop
+        )
         return future.result(timeout)
 
     def stop(self) -> None:
         if self.loop.is_running():
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(timeout=10)
+
+
+async def _in_context(context: contextvars.Context, coro: Coroutine[Any, Any, T]) -> T:
+    # The task running this has its own copy of the loop thread's context: setting the
+    # caller's values here reaches this coroutine and the tasks it starts, nothing else.
+    for var, value in context.items():
+        var.set(value)
+    return await coro
 
 
 _loop: LoopThread | None = None

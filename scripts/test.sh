@@ -3,11 +3,13 @@
 #
 # The PostgreSQL leg creates a throwaway database on DISPATCHER_TEST_POSTGRES_URL
 # (default postgresql://postgres@127.0.0.1:5432/postgres). Without a server it is skipped,
-# loudly; under CI=true a missing server is a failure.
+# loudly; under CI=true a missing server is a failure. The same holds for Chromium, which the
+# dashboard's browser tests drive (scripts/chromium.sh installs Debian's package).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ./scripts/setup-venv.sh
 ./scripts/redis.sh
+./scripts/chromium.sh
 echo "==> ruff check";        .venv/bin/ruff check .
 echo "==> ruff format";       .venv/bin/ruff format --check .
 echo "==> mypy";              .venv/bin/mypy .

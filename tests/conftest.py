@@ -180,7 +180,11 @@ def smtp() -> Iterator[SmtpServer]:
 
 @pytest.fixture()
 def settings(
-    monkeypatch: pytest.MonkeyPatch, database_url: str, redis_url: str, smtp: SmtpServer
+    monkeypatch: pytest.MonkeyPatch,
+    database_url: str,
+    redis_url: str,
+    smtp: SmtpServer,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Settings]:
     values = {
         "DATABASE_URL": database_url,
@@ -198,6 +202,8 @@ def settings(
         "PUBLIC_URL": "https://thongbao.bhxh.test",
         # No send windows unless a test sets them: nothing may depend on the hour it runs at.
         "SEND_WINDOWS": "{}",
+        # The processes a test starts count their metrics here, not in the working directory.
+        "METRICS_DIR": str(tmp_path_factory.mktemp("metrics")),
     }
     for key in list(os.environ):
         if key.startswith("DISPATCHER_") and not key.startswith("DISPATCHER_TEST_"):

@@ -13,6 +13,7 @@ from dispatcher.config import Settings
 from dispatcher.db import Database
 from tests.conftest import make_key
 from tests.support import second_person
+from tests.test_api_validation import TEMPLATE_DATA
 from tests.test_end_to_end import TEMPLATE, publish_template
 
 SEND_AT = datetime(2030, 5, 1, 1, 0, tzinfo=UTC)
@@ -108,12 +109,9 @@ def test_a_new_template_version_withdraws_the_approval(client, db: Database) -> 
     client.post(f"/v1/campaigns/{cid}/submit")
     assert client.post(f"/v1/campaigns/{cid}/approve", headers=second_person()).status_code == 200
 
-    edited = {
-        **TEMPLATE,
-        "variants": [
-            {**TEMPLATE["variants"][0], "body": TEMPLATE["variants"][0]["body"] + " Đã cập nhật."}
-        ],
-    }
+    variant: dict[str, Any] = dict(TEMPLATE_DATA["variants"][0])
+    variant["body"] += " Đã cập nhật."
+    edited = {**TEMPLATE_DATA, "variants": [variant]}
     publish_template(client, edited)
 
     campaign = client.get(f"/v1/campaigns/{cid}").json()

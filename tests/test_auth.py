@@ -52,6 +52,8 @@ ROLES: dict[tuple[str, str], set[str]] = {
     ("POST", "/v1/messages"): {SENDER},
     ("GET", "/v1/messages/{message_id}"): {SENDER, OPERATOR},
     ("GET", "/v1/deliveries"): {OPERATOR},
+    ("GET", "/v1/campaigns/{campaign_id}/deliveries.csv"): {OPERATOR},
+    ("GET", "/v1/campaigns/{campaign_id}/report"): {OPERATOR},
     ("GET", "/v1/inbox/{external_id}"): {SENDER, OPERATOR},
     ("POST", "/v1/inbox/{external_id}/{item_id}/read"): {SENDER},
     ("GET", "/v1/schedules/upcoming"): STAFF,
@@ -59,6 +61,16 @@ ROLES: dict[tuple[str, str], set[str]] = {
     ("POST", "/v1/keys"): set(),
     ("GET", "/v1/keys"): set(),
     ("DELETE", "/v1/keys/{key_id}"): set(),
+    ("GET", "/metrics"): {OPERATOR},
+    # The dashboard: the same roles as the API calls behind each page.
+    ("GET", "/ui"): STAFF,
+    ("GET", "/ui/campaigns"): STAFF,
+    ("GET", "/ui/progress"): STAFF,
+    ("GET", "/ui/campaigns/{campaign_id}"): STAFF,
+    ("GET", "/ui/approvals"): {APPROVER},
+    ("POST", "/ui/approvals/{campaign_id}/approve"): {APPROVER},
+    ("POST", "/ui/approvals/{campaign_id}/reject"): {APPROVER},
+    ("GET", "/ui/deliveries"): {OPERATOR},
 }
 
 # Open on purpose: probes, the citizen's unsubscribe link, and the API's own description.
@@ -71,6 +83,10 @@ PUBLIC = {
     ("GET", "/docs"),
     ("GET", "/docs/oauth2-redirect"),
     ("GET", "/redoc"),
+    # A login page cannot need a login; logging out only forgets the browser's cookie.
+    ("GET", "/ui/login"),
+    ("POST", "/ui/login"),
+    ("POST", "/ui/logout"),
 }
 
 
@@ -119,17 +135,27 @@ def test_every_route_refuses_a_missing_key_and_a_wrong_role(
         if (method, path) in PUBLIC:
             continue
         url = _concrete(path)
-        missing = bare.request(method, url)
+        page = path.startswith("/ui")
+        # The dashboard's forms must come from its own origin, as a browser's would.
+        origin = {"Origin": "http://testserver"}
+        missing = bare.request(method, url, headers=origin)
         assert missing.status_code == 401, (method, path, missing.text)
         assert missing.headers["www-authenticate"] == "Bearer"
+        if page:  # a browser lands on the login form
+            assert 'action="/ui/login"' in missing.text, (method, path)
         allowed = ROLES[(method, path)] | {"admin"}
         for role, key in keys.items():
-            answer = bare.request(method, url, headers={"Authorization": f"Bearer {key}"})
+            answer = bare.request(method, url, headers={"Authorization": f"Bearer {key}", **origin})
             if role in allowed:
                 assert answer.status_code not in (401, 403), (role, method, path, answer.text)
             else:
                 assert answer.status_code == 403, (role, method, path, answer.text)
-                assert f"is {role}" in answer.json()["detail"]
+                if page:  # a Vietnamese page naming the role needed and the caller's
+                    assert answer.headers["content-type"].startswith("text/html")
+                    assert f'data-caller-role="{role}"' in answer.text, (role, method, path)
+                    assert "Trang này cần vai trò" in answer.text
+                else:
+                    assert f"is {role}" in answer.json()["detail"]
         checked += 1
     assert checked >= len(ROLES)
 

@@ -5,6 +5,9 @@
   attempt is marked as a possible duplicate;
 - pending or retrying rows that are due and whose batch has no live marker in Redis (flushed,
   or the job was lost) are put into new batches and queued again;
+- so are rows whose marker lives on but whose job is gone: due for longer than a lease while
+  nothing waits in their queue (a worker's connection to Redis broke and dramatiq dropped the
+  delayed jobs it held; a job used up its retries);
 - fully processed runs that nobody closed are completed;
 - scheduled campaigns whose time has come are launched.
 """
@@ -33,6 +36,7 @@ from dispatcher.jobs import (
     enqueue_after_commit,
     new_batch_id,
 )
+from dispatcher.metrics import SCHEDULE_FIRINGS, SWEEPER_ACTIONS
 from dispatcher.scheduling import service as scheduling
 
 log = structlog.get_logger(__name__)
@@ -84,6 +88,53 @@ def expire_leases(*, db: Database, now: datetime) -> int:
         return int(getattr(result, "rowcount", 0) or 0)
 
 
+def stalled_batches(
+    *,
+    db: Database,
+    settings: Settings,
+    markers: Markers,
+    run_id: int | None,
+    now: datetime,
+    skip: set[str],
+) -> list[str]:
+    """Batches whose marker is alive but whose job is not: due and unclaimed for longer than a
+    lease, while their queue holds no waiting job (a waiting job would be in it).
+
+    A live marker says a job was queued, not that it still exists. dramatiq drops the delayed
+    jobs a worker holds in memory when its connection to Redis breaks; they stay in that
+    worker's acks set, which dramatiq requeues only once the worker stops heartbeating. A
+    queued-again batch gets a new id, so its old job, should it ever run, claims nothing.
+    """
+    stale = now - timedelta(seconds=settings.lease_seconds)
+    query = (
+        select(Delivery.batch_id, Campaign.priority)
+        .join(Run, Run.id == Delivery.run_id)
+        .join(Campaign, Campaign.id == Run.campaign_id)
+        .where(
+            Delivery.status.in_(CLAIMABLE_STATUSES),
+            Delivery.available_at <= stale,
+            Delivery.batch_id.is_not(None),
+            Run.status.in_(ACTIVE_RUN),
+        )
+        .distinct()
+    )
+    if run_id is not None:
+        query = query.where(Delivery.run_id == run_id)
+    with db.transaction() as session:
+        rows = [(str(b), str(p)) for b, p in session.execute(query) if b not in skip]
+    idle: dict[str, bool] = {}
+    stalled: list[str] = []
+    for batch_id, priority in rows:
+        queue = settings.queue_urgent if priority == "urgent" else settings.queue_bulk
+        if queue not in idle:
+            idle[queue] = markers.waiting(queue) == 0
+        if idle[queue]:
+            stalled.append(batch_id)
+    if stalled:
+        log.warning("stalled_batches", batches=len(stalled), run_id=run_id)
+    return stalled
+
+
 def requeue_orphans(
     *,
     db: Database,
@@ -112,6 +163,9 @@ def requeue_orphans(
         batch_ids = list(session.scalars(base))
     named = [b for b in batch_ids if b is not None]
     dead = [b for b, alive in zip(named, markers.alive(named), strict=True) if not alive]
+    dead += stalled_batches(
+        db=db, settings=settings, markers=markers, run_id=run_id, now=now, skip=set(dead)
+    )
     include_unbatched = None in batch_ids
     if not dead and not include_unbatched:
         return 0
@@ -199,8 +253,26 @@ def sweep(
     with db.transaction() as session:
         fired = scheduling.fire_due(session=session, settings=settings, now=now)
         report.firings, report.firings_skipped = fired.fired, fired.skipped
+    # Counted once committed: a firing rolled back never happened.
+    for outcome, n in (
+        ("on_time", fired.fired - fired.late),
+        ("late", fired.late),
+        ("skipped", fired.skipped),
+    ):
+        if n:
+            SCHEDULE_FIRINGS.labels(outcome).inc(n)
     report.planners_restarted = restart_stalled_planners(db=db, settings=settings, now=now)
     report.leases_expired = expire_leases(db=db, now=now)
     report.requeued = requeue_orphans(db=db, settings=settings, markers=markers, now=now)
     report.runs_completed = complete_finished_runs(db=db)
+    for action in (
+        "campaigns_launched",
+        "planners_restarted",
+        "leases_expired",
+        "requeued",
+        "runs_completed",
+    ):
+        n = getattr(report, action)
+        if n:
+            SWEEPER_ACTIONS.labels(action).inc(n)
     return report

@@ -74,6 +74,11 @@ class Delivery(Base):
         Index("ix_deliveries_recipient_id", "recipient_id"),
         Index("ix_deliveries_status_available_at", "status", "available_at"),
         Index("ix_deliveries_batch_id", "batch_id"),
+        # Keyset pages in id order within a campaign or a run (search, export), and the
+        # search's time range on when a delivery last changed.
+        Index("ix_deliveries_campaign_id_id", "campaign_id", "id"),
+        Index("ix_deliveries_run_id_id", "run_id", "id"),
+        Index("ix_deliveries_updated_at", "updated_at"),
     )
 
 

@@ -23,6 +23,7 @@ from tenacity import (
 )
 
 from channels.base import TransientError
+from dispatcher.metrics import count_quick_retry
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +59,8 @@ class RetryPolicy:
             ),
             retry=retry_if_exception_type(TransientError),
             reraise=True,
+            # The first try went out before this loop: each attempt here is a quick retry.
+            before=count_quick_retry,
         )
 
     def first_quick_wait(self) -> float:

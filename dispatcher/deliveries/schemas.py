@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 
 class AttemptOut(BaseModel):
@@ -12,7 +12,7 @@ class AttemptOut(BaseModel):
     outcome: str
     error_class: str | None
     provider_code: str | None
-    provider_reply: str | None
+    provider_reply: str | None = Field(description="Addresses in it are masked.")
     provider_message_id: str | None
     locale: str | None
     possible_duplicate: bool
@@ -24,12 +24,17 @@ class DeliveryOut(BaseModel):
     run_id: int
     recipient: str
     channel: str
+    address: str | None = Field(
+        default=None,
+        description="The recipient's current address on the channel, masked "
+        "(ng***@gmail.com, +84 9** *** 678); null when there is none.",
+    )
     status: str
     attempts_count: int
     locale: str | None
     provider_message_id: str | None
     error_class: str | None
-    error_reason: str | None
+    error_reason: str | None = Field(description="Addresses in it are masked.")
     created_at: datetime
     updated_at: datetime
     sent_at: datetime | None
@@ -40,3 +45,43 @@ class DeliveryOut(BaseModel):
 class DeliveryPage(BaseModel):
     items: list[DeliveryOut]
     next_cursor: str | None
+
+
+class ChannelCounts(BaseModel):
+    total: int
+    by_status: dict[str, int]
+
+
+class ErrorReasonCount(BaseModel):
+    error_class: str | None
+    reason: str = Field(description="Addresses in it are masked.")
+    count: int
+
+
+class ThroughputBucket(BaseModel):
+    minute: datetime = Field(description="The start of the minute (UTC).")
+    finished: int = Field(description="Deliveries that reached sent, failed or skipped.")
+    sent: int
+    failed: int
+
+
+class CampaignReport(BaseModel):
+    campaign_id: int
+    run_id: int | None = Field(description="The run the report is limited to, if any.")
+    total: int
+    by_status: dict[str, int]
+    by_channel: dict[str, ChannelCounts]
+    by_error_class: dict[str, int] = Field(
+        description="Deliveries carrying an error class now (failed, skipped, retrying...)."
+    )
+    top_error_reasons: list[ErrorReasonCount]
+    throughput: list[ThroughputBucket] = Field(
+        description="Deliveries finished per minute, by when they last changed (updated_at)."
+    )
+    finished: int = Field(description="Deliveries that reached sent, failed or skipped.")
+    first_finished_at: datetime | None
+    last_finished_at: datetime | None
+    deliveries_per_second: float | None = Field(
+        description="finished / (last_finished_at - first_finished_at); null under two "
+        "distinct instants."
+    )

@@ -1,17 +1,40 @@
-"""Reading deliveries and their attempts for operations staff."""
+"""Finding deliveries and their attempts, for operations staff.
+
+Filters combine with AND. ``address`` is the recipient's address on the delivery's own channel
+(a delivery does not copy the address; it is looked up as it is now). The time range applies to
+``updated_at``, when the delivery last changed (queued, claimed, sent, failed, retried):
+``since`` inclusive, ``until`` exclusive. Pages follow the delivery id, ascending; the cursor is
+the last id of the page before.
+
+Every address in an answer is masked (``dispatcher.recipients.masking``), also where a
+provider's reply or an error reason quotes one.
+"""
 
 from __future__ import annotations
 
 import base64
 from collections import defaultdict
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, Select, and_, or_, select
 from sqlalchemy.orm import Session
 
+from dispatcher.campaigns.models import Campaign
 from dispatcher.deliveries.models import OPEN_STATUSES, Attempt, Delivery, DeliveryStatus
 from dispatcher.deliveries.schemas import AttemptOut, DeliveryOut, DeliveryPage
-from dispatcher.errors import Invalid
-from dispatcher.recipients.models import Recipient
+from dispatcher.errors import Invalid, NotFound
+from dispatcher.recipients.masking import (
+    AddressLookup,
+    BadAddressQuery,
+    address_lookup,
+    mask_address,
+    mask_known,
+    mask_text,
+)
+from dispatcher.recipients.models import Address, Recipient
+from dispatcher.recipients.schemas import known_channels
 
 
 def encode_cursor(last_id: int) -> str:
@@ -29,23 +52,108 @@ def decode_cursor(cursor: str) -> int:
         raise Invalid("not a cursor this API returned", loc=["query", "cursor"]) from None
 
 
-def search(
+def check_status(status: str) -> None:
+    if status not in DeliveryStatus.__members__:
+        known = ", ".join(DeliveryStatus.__members__)
+        raise Invalid(f"unknown status {status!r}; one of {known}", loc=["query", "status"])
+
+
+def check_channel(channel: str) -> None:
+    known = known_channels()
+    if channel not in known:
+        names = ", ".join(sorted(known))
+        raise Invalid(f"unknown channel {channel!r}; one of {names}", loc=["query", "channel"])
+
+
+def check_time_range(since: datetime | None, until: datetime | None) -> None:
+    for name, value in (("since", since), ("until", until)):
+        if value is not None and value.utcoffset() is None:
+            raise Invalid(
+                f"{name}: give the time with its offset, e.g. 2026-03-10T10:00:00+07:00 or "
+                "2026-03-10T03:00:00Z",
+                loc=["query", name],
+            )
+    if since is not None and until is not None and since > until:
+        raise Invalid(
+            f"since ({since.isoformat()}) is after until ({until.isoformat()})",
+            loc=["query", "since"],
+        )
+
+
+def parse_address(address: str) -> AddressLookup:
+    try:
+        return address_lookup(address)
+    except BadAddressQuery as exc:
+        raise Invalid(str(exc), loc=["query", "address"]) from None
+
+
+def get_campaign(*, session: Session, campaign_id: int) -> Campaign:
+    campaign = session.get(Campaign, campaign_id)
+    if campaign is None:
+        raise NotFound(f"campaign {campaign_id} does not exist")
+    return campaign
+
+
+def _glob_literal(text: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in text)
+
+
+def _like_literal(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _matches(value: Any, lookup: AddressLookup, dialect: str) -> ColumnElement[bool]:
+    """The address condition, in a form the index on ``addresses.value`` serves: equality, or
+    a pattern with a fixed prefix (GLOB on SQLite, which is case-sensitive like the index; LIKE
+    on PostgreSQL, whose default escape character is the backslash)."""
+    if not lookup.patterns:
+        return value.in_(lookup.exact)
+    if dialect == "sqlite":
+        return or_(
+            *(
+                value.op("GLOB")(f"{_glob_literal(prefix)}*{_glob_literal(suffix)}")
+                for prefix, suffix in lookup.patterns
+            )
+        )
+    return or_(
+        *(
+            value.like(f"{_like_literal(prefix)}%{_like_literal(suffix)}")
+            for prefix, suffix in lookup.patterns
+        )
+    )
+
+
+def search_query(
     *,
-    session: Session,
+    dialect: str,
     campaign_id: int | None = None,
     run_id: int | None = None,
     recipient: str | None = None,
+    address: str | None = None,
     status: str | None = None,
     channel: str | None = None,
-    cursor: str | None = None,
-    limit: int = 100,
-) -> DeliveryPage:
-    query = (
-        select(Delivery, Recipient.external_id)
+    error_class: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    after_id: int | None = None,
+) -> Select[*tuple[Any, ...]]:
+    """Deliveries matching the filters with their recipient's external id and current
+    address, in id order; checks the filters (``Invalid`` naming the parameter)."""
+    on_address = and_(
+        Address.recipient_id == Delivery.recipient_id, Address.channel == Delivery.channel
+    )
+    query: Select[*tuple[Any, ...]] = (
+        select(Delivery, Recipient.external_id, Address.value)
         .join(Recipient, Recipient.id == Delivery.recipient_id)
         .order_by(Delivery.id)
-        .limit(limit + 1)
     )
+    if address is not None:
+        # An inner join: SQLite then starts from the addresses index instead of scanning
+        # every delivery (it does not turn the outer join into an inner one by itself).
+        lookup = parse_address(address)
+        query = query.join(Address, on_address).where(_matches(Address.value, lookup, dialect))
+    else:
+        query = query.outerjoin(Address, on_address)
     if campaign_id is not None:
         query = query.where(Delivery.campaign_id == campaign_id)
     if run_id is not None:
@@ -53,24 +161,64 @@ def search(
     if recipient is not None:
         query = query.where(Recipient.external_id == recipient)
     if status is not None:
-        if status not in DeliveryStatus.__members__:
-            known = ", ".join(DeliveryStatus.__members__)
-            raise Invalid(f"unknown status {status!r}; one of {known}", loc=["query", "status"])
+        check_status(status)
         query = query.where(Delivery.status == status)
     if channel is not None:
+        check_channel(channel)
         query = query.where(Delivery.channel == channel)
-    if cursor is not None:
-        query = query.where(Delivery.id > decode_cursor(cursor))
-    rows = session.execute(query).all()
+    if error_class is not None:
+        query = query.where(Delivery.error_class == error_class)
+    check_time_range(since, until)
+    if since is not None:
+        query = query.where(Delivery.updated_at >= since)
+    if until is not None:
+        query = query.where(Delivery.updated_at < until)
+    if after_id is not None:
+        query = query.where(Delivery.id > after_id)
+    return query
+
+
+def search(
+    *,
+    session: Session,
+    campaign_id: int | None = None,
+    run_id: int | None = None,
+    recipient: str | None = None,
+    address: str | None = None,
+    status: str | None = None,
+    channel: str | None = None,
+    error_class: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    cursor: str | None = None,
+    limit: int = 100,
+) -> DeliveryPage:
+    """One page of deliveries with their attempts, addresses masked (see the module's note)."""
+    query = search_query(
+        dialect=session.get_bind().dialect.name,
+        campaign_id=campaign_id,
+        run_id=run_id,
+        recipient=recipient,
+        address=address,
+        status=status,
+        channel=channel,
+        error_class=error_class,
+        since=since,
+        until=until,
+        after_id=None if cursor is None else decode_cursor(cursor),
+    ).limit(limit + 1)
+    rows: Sequence[Any] = session.execute(query).all()
     more = len(rows) > limit
     rows = rows[:limit]
+    addresses = {d.id: value for d, _, value in rows}
     attempts: dict[int, list[AttemptOut]] = defaultdict(list)
     if rows:
         for attempt in session.scalars(
             select(Attempt)
-            .where(Attempt.delivery_id.in_([d.id for d, _ in rows]))
+            .where(Attempt.delivery_id.in_(list(addresses)))
             .order_by(Attempt.delivery_id, Attempt.number, Attempt.id)
         ):
+            known = (addresses[attempt.delivery_id],)
             attempts[attempt.delivery_id].append(
                 AttemptOut(
                     number=attempt.number,
@@ -79,8 +227,8 @@ def search(
                     outcome=attempt.outcome,
                     error_class=attempt.error_class,
                     provider_code=attempt.provider_code,
-                    provider_reply=attempt.provider_reply,
-                    provider_message_id=attempt.provider_message_id,
+                    provider_reply=mask_text(attempt.provider_reply, known),
+                    provider_message_id=mask_known(attempt.provider_message_id, known),
                     locale=attempt.locale,
                     possible_duplicate=attempt.possible_duplicate,
                 )
@@ -92,18 +240,19 @@ def search(
             run_id=d.run_id,
             recipient=external_id,
             channel=d.channel,
+            address=mask_address(value),
             status=d.status,
             attempts_count=d.attempts,
             locale=d.locale,
-            provider_message_id=d.provider_message_id,
+            provider_message_id=mask_known(d.provider_message_id, (value,)),
             error_class=d.error_class,
-            error_reason=d.error_reason,
+            error_reason=mask_text(d.error_reason, (value,)),
             created_at=d.created_at,
             updated_at=d.updated_at,
             sent_at=d.sent_at,
             next_attempt_at=d.available_at if d.status in OPEN_STATUSES else None,
             attempts=attempts.get(d.id, []),
         )
-        for d, external_id in rows
+        for d, external_id, value in rows
     ]
     return DeliveryPage(items=items, next_cursor=encode_cursor(rows[-1][0].id) if more else None)

@@ -49,4 +49,9 @@ class Address(Base):
 
     recipient: Mapped[Recipient] = relationship(back_populates="addresses")
 
-    __table_args__ = (UniqueConstraint("recipient_id", "channel"),)
+    __table_args__ = (
+        UniqueConstraint("recipient_id", "channel"),
+        # Delivery search by address: equality, and the prefix of a masked form (LIKE 'ng%'
+        # on PostgreSQL needs the pattern operator class whatever the database's collation).
+        Index("ix_addresses_value", "value", postgresql_ops={"value": "varchar_pattern_ops"}),
+    )

@@ -1,0 +1,549 @@
+"""The dashboard's pages under ``/ui``.
+
+Page endpoints are plain ``def``: FastAPI runs them in its threadpool, so their database work
+never blocks the event loop. Approving and rejecting call the campaign service exactly as the
+API does, so the two-person rule and the audit log hold here too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from pydantic import ValidationError
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from starlette.routing import NoMatchFound
+
+from channels import registry
+from dispatcher.auth.models import ApiKey
+from dispatcher.auth.service import Caller, Role, Unauthenticated, authenticate
+from dispatcher.campaigns import service as campaigns
+from dispatcher.campaigns.models import Campaign
+from dispatcher.campaigns.schemas import ChannelPreviewOut, ReasonIn
+from dispatcher.content.models import Template
+from dispatcher.content.render import TemplateProblem
+from dispatcher.dashboard import pages
+from dispatcher.dashboard.access import (
+    REASONS,
+    ApproverPage,
+    FormFields,
+    OperatorPage,
+    PageRoute,
+    SameOrigin,
+    StaffPage,
+    clear_key_cookie,
+    login_page,
+    safe_next,
+    same_host,
+    set_key_cookie,
+)
+from dispatcher.dashboard.charts import Bucket, per_minute_chart
+from dispatcher.dashboard.progress import MAX_IDS, Progress, progress_of
+from dispatcher.db import get_database
+from dispatcher.deliveries import report as reports
+from dispatcher.deliveries import service as deliveries
+from dispatcher.deliveries.models import DeliveryStatus
+from dispatcher.deps import AppSettings, DbSession, PathId, QueryId
+from dispatcher.errors import Conflict, Forbidden, Invalid, NotFound, ServiceError
+from dispatcher.scheduling.windows import VIETNAM
+
+PREFIX = "/ui"
+
+
+def reading_session() -> Iterator[Session]:
+    """The pages that only read (and the poll every 2 s) take no write lock on SQLite: they
+    read beside the workers instead of queueing behind them."""
+    with get_database().reading() as session:
+        yield session
+
+
+ReadSession = Annotated[Session, Depends(reading_session, scope="function")]
+pages_router = APIRouter(prefix=PREFIX, route_class=PageRoute, include_in_schema=False)
+
+CAMPAIGNS_PER_PAGE = 50
+APPROVALS_PER_PAGE = 20
+DELIVERIES_PER_PAGE = 50
+
+
+def _landing(caller: Caller) -> str:
+    return "/ui/approvals" if caller.role == Role.approver else "/ui/campaigns"
+
+
+# -- Logging in and out --------------------------------------------------------------------------
+
+
+@pages_router.get("")
+def home(caller: StaffPage) -> RedirectResponse:
+    return RedirectResponse(_landing(caller), status_code=303)
+
+
+@pages_router.get("/login")
+def login_form(
+    request: Request,
+    next_path: Annotated[str | None, Query(alias="next", max_length=500)] = None,
+) -> Response:
+    notice = "Bạn đã đăng xuất." if request.query_params.get("out") else None
+    return login_page(request, next_path=next_path, notice=notice)
+
+
+@pages_router.post("/login")
+def login(request: Request, form: FormFields, session: DbSession) -> Response:
+    next_path = safe_next(form.get("next"))
+    if not same_host(request):
+        return login_page(
+            request,
+            error="Biểu mẫu đăng nhập không được gửi từ trang của hệ thống.",
+            next_path=next_path,
+            status_code=403,
+        )
+    key = form.get("key", "").strip()
+    if not key:
+        return login_page(request, error="Hãy nhập khóa API.", next_path=next_path, status_code=401)
+    try:
+        caller = authenticate(session, key)
+    except Unauthenticated as exc:
+        return login_page(
+            request,
+            error=REASONS.get(str(exc), "Khóa API không dùng được."),
+            next_path=next_path,
+            status_code=401,
+        )
+    if caller.role == Role.sender:
+        return login_page(
+            request,
+            error="Khóa của hệ thống gửi tin (sender) không dùng để đăng nhập bảng điều khiển.",
+            next_path=next_path,
+            status_code=403,
+        )
+    response = RedirectResponse(next_path or _landing(caller), status_code=303)
+    set_key_cookie(request, response, key)
+    return response
+
+
+@pages_router.post("/logout")
+def logout(request: Request) -> Response:
+    if not same_host(request):
+        return login_page(request, error="Yêu cầu đăng xuất không hợp lệ.", status_code=403)
+    response = RedirectResponse("/ui/login?out=1", status_code=303)
+    clear_key_cookie(request, response)
+    return response
+
+
+# -- Campaigns ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CampaignRow:
+    campaign: Campaign
+    template: str
+    progress: Progress
+
+
+@pages_router.get("/campaigns")
+def campaign_list(
+    request: Request,
+    session: ReadSession,
+    caller: StaffPage,
+    status: Annotated[str | None, Query(max_length=16)] = None,
+    before: QueryId = None,
+) -> Response:
+    query = (
+        select(Campaign, Template.key)
+        .join(Template, Template.id == Campaign.template_id)
+        .order_by(Campaign.id.desc())
+        .limit(CAMPAIGNS_PER_PAGE + 1)
+    )
+    if status:
+        query = query.where(Campaign.status == status)
+    if before is not None:
+        query = query.where(Campaign.id < before)
+    found = session.execute(query).all()
+    more = len(found) > CAMPAIGNS_PER_PAGE
+    found = found[:CAMPAIGNS_PER_PAGE]
+    progress = progress_of(session=session, campaign_ids=[c.id for c, _ in found])
+    rows = [CampaignRow(c, key, progress[c.id]) for c, key in found]
+    return pages.render(
+        request,
+        "campaigns.html",
+        caller=caller,
+        rows=rows,
+        status=status or "",
+        statuses=pages.CAMPAIGN_STATUS,
+        older=rows[-1].campaign.id if more else None,
+        newer=before is not None,
+    )
+
+
+@pages_router.get("/progress")
+def campaign_progress(
+    session: ReadSession,
+    caller: StaffPage,
+    ids: Annotated[str, Query(pattern=r"^[0-9,]+$", max_length=MAX_IDS * 20)],
+) -> JSONResponse:
+    """The progress bars' numbers, polled by the campaigns pages."""
+    wanted = [int(i) for i in ids.split(",") if i and len(i) < 19][:MAX_IDS]
+    found = progress_of(session=session, campaign_ids=wanted)
+    return JSONResponse({"campaigns": [p.as_json() for p in found.values()]})
+
+
+@pages_router.get("/campaigns/{campaign_id}")
+def campaign_detail(
+    request: Request, campaign_id: PathId, session: ReadSession, caller: StaffPage
+) -> Response:
+    campaign = campaigns.get_campaign(session=session, campaign_id=campaign_id)
+    out = campaigns.to_out(session=session, campaign=campaign)
+    progress = progress_of(session=session, campaign_ids=[campaign.id])[campaign.id]
+    # The report (error reasons, throughput) and the CSV export are operators' views in the
+    # API; the page shows them to the same roles.
+    operations = caller.role in (Role.operator, Role.admin)
+    found = (
+        reports.campaign_report(session=session, campaign_id=campaign.id) if operations else None
+    )
+    chart = None
+    if found is not None:
+        chart = per_minute_chart(
+            [Bucket(start=b.minute, sent=b.sent, failed=b.failed) for b in found.throughput]
+        )
+    return pages.render(
+        request,
+        "campaign.html",
+        caller=caller,
+        campaign=out,
+        progress=progress,
+        channels=sorted(out.counts.by_channel),
+        statuses=[s.value for s in DeliveryStatus],
+        people=_key_names(session, [out.created_by, out.submitted_by, out.approved_by]),
+        can_search=operations,
+        report=found,
+        failures=found.top_error_reasons if found is not None else None,
+        chart=chart,
+        export_url=_export_url(request, campaign.id) if operations else None,
+    )
+
+
+def _export_url(request: Request, campaign_id: int) -> str | None:
+    """The campaign's CSV export, if this app serves one."""
+    try:
+        return str(request.app.url_path_for("export_deliveries", campaign_id=str(campaign_id)))
+    except NoMatchFound:
+        return None
+
+
+# -- Approvals ----------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Pending:
+    campaign: Campaign
+    template: str
+    previews: list[ChannelPreviewOut]
+    audience: int | None
+    problem: str | None
+    own: bool
+
+
+def _key_names(session: Session, ids: list[int | None]) -> dict[int, str]:
+    wanted = {i for i in ids if i is not None}
+    if not wanted:
+        return {}
+    return dict(session.execute(select(ApiKey.id, ApiKey.name).where(ApiKey.id.in_(wanted))).all())
+
+
+def _approval_queue(session: Session, caller: Caller) -> tuple[list[Pending], dict[int, str]]:
+    found = session.execute(
+        select(Campaign, Template.key)
+        .join(Template, Template.id == Campaign.template_id)
+        .where(Campaign.status == "submitted")
+        .order_by(Campaign.submitted_at, Campaign.id)
+        .limit(APPROVALS_PER_PAGE)
+    ).all()
+    queue = []
+    for campaign, key in found:
+        previews: list[ChannelPreviewOut] = []
+        audience: int | None = None
+        problem = None
+        try:
+            previews = campaigns.preview_out(session=session, campaign=campaign)
+            audience = campaigns.audience_count(session=session, campaign=campaign)
+        except (ServiceError, TemplateProblem) as exc:
+            problem = str(exc)
+        queue.append(
+            Pending(
+                campaign=campaign,
+                template=key,
+                previews=previews,
+                audience=audience,
+                problem=problem,
+                own=campaign.submitted_by == caller.key_id,
+            )
+        )
+    people = _key_names(
+        session, [p.campaign.submitted_by for p in queue] + [p.campaign.created_by for p in queue]
+    )
+    return queue, people
+
+
+def _approvals_page(
+    request: Request,
+    session: Session,
+    caller: Caller,
+    *,
+    message: str | None = None,
+    error: str | None = None,
+    status_code: int = 200,
+    focus: int | None = None,
+) -> Response:
+    queue, people = _approval_queue(session, caller)
+    return pages.render(
+        request,
+        "approvals.html",
+        caller=caller,
+        status_code=status_code,
+        queue=queue,
+        people=people,
+        message=message,
+        error=error,
+        focus=focus,
+    )
+
+
+@pages_router.get("/approvals")
+def approvals(
+    request: Request,
+    session: ReadSession,
+    caller: ApproverPage,
+    done: Annotated[str | None, Query(pattern="^(approved|rejected)$")] = None,
+    campaign: QueryId = None,
+) -> Response:
+    message = None
+    if done and campaign is not None:
+        found = session.get(Campaign, campaign)
+        if found is not None:
+            if done == "approved":
+                state = pages.label(pages.CAMPAIGN_STATUS, found.status).lower()
+                message = f"Đã phê duyệt chiến dịch «{found.name}». Trạng thái hiện tại: {state}."
+            else:
+                message = f"Đã từ chối chiến dịch «{found.name}» và trả lại cho người soạn."
+    return _approvals_page(request, session, caller, message=message)
+
+
+def _refusal(exc: ServiceError, session: Session, campaign_id: int, action: str) -> str:
+    """What the approver reads when the service says no."""
+    if isinstance(exc, Forbidden):
+        return (
+            f"Không thể {action}: chính khóa của bạn đã gửi chiến dịch này đi phê duyệt. "
+            "Theo quy tắc hai người, một người phê duyệt khác phải phê duyệt."
+        )
+    if isinstance(exc, NotFound):
+        return f"Chiến dịch số {campaign_id} không tồn tại."
+    if isinstance(exc, Conflict):
+        found = session.get(Campaign, campaign_id)
+        state = pages.label(pages.CAMPAIGN_STATUS, found.status) if found else "?"
+        return (
+            f"Không thể {action}: chiến dịch đang ở trạng thái «{state}», không còn chờ phê "
+            "duyệt. Hãy tải lại trang."
+        )
+    if isinstance(exc, Invalid):
+        return f"Không thể {action}: nội dung chiến dịch chưa hợp lệ ({exc.message})."
+    return f"Không thể {action}: {exc.message}"
+
+
+@pages_router.post("/approvals/{campaign_id}/approve")
+def approve(
+    request: Request,
+    campaign_id: PathId,
+    caller: ApproverPage,
+    origin: SameOrigin,
+    session: DbSession,
+    settings: AppSettings,
+) -> Response:
+    try:
+        campaigns.approve(
+            session=session, campaign_id=campaign_id, settings=settings, caller=caller
+        )
+    except ServiceError as exc:
+        session.rollback()
+        return _approvals_page(
+            request,
+            session,
+            caller,
+            error=_refusal(exc, session, campaign_id, "phê duyệt"),
+            status_code=exc.status_code,
+            focus=campaign_id,
+        )
+    except TemplateProblem as exc:
+        session.rollback()
+        return _approvals_page(
+            request,
+            session,
+            caller,
+            error=f"Không thể phê duyệt: mẫu tin không dựng được ({exc}).",
+            status_code=422,
+            focus=campaign_id,
+        )
+    return RedirectResponse(f"/ui/approvals?done=approved&campaign={campaign_id}", status_code=303)
+
+
+@pages_router.post("/approvals/{campaign_id}/reject")
+def reject(
+    request: Request,
+    campaign_id: PathId,
+    caller: ApproverPage,
+    origin: SameOrigin,
+    form: FormFields,
+    session: DbSession,
+) -> Response:
+    try:
+        reason = ReasonIn(reason=form.get("reason", "")).reason
+    except ValidationError:
+        return _approvals_page(
+            request,
+            session,
+            caller,
+            error="Hãy ghi lý do từ chối (tối đa 500 ký tự) để người soạn biết cần sửa gì.",
+            status_code=422,
+            focus=campaign_id,
+        )
+    try:
+        campaigns.reject(session=session, campaign_id=campaign_id, reason=reason, caller=caller)
+    except ServiceError as exc:
+        session.rollback()
+        return _approvals_page(
+            request,
+            session,
+            caller,
+            error=_refusal(exc, session, campaign_id, "từ chối"),
+            status_code=exc.status_code,
+            focus=campaign_id,
+        )
+    return RedirectResponse(f"/ui/approvals?done=rejected&campaign={campaign_id}", status_code=303)
+
+
+# -- Deliveries -----------------------------------------------------------------------------------
+
+
+def _blank(value: str | None) -> str | None:
+    value = (value or "").strip()
+    return value or None
+
+
+def _local_time(value: str | None, field: str, problems: list[str]) -> datetime | None:
+    """A ``datetime-local`` field, read as Vietnam time."""
+    if not (value := _blank(value)):
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=VIETNAM)
+        moment.astimezone(UTC)  # the database stores UTC: year 1 in Vietnam has none
+    except (ValueError, OverflowError):
+        problems.append(f"«{field}» không phải một thời điểm hợp lệ.")
+        return None
+    return moment
+
+
+@pages_router.get("/deliveries")
+def delivery_search(
+    request: Request,
+    session: ReadSession,
+    caller: OperatorPage,
+    recipient: Annotated[str | None, Query(max_length=64)] = None,
+    address: Annotated[str | None, Query(max_length=320)] = None,
+    campaign_id: Annotated[str | None, Query(max_length=20)] = None,
+    channel: Annotated[str | None, Query(max_length=32)] = None,
+    status: Annotated[str | None, Query(max_length=16)] = None,
+    error_class: Annotated[str | None, Query(max_length=32)] = None,
+    since: Annotated[str | None, Query(max_length=40)] = None,
+    until: Annotated[str | None, Query(max_length=40)] = None,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> Response:
+    # Every field arrives as text (an empty field is an empty string): read them here, so a
+    # mistake is a line on the page rather than a 422.
+    form = {
+        "recipient": _blank(recipient),
+        "address": _blank(address),
+        "campaign_id": _blank(campaign_id),
+        "channel": _blank(channel),
+        "status": _blank(status),
+        "error_class": _blank(error_class),
+        "since": _blank(since),
+        "until": _blank(until),
+    }
+    problems: list[str] = []
+    campaign: int | None = None
+    if text := form["campaign_id"]:
+        if text.isdigit() and 0 < int(text) < 2**63:
+            campaign = int(text)
+        else:
+            problems.append("Mã chiến dịch phải là một số nguyên dương.")
+    moments = {
+        name: _local_time(form[name], title, problems)
+        for name, title in (("since", "Từ"), ("until", "Đến"))
+    }
+    page = None
+    if not problems:
+        try:
+            page = deliveries.search(
+                session=session,
+                campaign_id=campaign,
+                recipient=form["recipient"],
+                address=form["address"],
+                status=form["status"],
+                channel=form["channel"],
+                error_class=form["error_class"],
+                since=moments["since"],
+                until=moments["until"],
+                cursor=_blank(cursor),
+                limit=DELIVERIES_PER_PAGE,
+            )
+        except Invalid as exc:
+            problems.append(_search_problem(exc))
+    query = {k: v for k, v in form.items() if v}
+    return pages.render(
+        request,
+        "deliveries.html",
+        caller=caller,
+        form={k: v or "" for k, v in form.items()},
+        query=query,
+        page=page,
+        problems=problems,
+        channels=sorted(registry.available()),
+        statuses=[s.value for s in DeliveryStatus],
+        error_classes=list(pages.ERROR_CLASSES),
+        first_page=cursor is None,
+    )
+
+
+SEARCH_FIELDS = {
+    "address": "Địa chỉ",
+    "status": "Trạng thái",
+    "channel": "Kênh",
+    "since": "Từ",
+    "cursor": "Trang",
+}
+
+
+def _search_problem(exc: Invalid) -> str:
+    field = str(exc.loc[-1]) if exc.loc else ""
+    if field == "since":
+        return "Thời điểm «Từ» phải trước thời điểm «Đến»."
+    if field == "cursor":
+        return "Liên kết trang không hợp lệ; hãy tra cứu lại từ đầu."
+    return f"{SEARCH_FIELDS.get(field, 'Bộ lọc')} không hợp lệ ({exc.message})."
+
+
+# What app.py includes: the pages, and their stylesheet and script (a mount takes no prefix
+# from its router, so it sits beside the pages with its whole path).
+router = APIRouter()
+router.include_router(pages_router)
+router.mount(
+    f"{PREFIX}/static",
+    StaticFiles(packages=[("dispatcher.dashboard", "static")]),
+    name="dashboard-static",
+)
