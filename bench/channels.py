@@ -19,9 +19,9 @@ distinct chats. The rate is measured on the emulator's side, from its ``GET /_em
 window (the first ``--warmup`` seconds and the last, partial second left out), together with
 every 429 it answered. The aim: at least 95% of the limit, and not one 429.
 
-*Email.* The provider is an aiosmtpd server in another process (this script, in a hidden child
-mode) that accepts every message and reports its count to a file. The figure is messages/s from
-the approve call until the campaign reads ``completed``.
+*Email.* The provider is an aiosmtpd server in another process (the SMTP sink of
+``bench/common.py``) that accepts every message and reports its count to a file. The figure is
+messages/s from the approve call until the campaign reads ``completed``.
 
 Both scenarios also report the CPU seconds each role used during the campaign, and those used by
 other processes on the machine (a busy machine disturbs the figures); ``--profile`` records the
@@ -38,43 +38,66 @@ import contextlib
 import json
 import math
 import os
-import platform
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, TextIO
 
+# Run as a script, bench/ is first on sys.path and this file would shadow the project's
+# ``channels`` package: the project root goes there instead, for ``bench.common``. This file
+# imports no project code itself; the service runs in subprocesses.
+_BENCH_DIR = Path(__file__).resolve().parent
+if sys.path and Path(sys.path[0] or ".").resolve() == _BENCH_DIR:
+    sys.path[0] = str(_BENCH_DIR.parent)
+
 try:
     import psutil
-except ImportError:
+
+    from bench.common import (
+        HEARTBEATS_KEY,
+        OTHER_CPU_WARNING,
+        RESULTS_DIR,
+        ROOT,
+        BenchError,
+        Managed,
+        bearer,
+        dispatcher_command,
+        free_port,
+        machine,
+        make_api_keys,
+        migrate,
+        parse_env,
+        project_env,
+        read_json,
+        relative,
+        start_private_redis,
+        start_smtp_sink,
+        vietnamese_name,
+        wait_until,
+        write_json,
+    )
+    from bench.common import PROVINCES as COMMON_PROVINCES
+except ImportError as exc:
     sys.exit(
-        "bench/channels.py needs the project's virtualenv (psutil, httpx, redis, aiosmtpd): "
-        "run it as .venv/bin/python bench/channels.py"
+        f"bench/channels.py needs the project's virtualenv (psutil, httpx, redis, aiosmtpd): "
+        f"run it as .venv/bin/python bench/channels.py ({exc})"
     )
 
 if TYPE_CHECKING:
     import httpx
 
-BENCH_DIR = Path(__file__).resolve().parent
-ROOT = BENCH_DIR.parent
-RESULTS_DIR = BENCH_DIR / "results"
-
 POLL_SECONDS = 0.5
 PROGRESS_SECONDS = 2.0
 RECIPIENTS_PER_REQUEST = 10_000  # the API's own limit per POST /v1/recipients
-NAMESPACE = "dispatcher"  # dramatiq's namespace in Redis (its worker heartbeats live there)
-SMTP_CHILD = "--smtp-child"
 AIM_SHARE = 0.95  # of the provider's limit, over the steady window
 TEMPLATE_KEY = "bench_channels_fraud_warning"
 
@@ -106,229 +129,7 @@ TEMPLATE: dict[str, Any] = {
     ],
 }
 
-SURNAMES = ("Nguyễn", "Trần", "Lê", "Phạm", "Hoàng", "Huỳnh", "Phan", "Vũ", "Võ", "Đặng")
-MIDDLES = ("Văn", "Thị", "Hữu", "Đức", "Minh", "Thanh", "Quốc", "Ngọc")
-GIVENS = ("An", "Bình", "Chi", "Dũng", "Hà", "Hải", "Hương", "Lan", "Long", "Mai", "Nam", "Yến")
-PROVINCES = ("Hà Nội", "TP Hồ Chí Minh", "Hải Phòng", "Đà Nẵng", "Cần Thơ", "Nghệ An")
-
-
-class BenchError(Exception):
-    """The benchmark cannot go on; the message says why and what to do."""
-
-
-# -- processes ----------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def dispatcher_command() -> list[str]:
-    """The ``dispatcher`` console script of this interpreter's environment."""
-    script = Path(sys.executable).with_name("dispatcher")
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-m", "dispatcher.cli"]
-
-
-class Managed:
-    """A subprocess in its own session (so that its whole tree can be ended), logging to a file."""
-
-    def __init__(
-        self, name: str, argv: Sequence[str], *, env: dict[str, str], log_path: Path
-    ) -> None:
-        self.name = name
-        self.log_path = log_path
-        self._log = log_path.open("ab")
-        try:
-            self.proc = subprocess.Popen(
-                list(argv),
-                cwd=ROOT,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=self._log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        except OSError as exc:
-            self._log.close()
-            raise BenchError(f"cannot start the {name} ({argv[0]}): {exc}") from None
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def children(self) -> list[psutil.Process]:
-        """The process's descendants (dramatiq's forked worker processes)."""
-        try:
-            return list(psutil.Process(self.pid).children(recursive=True))
-        except psutil.Error:
-            return []
-
-    def cpu_seconds(self) -> float:
-        """User + system CPU time of the process and its living descendants so far."""
-        total = 0.0
-        try:
-            members = [psutil.Process(self.pid), *self.children()]
-        except psutil.Error:
-            return total
-        for member in members:
-            with contextlib.suppress(psutil.Error):
-                times = member.cpu_times()
-                total += times.user + times.system
-        return total
-
-    def stop(self, timeout: float = 15.0) -> None:
-        """SIGTERM the process group, SIGKILL whatever is left after ``timeout``."""
-        descendants = self.children()
-        if self.alive():
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
-        # Descendants that outlived their parent, by pid (psutil checks it is still the same
-        # process, not a reused pid).
-        for member in descendants:
-            with contextlib.suppress(psutil.Error):
-                if member.is_running():
-                    member.kill()
-        self._log.close()
-
-    def text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def tail(self, lines: int = 25) -> str:
-        return "\n".join(f"    {line}" for line in self.text().splitlines()[-lines:])
-
-    def dead_error(self) -> BenchError:
-        return BenchError(
-            f"the {self.name} process exited with code {self.proc.returncode}; "
-            f"last lines of {self.log_path.name}:\n{self.tail()}"
-        )
-
-
-def wait_until(
-    predicate: Callable[[], bool],
-    *,
-    timeout: float,
-    what: str,
-    watch: Sequence[Managed] = (),
-    interval: float = 0.1,
-) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for process in watch:
-            if not process.alive():
-                raise process.dead_error()
-        if predicate():
-            return
-        time.sleep(interval)
-    detail = "".join(f"\n  {p.log_path.name}:\n{p.tail()}" for p in watch)
-    raise BenchError(f"timed out after {timeout:.0f} s waiting for {what}{detail}")
-
-
-def start_private_redis(workdir: Path) -> tuple[Managed, str]:
-    import redis
-
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise BenchError(
-            "redis-server is not on PATH: install it (e.g. apt-get install redis-server)"
-        )
-    port = free_port()
-    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
-    argv += ["--appendonly", "no", "--dir", str(workdir)]
-    process = Managed("redis-server", argv, env=dict(os.environ), log_path=workdir / "redis.log")
-    url = f"redis://127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url, socket_connect_timeout=1)
-
-    def up() -> bool:
-        try:
-            return bool(client.ping())
-        except (redis.RedisError, OSError):
-            return False
-
-    wait_until(up, timeout=15, what="the private redis-server", watch=[process])
-    return process, url
-
-
-# -- the SMTP server (a child process of this script) -------------------------------------------
-
-
-class CountingHandler:
-    """An aiosmtpd handler that accepts every message and counts them."""
-
-    def __init__(self) -> None:
-        self.messages = 0
-        self.recipients = 0
-        self.bytes = 0
-        self.first: float | None = None
-        self.last: float | None = None
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        now = time.time()
-        if self.first is None:
-            self.first = now
-        self.last = now
-        self.messages += 1
-        self.recipients += len(envelope.rcpt_tos)
-        self.bytes += len(envelope.content or b"")
-        return "250 2.0.0 Message accepted for delivery"
-
-    def snapshot(self) -> dict[str, Any]:
-        return {
-            "messages": self.messages,
-            "recipients": self.recipients,
-            "bytes": self.bytes,
-            "first_at": self.first,
-            "last_at": self.last,
-        }
-
-
-def smtp_child(port: int, stats_path: Path) -> int:
-    """Serve SMTP on 127.0.0.1:``port`` until SIGTERM, writing counts to ``stats_path``."""
-    from aiosmtpd.controller import Controller
-
-    handler = CountingHandler()
-    controller = Controller(handler, hostname="127.0.0.1", port=port)
-    controller.start()
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-
-    def write(final: bool = False) -> None:
-        temporary = stats_path.with_suffix(".tmp")
-        temporary.write_text(json.dumps({**handler.snapshot(), "ready": True, "final": final}))
-        os.replace(temporary, stats_path)
-
-    try:
-        while not stop.is_set():
-            write()
-            stop.wait(0.2)
-    finally:
-        controller.stop()
-        write(final=True)
-    return 0
-
-
-def read_smtp_stats(path: Path) -> dict[str, Any] | None:
-    try:
-        data: dict[str, Any] = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data
+PROVINCES = COMMON_PROVINCES
 
 
 # -- the service --------------------------------------------------------------------------------
@@ -355,21 +156,17 @@ def service_env(
     options: Options, database_url: str, redis_url: str, api_port: int
 ) -> dict[str, str]:
     # Settings of the caller's shell must not leak into the measurement: only --env adds any.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DISPATCHER_")}
-    env.update(
+    env = project_env(
         {
             "DISPATCHER_DATABASE_URL": database_url,
             "DISPATCHER_REDIS_URL": redis_url,
             "DISPATCHER_PUBLIC_URL": f"http://127.0.0.1:{api_port}",
             "DISPATCHER_WORKER_THREADS": str(options.threads),
             "DISPATCHER_LOG_FORMAT": "json",
-            "PYTHONUNBUFFERED": "1",
         }
     )
     if options.batch_size is not None:
         env["DISPATCHER_BATCH_SIZE"] = str(options.batch_size)
-    # Measure the tree this file lives in, even when another checkout is installed.
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     return env
 
 
@@ -415,6 +212,8 @@ class Service:
         self.provider: Managed | None = None
         self.redis: Managed | None = None
         self.http: httpx.Client | None = None
+        # Two API keys: one creates and submits a campaign, the other approves it.
+        self.keys: list[str] = []
 
     @property
     def client(self) -> httpx.Client:
@@ -487,20 +286,16 @@ class Service:
         self.env = service_env(self.options, database_url, self.redis_url, self.api_port)
         self.env.update({f"DISPATCHER_{k}": v for k, v in self.provider_env.items()})
         self.env.update(self.options.extra_env)
-        migrate = subprocess.run(
-            [*dispatcher_command(), "migrate"],
-            cwd=ROOT,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if migrate.returncode != 0:
-            raise BenchError(f"dispatcher migrate failed:\n{migrate.stdout}{migrate.stderr}")
+        migrate(self.env)
+        self.keys = make_api_keys(self.env, ["bench-channels-editor", "bench-channels-approver"])
 
         serve = [*dispatcher_command(), "serve", "--host", "127.0.0.1"]
         self.api = self.start("api", [*serve, "--port", str(self.api_port)], self.env)
-        self.http = httpx.Client(base_url=f"http://127.0.0.1:{self.api_port}", timeout=120)
+        self.http = httpx.Client(
+            base_url=f"http://127.0.0.1:{self.api_port}",
+            timeout=120,
+            headers=bearer(self.keys[0] if self.keys else None),
+        )
 
         def ready() -> bool:
             try:
@@ -515,9 +310,8 @@ class Service:
         worker += ["--threads", str(self.options.threads)]
         self.workers = self.start("workers", worker, self.env)
         client = redis.Redis.from_url(self.redis_url)
-        heartbeats = f"{NAMESPACE}:__heartbeats__"
         wait_until(
-            lambda: int(client.zcard(heartbeats)) >= self.options.workers,
+            lambda: int(client.zcard(HEARTBEATS_KEY)) >= self.options.workers,
             timeout=90,
             what=f"{self.options.workers} dramatiq worker process(es) to poll Redis",
             watch=[self.api, self.workers],
@@ -529,8 +323,8 @@ class Service:
             if not process.alive():
                 raise process.dead_error()
 
-    def post(self, path: str, body: Any, expect: int) -> dict[str, Any]:
-        response = self.client.post(path, json=body)
+    def post(self, path: str, body: Any, expect: int, *, key: str | None = None) -> dict[str, Any]:
+        response = self.client.post(path, json=body, headers=bearer(key))
         if response.status_code != expect:
             raise BenchError(f"POST {path}: {response.status_code} {response.text[:500]}")
         data: dict[str, Any] = response.json()
@@ -570,7 +364,8 @@ class Service:
         self.post(f"/v1/campaigns/{campaign_id}/submit", None, 200)
         wall = datetime.now(UTC)
         t0 = time.monotonic()
-        self.post(f"/v1/campaigns/{campaign_id}/approve", None, 200)
+        approver = self.keys[1] if len(self.keys) > 1 else None
+        self.post(f"/v1/campaigns/{campaign_id}/approve", None, 200, key=approver)
         return campaign_id, t0, wall
 
     def campaign(self, campaign_id: int) -> dict[str, Any]:
@@ -626,12 +421,9 @@ def server_seconds(campaign: dict[str, Any]) -> float | None:
 
 
 def person(prefix: str, i: int) -> dict[str, Any]:
-    surname = SURNAMES[i % len(SURNAMES)]
-    middle = MIDDLES[(i // len(SURNAMES)) % len(MIDDLES)]
-    given = GIVENS[(i // 7) % len(GIVENS)]
     return {
         "external_id": f"{prefix}{i:08d}",
-        "full_name": f"{surname} {middle} {given}",
+        "full_name": vietnamese_name(i),
         "province": PROVINCES[i % len(PROVINCES)],
     }
 
@@ -896,23 +688,10 @@ def print_telegram(r: dict[str, Any], out: TextIO = sys.stdout) -> None:
 
 
 def start_smtp_server(service: Service) -> tuple[Path, int]:
-    try:
-        import aiosmtpd  # noqa: F401
-    except ImportError:
-        raise BenchError("the email scenario needs aiosmtpd: pip install aiosmtpd") from None
-    port = free_port()
-    stats_path = service.workdir / "smtp-stats.json"
-    argv = [sys.executable, str(Path(__file__).resolve()), SMTP_CHILD, str(port), str(stats_path)]
-    env = dict(os.environ)
-    env["PYTHONUNBUFFERED"] = "1"
-    server = service.start("smtp-server", argv, env)
+    server, port, stats_path = start_smtp_sink(service.workdir)
+    service.processes.append(server)
+    service.watched.append(server)
     service.provider = server
-    wait_until(
-        lambda: (read_smtp_stats(stats_path) or {}).get("ready") is True,
-        timeout=30,
-        what="the SMTP server",
-        watch=[server],
-    )
     service.provider_env.update(
         {
             "SMTP_HOST": "127.0.0.1",
@@ -968,7 +747,7 @@ def run_email(options: Options) -> dict[str, Any]:
             campaign = service.campaign(campaign_id)
             now = time.monotonic()
             if now - last_progress >= PROGRESS_SECONDS or campaign["status"] == "completed":
-                received = (read_smtp_stats(stats_path) or {}).get("messages", 0)
+                received = (read_json(stats_path) or {}).get("messages", 0)
                 sent = campaign["counts"]["by_status"].get("sent", 0)
                 print(
                     f"  t={now - t0:6.1f} s  sent {sent:>7,}"
@@ -988,7 +767,7 @@ def run_email(options: Options) -> dict[str, Any]:
         redis_calls = calls_used(redis_before, service.redis_calls())
         profiles = profiler.stop() if profiler is not None else []
         audit = service.audit(campaign_id)
-        smtp = read_smtp_stats(stats_path) or {}
+        smtp = read_json(stats_path) or {}
     statuses, outcomes = audit.statuses, audit.outcomes
 
     sent = int(campaign["counts"]["by_status"].get("sent", 0))
@@ -1054,9 +833,6 @@ def print_email(r: dict[str, Any], out: TextIO = sys.stdout) -> None:
 # -- output -------------------------------------------------------------------------------------
 
 
-OTHER_CPU_WARNING = 0.25  # cores used by other processes above which figures are disturbed
-
-
 def cpu_used(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
     """CPU seconds per role between two :meth:`Service.cpu` readings, and "other processes"."""
     used = {name: after[name] - before.get(name, 0.0) for name in after}
@@ -1112,58 +888,7 @@ def options_summary(options: Options) -> dict[str, Any]:
     }
 
 
-def machine() -> dict[str, Any]:
-    load = os.getloadavg() if hasattr(os, "getloadavg") else None
-    return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
-        "load_average": load,
-        "at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "git_commit": git_commit(),
-    }
-
-
-def git_commit() -> str | None:
-    try:
-        done = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return done.stdout.strip() or None
-
-
-def relative(path: Path) -> str:
-    try:
-        return str(path.relative_to(ROOT))
-    except ValueError:
-        return str(path)
-
-
-def write_json(name: str, payload: dict[str, Any]) -> Path:
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / name
-    path.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
-    return path
-
-
 # -- command line -------------------------------------------------------------------------------
-
-
-def parse_env(pairs: Sequence[str]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise BenchError(f"--env takes KEY=VALUE, got {pair!r}")
-        out[key if key.startswith("DISPATCHER_") else f"DISPATCHER_{key}"] = value
-    return out
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -1270,12 +995,7 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    raw = list(sys.argv[1:] if argv is None else argv)
-    if raw[:1] == [SMTP_CHILD]:
-        return smtp_child(int(raw[1]), Path(raw[2]))
-    # Run as a script, bench/ comes first on sys.path and this file shadows the project's
-    # ``channels`` package: so it imports no project code; its subprocesses run from ROOT.
-    args = parse_args(raw)
+    args = parse_args(sys.argv[1:] if argv is None else argv)
     # Ctrl-C and SIGTERM both end up in the finally blocks that stop every subprocess (SIGINT
     # explicitly: a shell may start a background job with it ignored).
     signal.signal(signal.SIGTERM, _terminate)

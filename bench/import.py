@@ -40,7 +40,6 @@ import contextlib
 import cProfile
 import json
 import os
-import platform
 import pstats
 import random
 import resource
@@ -50,61 +49,39 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-BENCH_DIR = Path(__file__).resolve().parent
-ROOT = BENCH_DIR.parent
-RESULTS_DIR = BENCH_DIR / "results"
 # Run as a script, Python puts bench/ first on the path. There, the other benchmarks' modules
 # (bench/channels.py) would shadow the project's packages (channels): put the project first.
-if sys.path and Path(sys.path[0] or ".").resolve() == BENCH_DIR:
-    sys.path.pop(0)
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+_BENCH_DIR = Path(__file__).resolve().parent
+if sys.path and Path(sys.path[0] or ".").resolve() == _BENCH_DIR:
+    sys.path[0] = str(_BENCH_DIR.parent)
+elif str(_BENCH_DIR.parent) not in sys.path:
+    sys.path.insert(0, str(_BENCH_DIR.parent))
 
-MiB = 1024 * 1024
-DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
-RESULT_TAG = "BENCH_RESULT "
+from bench.common import (  # noqa: E402 - needs the path above
+    DEFAULT_POSTGRES_URL,
+    GIVENS,
+    MIDDLES,
+    RESULT_TAG,
+    RESULTS_DIR,
+    ROOT,
+    SURNAMES,
+    BenchError,
+    MiB,
+    postgres_database,
+    write_json,
+)
+from bench.common import machine as common_machine  # noqa: E402
+
 TARGET_ROWS_PER_SECOND = 20_000
 # Rows are cut from a pool of pre-rendered rows: generating must cost little next to importing.
 POOL_SIZE = 10_007
 BLOCK_BYTES = 64 * 1024
 
-SURNAMES: tuple[str, ...] = (
-    "Nguyễn",
-    "Trần",
-    "Lê",
-    "Phạm",
-    "Hoàng",
-    "Huỳnh",
-    "Phan",
-    "Vũ",
-    "Võ",
-    "Đặng",
-    "Bùi",
-)
-SURNAMES += ("Đỗ", "Hồ", "Ngô", "Dương", "Lý", "Trương", "Đinh", "Lò", "Hà")
-MIDDLES = ("Văn", "Thị", "Hữu", "Đức", "Minh", "Thanh", "Quốc", "Ngọc", "Thu", "Xuân", "Bích")
-GIVENS: tuple[str, ...] = (
-    "An",
-    "Bình",
-    "Chi",
-    "Dũng",
-    "Giang",
-    "Hà",
-    "Hải",
-    "Hạnh",
-    "Hiếu",
-    "Hoa",
-    "Hùng",
-)
-GIVENS += ("Hương", "Khánh", "Lan", "Linh", "Long", "Mai", "Nam", "Ngọc", "Nhung", "Phúc")
-GIVENS += ("Quân", "Sơn", "Tâm", "Thảo", "Trang", "Trung", "Tuấn", "Việt", "Yến", "Đạt")
 # How provinces really arrive: current names, former ones, no diacritics, prefixes, codes.
 PROVINCES: tuple[str, ...] = (
     "Hà Nội",
@@ -134,10 +111,6 @@ PHONE_PREFIXES: tuple[str, ...] = (
 PHONE_PREFIXES += ("079", "081", "083", "085", "088", "056", "058", "059")
 HEADER = "external_id,full_name,birth_date,province,language,kind,email,zalo,vssid,phone,ma_don_vi"
 BAD_KINDS = ("email", "birth_date", "province", "phone", "full_name")
-
-
-class BenchError(Exception):
-    """A failure explained in its message; printed without a traceback."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,25 +241,9 @@ def _database(kind: str, postgres_url: str, keep: bool) -> Iterator[str]:
             else:
                 shutil.rmtree(directory, ignore_errors=True)
         return
-    import psycopg
-
-    name = f"dispatcher_bench_import_{uuid.uuid4().hex[:10]}"
-    try:
-        admin = psycopg.connect(postgres_url, autocommit=True, connect_timeout=5)
-    except psycopg.OperationalError as exc:
-        raise BenchError(f"PostgreSQL is not reachable at {postgres_url}: {exc}") from None
-    with admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    url = f"{postgres_url.rsplit('/', 1)[0]}/{name}"
-    try:
+    with postgres_database(postgres_url, keep=keep, prefix="dispatcher_bench_import") as url:
         migrate.upgrade(url)
         yield url
-    finally:
-        if keep:
-            print(f"kept database {name}", file=sys.stderr)
-        else:
-            with psycopg.connect(postgres_url, autocommit=True) as admin:
-                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def measure(args: argparse.Namespace, mix: Mix) -> Measurement:
@@ -434,15 +391,7 @@ def run_child(args: argparse.Namespace, recipients: int) -> dict[str, Any]:
 
 
 def machine() -> dict[str, Any]:
-    load = os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
-    return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
-        "sqlite": sqlite3.sqlite_version,
-        "load_average_at_start": [round(x, 2) for x in load],
-        "when": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
+    return {**common_machine(), "sqlite": sqlite3.sqlite_version}
 
 
 def print_measurement(result: dict[str, Any]) -> None:
@@ -473,13 +422,6 @@ def print_measurement(result: dict[str, Any]) -> None:
         )
     curve = "  ".join(f"{done / MiB:.0f}:{rss:.0f}" for done, rss in result["rss_samples"][::5])
     print(f"  RSS curve    (MiB read: MiB RSS) {curve}")
-
-
-def write_json(name: str, payload: dict[str, Any]) -> Path:
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / name
-    path.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    return path
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -1,26 +1,35 @@
 """End-to-end benchmark of the delivery pipeline, with its peak memory and a raw floor.
 
     python bench/pipeline.py                          # 100,000 recipients, SQLite
-    python bench/pipeline.py --recipients 10000
+    python bench/pipeline.py --recipients 1000000     # a million
     python bench/pipeline.py --database postgresql
-    python bench/pipeline.py --compare 10000,100000   # does peak memory grow with N?
+    python bench/pipeline.py --compare 100000,1000000 # does peak memory grow with N?
+    python bench/pipeline.py --recipients 1000000 --urgent 1000   # does urgent beat bulk?
 
 One measurement, from scratch each time:
 
 1. *Setup (not timed).* A private ``redis-server`` on a free port (or ``--redis-url``), a fresh
    SQLite file in a temporary directory (or a throwaway PostgreSQL database, dropped at the end),
    ``dispatcher migrate``, N recipients with Vietnamese names and a ``null`` address each
-   (``executemany``, not the API), the API (``dispatcher serve``) and the workers
-   (``dispatcher worker --queues bulk``) as real subprocesses, and a template published through
-   the API.
-2. *End to end (timed).* POST /v1/campaigns → submit → approve; the clock runs from the approve
-   call until GET /v1/campaigns/{id} says ``completed`` with N sent (polled every 0.5 s). Peak
-   RSS of the API and of the worker process tree is sampled every 0.2 s.
-3. *The planner alone.* An identical second campaign is created, submitted and approved with
-   the service functions in a separate process whose job queue is a Redis queue nobody serves;
-   that process then times ``planner.plan_run`` (its RSS sampled the same way) and cancels the
-   campaign, so nothing sends it.
-4. *The raw floor.* In this process: the same number of Jinja renders (same template text,
+   (``executemany``, not the API), two API keys written to the database (one submits, the other
+   approves: the two-person rule), the API (``dispatcher serve``) and the bulk workers
+   (``dispatcher worker --queues bulk``) as real subprocesses, and the templates published
+   through the API. With ``--urgent``, urgent workers too (``dispatcher worker --queues urgent``,
+   as in docker-compose).
+2. *End to end (timed).* POST /v1/campaigns → submit → approve (the other key); the clock runs
+   from the approve call until GET /v1/campaigns/{id} says ``completed`` with N sent (polled
+   every 0.5 s, every 1 s from 500,000 recipients up), and on the server's clock from
+   ``approved_at`` to ``completed_at``. Peak RSS of the API and of the worker process trees is
+   sampled every 0.2 s.
+3. *Urgent beats bulk* (``--urgent M``). Once a quarter of the bulk campaign is sent, a
+   ``fraud_warning`` campaign (urgent priority) to M of the same recipients is created and
+   approved; the database then tells, on the server's clock, how long after its approval its
+   first and its last delivery went, and how many bulk deliveries went in that time.
+4. *The planner alone.* An identical second campaign is created and launched with the service
+   functions in a separate process whose job queue is a Redis queue nobody serves; that process
+   then times ``planner.plan_run`` (its RSS sampled the same way) and cancels the campaign, so
+   nothing sends it.
+5. *The raw floor.* In this process: the same number of Jinja renders (same template text,
    ``SandboxedEnvironment``) and the same rows written with plain DB-API ``executemany`` (INSERT
    of N delivery-like rows, UPDATE of their status, INSERT of N attempt-like rows, in batches
    of the same size) on the same kind of database.
@@ -94,6 +103,29 @@ TEMPLATE: dict[str, Any] = {
     "variants": [{"channel": "default", "locale": "vi", "subject": SUBJECT, "body": BODY}],
 }
 CAMPAIGN_VARIABLES = {"year": "Bính Ngọ 2026"}
+URGENT_TEMPLATE_KEY = "bench_fraud_warning"
+URGENT_TEMPLATE: dict[str, Any] = {
+    "key": URGENT_TEMPLATE_KEY,
+    "kind": "fraud_warning",
+    "description": "Benchmark fraud warning (bench/pipeline.py --urgent)",
+    "defaults": {"hotline": "1900 9068"},
+    "variants": [
+        {
+            "channel": "default",
+            "locale": "vi",
+            "subject": "Cảnh báo lừa đảo — {{ recipient.full_name }}",
+            "body": (
+                "Kính gửi {{ recipient.honorific }} {{ recipient.full_name }}: cơ quan BHXH không "
+                "bao giờ gọi điện yêu cầu chuyển tiền. Mã số BHXH {{ recipient.external_id }}. "
+                "Nghi ngờ lừa đảo, gọi {{ hotline }}."
+                "{% if unsubscribe_url %} Hủy đăng ký: {{ unsubscribe_url }}{% endif %}"
+            ),
+        }
+    ],
+}
+# The urgent campaign is approved once this share of the bulk campaign is sent.
+URGENT_AFTER = 0.25
+URGENT_POLL_SECONDS = 0.1
 
 SURNAMES = (
     "Nguyễn",
@@ -372,32 +404,46 @@ class CpuSnapshot:
     at: float
     machine_busy_s: float
     ours: dict[int, float]
+    roles: dict[int, str] = field(default_factory=dict)
 
 
-def cpu_snapshot(processes: Sequence[Managed]) -> CpuSnapshot:
-    """Busy CPU seconds of the whole machine, and of each process of ours (and this one)."""
+def cpu_snapshot(
+    processes: Sequence[Managed], backends: Callable[[], list[int]] | None = None
+) -> CpuSnapshot:
+    """Busy CPU seconds of the whole machine, and of each process of ours (and this one), with
+    the PostgreSQL backends serving our database when ``backends`` lists them."""
     times = psutil.cpu_times()
     busy = times.user + times.system + getattr(times, "nice", 0.0)
     busy += getattr(times, "irq", 0.0) + getattr(times, "softirq", 0.0)
-    members = [psutil.Process()] + [m for p in processes for m in p.tree()]
+    members = [("benchmark", psutil.Process())] + [(p.name, m) for p in processes for m in p.tree()]
+    for pid in backends() if backends else []:
+        with contextlib.suppress(psutil.Error):
+            members.append(("postgresql", psutil.Process(pid)))
     ours: dict[int, float] = {}
-    for member in members:
+    roles: dict[int, str] = {}
+    for role, member in members:
         with contextlib.suppress(psutil.Error):
             t = member.cpu_times()
             ours[member.pid] = t.user + t.system
-    return CpuSnapshot(time.perf_counter(), busy, ours)
+            roles[member.pid] = role
+    return CpuSnapshot(time.perf_counter(), busy, ours, roles)
 
 
-def cpu_share(before: CpuSnapshot, after: CpuSnapshot) -> dict[str, float]:
+def cpu_share(before: CpuSnapshot, after: CpuSnapshot) -> dict[str, Any]:
     """Cores used on average between two snapshots: by our processes, and by everything else."""
     elapsed = max(after.at - before.at, 1e-9)
     machine = (after.machine_busy_s - before.machine_busy_s) / elapsed
     ours = sum(t - before.ours.get(pid, 0.0) for pid, t in after.ours.items()) / elapsed
+    by_role: dict[str, float] = {}
+    for pid, t in after.ours.items():
+        role = after.roles.get(pid, "?")
+        by_role[role] = by_role.get(role, 0.0) + (t - before.ours.get(pid, 0.0)) / elapsed
     return {
         "cores": float(psutil.cpu_count() or 1),
         "machine_busy_cores": round(machine, 2),
         "ours_cores": round(ours, 2),
         "others_cores": round(max(0.0, machine - ours), 2),
+        "ours_by_process": {role: round(v, 2) for role, v in sorted(by_role.items())},
     }
 
 
@@ -474,6 +520,24 @@ def create_postgres_database(admin_url: str) -> tuple[str, str]:
     return name, url
 
 
+def postgres_backends(admin_url: str, name: str) -> Callable[[], list[int]]:
+    """A function listing the server processes connected to database ``name``."""
+
+    def pids() -> list[int]:
+        import psycopg
+
+        try:
+            with psycopg.connect(admin_url, autocommit=True, connect_timeout=3) as admin:
+                rows = admin.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = %s", (name,)
+                ).fetchall()
+        except psycopg.Error:
+            return []
+        return [int(row[0]) for row in rows]
+
+    return pids
+
+
 def drop_postgres_database(admin_url: str, name: str) -> None:
     import psycopg
 
@@ -526,6 +590,21 @@ def insert_recipients(url: str, n: int, chunk: int = 10_000) -> None:
                 )
     finally:
         engine.dispose()
+
+
+def create_api_keys(url: str) -> tuple[str, str]:
+    """Two admin keys: one submits campaigns, the other approves them (two-person rule)."""
+    from dispatcher.auth.service import create_key
+    from dispatcher.db import Database
+
+    db = Database(url)
+    try:
+        with db.transaction() as session:
+            _, submitter = create_key(session, role="admin", name="bench submitter")
+            _, approver = create_key(session, role="admin", name="bench approver")
+    finally:
+        db.dispose()
+    return submitter, approver
 
 
 def database_checks(url: str, campaign_id: int) -> dict[str, Any]:
@@ -604,21 +683,40 @@ CREATE TABLE bench_floor_deliveries (
     batch_id VARCHAR(32), available_at {ts} NOT NULL, lease_until {ts},
     attempts INTEGER NOT NULL, failures INTEGER NOT NULL, reclaimed BOOLEAN NOT NULL,
     locale VARCHAR(16), provider_message_id VARCHAR(200), error_class VARCHAR(32),
-    error_reason TEXT, created_at {ts} NOT NULL, updated_at {ts} NOT NULL, sent_at {ts},
-    UNIQUE (run_id, recipient_id, channel));
-CREATE INDEX bench_floor_d_run_status ON bench_floor_deliveries (run_id, status);
-CREATE INDEX bench_floor_d_campaign ON bench_floor_deliveries (campaign_id, status, channel);
-CREATE INDEX bench_floor_d_recipient ON bench_floor_deliveries (recipient_id);
-CREATE INDEX bench_floor_d_available ON bench_floor_deliveries (status, available_at);
-CREATE INDEX bench_floor_d_batch ON bench_floor_deliveries (batch_id);
+    error_reason TEXT, created_at {ts} NOT NULL, updated_at {ts} NOT NULL, sent_at {ts});
 CREATE TABLE bench_floor_attempts (
     id {serial} PRIMARY KEY, delivery_id {bigint} NOT NULL, number INTEGER NOT NULL,
     started_at {ts} NOT NULL, duration_ms INTEGER NOT NULL, outcome VARCHAR(16) NOT NULL,
     error_class VARCHAR(64), provider_code VARCHAR(64), provider_reply TEXT,
     provider_message_id VARCHAR(200), locale VARCHAR(16), possible_duplicate BOOLEAN NOT NULL,
-    worker VARCHAR(100));
-CREATE INDEX bench_floor_a_delivery ON bench_floor_attempts (delivery_id)
+    worker VARCHAR(100))
 """
+
+
+def floor_indexes() -> list[str]:
+    """The real tables' indexes and unique constraints, on the floor's tables (so the floor
+    maintains the same indexes as the pipeline; it has no foreign keys)."""
+    from sqlalchemy import UniqueConstraint
+
+    from dispatcher.deliveries.models import Attempt, Delivery
+
+    statements = []
+    for model, floor in ((Delivery, "bench_floor_deliveries"), (Attempt, "bench_floor_attempts")):
+        table: Any = model.__table__
+        shapes = [(bool(i.unique), [c.name for c in i.columns]) for i in table.indexes]
+        shapes += [
+            (True, [c.name for c in constraint.columns])
+            for constraint in table.constraints
+            if isinstance(constraint, UniqueConstraint)
+        ]
+        for number, (unique, columns) in enumerate(shapes):
+            statements.append(
+                f"CREATE {'UNIQUE ' if unique else ''}INDEX {floor}_{number} "
+                f"ON {floor} ({', '.join(columns)})"
+            )
+    return statements
+
+
 FLOOR_INSERT = (
     "INSERT INTO bench_floor_deliveries (id, run_id, campaign_id, recipient_id, channel, status,"
     " batch_id, available_at, attempts, failures, reclaimed, created_at, updated_at)"
@@ -691,7 +789,7 @@ def raw_floor(database: str, url: str, n: int, batch_size: int) -> FloorResult:
 
     try:
         with transaction() as cursor:
-            for statement in FLOOR_DDL.format(**types).split(";"):
+            for statement in FLOOR_DDL.format(**types).split(";") + floor_indexes():
                 cursor.execute(statement)
         render_s = 0.0
         started = time.perf_counter()
@@ -821,6 +919,10 @@ class Options:
     stuck_seconds: float
     stall_seconds: float
     keep: bool
+    urgent: int = 0
+    urgent_processes: int = 1
+    urgent_threads: int = 4
+    urgent_env: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -846,13 +948,15 @@ def wait_for_campaign(
     options: Options,
     watch: Sequence[Managed],
     diagnose: Callable[[], str],
+    on_poll: Callable[[int], None] | None = None,
 ) -> Outcome:
+    poll = poll_seconds(n)
     next_poll = started
     last_print, last_sent = started, 0
     progress_at, progress_sent = started, -1
     all_sent_at: float | None = None
     while True:
-        next_poll += POLL_SECONDS
+        next_poll += poll
         time.sleep(max(0.0, next_poll - time.perf_counter()))
         for process in watch:
             if not process.alive():
@@ -868,6 +972,8 @@ def wait_for_campaign(
         status = data["status"]
         by_status: dict[str, int] = data["counts"]["by_status"]
         sent = by_status.get("sent", 0)
+        if on_poll is not None:
+            on_poll(sent)
         if sent >= n and all_sent_at is None:
             all_sent_at = elapsed
         if sent != progress_sent:
@@ -904,6 +1010,11 @@ def wait_for_campaign(
             raise BenchError(
                 f"timed out after {options.timeout:.0f} s with counts {by_status}; {diagnose()}"
             )
+
+
+def poll_seconds(n: int) -> float:
+    """How often the campaign is polled: its counts cost the API more as the campaign grows."""
+    return POLL_SECONDS if n < 500_000 else 2 * POLL_SECONDS
 
 
 def _outcome(
@@ -966,6 +1077,171 @@ def subprocess_env(
     return env
 
 
+def api_client(port: int, key: str) -> httpx.Client:
+    return httpx.Client(
+        base_url=f"http://127.0.0.1:{port}",
+        timeout=60,
+        headers={"Authorization": f"Bearer {key}"},
+    )
+
+
+def worker_command(queue: str, processes: int, threads: int) -> list[str]:
+    return [
+        *dispatcher_command(),
+        "worker",
+        "--queues",
+        queue,
+        "--processes",
+        str(processes),
+        "--threads",
+        str(threads),
+    ]
+
+
+def create_and_submit(client: httpx.Client, campaign: dict[str, Any]) -> int:
+    response = client.post("/v1/campaigns", json=campaign)
+    if response.status_code != 201:
+        raise BenchError(f"POST /v1/campaigns: {response.status_code} {response.text}")
+    campaign_id = int(response.json()["id"])
+    response = client.post(f"/v1/campaigns/{campaign_id}/submit")
+    if response.status_code != 200:
+        raise BenchError(f"submit: {response.status_code} {response.text}")
+    return campaign_id
+
+
+def approve(approver: httpx.Client, campaign_id: int) -> None:
+    response = approver.post(f"/v1/campaigns/{campaign_id}/approve")
+    if response.status_code != 200:
+        raise BenchError(f"approve {campaign_id}: {response.status_code} {response.text}")
+
+
+class UrgentProbe:
+    """Launches the urgent campaign once ``threshold`` bulk deliveries are sent (called at each
+    poll of the bulk campaign), then watches it until it completes."""
+
+    def __init__(
+        self,
+        client: httpx.Client,
+        approver: httpx.Client,
+        *,
+        size: int,
+        population: int,
+        threshold: int,
+    ) -> None:
+        if size > population:
+            raise BenchError(f"--urgent {size} needs at least as many recipients")
+        self.client = client
+        self.approver = approver
+        self.size = size
+        self.threshold = threshold
+        # Recipients spread over the whole population, by external id.
+        step = population / size
+        self.external_ids = [person(1 + int(i * step)).external_id for i in range(size)]
+        self.campaign_id: int | None = None
+        self.bulk_sent_at_launch: int | None = None
+        self.completed = False
+
+    def __call__(self, bulk_sent: int) -> None:
+        if self.campaign_id is None:
+            if bulk_sent >= self.threshold:
+                self.launch(bulk_sent)
+        elif not self.completed:
+            self.poll()
+
+    def launch(self, bulk_sent: int) -> None:
+        campaign = {
+            "name": f"Cảnh báo lừa đảo — benchmark {self.size:,}",
+            "kind": "fraud_warning",
+            "template": URGENT_TEMPLATE_KEY,
+            "audience": {"external_ids": self.external_ids},
+            "channels": ["null"],
+        }
+        campaign_id = create_and_submit(self.client, campaign)
+        approve(self.approver, campaign_id)
+        self.campaign_id, self.bulk_sent_at_launch = campaign_id, bulk_sent
+        print(
+            f"  urgent campaign {campaign_id} ({self.size:,} recipients) approved with "
+            f"{bulk_sent:,} bulk deliveries sent",
+            flush=True,
+        )
+
+    def poll(self) -> None:
+        response = self.client.get(f"/v1/campaigns/{self.campaign_id}")
+        if response.status_code != 200:
+            raise BenchError(f"GET urgent campaign: {response.status_code} {response.text}")
+        status = response.json()["status"]
+        if status in ("cancelled", "paused"):
+            raise BenchError(f"the urgent campaign ended {status}")
+        self.completed = status == "completed"
+
+    def finish(self, timeout: float) -> None:
+        """After the bulk campaign: launch the urgent one if it never was, wait for it."""
+        if self.campaign_id is None:
+            self.launch(-1)
+        deadline = time.monotonic() + timeout
+        while not self.completed:
+            if time.monotonic() > deadline:
+                raise BenchError(f"the urgent campaign did not complete within {timeout:.0f} s")
+            time.sleep(URGENT_POLL_SECONDS)
+            self.poll()
+
+
+def urgent_checks(url: str, urgent_id: int, bulk_id: int) -> dict[str, Any]:
+    """On the database's clock: approval of the urgent campaign to its first and last
+    delivery, and what the bulk campaign sent meanwhile and overall."""
+    from sqlalchemy import func, select
+
+    from dispatcher.campaigns.models import Campaign
+    from dispatcher.db import create_db_engine
+    from dispatcher.deliveries.models import Delivery
+
+    def sent_span(campaign_id: int) -> Any:
+        return select(
+            func.min(Delivery.sent_at), func.max(Delivery.sent_at), func.count(Delivery.sent_at)
+        ).where(Delivery.campaign_id == campaign_id)
+
+    engine = create_db_engine(url)
+    try:
+        with engine.connect() as connection:
+            approved = connection.scalar(
+                select(Campaign.approved_at).where(Campaign.id == urgent_id)
+            )
+            first, last, sent = connection.execute(sent_span(urgent_id)).one()
+            bulk_first, bulk_last, bulk_sent = connection.execute(sent_span(bulk_id)).one()
+            if approved is None or first is None or last is None:
+                raise BenchError(f"the urgent campaign {urgent_id} sent nothing")
+            meanwhile = connection.scalar(
+                select(func.count()).where(
+                    Delivery.campaign_id == bulk_id,
+                    Delivery.sent_at >= approved,
+                    Delivery.sent_at <= last,
+                )
+            )
+    finally:
+        engine.dispose()
+    window = (last - approved).total_seconds()
+    bulk_span = (bulk_last - bulk_first).total_seconds() if bulk_first and bulk_last else 0.0
+    return {
+        "campaign_id": urgent_id,
+        "sent": int(sent),
+        "first_after_approval_s": round((first - approved).total_seconds(), 3),
+        "last_after_approval_s": round(window, 3),
+        "bulk_sent_meanwhile": int(meanwhile or 0),
+        "bulk_per_s_meanwhile": round(int(meanwhile or 0) / window, 1) if window > 0 else None,
+        "bulk_per_s_overall": round(int(bulk_sent) / bulk_span, 1) if bulk_span > 0 else None,
+    }
+
+
+def print_urgent(u: dict[str, Any]) -> None:
+    print(
+        f"  urgent: {u['sent']:,} sent; first {u['first_after_approval_s']:.2f} s and last "
+        f"{u['last_after_approval_s']:.2f} s after its approval; bulk sent "
+        f"{u['bulk_sent_meanwhile']:,} meanwhile ({u['bulk_per_s_meanwhile'] or 0:,.0f}/s, "
+        f"{u['bulk_per_s_overall'] or 0:,.0f}/s over the whole bulk campaign)",
+        flush=True,
+    )
+
+
 def run_once(options: Options) -> dict[str, Any]:
     n = options.recipients
     print(
@@ -1005,6 +1281,7 @@ def run_once(options: Options) -> dict[str, Any]:
 
         # -- the database -----------------------------------------------------------------------
         setup_started = time.perf_counter()
+        backends: Callable[[], list[int]] | None = None
         if options.database == "sqlite":
             database_url = f"sqlite:///{workdir / 'bench.db'}"
         else:
@@ -1012,6 +1289,7 @@ def run_once(options: Options) -> dict[str, Any]:
             if not options.keep:
                 cleanup.callback(drop_postgres_database, options.postgres_url, pg_name)
             print(f"  throwaway PostgreSQL database {pg_name}")
+            backends = postgres_backends(options.postgres_url, pg_name)
         env = subprocess_env(options, database_url, redis_url, queues)
         migrate = subprocess.run(
             [*dispatcher_command(), "migrate"], cwd=ROOT, env=env, capture_output=True, text=True
@@ -1023,19 +1301,25 @@ def run_once(options: Options) -> dict[str, Any]:
         insert_s = time.perf_counter() - t0
         print(f"  setup: migrated, {n:,} recipients inserted in {insert_s:.1f} s", flush=True)
 
-        # -- the API and the workers ------------------------------------------------------------
+        # -- keys, the API and the workers ------------------------------------------------------
+        # Two keys, written before the API starts: the key that submits a campaign may not
+        # approve it.
+        submitter_key, approver_key = create_api_keys(database_url)
         port = free_port()
+        public = {"DISPATCHER_PUBLIC_URL": f"http://127.0.0.1:{port}"}
         api = Managed(
             "API",
             [*dispatcher_command(), "serve", "--host", "127.0.0.1", "--port", str(port)],
-            env={**env, "DISPATCHER_PUBLIC_URL": f"http://127.0.0.1:{port}"},
+            env={**env, **public},
             log_path=workdir / "api.log",
         )
         processes.append(api)
         sampler.watch("api", api)
         sampler.start()
-        client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)
+        client = api_client(port, submitter_key)
         cleanup.callback(client.close)
+        approver = api_client(port, approver_key)
+        cleanup.callback(approver.close)
 
         def api_up() -> bool:
             try:
@@ -1044,34 +1328,41 @@ def run_once(options: Options) -> dict[str, Any]:
                 return False
 
         wait_until(api_up, timeout=60, what="the API (/readyz)", watch=[api])
-        response = client.post("/v1/templates", json=TEMPLATE)
-        if response.status_code != 201:
-            raise BenchError(f"publishing the template: {response.status_code} {response.text}")
+        for template in [TEMPLATE] + ([URGENT_TEMPLATE] if options.urgent else []):
+            response = client.post("/v1/templates", json=template)
+            if response.status_code != 201:
+                raise BenchError(
+                    f"publishing {template['key']}: {response.status_code} {response.text}"
+                )
 
         heartbeats = f"{NAMESPACE}:__heartbeats__"
         already = int(redis_client.zcard(heartbeats))
         workers = Managed(
             "workers",
-            [
-                *dispatcher_command(),
-                "worker",
-                "--queues",
-                queues[0],
-                "--processes",
-                str(options.workers),
-                "--threads",
-                str(options.threads),
-            ],
-            env={**env, "DISPATCHER_PUBLIC_URL": f"http://127.0.0.1:{port}"},
+            worker_command(queues[0], options.workers, options.threads),
+            env={**env, **public},
             log_path=workdir / "workers.log",
         )
         processes.append(workers)
         sampler.watch("workers", workers)
+        serving = [api, workers]
+        expected = options.workers
+        if options.urgent:
+            urgent_workers = Managed(
+                "urgent workers",
+                worker_command(queues[1], options.urgent_processes, options.urgent_threads),
+                env={**env, **public, **options.urgent_env},
+                log_path=workdir / "urgent-workers.log",
+            )
+            processes.append(urgent_workers)
+            sampler.watch("urgent_workers", urgent_workers)
+            serving.append(urgent_workers)
+            expected += options.urgent_processes
         wait_until(
-            lambda: int(redis_client.zcard(heartbeats)) >= already + options.workers,
+            lambda: int(redis_client.zcard(heartbeats)) >= already + expected,
             timeout=90,
-            what=f"{options.workers} dramatiq worker process(es) to poll Redis",
-            watch=[api, workers],
+            what=f"{expected} dramatiq worker process(es) to poll Redis",
+            watch=serving,
         )
         setup_s = time.perf_counter() - setup_started
         print(f"  setup done in {setup_s:.1f} s; API pid {api.pid}, workers pid {workers.pid}")
@@ -1085,18 +1376,21 @@ def run_once(options: Options) -> dict[str, Any]:
             "channels": ["null"],
             "variables": CAMPAIGN_VARIABLES,
         }
-        response = client.post("/v1/campaigns", json=campaign)
-        if response.status_code != 201:
-            raise BenchError(f"POST /v1/campaigns: {response.status_code} {response.text}")
-        campaign_id = int(response.json()["id"])
-        response = client.post(f"/v1/campaigns/{campaign_id}/submit")
-        if response.status_code != 200:
-            raise BenchError(f"submit: {response.status_code} {response.text}")
-        cpu_before = cpu_snapshot(processes)
+        campaign_id = create_and_submit(client, campaign)
+        probe = (
+            UrgentProbe(
+                client,
+                approver,
+                size=options.urgent,
+                population=n,
+                threshold=max(1, int(n * URGENT_AFTER)),
+            )
+            if options.urgent
+            else None
+        )
+        cpu_before = cpu_snapshot(processes, backends)
         started = time.perf_counter()
-        response = client.post(f"/v1/campaigns/{campaign_id}/approve")
-        if response.status_code != 200:
-            raise BenchError(f"approve: {response.status_code} {response.text}")
+        approve(approver, campaign_id)
         print(f"  campaign {campaign_id} approved; waiting for {n:,} sent", flush=True)
         outcome = wait_for_campaign(
             client,
@@ -1104,19 +1398,28 @@ def run_once(options: Options) -> dict[str, Any]:
             n,
             started=started,
             options=options,
-            watch=[api, workers],
+            watch=serving,
             diagnose=lambda: open_rows(database_url, campaign_id),
+            on_poll=probe,
         )
         sampler.sample()
-        cpu = cpu_share(cpu_before, cpu_snapshot(processes))
+        cpu = cpu_share(cpu_before, cpu_snapshot(processes, backends))
         rate = n / outcome.elapsed_s
         print(f"  done: {n:,} in {outcome.elapsed_s:.2f} s = {rate:,.0f} deliveries/s", flush=True)
+        urgent: dict[str, Any] | None = None
+        if probe is not None:
+            probe.finish(timeout=120)
+            assert probe.campaign_id is not None
+            urgent = urgent_checks(database_url, probe.campaign_id, campaign_id)
+            urgent["launched_at_bulk_sent"] = probe.bulk_sent_at_launch
+            print_urgent(urgent)
         checks = database_checks(database_url, campaign_id)
         sampler.unwatch("api")
         sampler.unwatch("workers")
-        api.stop()
-        workers.stop()
-        problems = {"api": log_problems(api.log_path), "workers": log_problems(workers.log_path)}
+        sampler.unwatch("urgent_workers")
+        for process in reversed(serving):
+            process.stop()
+        problems = {process.name: log_problems(process.log_path) for process in serving}
 
         # -- the planner alone -------------------------------------------------------------------
         print("  planner alone: a second, identical campaign in its own process ...", flush=True)
@@ -1200,6 +1503,14 @@ def run_once(options: Options) -> dict[str, Any]:
             "planner_rss_before_planning_mib": round(planned["rss_before_bytes"] / MiB, 1),
             "planner_ru_maxrss_mib": round(planned["ru_maxrss_bytes"] / MiB, 1),
             "cpu_during_timed_phase": cpu,
+            "urgent": urgent
+            and {
+                **urgent,
+                "recipients": options.urgent,
+                "processes": options.urgent_processes,
+                "threads": options.urgent_threads,
+                "extra_env": options.urgent_env,
+            },
             "final": outcome.final,
             "database_checks": checks,
             "log_problems": problems,
@@ -1256,7 +1567,8 @@ def print_block(r: dict[str, Any], out: TextIO = sys.stdout) -> None:
         (
             "elapsed",
             f"{r['elapsed_s']:.2f} s  (approve call → GET says completed, polled every "
-            f"{POLL_SECONDS} s)" + ("" if r["completed"] else "  NOT COMPLETED: time of all sent"),
+            f"{poll_seconds(r['recipients'])} s)"
+            + ("" if r["completed"] else "  NOT COMPLETED: time of all sent"),
         ),
         (
             "elapsed, server clock",
@@ -1293,6 +1605,29 @@ def print_block(r: dict[str, Any], out: TextIO = sys.stdout) -> None:
             f"{mib(r['planner_rss_before_planning_mib'])})",
         ),
     ]
+    urgent = r.get("urgent")
+    if urgent:
+        peak = peaks.get("urgent_workers", {})
+        rows += [
+            (
+                "urgent campaign",
+                f"{urgent['recipients']:,} recipients, {urgent['processes']} urgent worker "
+                f"process(es) × {urgent['threads']} threads, approved with "
+                f"{urgent['launched_at_bulk_sent']:,} bulk deliveries sent",
+            ),
+            (
+                "urgent: approval →",
+                f"first delivery {urgent['first_after_approval_s']:.2f} s, last "
+                f"{urgent['last_after_approval_s']:.2f} s ({urgent['sent']:,} sent)",
+            ),
+            (
+                "bulk meanwhile",
+                f"{urgent['bulk_sent_meanwhile']:,} sent = "
+                f"{urgent['bulk_per_s_meanwhile'] or 0:,.0f}/s (whole campaign "
+                f"{urgent['bulk_per_s_overall'] or 0:,.0f}/s)",
+            ),
+            ("peak RSS urgent workers", mib(peak.get("largest_process"))),
+        ]
     cpu = r.get("cpu_during_timed_phase")
     if cpu:
         note = (
@@ -1305,6 +1640,12 @@ def print_block(r: dict[str, Any], out: TextIO = sys.stdout) -> None:
                 "CPU while timed",
                 f"ours {cpu['ours_cores']:.2f} cores, other processes "
                 f"{cpu['others_cores']:.2f}, of {cpu['cores']:.0f}{note}",
+            )
+        )
+        rows.append(
+            (
+                "CPU of ours, by process",
+                ", ".join(f"{k} {v:.2f}" for k, v in cpu.get("ours_by_process", {}).items()),
             )
         )
     checks = r["database_checks"]
@@ -1472,6 +1813,27 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="keep the temporary directory (logs, SQLite file) and database",
     )
+    parser.add_argument(
+        "--urgent",
+        type=int,
+        default=0,
+        metavar="M",
+        help="while the bulk campaign runs, send an urgent (fraud_warning) campaign to M of "
+        "the recipients and time it (starts urgent workers)",
+    )
+    parser.add_argument(
+        "--urgent-processes", type=int, default=1, help="urgent worker processes (default 1)"
+    )
+    parser.add_argument(
+        "--urgent-threads", type=int, default=4, help="threads per urgent worker (default 4)"
+    )
+    parser.add_argument(
+        "--urgent-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra environment for the urgent workers only (repeatable)",
+    )
     parser.add_argument("--planner-child", default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -1482,12 +1844,8 @@ def options_for(args: argparse.Namespace, n: int) -> Options:
     defaults = Settings.model_fields
     threads = args.threads or int(defaults["worker_threads"].default)
     batch_size = args.batch_size or int(defaults["batch_size"].default)
-    extra_env = {}
-    for item in args.env:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise BenchError(f"--env takes KEY=VALUE, not {item!r}")
-        extra_env[key] = value
+    extra_env = key_values(args.env, "--env")
+    urgent_env = key_values(args.urgent_env, "--urgent-env")
     if n < 1 or args.workers < 1 or threads < 1 or batch_size < 1:
         raise BenchError("--recipients, --workers, --threads and --batch-size must be positive")
     return Options(
@@ -1504,7 +1862,21 @@ def options_for(args: argparse.Namespace, n: int) -> Options:
         stuck_seconds=args.stuck_seconds,
         stall_seconds=args.stall_seconds,
         keep=args.keep,
+        urgent=args.urgent,
+        urgent_processes=args.urgent_processes,
+        urgent_threads=args.urgent_threads,
+        urgent_env=urgent_env,
     )
+
+
+def key_values(items: Sequence[str], option: str) -> dict[str, str]:
+    found = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise BenchError(f"{option} takes KEY=VALUE, not {item!r}")
+        found[key] = value
+    return found
 
 
 def _terminate(signum: int, frame: FrameType | None) -> None:
@@ -1542,7 +1914,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             result = run_once(options_for(args, args.recipients))
             print_block(result)
-            path = write_json(f"pipeline-{args.database}-{args.recipients}.json", result)
+            suffix = f"-urgent{args.urgent}" if args.urgent else ""
+            path = write_json(f"pipeline-{args.database}-{args.recipients}{suffix}.json", result)
             print(f"  written to {relative(path)}")
     except BenchError as exc:
         print(f"\nbenchmark failed: {exc}", file=sys.stderr)

@@ -83,7 +83,12 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # A unit of work marked read-only (the ``read_only`` execution option, see
+        # Database.reading) takes no write lock: in WAL mode it reads beside the writer.
+        if connection.get_execution_options().get("read_only"):
+            connection.exec_driver_sql("BEGIN")
+        else:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def create_db_engine(url: str, **kwargs: Any) -> Engine:
@@ -143,6 +148,18 @@ class Database:
         except BaseException:
             session.rollback()
             raise
+        finally:
+            session.close()
+
+    @contextmanager
+    def reading(self) -> Iterator[Session]:
+        """A session for reads only: on SQLite it takes no write lock (it must not write).
+
+        Closing it ends the transaction; what it loaded stays readable (nothing is expired)."""
+        session = self.session()
+        try:
+            session.connection(execution_options={"read_only": True})
+            yield session
         finally:
             session.close()
 

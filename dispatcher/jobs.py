@@ -28,6 +28,7 @@ from dispatcher.config import Settings
 log = structlog.get_logger(__name__)
 
 MARKER_PREFIX = "dispatcher:batch:"
+BROKER_NAMESPACE = "dispatcher"  # dramatiq's keys in Redis: a queue is the list <namespace>:<name>
 SEND_BATCH = "deliveries.send_batch"
 PLAN_RUN = "runs.plan"
 
@@ -54,6 +55,9 @@ class Markers(Protocol):
     def set_many(self, batch_ids: Sequence[str], ttl_seconds: int) -> None: ...
     def delete(self, batch_id: str) -> None: ...
     def alive(self, batch_ids: Sequence[str]) -> list[bool]: ...
+    def waiting(self, queue: str) -> int | None:
+        """Jobs waiting in ``queue`` for a worker; None when that cannot be known."""
+        ...
 
 
 class RedisMarkers:
@@ -75,6 +79,9 @@ class RedisMarkers:
             pipe.exists(MARKER_PREFIX + batch_id)
         return [bool(n) for n in pipe.execute()]
 
+    def waiting(self, queue: str) -> int | None:
+        return int(self.client.llen(f"{BROKER_NAMESPACE}:{queue}"))
+
 
 class MemoryMarkers:
     """For the in-process broker of ``dispatcher dev`` without Redis."""
@@ -94,6 +101,9 @@ class MemoryMarkers:
     def alive(self, batch_ids: Sequence[str]) -> list[bool]:
         with self._lock:
             return [b in self._alive for b in batch_ids]
+
+    def waiting(self, queue: str) -> int | None:
+        return None  # the in-process broker's queues are not visible here
 
 
 class JobQueue:
@@ -185,7 +195,9 @@ def create_redis_broker(settings: Settings) -> RedisBroker:
     )
 
     middleware = [TimeLimit(), ShutdownNotifications(), Callbacks(), Pipelines(), Retries()]
-    return RedisBroker(client=redis_client(settings), middleware=middleware, namespace="dispatcher")
+    return RedisBroker(
+        client=redis_client(settings), middleware=middleware, namespace=BROKER_NAMESPACE
+    )
 
 
 def create_stub_broker() -> StubBroker:

@@ -6,21 +6,27 @@ served by ``--queues urgent`` workers and never waits behind bulk batches.
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import dramatiq
 from dramatiq.middleware import Middleware
+from sqlalchemy import select
+from structlog.contextvars import bound_contextvars
 
 from dispatcher import jobs
 from dispatcher.campaigns import planner
+from dispatcher.campaigns.models import Run
 from dispatcher.config import Settings, get_settings
 from dispatcher.db import get_database
 from dispatcher.deliveries.pipeline import BatchProcessor
 from dispatcher.loop import get_loop
+from dispatcher.metrics import JobMetrics
 from workers import sweeper
 
+SWITCH_INTERVAL = 0.0005
 _processor: BatchProcessor | None = None
 _lock = threading.Lock()
 
@@ -29,6 +35,9 @@ def get_processor() -> BatchProcessor:
     global _processor
     with _lock:
         if _processor is None:
+            # A thread holding the database's write turn must get the interpreter back soon
+            # from threads that render: hand it over every 0.5 ms rather than every 5.
+            sys.setswitchinterval(SWITCH_INTERVAL)
             _processor = BatchProcessor(
                 db=get_database(),
                 settings=get_settings(),
@@ -44,18 +53,40 @@ def set_processor(processor: BatchProcessor | None) -> None:
         _processor = processor
 
 
+def _campaign_of(run_id: int) -> int | None:
+    with get_database().reading() as session:
+        return session.scalar(select(Run.campaign_id).where(Run.id == run_id))
+
+
 def send_batch(run_id: int, delivery_ids: Sequence[int], batch_id: str | None = None) -> None:
-    get_processor().process(run_id, delivery_ids, batch_id)
+    # Every log line of the batch (ours, the adapters', the libraries') names it.
+    with bound_contextvars(campaign_id=_campaign_of(run_id), run_id=run_id, batch_id=batch_id):
+        get_processor().process(run_id, delivery_ids, batch_id)
+
+
+def send_urgent_batch(
+    run_id: int, delivery_ids: Sequence[int], batch_id: str | None = None
+) -> None:
+    """A batch of the urgent queue: its writes go ahead of bulk batches' (SQLite's turns)."""
+    with bound_contextvars(campaign_id=_campaign_of(run_id), run_id=run_id, batch_id=batch_id):
+        get_processor().process(run_id, delivery_ids, batch_id, urgent=True)
 
 
 def plan_run(run_id: int) -> None:
     settings = get_settings()
     db = get_database()
-    planner.plan_run(db=db, run_id=run_id, settings=settings)
-    # After a resume (or a planner restart) rows may wait with no live batch: queue them now.
-    sweeper.requeue_orphans(
-        db=db, settings=settings, markers=jobs.get_job_queue().markers, run_id=run_id, grace=0
-    )
+    with bound_contextvars(campaign_id=_campaign_of(run_id), run_id=run_id):
+        fresh = planner.unplanned(db=db, run_id=run_id)
+        planner.plan_run(db=db, run_id=run_id, settings=settings)
+        if fresh:
+            # Each page's batch was queued as the page committed: nothing is orphaned yet (a
+            # lost enqueue is the periodic sweeper's), and looking would walk every pending
+            # row of a big run.
+            return
+        # After a resume (or a planner restart) rows may wait with no live batch: queue them.
+        sweeper.requeue_orphans(
+            db=db, settings=settings, markers=jobs.get_job_queue().markers, run_id=run_id, grace=0
+        )
 
 
 class CloseAdapters(Middleware):
@@ -71,8 +102,9 @@ def declare(broker: dramatiq.Broker, settings: Settings) -> dict[str, dramatiq.A
     """Declare every actor on every queue of ``broker``; returns them by name."""
     declared: dict[str, dramatiq.Actor[Any, Any]] = {}
     for queue in (settings.queue_urgent, settings.queue_bulk):
+        send = send_urgent_batch if queue == settings.queue_urgent else send_batch
         verbs: tuple[tuple[str, Callable[..., None]], ...] = (
-            (jobs.SEND_BATCH, send_batch),
+            (jobs.SEND_BATCH, send),
             (jobs.PLAN_RUN, plan_run),
         )
         for verb, fn in verbs:
@@ -93,4 +125,6 @@ def declare(broker: dramatiq.Broker, settings: Settings) -> dict[str, dramatiq.A
             )(fn)
     if not any(isinstance(m, CloseAdapters) for m in broker.middleware):
         broker.add_middleware(CloseAdapters())
+    if not any(isinstance(m, JobMetrics) for m in broker.middleware):
+        broker.add_middleware(JobMetrics())
     return declared

@@ -19,10 +19,12 @@ from sqlalchemy import (
     Integer,
     Select,
     String,
+    Table,
     and_,
     case,
     exists,
     literal,
+    or_,
     select,
 )
 from sqlalchemy.orm import Session, aliased
@@ -34,6 +36,7 @@ from dispatcher.clock import utcnow
 from dispatcher.config import Settings
 from dispatcher.consent import service as consent
 from dispatcher.db import Database, UTCDateTime
+from dispatcher.deliveries.bulk import write_turns
 from dispatcher.deliveries.models import OPEN_STATUSES, Delivery, DeliveryStatus
 from dispatcher.jobs import SEND_BATCH, Job, actor_name, enqueue_after_commit, new_batch_id
 from dispatcher.recipients.audience import compile_audience
@@ -41,6 +44,7 @@ from dispatcher.recipients.models import Address, Recipient
 from dispatcher.scheduling import windows
 from dispatcher.sql import insert_for
 
+deliveries_t: Table = Delivery.__table__  # type: ignore[assignment]
 COLUMNS = (
     "run_id",
     "campaign_id",
@@ -106,7 +110,9 @@ class Rows:
             self.usable(other),
         )
 
-    def select(self, status: str, reason: str | None, *where: Any) -> Select[*tuple[Any, ...]]:
+    def select(
+        self, status: str, reason: ColumnElement[str] | None, *where: Any
+    ) -> Select[*tuple[Any, ...]]:
         return (
             select(
                 literal(self.run.id, Integer()),
@@ -115,7 +121,7 @@ class Rows:
                 Address.channel,
                 literal(status, String()),
                 literal(self.batch_id if status == DeliveryStatus.pending else None, String()),
-                literal(reason, String()),
+                literal(None, String()) if reason is None else reason,
                 case(
                     {c: literal(t, UTCDateTime()) for c, t in self.available.items()},
                     value=Address.channel,
@@ -137,31 +143,29 @@ class Rows:
 
     def insert(self, rows: Select[*tuple[Any, ...]]) -> list[int]:
         statement = (
-            insert_for(self.session, Delivery)
+            insert_for(self.session, deliveries_t)
             .from_select(list(COLUMNS), rows)
             .on_conflict_do_nothing()
-            .returning(Delivery.id)
+            .returning(deliveries_t.c.id)
         )
-        return list(self.session.scalars(statement))
+        # Core, not the ORM's bulk machinery: nothing here becomes an object.
+        return list(self.session.connection().execute(statement).scalars())
 
     def plan(self, *where: Any) -> tuple[list[int], int]:
         """Insert the rows for the recipients ``where`` selects: (pending ids, skipped count)."""
         if self.campaign.channel_mode == "fallback":
             where = (*where, self.none_usable_before())
-        skipped = len(
-            self.insert(
-                self.select("skipped", "address_dead", Address.dead_at.is_not(None), *where)
-            )
+        dead = Address.dead_at.is_not(None)
+        dead_reason = literal("address_dead", String())
+        if self.opted is None:
+            skipped = self.insert(self.select("skipped", dead_reason, dead, *where))
+        else:
+            # One statement for both reasons: a dead address, else an opt-out.
+            reason = case((dead, dead_reason), else_=literal("opted_out", String()))
+            skipped = self.insert(self.select("skipped", reason, or_(dead, self.opted), *where))
+        return sorted(self.insert(self.select("pending", None, self.usable(), *where))), len(
+            skipped
         )
-        if self.opted is not None:
-            skipped += len(
-                self.insert(
-                    self.select(
-                        "skipped", "opted_out", Address.dead_at.is_(None), self.opted, *where
-                    )
-                )
-            )
-        return sorted(self.insert(self.select("pending", None, self.usable(), *where))), skipped
 
     def next_hops(self, failed: Sequence[tuple[int, str]]) -> list[int]:
         """Fallback: plan each (recipient, failed channel)'s next usable channel."""
@@ -239,11 +243,21 @@ def enqueue_batch(
     )
 
 
+def unplanned(*, db: Database, run_id: int) -> bool:
+    """Whether the run waits for its first page: planning, and nothing planned yet."""
+    with db.reading() as session:
+        state = session.execute(
+            select(Run.status, Run.planned_through).where(Run.id == run_id)
+        ).first()
+    return state is not None and state[0] == "planning" and not state[1]
+
+
 def plan_run(*, db: Database, run_id: int, settings: Settings) -> int:
     """Plan every remaining page of a run; returns the deliveries made by this call."""
     made = 0
+    turns = write_turns(db)
     while True:
-        with db.transaction() as session:
+        with turns.transaction(first=True) as session:
             run = session.scalar(select(Run).where(Run.id == run_id).with_for_update())
             if run is None or run.status != "planning":
                 return made
@@ -255,9 +269,19 @@ def plan_run(*, db: Database, run_id: int, settings: Settings) -> int:
                 run.status = "running"
                 run.planned_at = run.planner_heartbeat_at = now
                 session.flush()
+                if complete_if_done(session=session, run=run):
+                    return made
+            else:
+                made += count
+                continue
+        # Planned, but rows were still open a moment ago. A batch that closed the last of them
+        # since may have looked at the run before this commit, seen it still planning and left
+        # it: look once more now that it is running (whoever looks last sees everything).
+        with turns.transaction(first=True) as session:
+            run = session.get(Run, run_id)
+            if run is not None:
                 complete_if_done(session=session, run=run)
-                return made
-            made += count
+        return made
 
 
 def complete_if_done(*, session: Session, run: Run) -> bool:

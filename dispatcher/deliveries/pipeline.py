@@ -25,7 +25,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import Table, bindparam, case, func, select, update
+from sqlalchemy import ColumnElement, Table, and_, bindparam, case, func, select, update
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.orm import Session
 
 from channels import registry
 from channels.base import (
@@ -56,9 +58,10 @@ from dispatcher.content.render import (
     renderer,
 )
 from dispatcher.db import Database
+from dispatcher.deliveries.bulk import BulkWrites, write_turns
 from dispatcher.deliveries.models import (
     CLAIMABLE_STATUSES,
-    Attempt,
+    OPEN_STATUSES,
     Delivery,
     DeliveryStatus,
     Outcome,
@@ -81,6 +84,7 @@ from dispatcher.metrics import (
     DELIVERY_OUTCOMES,
     RATE_LIMIT_WAIT_SECONDS,
     SEND_SECONDS,
+    record_outcomes,
 )
 from dispatcher.recipients.models import Address, Recipient
 from dispatcher.scheduling import windows
@@ -92,8 +96,20 @@ WORKER_NAME = f"{socket.gethostname()}:{os.getpid()}"
 # Retries for these wait as asked and do not count against the delivery's attempt budget.
 NO_BUDGET = ("rate_limited", "auth", "deferred", "send_window")
 MAX_RATE_ROUNDS = 5
+ACTIVE_RUN = ("planning", "running")
+# What a template may see of a recipient, in the order the claim reads them.
+PERSON_FIELDS = (
+    "external_id",
+    "full_name",
+    "kind",
+    "province",
+    "birth_date",
+    "language",
+    "attributes",
+)
 deliveries_t: Table = Delivery.__table__  # type: ignore[assignment]
-attempts_t: Table = Attempt.__table__  # type: ignore[assignment]
+runs_t: Table = Run.__table__  # type: ignore[assignment]
+recipients_t: Table = Recipient.__table__  # type: ignore[assignment]
 addresses_t: Table = Address.__table__  # type: ignore[assignment]
 
 
@@ -141,6 +157,8 @@ class Claim:
     campaign: Campaign | None = None
     run: Run | None = None
     people: dict[int, dict[str, Any]] = field(default_factory=dict)
+    # Each claimed row's live address on its channel, by delivery id.
+    addresses: dict[int, str] = field(default_factory=dict)
     defaults: dict[str, Any] = field(default_factory=dict)
     variants: dict[tuple[str, str], VariantData] = field(default_factory=dict)
     # Set when nothing was claimable yet: when the earliest row of the batch falls due.
@@ -193,6 +211,10 @@ class BatchProcessor:
             else ratelimit.RedisLimiter(settings.redis_url)
         )
         self._signing_key: bytes | None = None
+        self.turns = write_turns(db)
+        self._bulk: BulkWrites | None = None
+        # The labelled children of the per-send metrics, by channel.
+        self._sent_metrics: dict[str, tuple[Any, Any]] = {}
 
     # -- 1. claim ---------------------------------------------------------------------------
 
@@ -202,85 +224,159 @@ class BatchProcessor:
         delivery_ids: Sequence[int],
         batch_id: str | None,
         lease_until: datetime,
+        *,
+        urgent: bool = False,
     ) -> Claim:
+        """Take the batch's claimable rows, then read what rendering them needs.
+
+        The write transaction holds only the conditional UPDATE (on SQLite the writers take
+        turns, and hold the lock for as little as possible). The rows it took are then read,
+        with their recipients and addresses, as the rows of this batch that are claimed until
+        exactly our ``lease_until``: the same test the record makes before it writes.
+        """
         now = utcnow()
-        with self.db.transaction() as session:
+        d = deliveries_t.c
+        # Rows carry the id of the batch meant to claim them (the planner, a retry or the
+        # sweeper set it), so the indexed batch id picks them, not a list of 500 ids. The run
+        # and the status are compared as expressions (``run_id + 0``, ``status || ''``) so that
+        # no database walks the run's or the status's index instead: with a million rows
+        # pending, SQLite took the run's index and PostgreSQL ANDed the batch's index with a
+        # scan of every pending row's entry in the status index.
+        status = d.status + ""
+        claimable = status.in_([s.value for s in CLAIMABLE_STATUSES]) | (
+            (status == DeliveryStatus.claimed.value) & (d.lease_until < now)
+        )
+        which = d.batch_id == batch_id if batch_id else d.id.in_(list(delivery_ids))
+        active = (
+            select(runs_t.c.id)
+            .where(runs_t.c.id == run_id, runs_t.c.status.in_(ACTIVE_RUN))
+            .exists()
+        )
+        claim_rows = (
+            update(deliveries_t)
+            .where(which, (d.run_id + 0) == run_id, d.available_at <= now, claimable, active)
+            .values(
+                status=DeliveryStatus.claimed.value,
+                lease_until=lease_until,
+                updated_at=now,
+                reclaimed=case((d.status == DeliveryStatus.claimed.value, True), else_=d.reclaimed),
+            )
+        )
+        with self.turns.transaction(first=urgent) as session:
+            claimed = session.connection().execute(claim_rows).rowcount
+            if claimed and self._signing_key is None:
+                self._signing_key = secrets.signing_key(session, self.settings)
+        try:
+            return self._read_claim(run_id, delivery_ids, which, lease_until, claimed, now)
+        except BaseException:
+            if claimed:
+                # Nothing was sent: give the rows back now rather than when the lease ends.
+                self._unclaim(which, lease_until)
+            raise
+
+    def _read_claim(
+        self,
+        run_id: int,
+        delivery_ids: Sequence[int],
+        which: ColumnElement[bool],
+        lease_until: datetime,
+        claimed: int,
+        now: datetime,
+    ) -> Claim:
+        d = deliveries_t.c
+        with self.db.reading() as session:
             run = session.get(Run, run_id)
-            if run is None or run.status not in ("planning", "running"):
+            if run is None or (not claimed and run.status not in ACTIVE_RUN):
                 return Claim(run=run)
             campaign = session.get(Campaign, run.campaign_id)
             assert campaign is not None
-            d = deliveries_t.c
-            claimable = d.status.in_([s.value for s in CLAIMABLE_STATUSES]) | (
-                (d.status == DeliveryStatus.claimed.value) & (d.lease_until < now)
-            )
-            # Rows carry the id of the batch meant to claim them (the planner, a retry or the
-            # sweeper set it), so the indexed batch id picks them, not a list of 500 ids.
-            which = d.batch_id == batch_id if batch_id else d.id.in_(list(delivery_ids))
-            rows = session.execute(
-                update(deliveries_t)
-                .where(which, d.run_id == run_id, d.available_at <= now, claimable)
-                .values(
-                    status=DeliveryStatus.claimed.value,
-                    lease_until=lease_until,
-                    updated_at=now,
-                    reclaimed=case(
-                        (d.status == DeliveryStatus.claimed.value, True), else_=d.reclaimed
-                    ),
-                )
-                .returning(d.id, d.recipient_id, d.channel, d.attempts, d.failures, d.reclaimed)
-            ).all()
-            claim = Claim(
-                work=[Work(r[0], r[1], r[2], r[3], r[4], bool(r[5])) for r in rows],
-                campaign=campaign,
-                run=run,
-            )
-            work, people = claim.work, claim.people
-            if not work:
+            claim = Claim(campaign=campaign, run=run)
+            if not claimed:
                 # A job that arrives before its rows are due (clock skew between hosts, an
                 # early broker) is put back for when they are, rather than dropped.
-                due = session.scalar(
-                    select(func.min(Delivery.available_at)).where(
-                        Delivery.id.in_(list(delivery_ids)),
-                        Delivery.status.in_(CLAIMABLE_STATUSES),
-                        Delivery.available_at > now,
+                claim.due = session.scalar(
+                    select(func.min(d.available_at)).where(
+                        d.id.in_(list(delivery_ids)),
+                        d.status.in_([s.value for s in CLAIMABLE_STATUSES]),
+                        d.available_at > now,
                     )
                 )
-                claim.due = due
-            if work:
-                recipient_ids = list({w.recipient_id for w in work})
-                for person in session.execute(
-                    select(
-                        Recipient.id,
-                        Recipient.external_id,
-                        Recipient.full_name,
-                        Recipient.kind,
-                        Recipient.province,
-                        Recipient.birth_date,
-                        Recipient.language,
-                        Recipient.attributes,
-                    ).where(Recipient.id.in_(recipient_ids))
-                ):
-                    people[person.id] = {**person._mapping, "addresses": {}}
-                for rid, channel, value, dead_at in session.execute(
-                    select(
-                        Address.recipient_id, Address.channel, Address.value, Address.dead_at
-                    ).where(Address.recipient_id.in_(recipient_ids))
-                ):
-                    if dead_at is None and rid in people:
-                        people[rid]["addresses"][channel] = value
-                if self._signing_key is None:
-                    self._signing_key = secrets.signing_key(session, self.settings)
-                version_id = run.template_version_id or campaign.template_version_id
-                assert version_id is not None, f"run {run.id} has no template version"
-                claim.defaults, claim.variants = content.versions.get(session, version_id)
-            return claim
+                return claim
+            self._read_claimed(session, claim, which, lease_until)
+            version_id = run.template_version_id or campaign.template_version_id
+            assert version_id is not None, f"run {run.id} has no template version"
+            claim.defaults, claim.variants = content.versions.get(session, version_id)
+        return claim
+
+    def _unclaim(self, which: ColumnElement[bool], lease_until: datetime) -> None:
+        d = deliveries_t.c
+        try:
+            with self.turns.transaction() as session:
+                session.connection().execute(
+                    update(deliveries_t)
+                    .where(
+                        which,
+                        d.status == DeliveryStatus.claimed.value,
+                        d.lease_until == lease_until,
+                    )
+                    .values(status=DeliveryStatus.pending.value, lease_until=None)
+                )
+        except Exception:
+            log.exception("unclaim_failed")
+
+    @staticmethod
+    def _read_claimed(
+        session: Session, claim: Claim, which: ColumnElement[bool], lease_until: datetime
+    ) -> None:
+        """Our claimed rows, each with its recipient and its live address on its channel."""
+        d, r, a = deliveries_t.c, recipients_t.c, addresses_t.c
+        people, addresses, work = claim.people, claim.addresses, claim.work
+        query = (
+            select(
+                d.id,
+                d.recipient_id,
+                d.channel,
+                d.attempts,
+                d.failures,
+                d.reclaimed,
+                r.external_id,
+                r.full_name,
+                r.kind,
+                r.province,
+                r.birth_date,
+                r.language,
+                r.attributes,
+                a.value,
+            )
+            .select_from(
+                deliveries_t.outerjoin(recipients_t, r.id == d.recipient_id).outerjoin(
+                    addresses_t,
+                    and_(
+                        a.recipient_id == d.recipient_id,
+                        a.channel == d.channel,
+                        a.dead_at.is_(None),
+                    ),
+                )
+            )
+            # ``+ ''`` keeps SQLite on the batch's index rather than the status index.
+            .where(
+                which, (d.status + "") == DeliveryStatus.claimed.value, d.lease_until == lease_until
+            )
+            .order_by(d.id)
+        )
+        for row in session.connection().execute(query).all():
+            delivery_id, recipient_id = row[0], row[1]
+            work.append(Work(delivery_id, recipient_id, row[2], row[3], row[4], bool(row[5])))
+            if recipient_id not in people and row[6] is not None:
+                people[recipient_id] = dict(zip(PERSON_FIELDS, row[6:13], strict=True))
+            if row[13] is not None:
+                addresses[delivery_id] = row[13]
 
     # -- 2. render --------------------------------------------------------------------------
 
     def _render(self, claim: Claim) -> None:
         campaign, run, people = claim.campaign, claim.run, claim.people
-        defaults, variants = claim.defaults, claim.variants
+        defaults, variants, addresses = claim.defaults, claim.variants, claim.addresses
         assert campaign is not None and run is not None
         kind = Category(campaign.kind)
         variables = {
@@ -288,42 +384,50 @@ class BatchProcessor:
             **(campaign.variables or {}),
             **(run.variables or {}),
         }
+        unsubscribe_base = f"{self.settings.public_url}/u/"
+        signing_key = self._signing_key
+        transactional = kind is Category.transactional
+        chosen: dict[tuple[str, str | None], VariantData | None] = {}
         views: dict[tuple[int, str], Any] = {}
         for item in claim.work:
             person = people.get(item.recipient_id)
-            address = person["addresses"].get(item.channel) if person else None
+            address = addresses.get(item.delivery_id)
             if person is None or address is None:
                 item.status = DeliveryStatus.skipped
                 item.error_class = "no_address"
                 item.error_reason = f"no live {item.channel} address"
                 continue
-            variant: VariantData | None = choose_variant(variants, item.channel, person["language"])
+            language = person["language"]
+            key = (item.channel, language)
+            if key in chosen:
+                variant = chosen[key]
+            else:
+                variant = chosen[key] = choose_variant(variants, item.channel, language)
             if variant is None:
                 item.status = DeliveryStatus.failed
                 item.error_class = "template"
                 item.error_reason = f"no variant for {item.channel}"
                 continue
-            item.locale = variant.locale
-            key = (item.recipient_id, variant.locale)
-            view = views.get(key)
+            item.locale = locale = variant.locale
+            view = views.get((item.recipient_id, locale))
             if view is None:
-                view = views[key] = content.recipient_view(person, variant.locale)
+                view = views[(item.recipient_id, locale)] = content.recipient_view(person, locale)
             unsubscribe = None
-            if kind is not Category.transactional:
-                assert self._signing_key is not None
+            if not transactional:
+                assert signing_key is not None
                 token = consent.token_for(
-                    self._signing_key,
+                    signing_key,
                     recipient_id=item.recipient_id,
                     channel=item.channel,
                     kind=kind.value,
                 )
-                unsubscribe = f"{self.settings.public_url}/u/{token}"
+                unsubscribe = unsubscribe_base + token
             context = content.build_context(
                 view,
                 defaults=defaults,
                 variables=variables,
                 channel=item.channel,
-                locale=variant.locale,
+                locale=locale,
                 unsubscribe_url=unsubscribe,
             )
             try:
@@ -340,7 +444,7 @@ class BatchProcessor:
                 kind=kind,
                 subject=rendered.subject,
                 html=rendered.html,
-                locale=variant.locale,
+                locale=locale,
                 unsubscribe_url=unsubscribe,
                 campaign_id=campaign.id,
                 recipient=person["external_id"],
@@ -348,78 +452,77 @@ class BatchProcessor:
 
     # -- 3. send ----------------------------------------------------------------------------
 
-    async def _send_one(self, item: Work, semaphore: asyncio.Semaphore) -> None:
+    async def _send_one(self, item: Work) -> None:
         assert item.message is not None
         channel = item.channel
-        async with semaphore:
-            now = utcnow()
-            opening = windows.next_open(
-                now, item.message.kind.value, channel, self.settings.send_windows
-            )
-            if opening is not None:
-                # The window closed while the batch was on its way: wait for the morning.
-                item.status = DeliveryStatus.retrying
-                item.error_class = "send_window"
-                item.error_reason = f"outside the send window; opens {opening.isoformat()}"
-                item.not_before = opening
-                return
+        now = utcnow()
+        opening = windows.next_open(
+            now, item.message.kind.value, channel, self.settings.send_windows
+        )
+        if opening is not None:
+            # The window closed while the batch was on its way: wait for the morning.
+            item.status = DeliveryStatus.retrying
+            item.error_class = "send_window"
+            item.error_reason = f"outside the send window; opens {opening.isoformat()}"
+            item.not_before = opening
+            return
+        try:
+            rules = registry.get(channel).rate_limits
+        except registry.UnknownChannel as exc:
+            # The campaign named a plugin that is no longer installed.
+            item.status = DeliveryStatus.failed
+            item.error_class, item.error_reason = "permanent", str(exc)
+            return
+        limits = ratelimit.limits_for(
+            channel, item.message.address, rules, self.settings.rate_limits
+        )
+        for _ in range(MAX_RATE_ROUNDS):
             try:
-                rules = registry.get(channel).rate_limits
-            except registry.UnknownChannel as exc:
-                # The campaign named a plugin that is no longer installed.
-                item.status = DeliveryStatus.failed
-                item.error_class, item.error_reason = "permanent", str(exc)
+                await self._send_round(item, limits)
                 return
-            limits = ratelimit.limits_for(
-                channel, item.message.address, rules, self.settings.rate_limits
-            )
-            for _ in range(MAX_RATE_ROUNDS):
-                try:
-                    await self._send_round(item, limits)
+            except ratelimit.Deferred as deferred:
+                # Nothing was sent: no attempt to record, no budget spent.
+                item.status = DeliveryStatus.retrying
+                item.error_class = "deferred"
+                item.error_reason = f"{channel} paused; waiting {deferred.seconds:.0f}s"
+                item.retry_after = deferred.seconds
+                return
+            except RateLimitedError as exc:
+                wait = exc.retry_after if exc.retry_after is not None else 1.0
+                self._note_failure(item, exc)
+                item.status = DeliveryStatus.retrying
+                if exc.scope == "channel" and await self.limiter.pause(channel, wait):
+                    CHANNEL_PAUSES.labels(channel, "rate_limited").inc()
+                    log.warning("channel_paused", channel=channel, seconds=wait)
+                if exc.scope != "channel" or wait > self.settings.rate_wait_seconds:
+                    item.retry_after = wait
                     return
-                except ratelimit.Deferred as deferred:
-                    # Nothing was sent: no attempt to record, no budget spent.
-                    item.status = DeliveryStatus.retrying
-                    item.error_class = "deferred"
-                    item.error_reason = f"{channel} paused; waiting {deferred.seconds:.0f}s"
-                    item.retry_after = deferred.seconds
-                    return
-                except RateLimitedError as exc:
-                    wait = exc.retry_after if exc.retry_after is not None else 1.0
-                    self._note_failure(item, exc)
-                    item.status = DeliveryStatus.retrying
-                    if exc.scope == "channel" and await self.limiter.pause(channel, wait):
-                        CHANNEL_PAUSES.labels(channel, "rate_limited").inc()
-                        log.warning("channel_paused", channel=channel, seconds=wait)
-                    if exc.scope != "channel" or wait > self.settings.rate_wait_seconds:
-                        item.retry_after = wait
-                        return
-                    # A short pause: wait it out in the batch and try again.
-                except AuthError as exc:
-                    self._note_failure(item, exc)
-                    item.status = DeliveryStatus.retrying
-                    item.retry_after = self.settings.auth_pause_seconds
-                    if await self.limiter.pause(channel, self.settings.auth_pause_seconds):
-                        # Loud once per pause, not once per delivery.
-                        AUTH_FAILURES.labels(channel).inc()
-                        CHANNEL_PAUSES.labels(channel, "auth").inc()
-                        log.error(
-                            "channel_auth_failed",
-                            channel=channel,
-                            reason=exc.reason,
-                            paused_seconds=self.settings.auth_pause_seconds,
-                        )
-                    return
-                except PermanentError as exc:
-                    self._note_failure(item, exc)
-                    item.status = DeliveryStatus.failed
-                    item.address_dead = exc.address_dead
-                    return
-                except TransientError as exc:
-                    self._note_failure(item, exc)
-                    item.status = DeliveryStatus.retrying
-                    return
-            item.retry_after = item.retry_after or 1.0
+                # A short pause: wait it out in the batch and try again.
+            except AuthError as exc:
+                self._note_failure(item, exc)
+                item.status = DeliveryStatus.retrying
+                item.retry_after = self.settings.auth_pause_seconds
+                if await self.limiter.pause(channel, self.settings.auth_pause_seconds):
+                    # Loud once per pause, not once per delivery.
+                    AUTH_FAILURES.labels(channel).inc()
+                    CHANNEL_PAUSES.labels(channel, "auth").inc()
+                    log.error(
+                        "channel_auth_failed",
+                        channel=channel,
+                        reason=exc.reason,
+                        paused_seconds=self.settings.auth_pause_seconds,
+                    )
+                return
+            except PermanentError as exc:
+                self._note_failure(item, exc)
+                item.status = DeliveryStatus.failed
+                item.address_dead = exc.address_dead
+                return
+            except TransientError as exc:
+                self._note_failure(item, exc)
+                item.status = DeliveryStatus.retrying
+                return
+        item.retry_after = item.retry_after or 1.0
 
     async def _adapter(self, channel: str) -> Adapter:
         """The open adapter; opening fails by the same classes as a send (a getMe blip is
@@ -485,8 +588,14 @@ class BatchProcessor:
             item.failures += 1
             raise error from None
         elapsed = time.perf_counter() - t0
-        SEND_SECONDS.labels(channel).observe(elapsed)
-        DELIVERY_OUTCOMES.labels(channel, "sent").inc()
+        metrics = self._sent_metrics.get(channel)
+        if metrics is None:
+            metrics = self._sent_metrics[channel] = (
+                SEND_SECONDS.labels(channel),
+                DELIVERY_OUTCOMES.labels(channel, "sent"),
+            )
+        metrics[0].observe(elapsed)
+        metrics[1].inc()
         item.tries.append(
             AttemptRecord(
                 number=number,
@@ -503,13 +612,28 @@ class BatchProcessor:
         item.error_class = item.error_reason = None
 
     async def _send_all(self, work: list[Work]) -> None:
+        ready = [w for w in work if w.message]
         # Once per batch and channel: is it paused? (Rate-limited channels ask per send.)
-        for channel in {w.channel for w in work if w.message}:
+        for channel in {w.channel for w in ready}:
             await self.limiter.refresh(channel)
-        semaphore = asyncio.Semaphore(self.settings.send_concurrency)
-        await asyncio.gather(*(self._send_one(w, semaphore) for w in work if w.message))
+        # At most send_concurrency sends in flight: that many senders share one queue of
+        # messages (no task, no semaphore per message).
+        queue = iter(ready)
+
+        async def sender() -> None:
+            for item in queue:
+                structlog.contextvars.bind_contextvars(delivery_id=item.delivery_id)
+                await self._send_one(item)
+
+        senders = min(self.settings.send_concurrency, len(ready))
+        await asyncio.gather(*(sender() for _ in range(senders)))
 
     # -- 4. record --------------------------------------------------------------------------
+
+    def _bulk_writes(self) -> BulkWrites:
+        if self._bulk is None:
+            self._bulk = BulkWrites(self.db.engine.dialect)
+        return self._bulk
 
     def _record(
         self,
@@ -518,14 +642,20 @@ class BatchProcessor:
         run: Run,
         lease_until: datetime,
     ) -> BatchReport:
+        """Write every outcome in one short transaction; the rows and their values are all
+        prepared before it begins."""
         now = utcnow()
+        bulk = self._bulk_writes()
+        stamp_now = bulk.stamp(now)
         report = BatchReport(claimed=len(work))
-        updates: list[dict[str, Any]] = []
-        tries: list[dict[str, Any]] = []
+        updates: list[tuple[Any, ...]] = []
+        tries: list[tuple[Any, ...]] = []
+        # The attempts as the audit chain digests them (its own form of each row).
+        audited: list[dict[str, Any]] = []
         dead: list[dict[str, Any]] = []
         retry_groups: dict[int, list[int]] = defaultdict(list)
         for item in work:
-            available_at = now
+            available_at = stamp_now
             if item.status is DeliveryStatus.retrying:
                 if item.not_before is not None:
                     delay = max(0.0, (item.not_before - now).total_seconds())
@@ -540,28 +670,44 @@ class BatchProcessor:
                 else:
                     delay = self.policy.backoff(item.failures)
                 if item.status is DeliveryStatus.retrying:
-                    available_at = item.not_before or now + timedelta(seconds=delay)
+                    available_at = bulk.stamp(item.not_before or now + timedelta(seconds=delay))
                     # Grouped by whole seconds, rounded up: a job never arrives before its rows.
                     retry_groups[max(1, math.ceil(delay))].append(item.delivery_id)
             report.count(item.status)
+            sent = item.status is DeliveryStatus.sent
             updates.append(
-                {
-                    "b_id": item.delivery_id,
-                    "b_lease": lease_until,
-                    "b_status": item.status.value,
-                    "b_attempts": item.attempts + len(item.tries),
-                    "b_failures": item.failures,
-                    "b_locale": item.locale,
-                    "b_pmid": item.provider_message_id,
-                    "b_error_class": item.error_class,
-                    "b_error_reason": (item.error_reason or None) and item.error_reason[:2000],
-                    "b_available_at": available_at,
-                    "b_sent_at": now if item.status is DeliveryStatus.sent else None,
-                    "b_updated_at": now,
-                }
+                (
+                    item.delivery_id,
+                    item.status.value,
+                    item.attempts + len(item.tries),
+                    item.failures,
+                    item.locale,
+                    item.provider_message_id,
+                    item.error_class,
+                    (item.error_reason or None) and item.error_reason[:2000],
+                    available_at,
+                    stamp_now if sent else None,
+                )
             )
             for index, t in enumerate(item.tries):
+                duplicate = item.reclaimed and index == 0
                 tries.append(
+                    (
+                        item.delivery_id,
+                        t.number,
+                        bulk.stamp(t.started_at),
+                        t.duration_ms,
+                        t.outcome.value,
+                        t.error_class,
+                        t.provider_code,
+                        t.provider_reply and t.provider_reply[:2000],
+                        t.provider_message_id,
+                        item.locale,
+                        duplicate,
+                        WORKER_NAME,
+                    )
+                )
+                audited.append(
                     {
                         "delivery_id": item.delivery_id,
                         "number": t.number,
@@ -570,11 +716,8 @@ class BatchProcessor:
                         "outcome": t.outcome.value,
                         "error_class": t.error_class,
                         "provider_code": t.provider_code,
-                        "provider_reply": t.provider_reply and t.provider_reply[:2000],
                         "provider_message_id": t.provider_message_id,
-                        "locale": item.locale,
-                        "possible_duplicate": item.reclaimed and index == 0,
-                        "worker": WORKER_NAME,
+                        "possible_duplicate": duplicate,
                     }
                 )
             if item.address_dead:
@@ -586,34 +729,15 @@ class BatchProcessor:
                         "b_reason": (item.error_reason or "")[:200],
                     }
                 )
-        with self.db.transaction() as session:
+        fallback = campaign.channel_mode == "fallback" and any(
+            w.status in (DeliveryStatus.failed, DeliveryStatus.skipped) for w in work
+        )
+        with self.turns.transaction(first=campaign.priority == "urgent") as session:
             connection = session.connection()
-            if updates:
-                connection.execute(
-                    update(deliveries_t)
-                    .where(
-                        deliveries_t.c.id == bindparam("b_id"),
-                        deliveries_t.c.status == DeliveryStatus.claimed.value,
-                        deliveries_t.c.lease_until == bindparam("b_lease"),
-                    )
-                    .values(
-                        status=bindparam("b_status"),
-                        attempts=bindparam("b_attempts"),
-                        failures=bindparam("b_failures"),
-                        locale=bindparam("b_locale"),
-                        provider_message_id=bindparam("b_pmid"),
-                        error_class=bindparam("b_error_class"),
-                        error_reason=bindparam("b_error_reason"),
-                        available_at=bindparam("b_available_at"),
-                        sent_at=bindparam("b_sent_at"),
-                        updated_at=bindparam("b_updated_at"),
-                        lease_until=None,
-                        reclaimed=False,
-                    ),
-                    updates,
-                )
-            if tries:
-                connection.execute(attempts_t.insert(), tries)
+            written = bulk.update_deliveries(
+                connection, updates, updated_at=now, lease_until=lease_until
+            )
+            bulk.insert_attempts(connection, tries)
             if dead:
                 connection.execute(
                     update(addresses_t)
@@ -640,47 +764,131 @@ class BatchProcessor:
                         batch_id=batch_id,
                     ),
                 )
-            fresh_run = session.get(Run, run.id)
-            if campaign.channel_mode == "fallback" and fresh_run is not None:
-                # The next channel in the campaign's order, for every delivery that ended
-                # without reaching its recipient; each hop is its own delivery row.
-                ended = [
-                    (w.recipient_id, w.channel)
-                    for w in work
-                    if w.status in (DeliveryStatus.failed, DeliveryStatus.skipped)
-                ]
-                if ended:
-                    rows = Rows(
-                        session=session,
-                        run=fresh_run,
-                        campaign=campaign,
-                        batch_id=new_batch_id(),
-                        settings=self.settings,
-                    )
-                    hops = rows.next_hops(ended)
-                    fresh_run.planned_count += len(hops)
-                    if hops:
-                        enqueue_batch(
-                            session=session,
-                            run=fresh_run,
-                            campaign=campaign,
-                            ids=hops,
-                            batch_id=rows.batch_id,
-                            settings=self.settings,
-                            delay=rows.wait(),
-                        )
-            if fresh_run is not None:
-                session.flush()
-                complete_if_done(session=session, run=fresh_run)
-            # Last in the transaction: appending holds the audit chain's head until commit.
-            audit.record_attempts(connection, rows=tries, worker=WORKER_NAME, run_id=run.id)
+            if fallback:
+                self._plan_next_hops(session, work, campaign, run)
+            # Last in the transaction: the chain's head stays locked until the commit.
+            audit.record_attempts(session, rows=audited, worker=WORKER_NAME, run_id=run.id)
+        record_outcomes(work)
+        if written < len(updates):
+            # The sweeper took these rows back (our lease ran out): their sends are audited
+            # above, and whoever holds them now sends them again.
+            log.warning(
+                "lease_lost", run_id=run.id, rows=len(updates) - written, claimed=len(updates)
+            )
+        self._complete_if_done(run.id)
         return report
+
+    def _plan_next_hops(
+        self, session: Session, work: list[Work], campaign: Campaign, run: Run
+    ) -> None:
+        """Fallback: the next channel in the campaign's order, for every delivery that ended
+        without reaching its recipient; each hop is its own delivery row."""
+        fresh_run = session.get(Run, run.id)
+        if fresh_run is None:
+            return
+        ended = [
+            (w.recipient_id, w.channel)
+            for w in work
+            if w.status in (DeliveryStatus.failed, DeliveryStatus.skipped)
+        ]
+        rows = Rows(
+            session=session,
+            run=fresh_run,
+            campaign=campaign,
+            batch_id=new_batch_id(),
+            settings=self.settings,
+        )
+        hops = rows.next_hops(ended)
+        fresh_run.planned_count += len(hops)
+        if hops:
+            enqueue_batch(
+                session=session,
+                run=fresh_run,
+                campaign=campaign,
+                ids=hops,
+                batch_id=rows.batch_id,
+                settings=self.settings,
+                delay=rows.wait(),
+            )
+
+    def _complete_if_done(self, run_id: int) -> None:
+        """Close the run when nothing of it is open any more. Checked after the record
+        commits, so that the batch that closes the last rows always sees them closed; the
+        write (and the lock it takes) happens only then."""
+        d = deliveries_t.c
+        with self.db.reading() as session:
+            state = session.execute(
+                select(runs_t.c.status, runs_t.c.planned_at).where(runs_t.c.id == run_id)
+            ).first()
+            if state is None or state[0] != "running" or state[1] is None:
+                return
+            still_open = session.scalar(
+                select(d.id)
+                .where(
+                    d.run_id == run_id,
+                    d.status.in_([s.value for s in OPEN_STATUSES]),
+                )
+                .limit(1)
+            )
+        if still_open is not None:
+            return
+        with self.turns.transaction() as session:
+            run = session.get(Run, run_id)
+            if run is not None:
+                complete_if_done(session=session, run=run)
+
+    def _record_through_outage(
+        self, work: list[Work], campaign: Campaign, run: Run, lease_until: datetime
+    ) -> BatchReport:
+        """:meth:`_record`, tried again while the database cannot be reached (a restart, a
+        failover). The sends have happened: given up, their outcomes would be lost and every
+        row sent again once the lease runs out. It keeps trying until shortly before the lease
+        ends, and only while the rows are still ours and unwritten, so that a commit whose
+        answer was lost is not written twice."""
+        deadline = lease_until - timedelta(seconds=min(30.0, self.settings.lease_seconds / 3))
+        delay = 0.5
+        while True:
+            try:
+                return self._record(work, campaign, run, lease_until)
+            except (OperationalError, InterfaceError) as exc:
+                error = exc
+            while True:
+                if utcnow() + timedelta(seconds=delay) >= deadline:
+                    raise error
+                log.warning("record_retry", run_id=run.id, error=str(error)[:300], wait=delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                try:
+                    unwritten = self._unwritten(work, lease_until)
+                    break
+                except (OperationalError, InterfaceError) as exc:
+                    error = exc
+            if unwritten < len(work):
+                # The commit went through; only its answer was lost.
+                report = BatchReport(claimed=len(work))
+                for item in work:
+                    report.count(item.status)
+                return report
+
+    def _unwritten(self, work: list[Work], lease_until: datetime) -> int:
+        """How many of the batch's rows are still claimed under this lease (not recorded)."""
+        with self.db.transaction() as session:
+            return int(
+                session.scalar(
+                    select(func.count()).where(
+                        Delivery.id.in_([w.delivery_id for w in work]),
+                        Delivery.status == DeliveryStatus.claimed,
+                        Delivery.lease_until == lease_until,
+                    )
+                )
+                or 0
+            )
 
     def _release(self, work: list[Work], lease_until: datetime) -> None:
         """Give claimed rows back after a crash inside the batch, so nobody waits a lease."""
         if not work:
             return
-        with self.db.transaction() as session:
+        with self.turns.transaction() as session:
             session.execute(
                 update(Delivery)
                 .where(
@@ -711,11 +919,19 @@ class BatchProcessor:
         )
 
     def process(
-        self, run_id: int, delivery_ids: Sequence[int], batch_id: str | None
+        self,
+        run_id: int,
+        delivery_ids: Sequence[int],
+        batch_id: str | None,
+        *,
+        urgent: bool = False,
     ) -> BatchReport:
-        """Claim, render, send and record one batch (the worker actor's whole job)."""
+        """Claim, render, send and record one batch (the worker actor's whole job).
+
+        An ``urgent`` batch (from the urgent queue) writes ahead of bulk batches on SQLite.
+        """
         lease_until = utcnow() + timedelta(seconds=self.settings.lease_seconds)
-        claim = self._claim(run_id, delivery_ids, batch_id, lease_until)
+        claim = self._claim(run_id, delivery_ids, batch_id, lease_until, urgent=urgent)
         campaign, run, work = claim.campaign, claim.run, claim.work
         if not work or campaign is None or run is None:
             if claim.due is not None and campaign is not None:
@@ -730,7 +946,7 @@ class BatchProcessor:
             if not any(w.tries for w in work):
                 self._release(work, lease_until)
             raise
-        report = self._record(work, campaign, run, lease_until)
+        report = self._record_through_outage(work, campaign, run, lease_until)
         if batch_id:
             self.queue.markers.delete(batch_id)
         log.info(
