@@ -246,6 +246,11 @@ def sweep(
     """One pass of every recovery step; safe to run from several processes."""
     now = now or utcnow()
     report = SweepReport()
+    # Recovery first, launches after: what this pass launches is already being worked on
+    # (workers are fast), and must not meet this pass's recovery of older work.
+    report.planners_restarted = restart_stalled_planners(db=db, settings=settings, now=now)
+    report.leases_expired = expire_leases(db=db, now=now)
+    report.requeued = requeue_orphans(db=db, settings=settings, markers=markers, now=now)
     with db.transaction() as session:
         report.campaigns_launched = len(
             campaigns.launch_due(session=session, settings=settings, now=now)
@@ -261,9 +266,6 @@ def sweep(
     ):
         if n:
             SCHEDULE_FIRINGS.labels(outcome).inc(n)
-    report.planners_restarted = restart_stalled_planners(db=db, settings=settings, now=now)
-    report.leases_expired = expire_leases(db=db, now=now)
-    report.requeued = requeue_orphans(db=db, settings=settings, markers=markers, now=now)
     report.runs_completed = complete_finished_runs(db=db)
     for action in (
         "campaigns_launched",

@@ -54,7 +54,7 @@ DELIVERY_COLUMNS = (
     ("available_at", "timestamp"),
     ("sent_at", "timestamp"),
 )
-# One attempt, in the order of the attempts table's columns below.
+# One attempt, in the order of these columns.
 ATTEMPT_COLUMNS = (
     ("delivery_id", "bigint"),
     ("number", "integer"),
@@ -74,25 +74,14 @@ CHECKPOINT_EVERY = 16
 # SQLite allows 32766 bound values in one statement (3.32 and later; RETURNING needs 3.35).
 SQLITE_MAX_VALUES = 30_000
 
-# Each delivery column takes the new value of the same name; v names the list of new values.
-_TARGETS = {
-    "status": "status",
-    "attempts": "attempts",
-    "failures": "failures",
-    "locale": "locale",
-    "provider_message_id": "provider_message_id",
-    "error_class": "error_class",
-    "error_reason": "error_reason",
-    "available_at": "available_at",
-    "sent_at": "sent_at",
-}
 _ATTEMPT_NAMES = ", ".join(name for name, _ in ATTEMPT_COLUMNS)
 
 
 def _update(
     values: str, column: Callable[[str], str], *, false: str, param: Callable[[str], str]
 ) -> str:
-    assigned = ", ".join(f"{target} = {column(name)}" for target, name in _TARGETS.items())
+    # Each column but the id takes the new value of the same name.
+    assigned = ", ".join(f"{name} = {column(name)}" for name, _ in DELIVERY_COLUMNS[1:])
     return (
         f"UPDATE deliveries SET {assigned}, lease_until = NULL, reclaimed = {false}, "
         f"updated_at = {param('updated_at')} FROM {values} "
