@@ -10,22 +10,28 @@ walks it all.
 
 from dispatcher.audit.chain import (
     GENESIS,
+    Draft,
     Problem,
     VerifyReport,
+    append,
     attempt_digest,
+    attempts_draft,
+    draft,
     record,
-    record_attempts,
     seal,
     verify,
 )
 
 __all__ = [
     "GENESIS",
+    "Draft",
     "Problem",
     "VerifyReport",
+    "append",
     "attempt_digest",
+    "attempts_draft",
+    "draft",
     "record",
-    "record_attempts",
     "seal",
     "verify",
 ]

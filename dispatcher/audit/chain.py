@@ -63,14 +63,21 @@ def _lock_head(connection: Connection) -> tuple[int, str]:
     return int(row.seq), str(row.hash)
 
 
-def record(
-    target: Session | Connection,
-    *,
-    actor: str,
-    action: str,
-    subject: str,
-    data: Mapping[str, Any],
-) -> int:
+@dataclass(frozen=True, slots=True)
+class Draft:
+    """An entry's content, made ready outside the transaction that appends it."""
+
+    actor: str
+    action: str
+    subject: str
+    body: str
+
+
+def draft(*, actor: str, action: str, subject: str, data: Mapping[str, Any]) -> Draft:
+    return Draft(actor, action, subject, canonical(data))
+
+
+def append(target: Session | Connection, entry: Draft) -> int:
     """Append one entry in the caller's transaction; returns its seq.
 
     Holding the head's row lock until commit keeps the chain in order; call this last in a
@@ -79,16 +86,15 @@ def record(
     connection = _connection(target)
     seq, prev = _lock_head(connection)
     at = utcnow()
-    body = canonical(data)
-    digest = entry_hash(prev, at, actor, action, subject, body)
+    digest = entry_hash(prev, at, entry.actor, entry.action, entry.subject, entry.body)
     connection.execute(
         entries_t.insert().values(
             seq=seq + 1,
             at=at,
-            actor=actor,
-            action=action,
-            subject=subject,
-            data=body,
+            actor=entry.actor,
+            action=entry.action,
+            subject=entry.subject,
+            data=entry.body,
             prev_hash=prev,
             hash=digest,
         )
@@ -97,6 +103,18 @@ def record(
         update(head_t).where(head_t.c.id == HEAD_ID).values(seq=seq + 1, hash=digest)
     )
     return seq + 1
+
+
+def record(
+    target: Session | Connection,
+    *,
+    actor: str,
+    action: str,
+    subject: str,
+    data: Mapping[str, Any],
+) -> int:
+    """Append one entry (see :func:`append`)."""
+    return append(target, draft(actor=actor, action=action, subject=subject, data=data))
 
 
 # Delivery attempts -----------------------------------------------------------------------------
@@ -142,18 +160,12 @@ def _runs(pairs: Iterable[tuple[int, int]]) -> list[list[int]]:
     return out
 
 
-def record_attempts(
-    target: Session | Connection,
-    *,
-    rows: list[dict[str, Any]],
-    worker: str,
-    run_id: int,
-) -> int | None:
-    """One entry for a batch's attempt rows (as inserted): which they are, and their digest."""
+def attempts_draft(rows: list[dict[str, Any]], *, worker: str, run_id: int) -> Draft | None:
+    """The entry for a batch's attempt rows: which they are, and their digest. Made before
+    the batch's write transaction, so the digest costs no time under the lock."""
     if not rows:
         return None
-    return record(
-        target,
+    return draft(
         actor=f"worker {worker}",
         action=ATTEMPTS,
         subject=f"run:{run_id}",

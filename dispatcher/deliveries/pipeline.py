@@ -732,6 +732,7 @@ class BatchProcessor:
         fallback = campaign.channel_mode == "fallback" and any(
             w.status in (DeliveryStatus.failed, DeliveryStatus.skipped) for w in work
         )
+        audit_entry = audit.attempts_draft(audited, worker=WORKER_NAME, run_id=run.id)
         with self.turns.transaction(first=campaign.priority == "urgent") as session:
             connection = session.connection()
             written = bulk.update_deliveries(
@@ -767,7 +768,8 @@ class BatchProcessor:
             if fallback:
                 self._plan_next_hops(session, work, campaign, run)
             # Last in the transaction: the chain's head stays locked until the commit.
-            audit.record_attempts(session, rows=audited, worker=WORKER_NAME, run_id=run.id)
+            if audit_entry is not None:
+                audit.append(session, audit_entry)
         record_outcomes(work)
         if written < len(updates):
             # The sweeper took these rows back (our lease ran out): their sends are audited
