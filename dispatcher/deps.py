@@ -20,6 +20,16 @@ def get_session() -> Iterator[Session]:
 
 DbSession = Annotated[Session, Depends(get_session, scope="function")]
 
+
+def get_reading_session() -> Iterator[Session]:
+    """A read-only session: on SQLite it reads beside the workers instead of queueing for the
+    write lock (pages that only read, and the dashboard's polls)."""
+    with get_database().reading() as session:
+        yield session
+
+
+ReadSession = Annotated[Session, Depends(get_reading_session, scope="function")]
+
 # Ids are 64-bit in the database: anything larger is a 422, never a driver overflow.
 MAX_ID = 2**63 - 1
 PathId = Annotated[int, Path(ge=1, le=MAX_ID)]

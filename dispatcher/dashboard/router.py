@@ -7,12 +7,11 @@ API does, so the two-person rule and the audit log hold here too.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
@@ -45,25 +44,16 @@ from dispatcher.dashboard.access import (
 )
 from dispatcher.dashboard.charts import Bucket, per_minute_chart
 from dispatcher.dashboard.progress import MAX_IDS, Progress, progress_of
-from dispatcher.db import get_database
 from dispatcher.deliveries import report as reports
 from dispatcher.deliveries import service as deliveries
 from dispatcher.deliveries.models import DeliveryStatus
-from dispatcher.deps import AppSettings, DbSession, PathId, QueryId
+from dispatcher.deps import AppSettings, DbSession, PathId, QueryId, ReadSession
 from dispatcher.errors import Conflict, Forbidden, Invalid, NotFound, ServiceError
 from dispatcher.scheduling.windows import VIETNAM
 
 PREFIX = "/ui"
 
 
-def reading_session() -> Iterator[Session]:
-    """The pages that only read (and the poll every 2 s) take no write lock on SQLite: they
-    read beside the workers instead of queueing behind them."""
-    with get_database().reading() as session:
-        yield session
-
-
-ReadSession = Annotated[Session, Depends(reading_session, scope="function")]
 pages_router = APIRouter(prefix=PREFIX, route_class=PageRoute, include_in_schema=False)
 
 CAMPAIGNS_PER_PAGE = 50

@@ -1,19 +1,17 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import StreamingResponse
-from sqlalchemy.orm import Session
 
 from dispatcher.auth.deps import require
 from dispatcher.auth.service import Role
 from dispatcher.db import get_database
 from dispatcher.deliveries import export, report, service
 from dispatcher.deliveries.schemas import CampaignReport, DeliveryPage
-from dispatcher.deps import PathId, QueryId
+from dispatcher.deps import PathId, QueryId, ReadSession
 
 router = APIRouter(
     prefix="/v1/deliveries", tags=["deliveries"], dependencies=[Depends(require(Role.operator))]
@@ -22,16 +20,6 @@ router = APIRouter(
 reports = APIRouter(
     prefix="/v1/campaigns", tags=["deliveries"], dependencies=[Depends(require(Role.operator))]
 )
-
-
-def reading_session() -> Iterator[Session]:
-    """A read-only session: on SQLite it reads beside the workers instead of queueing for the
-    write lock."""
-    with get_database().reading() as session:
-        yield session
-
-
-ReadSession = Annotated[Session, Depends(reading_session, scope="function")]
 
 
 @router.get("", response_model=DeliveryPage, summary="Deliveries with their attempts, by cursor")
