@@ -48,12 +48,10 @@ import re
 import resource
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -76,6 +74,17 @@ if sys.path and Path(sys.path[0] or ".").resolve() == BENCH_DIR:
     sys.path[0] = str(ROOT)
 elif str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from bench.common import (  # noqa: E402 - after the project root is on sys.path
+    BenchError,
+    Managed,
+    Person,
+    RssSampler,
+    dispatcher_command,
+    drop_postgres_database,
+    free_port,
+    write_json,
+)
 
 MiB = 1024 * 1024
 POLL_SECONDS = 0.5
@@ -220,29 +229,7 @@ PROVINCES = (
 )
 
 
-class BenchError(Exception):
-    """A failure explained in its message; printed without a traceback."""
-
-
 # -- recipients ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Person:
-    external_id: str
-    full_name: str
-    kind: str
-    province: str
-    birth_date: date
-
-    @property
-    def honorific(self) -> str:
-        return "Quý đơn vị" if self.kind == "organization" else "Ông/Bà"
-
-    @property
-    def given_name(self) -> str:
-        parts = self.full_name.split()
-        return parts[-1] if parts else ""
 
 
 def person(i: int) -> Person:
@@ -260,143 +247,6 @@ def person(i: int) -> Person:
 
 
 # -- processes ----------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def dispatcher_command() -> list[str]:
-    """The ``dispatcher`` console script of this interpreter's environment."""
-    script = Path(sys.executable).with_name("dispatcher")
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-m", "dispatcher.cli"]
-
-
-class Managed:
-    """A subprocess in its own session (so that the whole tree can be ended), logging to a file."""
-
-    def __init__(
-        self, name: str, argv: Sequence[str], *, env: dict[str, str], log_path: Path
-    ) -> None:
-        self.name = name
-        self.log_path = log_path
-        self._log = log_path.open("ab")
-        self.proc = subprocess.Popen(
-            list(argv),
-            cwd=ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def tree(self) -> list[psutil.Process]:
-        try:
-            root = psutil.Process(self.proc.pid)
-            return [root, *root.children(recursive=True)]
-        except psutil.Error:
-            return []
-
-    def stop(self, timeout: float = 15.0) -> None:
-        """SIGTERM the process group, SIGKILL whatever is left after ``timeout``."""
-        members = self.tree()
-        if self.alive():
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
-        # Children that outlived their parent (a forked dramatiq worker): by pid, ours only.
-        for member in members[1:]:
-            with contextlib.suppress(psutil.Error):
-                if member.is_running():
-                    member.kill()
-        self._log.close()
-
-    def tail(self, lines: int = 25) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace").splitlines()
-        except OSError:
-            return ""
-        return "\n".join(f"    {line}" for line in text[-lines:])
-
-    def dead_error(self) -> BenchError:
-        return BenchError(
-            f"the {self.name} process exited with code {self.proc.returncode}; "
-            f"last lines of {self.log_path.name}:\n{self.tail()}"
-        )
-
-
-@dataclass(slots=True)
-class Peak:
-    total_bytes: int = 0  # the sum over the process tree, at the sample where it was largest
-    single_bytes: int = 0  # the largest single process
-    processes: int = 0  # processes in the tree at the largest sum
-    samples: int = 0
-
-
-class RssSampler(threading.Thread):
-    """Samples the RSS of each watched process tree every ``interval`` seconds."""
-
-    def __init__(self, interval: float = SAMPLE_SECONDS) -> None:
-        super().__init__(name="rss-sampler", daemon=True)
-        self.interval = interval
-        self._watched: dict[str, Managed] = {}
-        self.peaks: dict[str, Peak] = {}
-        self._lock = threading.Lock()
-        self._halt = threading.Event()
-
-    def watch(self, role: str, process: Managed) -> None:
-        with self._lock:
-            self._watched[role] = process
-            self.peaks.setdefault(role, Peak())
-
-    def unwatch(self, role: str) -> None:
-        with self._lock:
-            self._watched.pop(role, None)
-
-    def sample(self) -> None:
-        with self._lock:
-            watched = list(self._watched.items())
-        for role, process in watched:
-            sizes = []
-            for member in process.tree():
-                with contextlib.suppress(psutil.Error):
-                    sizes.append(member.memory_info().rss)
-            if not sizes:
-                continue
-            with self._lock:
-                peak = self.peaks[role]
-                peak.samples += 1
-                peak.single_bytes = max(peak.single_bytes, max(sizes))
-                if sum(sizes) > peak.total_bytes:
-                    peak.total_bytes, peak.processes = sum(sizes), len(sizes)
-
-    def run(self) -> None:
-        while not self._halt.is_set():
-            self.sample()
-            self._halt.wait(self.interval)
-
-    def stop(self) -> None:
-        self._halt.set()
-        if self.is_alive():
-            self.join(timeout=5)
-        self.sample()
 
 
 @dataclass(slots=True)
@@ -536,13 +386,6 @@ def postgres_backends(admin_url: str, name: str) -> Callable[[], list[int]]:
         return [int(row[0]) for row in rows]
 
     return pids
-
-
-def drop_postgres_database(admin_url: str, name: str) -> None:
-    import psycopg
-
-    with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def insert_recipients(url: str, n: int, chunk: int = 10_000) -> None:
@@ -1666,13 +1509,6 @@ def print_block(r: dict[str, Any], out: TextIO = sys.stdout) -> None:
     print(f"\n-- results: pipeline, {r['database']}, N={r['recipients']:,} " + "-" * 30, file=out)
     for label, value in rows:
         print(f"  {label:<{width}}  {value}", file=out)
-
-
-def write_json(name: str, payload: dict[str, Any]) -> Path:
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / name
-    path.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    return path
 
 
 def relative(path: Path) -> str:
