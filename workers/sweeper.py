@@ -120,7 +120,8 @@ def stalled_batches(
     )
     if run_id is not None:
         query = query.where(Delivery.run_id == run_id)
-    with db.transaction() as session:
+    # Reads only (the re-queue re-checks every condition under its write): no write lock.
+    with db.reading() as session:
         rows = [(str(b), str(p)) for b, p in session.execute(query) if b not in skip]
     idle: dict[str, bool] = {}
     stalled: list[str] = []
@@ -159,7 +160,8 @@ def requeue_orphans(
     )
     if run_id is not None:
         base = base.where(Delivery.run_id == run_id)
-    with db.transaction() as session:
+    # A scan of every due row: read beside the workers; the re-queue below re-checks each row.
+    with db.reading() as session:
         batch_ids = list(session.scalars(base))
     named = [b for b in batch_ids if b is not None]
     dead = [b for b, alive in zip(named, markers.alive(named), strict=True) if not alive]
