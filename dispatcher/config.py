@@ -125,7 +125,7 @@ class Settings(BaseSettings):
         default=300.0, gt=0, description="How often the scheduler seals the audit log."
     )
 
-    batch_size: int = Field(default=500, ge=1, le=10_000, description="Deliveries per job.")
+    batch_size: int = Field(default=1000, ge=1, le=10_000, description="Deliveries per job.")
     queue_urgent: str = "urgent"
     queue_bulk: str = "bulk"
     send_concurrency: int = Field(default=64, ge=1, le=10_000, description="Sends in flight.")
@@ -142,7 +142,13 @@ class Settings(BaseSettings):
         default=10.0, ge=0, description="A pending row younger than this is never swept."
     )
     batch_marker_ttl_seconds: int = Field(default=6 * 3600, ge=60)
-    worker_threads: int = Field(default=4, ge=1, le=64)
+    worker_threads: int = Field(
+        default=2,
+        ge=1,
+        le=64,
+        description="Threads per worker process: one claims and renders while another sends "
+        "and records.",
+    )
     metrics_dir: str = Field(
         default="dispatcher-metrics",
         min_length=1,

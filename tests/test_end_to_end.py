@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
+from dispatcher.config import Settings
 from dispatcher.db import Database
 from dispatcher.deliveries.models import Attempt, Delivery
 from tests.support import SmtpServer, approve, parts, wait_for
@@ -78,6 +79,22 @@ def launch(client: Any, **overrides: Any) -> int:
     approved = approve(client, campaign_id)
     assert approved.status_code == 200, approved.text
     return int(campaign_id)
+
+
+def plan_campaign(client: Any, db: Database, settings: Settings) -> tuple[int, int]:
+    """The five people, the template and an approved campaign, planned here rather than by a
+    worker (its jobs wait in Redis): (campaign, run)."""
+    from dispatcher.campaigns.models import Run
+    from dispatcher.campaigns.planner import plan_run
+
+    add_people(client)
+    publish_template(client)
+    campaign_id = launch(client)
+    with db.transaction() as session:
+        run_id = session.scalar(select(Run.id).where(Run.campaign_id == campaign_id))
+    assert run_id is not None
+    plan_run(db=db, run_id=run_id, settings=settings)
+    return campaign_id, run_id
 
 
 def campaign_status(client: Any, campaign_id: int) -> dict[str, Any]:

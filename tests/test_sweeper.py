@@ -10,24 +10,21 @@ from dispatcher.clock import utcnow
 from dispatcher.db import Database
 from dispatcher.deliveries.models import Attempt, Delivery
 from tests.support import SmtpServer, wait_for
-from tests.test_end_to_end import add_people, campaign_status, launch, publish_template
+from tests.test_end_to_end import (
+    add_people,
+    campaign_status,
+    launch,
+    plan_campaign,
+    publish_template,
+)
 from workers.sweeper import sweep
 
 
 def test_a_claim_whose_worker_died_is_sent_again_and_flagged(
     client, smtp: SmtpServer, db: Database, settings, job_queue, redis_client
 ) -> None:
-    add_people(client)
-    publish_template(client)
     # No worker yet: the plan job waits in Redis. Run the planner ourselves, as a worker would.
-    campaign_id = launch(client)
-    from dispatcher.campaigns.models import Run
-    from dispatcher.campaigns.planner import plan_run
-
-    with db.transaction() as session:
-        run_id = session.scalar(select(Run.id).where(Run.campaign_id == campaign_id))
-    assert run_id is not None
-    plan_run(db=db, run_id=run_id, settings=settings)
+    campaign_id, _ = plan_campaign(client, db, settings)
     # A worker claimed every row and was killed -9: its lease has run out, its job is gone.
     redis_client.flushall()
     with db.transaction() as session:

@@ -9,6 +9,13 @@
 4. **Record** every outcome in one transaction: the deliveries' new states (executemany), one
    attempts row per try, dead addresses; rows to retry get a new delayed batch job, queued
    only once that transaction commits.
+
+Between its first send and the commit of its record a batch is in the *crash window*: killed
+there, its worker leaves messages that went out but are not written, and the batch is sent
+again (flagged ``possible_duplicate``) once its lease runs out. A process lets one batch at a
+time per queue into that window (its *send gate*); its other threads claim and render the next
+batches meanwhile. So a ``kill -9`` re-sends at most one batch per queue the process serves,
+however many threads it runs.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import asyncio
 import math
 import os
 import socket
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -213,6 +221,8 @@ class BatchProcessor:
         self._signing_key: bytes | None = None
         self.turns = write_turns(db)
         self._bulk: BulkWrites | None = None
+        # The send gates (see the module's note), one per queue: urgent and bulk.
+        self._gates = {True: threading.Lock(), False: threading.Lock()}
         # The labelled children of the per-send metrics, by channel.
         self._sent_metrics: dict[str, tuple[Any, Any]] = {}
 
@@ -902,12 +912,16 @@ class BatchProcessor:
                 execution_options={"synchronize_session": False},
             )
 
-    def _requeue_early(
-        self, run_id: int, delivery_ids: Sequence[int], batch_id: str | None, claim: Claim
+    def _requeue(
+        self,
+        run_id: int,
+        delivery_ids: Sequence[int],
+        batch_id: str | None,
+        campaign: Campaign,
+        wait: float = 0.0,
     ) -> None:
-        assert claim.campaign is not None and claim.due is not None
-        wait = max(0.0, (claim.due - utcnow()).total_seconds())
-        queue = queue_for(claim.campaign, self.settings)
+        """Queue the same batch again, ``wait`` seconds from now."""
+        queue = queue_for(campaign, self.settings)
         self.queue.enqueue(
             [
                 Job(
@@ -937,18 +951,35 @@ class BatchProcessor:
         campaign, run, work = claim.campaign, claim.run, claim.work
         if not work or campaign is None or run is None:
             if claim.due is not None and campaign is not None:
-                self._requeue_early(run_id, delivery_ids, batch_id, claim)
+                wait = max(0.0, (claim.due - utcnow()).total_seconds())
+                self._requeue(run_id, delivery_ids, batch_id, campaign, wait)
             elif batch_id:
                 self.queue.markers.delete(batch_id)
             return BatchReport()
         try:
             self._render(claim)
-            self.loop.run(self._send_all(work))
         except BaseException:
-            if not any(w.tries for w in work):
-                self._release(work, lease_until)
+            self._release(work, lease_until)
             raise
-        report = self._record_through_outage(work, campaign, run, lease_until)
+        gate = self._gates[urgent]
+        # Half the lease is left for sending and recording; a batch that waited longer at the
+        # gate (behind batches held up by rate limits) gives its rows back unsent.
+        budget = (lease_until - utcnow()).total_seconds() - self.settings.lease_seconds / 2
+        if not gate.acquire(timeout=max(0.0, budget)):
+            log.warning("send_gate_timeout", run_id=run_id, batch_id=batch_id, rows=len(work))
+            self._release(work, lease_until)
+            self._requeue(run_id, delivery_ids, batch_id, campaign)
+            return BatchReport()
+        try:
+            try:
+                self.loop.run(self._send_all(work))
+            except BaseException:
+                if not any(w.tries for w in work):
+                    self._release(work, lease_until)
+                raise
+            report = self._record_through_outage(work, campaign, run, lease_until)
+        finally:
+            gate.release()
         if batch_id:
             self.queue.markers.delete(batch_id)
         log.info(
