@@ -50,6 +50,21 @@ class RecipientView:
         return parts[-1] if parts else ""
 
 
+# What a template may read of a RecipientView: its fields and properties, nothing else.
+VIEW_ATTRIBUTES = frozenset(RecipientView.__slots__) | {"given_name"}
+
+
+class Sandbox(ImmutableSandboxedEnvironment):
+    """Jinja's immutable sandbox, answering at once for the recipient view: a template may
+    read its data fields and nothing else (every other object gets the sandbox's full checks,
+    which cost a quarter of a render)."""
+
+    def is_safe_attribute(self, obj: Any, attr: str, value: Any) -> bool:
+        if type(obj) is RecipientView:
+            return attr in VIEW_ATTRIBUTES
+        return bool(super().is_safe_attribute(obj, attr, value))
+
+
 @dataclass(frozen=True, slots=True)
 class VariantData:
     """A template variant, detached from the database session."""
@@ -153,10 +168,10 @@ def choose_variant(
 
 class Renderer:
     def __init__(self, cache_size: int = 4096) -> None:
-        self._text = ImmutableSandboxedEnvironment(
+        self._text = Sandbox(
             undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=False
         )
-        self._html = ImmutableSandboxedEnvironment(
+        self._html = Sandbox(
             undefined=jinja2.StrictUndefined, autoescape=True, keep_trailing_newline=False
         )
         self._cache: OrderedDict[tuple[Any, ...], jinja2.Template] = OrderedDict()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dispatcher.content.render import (
+    RecipientView,
     Renderer,
     TemplateProblem,
     VariantData,
@@ -47,6 +48,16 @@ def test_sandbox_refuses_python_internals() -> None:
     assert "unsafe" in str(caught.value)
     with pytest.raises(TemplateProblem):
         render("{{ x.__init__.__globals__ }}", x=object())
+
+
+def test_a_recipient_shows_its_fields_and_nothing_else() -> None:
+    view = RecipientView(external_id="0100000001", full_name="Nguyễn Văn An", province="Hà Nội")
+    out = render("{{ r.given_name }} {{ r.external_id }} {{ r.province }}", r=view)
+    assert out.body == "An 0100000001 Hà Nội"
+    for reach in ("r.__class__", "r.__slots__", "r.__reduce__()", "r.__init__.__globals__"):
+        with pytest.raises(TemplateProblem) as caught:
+            render("{{ " + reach + " }}", r=view)
+        assert "unsafe" in str(caught.value), reach
 
 
 def test_missing_variable_names_itself_and_its_line() -> None:
