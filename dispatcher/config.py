@@ -142,6 +142,14 @@ class Settings(BaseSettings):
         default=10.0, ge=0, description="A pending row younger than this is never swept."
     )
     batch_marker_ttl_seconds: int = Field(default=6 * 3600, ge=60)
+    sqlite_cache_mib: int | None = Field(
+        default=None,
+        ge=1,
+        le=4096,
+        description="SQLite's page cache per connection, in MiB (unset: SQLite's own, about "
+        "2 MiB). `dispatcher worker` sets 32 unless this is set: its claims, records and "
+        "planner pages walk the deliveries table's indexes.",
+    )
     worker_threads: int = Field(
         default=2,
         ge=1,

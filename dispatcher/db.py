@@ -69,7 +69,7 @@ def normalise_url(url: str) -> URL:
     return parsed
 
 
-def _configure_sqlite(engine: Engine) -> None:
+def _configure_sqlite(engine: Engine, cache_mib: int | None = None) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Take over transaction control from the sqlite3 module (see the "begin" hook).
@@ -79,6 +79,9 @@ def _configure_sqlite(engine: Engine) -> None:
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA busy_timeout=60000")
         cursor.execute("PRAGMA foreign_keys=ON")
+        if cache_mib is not None:
+            # A negative size is in KiB rather than pages.
+            cursor.execute(f"PRAGMA cache_size=-{int(cache_mib) * 1024}")
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -91,7 +94,9 @@ def _configure_sqlite(engine: Engine) -> None:
             connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def create_db_engine(url: str, **kwargs: Any) -> Engine:
+def create_db_engine(url: str, *, sqlite_cache_mib: int | None = None, **kwargs: Any) -> Engine:
+    """An engine for ``url``; on SQLite, each connection in WAL mode with foreign keys on and,
+    when given, a page cache of ``sqlite_cache_mib``."""
     parsed = normalise_url(url)
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database
@@ -99,7 +104,7 @@ def create_db_engine(url: str, **kwargs: Any) -> Engine:
             directory = os.path.dirname(os.path.abspath(database))
             os.makedirs(directory, exist_ok=True)
         engine = create_engine(parsed, connect_args={"timeout": 60}, **kwargs)
-        _configure_sqlite(engine)
+        _configure_sqlite(engine, sqlite_cache_mib)
         return engine
     kwargs.setdefault("pool_pre_ping", True)
     kwargs.setdefault("pool_size", 10)
@@ -110,8 +115,9 @@ def create_db_engine(url: str, **kwargs: Any) -> Engine:
 class Database:
     """An engine and its session factory, created lazily per process (safe across fork)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, sqlite_cache_mib: int | None = None) -> None:
         self.url = url
+        self.sqlite_cache_mib = sqlite_cache_mib
         self._lock = threading.Lock()
         self._engine: Engine | None = None
         self._pid = 0
@@ -124,7 +130,7 @@ class Database:
                 if self._engine is not None:
                     # Inherited through fork: never touch the parent's connections.
                     self._engine.dispose(close=False)
-                self._engine = create_db_engine(self.url)
+                self._engine = create_db_engine(self.url, sqlite_cache_mib=self.sqlite_cache_mib)
                 self._pid = os.getpid()
                 self._sessionmaker = sessionmaker(self._engine, expire_on_commit=False)
             return self._engine
@@ -181,7 +187,8 @@ def get_database() -> Database:
         if _database is None:
             from dispatcher.config import get_settings
 
-            _database = Database(get_settings().database_url)
+            settings = get_settings()
+            _database = Database(settings.database_url, sqlite_cache_mib=settings.sqlite_cache_mib)
         return _database
 
 

@@ -35,6 +35,7 @@ def test_defaults_run_on_a_bare_machine() -> None:
     [
         ("DISPATCHER_BATCH_SIZE", "-5", "greater than or equal to 1"),
         ("DISPATCHER_BATCH_SIZE", "many", "valid integer"),
+        ("DISPATCHER_SQLITE_CACHE_MIB", "0", "greater than or equal to 1"),
         ("DISPATCHER_DATABASE_URL", "not a url", "not a database URL"),
         ("DISPATCHER_DATABASE_URL", "mysql://u@h/db", "only sqlite"),
         ("DISPATCHER_REDIS_URL", "localhost:6379", "redis://"),
@@ -57,6 +58,22 @@ def test_a_bad_value_names_its_variable(
 
 
 @pytest.mark.usefixtures("clean_env")
+def test_a_sqlite_cache_size_reaches_every_connection(tmp_path: Path) -> None:
+    from dispatcher.db import Database
+
+    sized = Database(f"sqlite:///{tmp_path / 'sized.db'}", sqlite_cache_mib=32)
+    plain = Database(f"sqlite:///{tmp_path / 'plain.db'}")
+    try:
+        with sized.reading() as session:
+            assert session.connection().exec_driver_sql("PRAGMA cache_size").scalar() == -32768
+        with plain.reading() as session:
+            # SQLite's own default: 2,000 KiB.
+            assert session.connection().exec_driver_sql("PRAGMA cache_size").scalar() == -2000
+    finally:
+        sized.dispose()
+        plain.dispose()
+
+
 def test_config_masks_secrets(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     (tmp_path / "DISPATCHER_SMTP_PASSWORD").write_text("mat-khau-bi-mat")
     monkeypatch.setenv("DISPATCHER_SECRETS_DIR", str(tmp_path))
