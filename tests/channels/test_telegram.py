@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from typing import Any, TypeVar
 
 import pytest
@@ -30,6 +30,7 @@ from channels.base import (
 from channels.limits import LIMITS
 from channels.telegram import TOKEN_LOGGERS, TelegramAdapter
 from dispatcher.config import Settings
+from tests.channels.support import adapter_for, assert_no_secret, failure, run, send_one
 from tests.emulators.base import Delay, Disconnect, ManualClock, Reply
 from tests.emulators.conftest import START
 from tests.emulators.telegram import (
@@ -71,20 +72,12 @@ def tg(clock: ManualClock) -> Iterator[TelegramEmulator]:
         yield emulator
 
 
-def settings_for(tg: TelegramEmulator, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {
-        "telegram_token": tg.token,
-        "telegram_base_url": tg.bot_base_url,
-        "http_timeout": 5.0,
-    }
-    values.update(overrides)
-    return Settings(**values)
+def settings_values(tg: TelegramEmulator) -> dict[str, Any]:
+    return {"telegram_token": tg.token, "telegram_base_url": tg.bot_base_url}
 
 
 def make_adapter(tg: TelegramEmulator, **overrides: Any) -> TelegramAdapter:
-    adapter = TelegramAdapter.from_settings(settings_for(tg, **overrides), AdapterContext())
-    assert isinstance(adapter, TelegramAdapter)
-    return adapter
+    return adapter_for(TelegramAdapter, settings_values(tg), overrides)
 
 
 def message(
@@ -95,35 +88,10 @@ def message(
     return Message(delivery_id=delivery_id, address=address, body=body, kind=Category.transactional)
 
 
-def run(adapter: TelegramAdapter, use: Callable[[TelegramAdapter], Awaitable[T]]) -> T:
-    """Run ``use(adapter)`` in a fresh event loop, closing the adapter afterwards."""
-
-    async def go() -> T:
-        try:
-            return await use(adapter)
-        finally:
-            await adapter.close()
-
-    return asyncio.run(go())
-
-
-def send_one(adapter: TelegramAdapter, msg: Message) -> SendResult:
-    return run(adapter, lambda a: a.send(msg))
-
-
-def failure(adapter: TelegramAdapter, msg: Message) -> DeliveryError:
-    with pytest.raises(DeliveryError) as caught:
-        send_one(adapter, msg)
-    return caught.value
-
-
 def assert_no_token(exc: DeliveryError, token: str) -> None:
-    secret = token.split(":", 1)[1]
-    for text in (str(exc), repr(exc), exc.reason, exc.reply or "", exc.code or ""):
-        assert token not in text and secret not in text
-    # Raised outside the except block: no chained python-telegram-bot exception (whose message
-    # may hold the token) travels with ours.
-    assert exc.__cause__ is None and exc.__context__ is None
+    # The bot token and its secret half; raised outside the except block, so no chained
+    # python-telegram-bot exception (whose message may hold the token) travels with ours.
+    assert_no_secret(exc, token, token.split(":", 1)[1])
 
 
 def test_declares_its_limits_and_is_registered() -> None:
@@ -311,8 +279,8 @@ def test_timeout_is_transient(tg: TelegramEmulator) -> None:
 
 def test_unreachable_server_is_transient(clock: ManualClock) -> None:
     with TelegramEmulator(clock=clock, monotonic=clock.monotonic) as gone:
-        settings = settings_for(gone)
-    adapter = TelegramAdapter.from_settings(settings, AdapterContext())  # nothing listens now
+        values = settings_values(gone)
+    adapter = adapter_for(TelegramAdapter, values, {})  # nothing listens now
     with pytest.raises(TransientError) as caught:
         run(adapter, lambda a: a.open())
     assert_no_token(caught.value, gone.token)

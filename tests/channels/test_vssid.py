@@ -30,6 +30,7 @@ from channels.fcm import MAX_PAYLOAD, payload_size
 from channels.limits import LIMITS
 from channels.vssid import Devices, Inbox, VssidAdapter, token_fingerprint
 from dispatcher.config import Settings
+from tests.channels import support as channel_support
 from tests.channels import test_fcm as support
 from tests.emulators.base import ManualClock
 from tests.emulators.fcm import (
@@ -176,15 +177,7 @@ def message(
 
 def run(adapter: VssidAdapter, step: Callable[[VssidAdapter], Awaitable[T]]) -> T:
     """Open the adapter, run ``step``, close it: one event loop, as in a worker."""
-
-    async def go() -> T:
-        await adapter.open()
-        try:
-            return await step(adapter)
-        finally:
-            await adapter.close()
-
-    return asyncio.run(go())
+    return channel_support.run(adapter, step, open_first=True)
 
 
 def send(adapter: VssidAdapter, msg: Message | None = None) -> SendResult:
