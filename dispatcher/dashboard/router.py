@@ -479,8 +479,7 @@ def delivery_search(
     page = None
     if not problems:
         try:
-            page = deliveries.search(
-                session=session,
+            filters = deliveries.Filters(
                 campaign_id=campaign,
                 recipient=form["recipient"],
                 address=form["address"],
@@ -489,6 +488,10 @@ def delivery_search(
                 error_class=form["error_class"],
                 since=moments["since"],
                 until=moments["until"],
+            )
+            page = deliveries.search(
+                session=session,
+                filters=filters,
                 cursor=_blank(cursor),
                 limit=DELIVERIES_PER_PAGE,
             )

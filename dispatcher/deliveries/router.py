@@ -22,9 +22,7 @@ reports = APIRouter(
 )
 
 
-@router.get("", response_model=DeliveryPage, summary="Deliveries with their attempts, by cursor")
-def list_deliveries(
-    session: ReadSession,
+def search_filters(
     campaign_id: QueryId = None,
     run_id: QueryId = None,
     recipient: Annotated[
@@ -50,11 +48,9 @@ def list_deliveries(
         datetime | None,
         Query(description="Last changed (updated_at) before; ISO 8601 with an offset."),
     ] = None,
-    cursor: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-) -> DeliveryPage:
-    return service.search(
-        session=session,
+) -> service.Filters:
+    """The search's query parameters."""
+    return service.Filters(
         campaign_id=campaign_id,
         run_id=run_id,
         recipient=recipient,
@@ -64,9 +60,17 @@ def list_deliveries(
         error_class=error_class,
         since=since,
         until=until,
-        cursor=cursor,
-        limit=limit,
     )
+
+
+@router.get("", response_model=DeliveryPage, summary="Deliveries with their attempts, by cursor")
+def list_deliveries(
+    session: ReadSession,
+    filters: Annotated[service.Filters, Depends(search_filters)],
+    cursor: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> DeliveryPage:
+    return service.search(session=session, filters=filters, cursor=cursor, limit=limit)
 
 
 @reports.get(

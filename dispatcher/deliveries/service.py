@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -123,19 +124,23 @@ def _matches(value: Any, lookup: AddressLookup, dialect: str) -> ColumnElement[b
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Filters:
+    """What a delivery search narrows by (see the module's note); every field optional."""
+
+    campaign_id: int | None = None
+    run_id: int | None = None
+    recipient: str | None = None
+    address: str | None = None
+    status: str | None = None
+    channel: str | None = None
+    error_class: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+
 def search_query(
-    *,
-    dialect: str,
-    campaign_id: int | None = None,
-    run_id: int | None = None,
-    recipient: str | None = None,
-    address: str | None = None,
-    status: str | None = None,
-    channel: str | None = None,
-    error_class: str | None = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
-    after_id: int | None = None,
+    *, dialect: str, filters: Filters, after_id: int | None = None
 ) -> Select[*tuple[Any, ...]]:
     """Deliveries matching the filters with their recipient's external id and current
     address, in id order; checks the filters (``Invalid`` naming the parameter)."""
@@ -147,64 +152,45 @@ def search_query(
         .join(Recipient, Recipient.id == Delivery.recipient_id)
         .order_by(Delivery.id)
     )
-    if address is not None:
+    f = filters
+    if f.address is not None:
         # An inner join: SQLite then starts from the addresses index instead of scanning
         # every delivery (it does not turn the outer join into an inner one by itself).
-        lookup = parse_address(address)
+        lookup = parse_address(f.address)
         query = query.join(Address, on_address).where(_matches(Address.value, lookup, dialect))
     else:
         query = query.outerjoin(Address, on_address)
-    if campaign_id is not None:
-        query = query.where(Delivery.campaign_id == campaign_id)
-    if run_id is not None:
-        query = query.where(Delivery.run_id == run_id)
-    if recipient is not None:
-        query = query.where(Recipient.external_id == recipient)
-    if status is not None:
-        check_status(status)
-        query = query.where(Delivery.status == status)
-    if channel is not None:
-        check_channel(channel)
-        query = query.where(Delivery.channel == channel)
-    if error_class is not None:
-        query = query.where(Delivery.error_class == error_class)
-    check_time_range(since, until)
-    if since is not None:
-        query = query.where(Delivery.updated_at >= since)
-    if until is not None:
-        query = query.where(Delivery.updated_at < until)
+    if f.campaign_id is not None:
+        query = query.where(Delivery.campaign_id == f.campaign_id)
+    if f.run_id is not None:
+        query = query.where(Delivery.run_id == f.run_id)
+    if f.recipient is not None:
+        query = query.where(Recipient.external_id == f.recipient)
+    if f.status is not None:
+        check_status(f.status)
+        query = query.where(Delivery.status == f.status)
+    if f.channel is not None:
+        check_channel(f.channel)
+        query = query.where(Delivery.channel == f.channel)
+    if f.error_class is not None:
+        query = query.where(Delivery.error_class == f.error_class)
+    check_time_range(f.since, f.until)
+    if f.since is not None:
+        query = query.where(Delivery.updated_at >= f.since)
+    if f.until is not None:
+        query = query.where(Delivery.updated_at < f.until)
     if after_id is not None:
         query = query.where(Delivery.id > after_id)
     return query
 
 
 def search(
-    *,
-    session: Session,
-    campaign_id: int | None = None,
-    run_id: int | None = None,
-    recipient: str | None = None,
-    address: str | None = None,
-    status: str | None = None,
-    channel: str | None = None,
-    error_class: str | None = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
-    cursor: str | None = None,
-    limit: int = 100,
+    *, session: Session, filters: Filters, cursor: str | None = None, limit: int = 100
 ) -> DeliveryPage:
     """One page of deliveries with their attempts, addresses masked (see the module's note)."""
     query = search_query(
         dialect=session.get_bind().dialect.name,
-        campaign_id=campaign_id,
-        run_id=run_id,
-        recipient=recipient,
-        address=address,
-        status=status,
-        channel=channel,
-        error_class=error_class,
-        since=since,
-        until=until,
+        filters=filters,
         after_id=None if cursor is None else decode_cursor(cursor),
     ).limit(limit + 1)
     rows: Sequence[Any] = session.execute(query).all()

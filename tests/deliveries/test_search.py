@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import text
 
 from dispatcher.db import Database
-from dispatcher.deliveries.service import search_query
+from dispatcher.deliveries.service import Filters, search_query
 from tests.conftest import make_key
 from tests.deliveries.rows import (
     BASE,
@@ -313,7 +313,10 @@ def _plan(db: Database, **filters: Any) -> str:
     """The database's plan for a search, with sequential scans made as dear as possible so
     that a usable index is always chosen on tables this small."""
     dialect = db.engine.dialect
-    statement = search_query(dialect=dialect.name, **filters).limit(101)
+    after_id = filters.pop("after_id", None)
+    statement = search_query(
+        dialect=dialect.name, filters=Filters(**filters), after_id=after_id
+    ).limit(101)
     sql = str(statement.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
     with db.engine.connect() as connection:
         if dialect.name == "sqlite":
