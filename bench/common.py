@@ -41,7 +41,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -251,11 +251,19 @@ def redis_up(url: str) -> bool:
 
 
 def check_redis(url: str) -> None:
-    if not redis_up(url):
+    """Fail, saying why, when the Redis at ``url`` (given with ``--redis-url``) does not answer."""
+    import redis
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3)
+    try:
+        client.ping()
+    except (redis.RedisError, OSError) as exc:
         raise BenchError(
-            f"Redis is not reachable at {url}. Start it, or leave out --redis-url to let "
+            f"Redis is not reachable at {url}: {exc}. Start it, or leave out --redis-url to let "
             "the benchmark start a private redis-server."
-        )
+        ) from None
+    finally:
+        client.close()
 
 
 def start_private_redis(
@@ -754,6 +762,7 @@ class CpuSnapshot:
     at: float
     machine_busy_s: float
     ours: dict[int, float]
+    roles: dict[int, str] = field(default_factory=dict)  # pid -> what it is (see cpu_snapshot)
 
 
 def machine_busy_seconds() -> float:
@@ -763,15 +772,27 @@ def machine_busy_seconds() -> float:
     return float(sum(getattr(times, name, 0.0) for name in busy))
 
 
-def cpu_snapshot(processes: Sequence[Managed]) -> CpuSnapshot:
-    """Busy CPU seconds of the whole machine, and of each process of ours (and this one)."""
-    members = [psutil.Process()] + [m for p in processes for m in p.tree()]
+def cpu_snapshot(
+    processes: Sequence[Managed], backends: Callable[[], list[int]] | None = None
+) -> CpuSnapshot:
+    """Busy CPU seconds of the whole machine, and of each process of ours (and this one), with
+    the PostgreSQL backends serving our database when ``backends`` lists them.
+
+    Each process's role is the name of its :class:`Managed` tree, ``benchmark`` for this
+    process and ``postgresql`` for a backend (see :func:`cpu_by_process`).
+    """
+    members = [("benchmark", psutil.Process())] + [(p.name, m) for p in processes for m in p.tree()]
+    for pid in backends() if backends else []:
+        with contextlib.suppress(psutil.Error):
+            members.append(("postgresql", psutil.Process(pid)))
     ours: dict[int, float] = {}
-    for member in members:
+    roles: dict[int, str] = {}
+    for role, member in members:
         with contextlib.suppress(psutil.Error):
             t = member.cpu_times()
             ours[member.pid] = t.user + t.system
-    return CpuSnapshot(time.perf_counter(), machine_busy_seconds(), ours)
+            roles[member.pid] = role
+    return CpuSnapshot(time.perf_counter(), machine_busy_seconds(), ours, roles)
 
 
 def cpu_share(before: CpuSnapshot, after: CpuSnapshot) -> dict[str, float]:
@@ -785,6 +806,16 @@ def cpu_share(before: CpuSnapshot, after: CpuSnapshot) -> dict[str, float]:
         "ours_cores": round(ours, 2),
         "others_cores": round(max(0.0, machine - ours), 2),
     }
+
+
+def cpu_by_process(before: CpuSnapshot, after: CpuSnapshot) -> dict[str, float]:
+    """Cores used on average between two snapshots by our processes, summed by role."""
+    elapsed = max(after.at - before.at, 1e-9)
+    by_role: dict[str, float] = {}
+    for pid, t in after.ours.items():
+        role = after.roles.get(pid, "?")
+        by_role[role] = by_role.get(role, 0.0) + (t - before.ours.get(pid, 0.0)) / elapsed
+    return {role: round(v, 2) for role, v in sorted(by_role.items())}
 
 
 # -- Vietnamese names ---------------------------------------------------------------------------
@@ -884,9 +915,9 @@ PROVINCES: tuple[str, ...] = (
 )
 
 
-def vietnamese_name(i: int) -> str:
-    """The i-th name of a fixed sequence: surname, middle name, given name."""
-    surname = SURNAMES[(i * 31) % len(SURNAMES)]
+def vietnamese_name(i: int, surnames: Sequence[str] = SURNAMES) -> str:
+    """The i-th name of a fixed sequence: surname (from ``surnames``), middle name, given name."""
+    surname = surnames[(i * 31) % len(surnames)]
     middle = MIDDLES[(i * 17) % len(MIDDLES)]
     given = GIVENS[(i * 13) % len(GIVENS)]
     return f"{surname} {middle} {given}"
@@ -910,14 +941,14 @@ class Person:
         return parts[-1] if parts else ""
 
 
-def person(i: int) -> Person:
+def person(i: int, surnames: Sequence[str] = SURNAMES) -> Person:
     """The i-th recipient (1-based), the same on every run; one in 25 is an organisation."""
     province = PROVINCES[(i * 7) % len(PROVINCES)]
     given = GIVENS[(i * 13) % len(GIVENS)]
     if i % 25 == 0:
         name, kind = f"Công ty Cổ phần {given} {province}", "organization"
     else:
-        name, kind = vietnamese_name(i), "person"
+        name, kind = vietnamese_name(i, surnames), "person"
     born = date(1950 + i % 55, 1 + i % 12, 1 + i % 28)
     return Person(f"{i:010d}", name, kind, province, born)
 
@@ -956,9 +987,10 @@ def machine() -> dict[str, Any]:
     }
 
 
-def relative(path: Path) -> str:
+def relative(path: Path, base: Path = ROOT) -> str:
+    """``path`` relative to ``base`` (the project root), or whole when it is not below it."""
     try:
-        return str(path.relative_to(ROOT))
+        return str(path.relative_to(base))
     except ValueError:
         return str(path)
 

@@ -56,7 +56,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
@@ -65,34 +65,44 @@ import httpx
 import psutil
 import redis
 
-BENCH_DIR = Path(__file__).resolve().parent
-ROOT = BENCH_DIR.parent
-RESULTS_DIR = BENCH_DIR / "results"
 # Run as a script, sys.path[0] is bench/: a module there (bench/channels.py) would shadow the
 # project's packages of the same name. Put the project root in its place.
-if sys.path and Path(sys.path[0] or ".").resolve() == BENCH_DIR:
-    sys.path[0] = str(ROOT)
-elif str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+_BENCH_DIR = Path(__file__).resolve().parent
+if sys.path and Path(sys.path[0] or ".").resolve() == _BENCH_DIR:
+    sys.path[0] = str(_BENCH_DIR.parent)
+elif str(_BENCH_DIR.parent) not in sys.path:
+    sys.path.insert(0, str(_BENCH_DIR.parent))
 
 from bench.common import (  # noqa: E402 - after the project root is on sys.path
+    DEFAULT_POSTGRES_URL,
+    HEARTBEATS_KEY,
+    NAMESPACE,
+    RESULT_TAG,
+    ROOT,
     BenchError,
     Managed,
+    MiB,
     Person,
     RssSampler,
+    check_redis,
+    cpu_by_process,
+    cpu_share,
+    cpu_snapshot,
+    create_api_keys,
+    create_postgres_database,
     dispatcher_command,
     drop_postgres_database,
     free_port,
+    relative,
+    start_private_redis,
+    wait_until,
     write_json,
 )
+from bench.common import SURNAMES as COMMON_SURNAMES  # noqa: E402
+from bench.common import person as common_person  # noqa: E402
 
-MiB = 1024 * 1024
 POLL_SECONDS = 0.5
-SAMPLE_SECONDS = 0.2
 PROGRESS_SECONDS = 2.0
-DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
-NAMESPACE = "dispatcher"  # the dramatiq namespace and the batch markers' prefix in Redis
-RESULT_TAG = "BENCH_RESULT "
 
 TEMPLATE_KEY = "bench_greeting"
 SUBJECT = "Chúc mừng năm mới {{ year }} — {{ recipient.full_name }}"
@@ -136,238 +146,21 @@ URGENT_TEMPLATE: dict[str, Any] = {
 URGENT_AFTER = 0.25
 URGENT_POLL_SECONDS = 0.1
 
-SURNAMES = (
-    "Nguyễn",
-    "Trần",
-    "Lê",
-    "Phạm",
-    "Hoàng",
-    "Huỳnh",
-    "Phan",
-    "Vũ",
-    "Võ",
-    "Đặng",
-    "Bùi",
-    "Đỗ",
-    "Hồ",
-    "Ngô",
-    "Dương",
-    "Lý",
-    "Trương",
-    "Đinh",
-)
-MIDDLES = (
-    "Văn",
-    "Thị",
-    "Hữu",
-    "Đức",
-    "Minh",
-    "Thanh",
-    "Quốc",
-    "Ngọc",
-    "Thu",
-    "Hoàng",
-    "Xuân",
-    "Bích",
-    "Gia",
-    "Kim",
-    "Phương",
-)
-GIVENS = (
-    "An",
-    "Bình",
-    "Chi",
-    "Dũng",
-    "Giang",
-    "Hà",
-    "Hải",
-    "Hạnh",
-    "Hiếu",
-    "Hoa",
-    "Hùng",
-    "Hương",
-    "Khánh",
-    "Lan",
-    "Linh",
-    "Long",
-    "Mai",
-    "Minh",
-    "Nam",
-    "Ngọc",
-    "Nhung",
-    "Phúc",
-    "Phương",
-    "Quang",
-    "Quân",
-    "Sơn",
-    "Tâm",
-    "Thảo",
-    "Trang",
-    "Trung",
-    "Tuấn",
-    "Việt",
-    "Yến",
-    "Đạt",
-    "Thủy",
-    "Huệ",
-)
-PROVINCES = (
-    "Hà Nội",
-    "TP Hồ Chí Minh",
-    "Hải Phòng",
-    "Đà Nẵng",
-    "Cần Thơ",
-    "Quảng Ninh",
-    "Nghệ An",
-    "Thanh Hóa",
-    "Khánh Hòa",
-    "Lâm Đồng",
-    "Thừa Thiên Huế",
-    "Bắc Ninh",
-    "Đắk Lắk",
-    "Bà Rịa - Vũng Tàu",
-)
-
 
 # -- recipients ---------------------------------------------------------------------------------
 
+# The pipeline's recipients draw from the first 18 of the common surnames, as they always
+# have: the same N recipients, so figures compare with earlier runs.
+SURNAMES = COMMON_SURNAMES[:18]
+
 
 def person(i: int) -> Person:
-    """The i-th recipient (1-based), the same on every run; one in 25 is an organisation."""
-    province = PROVINCES[(i * 7) % len(PROVINCES)]
-    given = GIVENS[(i * 13) % len(GIVENS)]
-    if i % 25 == 0:
-        name, kind = f"Công ty Cổ phần {given} {province}", "organization"
-    else:
-        surname = SURNAMES[(i * 31) % len(SURNAMES)]
-        middle = MIDDLES[(i * 17) % len(MIDDLES)]
-        name, kind = f"{surname} {middle} {given}", "person"
-    born = date(1950 + i % 55, 1 + i % 12, 1 + i % 28)
-    return Person(f"{i:010d}", name, kind, province, born)
+    """The i-th recipient (1-based), the same on every run: :func:`bench.common.person` with
+    the pipeline's surnames."""
+    return common_person(i, SURNAMES)
 
 
-# -- processes ----------------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class CpuSnapshot:
-    at: float
-    machine_busy_s: float
-    ours: dict[int, float]
-    roles: dict[int, str] = field(default_factory=dict)
-
-
-def cpu_snapshot(
-    processes: Sequence[Managed], backends: Callable[[], list[int]] | None = None
-) -> CpuSnapshot:
-    """Busy CPU seconds of the whole machine, and of each process of ours (and this one), with
-    the PostgreSQL backends serving our database when ``backends`` lists them."""
-    times = psutil.cpu_times()
-    busy = times.user + times.system + getattr(times, "nice", 0.0)
-    busy += getattr(times, "irq", 0.0) + getattr(times, "softirq", 0.0)
-    members = [("benchmark", psutil.Process())] + [(p.name, m) for p in processes for m in p.tree()]
-    for pid in backends() if backends else []:
-        with contextlib.suppress(psutil.Error):
-            members.append(("postgresql", psutil.Process(pid)))
-    ours: dict[int, float] = {}
-    roles: dict[int, str] = {}
-    for role, member in members:
-        with contextlib.suppress(psutil.Error):
-            t = member.cpu_times()
-            ours[member.pid] = t.user + t.system
-            roles[member.pid] = role
-    return CpuSnapshot(time.perf_counter(), busy, ours, roles)
-
-
-def cpu_share(before: CpuSnapshot, after: CpuSnapshot) -> dict[str, Any]:
-    """Cores used on average between two snapshots: by our processes, and by everything else."""
-    elapsed = max(after.at - before.at, 1e-9)
-    machine = (after.machine_busy_s - before.machine_busy_s) / elapsed
-    ours = sum(t - before.ours.get(pid, 0.0) for pid, t in after.ours.items()) / elapsed
-    by_role: dict[str, float] = {}
-    for pid, t in after.ours.items():
-        role = after.roles.get(pid, "?")
-        by_role[role] = by_role.get(role, 0.0) + (t - before.ours.get(pid, 0.0)) / elapsed
-    return {
-        "cores": float(psutil.cpu_count() or 1),
-        "machine_busy_cores": round(machine, 2),
-        "ours_cores": round(ours, 2),
-        "others_cores": round(max(0.0, machine - ours), 2),
-        "ours_by_process": {role: round(v, 2) for role, v in sorted(by_role.items())},
-    }
-
-
-def wait_until(
-    predicate: Callable[[], bool],
-    *,
-    timeout: float,
-    what: str,
-    watch: Sequence[Managed] = (),
-    interval: float = 0.1,
-) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for process in watch:
-            if not process.alive():
-                raise process.dead_error()
-        if predicate():
-            return
-        time.sleep(interval)
-    detail = "".join(f"\n  {p.log_path.name}:\n{p.tail()}" for p in watch)
-    raise BenchError(f"timed out after {timeout:.0f} s waiting for {what}{detail}")
-
-
-# -- Redis and the databases --------------------------------------------------------------------
-
-
-def check_redis(url: str) -> None:
-    try:
-        redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3).ping()
-    except (redis.RedisError, OSError) as exc:
-        raise BenchError(
-            f"Redis is not reachable at {url}: {exc}. Start it, or leave out --redis-url to let "
-            "the benchmark start a private redis-server."
-        ) from None
-
-
-def start_private_redis(workdir: Path) -> tuple[Managed, str]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise BenchError("redis-server is not on PATH: install it, or pass --redis-url")
-    port = free_port()
-    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
-    argv += ["--appendonly", "no", "--dir", str(workdir)]
-    process = Managed("redis-server", argv, env=dict(os.environ), log_path=workdir / "redis.log")
-    url = f"redis://127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url, socket_connect_timeout=1)
-
-    def up() -> bool:
-        try:
-            return bool(client.ping())
-        except (redis.RedisError, OSError):
-            return False
-
-    wait_until(up, timeout=15, what="the private redis-server", watch=[process])
-    return process, url
-
-
-def create_postgres_database(admin_url: str) -> tuple[str, str]:
-    import psycopg
-    from sqlalchemy.engine import make_url
-
-    try:
-        admin = psycopg.connect(admin_url, autocommit=True, connect_timeout=3)
-    except psycopg.Error as exc:
-        first = (str(exc).strip().splitlines() or ["?"])[0]
-        raise BenchError(
-            f"PostgreSQL is not reachable at {admin_url}: {first}. "
-            "Start it, or pass --postgres-url (an admin URL allowed to CREATE DATABASE)."
-        ) from None
-    name = f"dispatcher_bench_{uuid.uuid4().hex[:10]}"
-    with admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-    return name, url
+# -- the databases ------------------------------------------------------------------------------
 
 
 def postgres_backends(admin_url: str, name: str) -> Callable[[], list[int]]:
@@ -433,21 +226,6 @@ def insert_recipients(url: str, n: int, chunk: int = 10_000) -> None:
                 )
     finally:
         engine.dispose()
-
-
-def create_api_keys(url: str) -> tuple[str, str]:
-    """Two admin keys: one submits campaigns, the other approves them (two-person rule)."""
-    from dispatcher.auth.service import create_key
-    from dispatcher.db import Database
-
-    db = Database(url)
-    try:
-        with db.transaction() as session:
-            _, submitter = create_key(session, role="admin", name="bench submitter")
-            _, approver = create_key(session, role="admin", name="bench approver")
-    finally:
-        db.dispose()
-    return submitter, approver
 
 
 def database_checks(url: str, campaign_id: int) -> dict[str, Any]:
@@ -1147,7 +925,10 @@ def run_once(options: Options) -> dict[str, Any]:
         # -- keys, the API and the workers ------------------------------------------------------
         # Two keys, written before the API starts: the key that submits a campaign may not
         # approve it.
-        submitter_key, approver_key = create_api_keys(database_url)
+        keys = create_api_keys(database_url, ["bench submitter", "bench approver"])
+        if len(keys) != 2:
+            raise BenchError("the service has no API keys (dispatcher.auth, table api_keys)")
+        submitter_key, approver_key = keys
         port = free_port()
         public = {"DISPATCHER_PUBLIC_URL": f"http://127.0.0.1:{port}"}
         api = Managed(
@@ -1178,8 +959,7 @@ def run_once(options: Options) -> dict[str, Any]:
                     f"publishing {template['key']}: {response.status_code} {response.text}"
                 )
 
-        heartbeats = f"{NAMESPACE}:__heartbeats__"
-        already = int(redis_client.zcard(heartbeats))
+        already = int(redis_client.zcard(HEARTBEATS_KEY))
         workers = Managed(
             "workers",
             worker_command(queues[0], options.workers, options.threads),
@@ -1202,7 +982,7 @@ def run_once(options: Options) -> dict[str, Any]:
             serving.append(urgent_workers)
             expected += options.urgent_processes
         wait_until(
-            lambda: int(redis_client.zcard(heartbeats)) >= already + expected,
+            lambda: int(redis_client.zcard(HEARTBEATS_KEY)) >= already + expected,
             timeout=90,
             what=f"{expected} dramatiq worker process(es) to poll Redis",
             watch=serving,
@@ -1246,7 +1026,11 @@ def run_once(options: Options) -> dict[str, Any]:
             on_poll=probe,
         )
         sampler.sample()
-        cpu = cpu_share(cpu_before, cpu_snapshot(processes, backends))
+        cpu_after = cpu_snapshot(processes, backends)
+        cpu: dict[str, Any] = {
+            **cpu_share(cpu_before, cpu_after),
+            "ours_by_process": cpu_by_process(cpu_before, cpu_after),
+        }
         rate = n / outcome.elapsed_s
         print(f"  done: {n:,} in {outcome.elapsed_s:.2f} s = {rate:,.0f} deliveries/s", flush=True)
         urgent: dict[str, Any] | None = None
@@ -1511,12 +1295,6 @@ def print_block(r: dict[str, Any], out: TextIO = sys.stdout) -> None:
         print(f"  {label:<{width}}  {value}", file=out)
 
 
-def relative(path: Path) -> str:
-    with contextlib.suppress(ValueError):
-        return str(path.relative_to(Path.cwd()))
-    return str(path)
-
-
 def growth(small: float, big: float) -> float:
     return 100.0 * (big - small) / small if small else 0.0
 
@@ -1739,20 +1517,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                 result = run_once(options_for(args, n))
                 print_block(result)
                 path = write_json(f"pipeline-{args.database}-{n}.json", result)
-                print(f"  written to {relative(path)}")
+                print(f"  written to {relative(path, Path.cwd())}")
                 results.append(result)
             summary = compare(results, args.growth_threshold)
             path = write_json(
                 f"pipeline-{args.database}-compare-{sizes[0]}-{sizes[1]}.json",
                 {"compare": summary, "runs": results},
             )
-            print(f"  written to {relative(path)}")
+            print(f"  written to {relative(path, Path.cwd())}")
         else:
             result = run_once(options_for(args, args.recipients))
             print_block(result)
             suffix = f"-urgent{args.urgent}" if args.urgent else ""
             path = write_json(f"pipeline-{args.database}-{args.recipients}{suffix}.json", result)
-            print(f"  written to {relative(path)}")
+            print(f"  written to {relative(path, Path.cwd())}")
     except BenchError as exc:
         print(f"\nbenchmark failed: {exc}", file=sys.stderr)
         return 1
