@@ -1,17 +1,26 @@
-"""Test helpers shared by the suite: waiting on conditions, a scriptable SMTP server."""
+"""Test helpers shared by the suite: waiting on conditions, a scriptable SMTP server, the
+service's own processes."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email
+import os
+import signal
 import socket
+import subprocess
+import sys
+import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from email.message import EmailMessage
 from email.policy import default as default_policy
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import IO, Any, TypeVar
 
+import httpx
 from aiosmtpd.controller import Controller
 
 T = TypeVar("T")
@@ -131,9 +140,6 @@ def approve(client: Any, campaign_id: int) -> Any:
 
 def cli_key(role: str, *, env: dict[str, str], cwd: Any, name: str = "test") -> str:
     """A key made with ``dispatcher keys create`` against the database ``env`` names."""
-    import subprocess
-    import sys
-
     done = subprocess.run(
         [sys.executable, "-m", "dispatcher.cli", "keys", "create", "--role", role, "--name", name],
         env=env,
@@ -144,3 +150,75 @@ def cli_key(role: str, *, env: dict[str, str], cwd: Any, name: str = "test") -> 
         check=True,
     )
     return done.stdout.strip().splitlines()[-1]
+
+
+@contextlib.contextmanager
+def dispatcher_process(
+    *args: str,
+    output: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    stop: signal.Signals = signal.SIGTERM,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``dispatcher <args>`` as its own process, everything it prints going to ``output`` (a
+    temporary file when not given: a pipe nobody reads would fill up and freeze a chatty
+    process). At the end it gets ``stop``, and is killed if it has not exited 30 s later."""
+    if output is None:
+        opened: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 - entered just below
+    else:
+        opened = output.open("wb")
+    with opened as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "dispatcher.cli", *args],
+            env=dict(os.environ if env is None else env),
+            cwd=cwd,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            yield process
+        finally:
+            process.send_signal(stop)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def wait_until_ready(base: str, *, timeout: float = 60.0) -> None:
+    """Until the API at ``base`` answers ``/readyz`` with 200."""
+
+    def ready() -> bool:
+        try:
+            return httpx.get(f"{base}/readyz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_for(ready, timeout=timeout, what=f"the API at {base} to answer /readyz")
+
+
+def dev_env(**extra: str) -> dict[str, str]:
+    """The environment for a ``dispatcher dev`` of a test: none of the suite's own
+    ``DISPATCHER_*`` settings, a Redis URL where nothing listens (so it uses the in-process
+    broker), no send windows (a greeting at night would wait for the morning: tests are not
+    about the hour), then ``extra``."""
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith("DISPATCHER_")},
+        "DISPATCHER_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
+        "DISPATCHER_SEND_WINDOWS": "{}",
+        **extra,
+    }
+
+
+@contextlib.contextmanager
+def dev_server(cwd: Path, env: Mapping[str, str], *, output: Path | None = None) -> Iterator[str]:
+    """``dispatcher dev`` on a free port in ``cwd``, answering ``/readyz``: its base URL.
+    Stopped with SIGINT, as at a terminal."""
+    port = free_port()
+    with dispatcher_process(
+        "dev", "--port", str(port), env=env, cwd=cwd, output=output, stop=signal.SIGINT
+    ):
+        base = f"http://127.0.0.1:{port}"
+        wait_until_ready(base)
+        yield base

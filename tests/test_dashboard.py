@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support import cli_key, free_port, wait_for
+from tests.support import cli_key, dev_env, dev_server, wait_for
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 CHROMIUM = os.environ.get("DISPATCHER_TEST_CHROMIUM") or shutil.which("chromium")
@@ -54,51 +51,22 @@ class Server:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """``dispatcher dev`` in its own directory: SQLite, no Redis (the in-process broker)."""
     cwd = tmp_path_factory.mktemp("dashboard")
-    port = free_port()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("DISPATCHER_")},
-        "DISPATCHER_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",  # nothing listens there
-        "DISPATCHER_SWEEP_INTERVAL_SECONDS": "0.5",
-        "DISPATCHER_SEND_WINDOWS": "{}",
-    }
-    log = (cwd / "dispatcher-dev.log").open("w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "dispatcher.cli", "dev", "--port", str(port)],
-        cwd=cwd,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
+    env = dev_env(DISPATCHER_SWEEP_INTERVAL_SECONDS="0.5")
+    log = cwd / "dispatcher-dev.log"
     try:
-
-        def ready() -> bool:
-            try:
-                return httpx.get(f"{base}/readyz", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_for(ready, timeout=60, what="dispatcher dev to answer /readyz")
-        keys = {
-            "editor": cli_key("editor", env=env, cwd=cwd, name="Phòng Truyền thông"),
-            "approver": cli_key("approver", env=env, cwd=cwd, name="Trưởng phòng Truyền thông"),
-            "operator": cli_key("operator", env=env, cwd=cwd, name="Trực vận hành"),
-            "admin": cli_key("admin", env=env, cwd=cwd, name="Quản trị hệ thống"),
-        }
-        made = Server(base=base, env=env, cwd=cwd, keys=keys)
-        _seed(made)
-        yield made
+        with dev_server(cwd, env, output=log) as base:
+            keys = {
+                "editor": cli_key("editor", env=env, cwd=cwd, name="Phòng Truyền thông"),
+                "approver": cli_key("approver", env=env, cwd=cwd, name="Trưởng phòng Truyền thông"),
+                "operator": cli_key("operator", env=env, cwd=cwd, name="Trực vận hành"),
+                "admin": cli_key("admin", env=env, cwd=cwd, name="Quản trị hệ thống"),
+            }
+            made = Server(base=base, env=env, cwd=cwd, keys=keys)
+            _seed(made)
+            yield made
     finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
         # Shown by pytest when a test of this module failed: the server's side of the story.
-        print((cwd / "dispatcher-dev.log").read_text()[-20_000:])
+        print(log.read_text()[-20_000:])
 
 
 def _seed(server: Server) -> None:

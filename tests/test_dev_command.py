@@ -2,46 +2,19 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.support import cli_key, free_port, wait_for
+from tests.support import cli_key, dev_env, dev_server, wait_for
 
 
 @pytest.mark.timeout(120)
 def test_dev_runs_a_first_campaign_without_redis(tmp_path: Path) -> None:
-    port = free_port()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("DISPATCHER_")},
-        "DISPATCHER_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",  # nothing listens there
-        "DISPATCHER_SWEEP_INTERVAL_SECONDS": "0.5",
-        # A greeting at night would wait for its window: this test is not about the hour.
-        "DISPATCHER_SEND_WINDOWS": "{}",
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "dispatcher.cli", "dev", "--port", str(port)],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-
-        def ready() -> bool:
-            try:
-                return httpx.get(f"{base}/readyz", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_for(ready, timeout=60, what="dispatcher dev to answer /readyz")
+    env = dev_env(DISPATCHER_SWEEP_INTERVAL_SECONDS="0.5")
+    log = tmp_path / "dispatcher-dev.log"
+    with dev_server(tmp_path, env, output=log) as base:
         assert (
             httpx.get(f"{base}/readyz").json()["checks"]["redis"] == "not used (in-process broker)"
         )
@@ -89,11 +62,4 @@ def test_dev_runs_a_first_campaign_without_redis(tmp_path: Path) -> None:
             timeout=60,
         )
         assert done["counts"]["by_status"] == {"sent": 25}
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            output, _ = process.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            output, _ = process.communicate()
-    assert "in-process broker" in output
+    assert "in-process broker" in log.read_text()

@@ -4,15 +4,11 @@ token, from the real worker and API processes."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import logging
-import os
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +30,7 @@ from dispatcher.recipients.models import Recipient
 from tests.conftest import make_key
 from tests.deliveries.conftest import TEMPLATE, configure
 from tests.emulators.telegram import TelegramEmulator, server_error
-from tests.support import SmtpServer, approve, free_port, wait_for
+from tests.support import SmtpServer, approve, dispatcher_process, free_port, wait_for
 from tests.test_end_to_end import all_deliveries, campaign_status
 
 TOKEN = "6123456789:AAF-leakCheckSecretNeverInLogs_0123456789"
@@ -47,25 +43,9 @@ PEOPLE = [
 ]
 
 
-@contextmanager
-def logged(args: list[str], output: Path) -> Iterator[subprocess.Popen[bytes]]:
+def logged(args: list[str], output: Path) -> contextlib.AbstractContextManager[Any]:
     """Run ``dispatcher <args>`` with every line it writes going to ``output``."""
-    with output.open("wb") as sink:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "dispatcher.cli", *args],
-            env=dict(os.environ),
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            yield process
-        finally:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+    return dispatcher_process(*args, output=output)
 
 
 def json_lines(output: Path) -> list[dict[str, Any]]:

@@ -2,46 +2,26 @@
 
 from __future__ import annotations
 
-import os
-import signal
+import contextlib
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import timedelta
+from typing import Any
 
 import pytest
 import redis
 
 from dispatcher.clock import utcnow
 from dispatcher.config import Settings
-from tests.support import SmtpServer, wait_for
+from tests.support import SmtpServer, dispatcher_process, wait_for
 from tests.test_end_to_end import PEOPLE, add_people, campaign_status, launch, publish_template
 from workers.scheduler import LEADER_KEY
 
 
-@contextmanager
-def role(*args: str) -> Iterator[subprocess.Popen[bytes]]:
-    """Run ``dispatcher <args>`` as its own process; its output goes to a file (a pipe nobody
-    reads would fill up and freeze a chatty worker)."""
-    with tempfile.TemporaryFile() as output:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "dispatcher.cli", *args],
-            env=dict(os.environ),
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            yield process
-        finally:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+def role(*args: str) -> contextlib.AbstractContextManager[Any]:
+    """Run ``dispatcher <args>`` as its own process."""
+    return dispatcher_process(*args)
 
 
 @pytest.mark.timeout(180)

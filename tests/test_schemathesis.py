@@ -8,44 +8,21 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.support import cli_key, free_port, wait_for
+from tests.support import cli_key, dev_env, dev_server
 
 
 @pytest.mark.timeout(300)
 def test_no_server_errors_and_answers_match_the_schema(tmp_path: Path) -> None:
     cli = shutil.which("schemathesis", path=os.path.dirname(sys.executable))
     assert cli is not None, "schemathesis is a test dependency"
-    port = free_port()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("DISPATCHER_")},
-        "DISPATCHER_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
-        "DISPATCHER_SEND_WINDOWS": "{}",
-    }
-    server = subprocess.Popen(
-        [sys.executable, "-m", "dispatcher.cli", "dev", "--port", str(port)],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-
-        def up() -> bool:
-            try:
-                return httpx.get(f"{base}/readyz", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_for(up, timeout=60, what="the API")
+    env = dev_env()
+    with dev_server(tmp_path, env) as base:
         key = cli_key("admin", env=env, cwd=tmp_path, name="schemathesis")
         result = subprocess.run(
             [
@@ -74,10 +51,4 @@ def test_no_server_errors_and_answers_match_the_schema(tmp_path: Path) -> None:
             text=True,
             timeout=240,
         )
-    finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
     assert result.returncode == 0, result.stdout[-4000:]
