@@ -82,6 +82,7 @@ try:
         start_private_redis,
         start_smtp_sink,
         vietnamese_name,
+        wait_for_api,
         wait_until,
         write_json,
     )
@@ -296,14 +297,7 @@ class Service:
             timeout=120,
             headers=bearer(self.keys[0] if self.keys else None),
         )
-
-        def ready() -> bool:
-            try:
-                return bool(self.client.get("/readyz").status_code == 200)
-            except httpx.TransportError:
-                return False
-
-        wait_until(ready, timeout=60, what="the API (/readyz)", watch=[self.api])
+        wait_for_api(self.client, self.api, timeout=60)
 
         worker = [*dispatcher_command(), "worker", "--queues", "urgent"]
         worker += ["--processes", str(self.options.workers)]

@@ -92,6 +92,7 @@ from bench.common import (  # noqa: E402
     start_private_redis,
     start_smtp_sink,
     vietnamese_name,
+    wait_for_api,
     wait_until,
     write_json,
 )
@@ -565,14 +566,7 @@ class ChaosRun:
             timeout=60,
             headers=bearer(self.keys[0] if self.keys else None),
         )
-
-        def ready() -> bool:
-            try:
-                return self.client.get("/readyz").status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_until(ready, timeout=90, what="the API (/readyz)", watch=[self.api])
+        wait_for_api(self.client, self.api, timeout=90)
         self.scheduler = self.start("scheduler", [*dispatcher_command(), "scheduler"])
         for index in range(o.workers):
             self.slots.append(WorkerSlot(index, self.start_worker(index)))

@@ -235,6 +235,20 @@ def wait_until(
     raise BenchError(f"timed out after {timeout:.0f} s waiting for {what}{detail}")
 
 
+def wait_for_api(client: Any, api: Managed, *, timeout: float = 90.0) -> None:
+    """Until the API behind ``client`` (an ``httpx.Client``) answers ``/readyz`` with 200;
+    fail at once if its process ``api`` dies."""
+    import httpx
+
+    def ready() -> bool:
+        try:
+            return bool(client.get("/readyz").status_code == 200)
+        except httpx.TransportError:
+            return False
+
+    wait_until(ready, timeout=timeout, what="the API (/readyz)", watch=[api])
+
+
 # -- Redis --------------------------------------------------------------------------------------
 
 

@@ -63,6 +63,7 @@ from bench.common import (  # noqa: E402
     start_private_redis,
     start_smtp_sink,
     vietnamese_name,
+    wait_for_api,
     wait_until,
     write_json,
 )
@@ -140,14 +141,7 @@ def run_service(args: argparse.Namespace, workdir: Path, smtp_port: int, stats: 
             headers=bearer(keys[0] if keys else None),
         )
         client = http
-
-        def ready() -> bool:
-            try:
-                return client.get("/readyz").status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_until(ready, timeout=90, what="the API (/readyz)", watch=[api])
+        wait_for_api(client, api, timeout=90)
         worker = [*dispatcher_command(), "worker", "--queues", "bulk"]
         worker += ["--processes", str(args.workers)]
         workers = Managed("workers", worker, env=env, log_path=workdir / "workers.log")

@@ -95,6 +95,7 @@ from bench.common import (  # noqa: E402 - after the project root is on sys.path
     free_port,
     relative,
     start_private_redis,
+    wait_for_api,
     wait_until,
     write_json,
 )
@@ -944,14 +945,7 @@ def run_once(options: Options) -> dict[str, Any]:
         cleanup.callback(client.close)
         approver = api_client(port, approver_key)
         cleanup.callback(approver.close)
-
-        def api_up() -> bool:
-            try:
-                return client.get("/readyz").status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_until(api_up, timeout=60, what="the API (/readyz)", watch=[api])
+        wait_for_api(client, api, timeout=60)
         for template in [TEMPLATE] + ([URGENT_TEMPLATE] if options.urgent else []):
             response = client.post("/v1/templates", json=template)
             if response.status_code != 201:
