@@ -661,8 +661,11 @@ def request_hash(data: MessageIn) -> str:
 
 
 def _replay(run: Run, *, fingerprint: str, key: str, settings: Settings) -> Run:
-    """The first message of a live key, if this request is the same as the one that made it."""
-    if run.request_hash != fingerprint:
+    """The first message of a live key, if this request is the same as the one that made it.
+
+    A message whose request was not recorded (a schema downgraded and upgraded again) is
+    replayed: refusing a real retry would invite a new key and a second message."""
+    if run.request_hash is not None and run.request_hash != fingerprint:
         raise Invalid(
             f"Idempotency-Key {key!r} was already used for a different request (message "
             f"{run.id}); a key stands for one request for "
