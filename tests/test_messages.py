@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,7 +23,7 @@ from dispatcher.config import Settings, get_settings
 from dispatcher.db import Database
 from dispatcher.errors import Invalid
 from tests.conftest import make_key
-from tests.support import SmtpServer, wait_for
+from tests.support import SmtpServer, parts, wait_for
 from tests.test_end_to_end import add_people, publish_template
 
 
@@ -348,3 +351,26 @@ def _waiting_on_locks(db: Database) -> int:
                 )
             ).scalar_one()
         )
+
+
+def test_the_readme_transactional_example_says_the_amount_once(
+    client: Any, worker: Any, smtp: SmtpServer, db: Database, repo_root: Path
+) -> None:
+    """The README's request, as written there, with the built-in template."""
+    readme = (repo_root / "README.md").read_text(encoding="utf-8")
+    example = re.search(r"Idempotency-Key: (contribution-[\w-]+)'.*?-d '(\{.*?\})'", readme, re.S)
+    assert example is not None, "the README has a transactional example"
+    key, body = example.group(1), json.loads(example.group(2))
+    add_people(client)
+    sender = _bearer(db, "sender", "Hệ thống thu BHXH")
+    headers = {"Idempotency-Key": key, **sender}
+    sent = client.post("/v1/messages", json=body, headers=headers)
+    assert sent.status_code == 202, sent.text
+    again = client.post("/v1/messages", json=body, headers=headers)
+    assert again.headers["Idempotent-Replayed"] == "true"
+
+    [mail] = wait_for(lambda: smtp.mailbox.to("an.nguyen@example.vn"))
+    rendered = parts(mail)
+    for part in (rendered["text"], rendered["html"]):
+        assert part.count("1.250.000 đồng") == 1, part
+        assert "đồng đồng" not in part
