@@ -197,6 +197,7 @@ def send_message(
     "/{message_id}",
     response_model=MessageOut,
     summary="A message and its deliveries (a sender key sees only its own: others are 404)",
+    responses={404: {"description": "No such message, or another sender key's"}},
 )
 def get_message(message_id: PathId, session: ReadSession, caller: SenderOrOperator) -> MessageOut:
     run = service.find_message(session=session, message_id=message_id, caller=caller)
