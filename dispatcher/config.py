@@ -115,6 +115,13 @@ class Settings(BaseSettings):
     messages_burst_per_key: int = Field(
         default=100, ge=1, description="How many messages a sender key may send at once."
     )
+    idempotency_key_hours: float = Field(
+        default=24.0,
+        gt=0,
+        le=24 * 365,
+        description="How long a sender's Idempotency-Key is remembered after its first use; "
+        "after that the same key sends a new message.",
+    )
     approval_ttl_seconds: float = Field(
         default=7 * 86400,
         gt=0,

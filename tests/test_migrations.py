@@ -10,11 +10,12 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
 from dispatcher import migrate
-from dispatcher.db import create_db_engine
+from dispatcher.db import Database, create_db_engine
 from dispatcher.models import Base
+from tests.test_end_to_end import add_people, publish_template
 
 
 def _differences(url: str) -> list[Any]:
@@ -52,3 +53,46 @@ def test_the_search_indexes_go_down_and_up_again(database_url: str) -> None:
     assert search <= _indexes(database_url, "deliveries")
     assert "ix_addresses_value" in _indexes(database_url, "addresses")
     assert _differences(database_url) == []
+
+
+@pytest.mark.timeout(120)
+def test_the_scoped_idempotency_keys_go_down_and_up_again_keeping_messages(
+    database_url: str, client: Any, db: Database
+) -> None:
+    """0013 adds its columns in place: going down and up again loses no message and none of
+    their deliveries (a copied-and-dropped ``runs`` on SQLite would take them along)."""
+    add_people(client)
+    publish_template(client)
+    body = {"recipient": "0100000001", "template": "canh_bao_test", "channels": ["email"]}
+    sent = client.post("/v1/messages", json=body, headers={"Idempotency-Key": "k-1"})
+    assert sent.status_code == 202, sent.text
+
+    def rows() -> tuple[int, int]:
+        with db.engine.connect() as connection:
+            runs = connection.execute(text("SELECT count(*) FROM runs")).scalar_one()
+            deliveries = connection.execute(text("SELECT count(*) FROM deliveries")).scalar_one()
+        return int(runs), int(deliveries)
+
+    before = rows()
+    assert before == (1, 1)
+    db.engine.dispose()  # no pooled connection stands in the way of ALTER TABLE
+    config = migrate.alembic_config(database_url)
+    command.downgrade(config, "0013-1")
+    try:
+        assert {"created_by", "request_hash"}.isdisjoint(_columns(database_url, "runs"))
+        assert rows() == before
+    finally:
+        command.upgrade(config, "head")
+    assert rows() == before
+    assert _differences(database_url) == []
+    replay = client.post("/v1/messages", json=body, headers={"Idempotency-Key": "k-1"})
+    assert replay.status_code == 202, replay.text
+    assert replay.json()["id"] == sent.json()["id"]
+
+
+def _columns(url: str, table: str) -> set[str]:
+    engine = create_db_engine(url)
+    try:
+        return {str(column["name"]) for column in inspect(engine).get_columns(table)}
+    finally:
+        engine.dispose()

@@ -89,8 +89,15 @@ class Run(Base):
     )
     # Extra template context for this run only (a transactional message's variables).
     variables: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
-    # For transactional messages: the caller's Idempotency-Key.
+    # Transactional messages only. The API key that sent it: it may read the message back.
+    created_by: Mapped[int | None] = mapped_column(BigId, nullable=True)
+    # A digest of the sender's scope and its Idempotency-Key (campaigns.service.idempotency_token),
+    # unique while the key lives; cleared when an expired key is used again. Rows written before
+    # revision 0013 hold the bare key, which no longer matches anything.
     idempotency_key: Mapped[str | None] = mapped_column(String(200), nullable=True, unique=True)
+    # SHA-256 of the canonical request that used the key: the same key with another request
+    # is refused.
+    request_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

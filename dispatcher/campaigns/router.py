@@ -3,6 +3,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response
+from pydantic import AfterValidator
 from sqlalchemy import select
 
 from dispatcher.auth.deps import (
@@ -14,8 +15,9 @@ from dispatcher.auth.deps import (
     Staff,
 )
 from dispatcher.campaigns import service
-from dispatcher.campaigns.models import Campaign, Run
+from dispatcher.campaigns.models import Campaign
 from dispatcher.campaigns.schemas import (
+    IDEMPOTENCY_KEY_PATTERN,
     CampaignIn,
     CampaignOut,
     ChannelPreviewOut,
@@ -23,9 +25,9 @@ from dispatcher.campaigns.schemas import (
     MessageOut,
     ReasonIn,
     ScheduleIn,
+    idempotency_key,
 )
-from dispatcher.deps import AppSettings, DbSession, PathId
-from dispatcher.errors import NotFound
+from dispatcher.deps import AppSettings, DbSession, PathId, ReadSession
 
 router = APIRouter(prefix="/v1/campaigns", tags=["campaigns"])
 messages = APIRouter(prefix="/v1/messages", tags=["messages"])
@@ -146,6 +148,17 @@ def cancel_campaign(
     return service.to_out(session=session, campaign=campaign)
 
 
+IdempotencyKey = Annotated[
+    Annotated[str, AfterValidator(idempotency_key)] | None,
+    Header(
+        alias="Idempotency-Key",
+        description="Up to 255 letters, digits and - _ . : ~ + / =, optionally in double "
+        "quotes. The same key from the same API key sends once while the key lives.",
+        json_schema_extra={"pattern": IDEMPOTENCY_KEY_PATTERN},
+    ),
+]
+
+
 @messages.post(
     "",
     status_code=202,
@@ -158,19 +171,34 @@ def send_message(
     settings: AppSettings,
     response: Response,
     caller: RateLimitedSender,
-    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> MessageOut:
+    """Queue one message to one recipient on the urgent queue.
+
+    With an `Idempotency-Key`, a retry of the same request (same recipient, template, channels
+    and variables) from the same API key returns the first message with the header
+    `Idempotent-Replayed: true` and sends nothing again; the same key with another request
+    answers 422. A key is remembered for `DISPATCHER_IDEMPOTENCY_KEY_HOURS` (24) after its first
+    use; after that it sends a new message. Another API key's keys never meet this one's.
+    """
     run, new = service.send_message(
-        session=session, data=data, settings=settings, idempotency_key=idempotency_key
+        session=session,
+        data=data,
+        settings=settings,
+        caller=caller,
+        idempotency_key=idempotency_key,
     )
     if not new:
         response.headers["Idempotent-Replayed"] = "true"
     return service.message_out(session=session, run=run)
 
 
-@messages.get("/{message_id}", response_model=MessageOut)
-def get_message(message_id: PathId, session: DbSession, caller: SenderOrOperator) -> MessageOut:
-    run = session.get(Run, message_id)
-    if run is None or run.slot is not None:
-        raise NotFound(f"message {message_id} does not exist")
+@messages.get(
+    "/{message_id}",
+    response_model=MessageOut,
+    summary="A message and its deliveries (a sender key sees only its own: others are 404)",
+    responses={404: {"description": "No such message, or another sender key's"}},
+)
+def get_message(message_id: PathId, session: ReadSession, caller: SenderOrOperator) -> MessageOut:
+    run = service.find_message(session=session, message_id=message_id, caller=caller)
     return service.message_out(session=session, run=run)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Any, Literal
 
@@ -171,6 +172,33 @@ class MessageIn(BaseModel):
         return _channels(value)
 
 
+# An Idempotency-Key: up to 255 letters, digits and - _ . : ~ + / = (a UUID, a ULID, base64,
+# "contribution-2026-11-0100000001"). The quoted form of the IETF draft ("...") is the same key.
+IDEMPOTENCY_KEY_MAX = 255
+_KEY_CHARS = r"[A-Za-z0-9._:~+/=-]"
+IDEMPOTENCY_KEY_PATTERN = (
+    rf'^(?:{_KEY_CHARS}{{1,{IDEMPOTENCY_KEY_MAX}}}|"{_KEY_CHARS}{{1,{IDEMPOTENCY_KEY_MAX}}}")$'
+)
+_KEY = re.compile(rf"{_KEY_CHARS}+")
+
+
+def idempotency_key(value: str) -> str:
+    """The key of an ``Idempotency-Key`` header, quotes removed; a ValueError says what is wrong."""
+    key = value[1:-1] if len(value) >= 2 and value[0] == value[-1] == '"' else value
+    if not key:
+        raise ValueError("Idempotency-Key is empty; send a unique string such as a UUID")
+    if len(key) > IDEMPOTENCY_KEY_MAX:
+        raise ValueError(
+            f"Idempotency-Key is {len(key)} characters long; at most {IDEMPOTENCY_KEY_MAX}"
+        )
+    if not _KEY.fullmatch(key):
+        bad = next(c for c in key if not _KEY.fullmatch(c))
+        raise ValueError(
+            f"Idempotency-Key has the character {bad!r}; use letters, digits and - _ . : ~ + / ="
+        )
+    return key
+
+
 class MessageDelivery(BaseModel):
     id: int
     channel: str
@@ -182,4 +210,7 @@ class MessageOut(BaseModel):
     campaign_id: int
     status: str
     created_at: datetime
+    created_by: int | None = Field(
+        default=None, description="The API key that sent it (the only sender key that reads it)"
+    )
     deliveries: list[MessageDelivery]
