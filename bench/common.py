@@ -55,7 +55,9 @@ RESULTS_DIR = BENCH_DIR / "results"
 MiB = 1024 * 1024
 SAMPLE_SECONDS = 0.2
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
-NAMESPACE = "dispatcher"  # dramatiq's namespace in Redis (its worker heartbeats live there)
+# The service's Redis namespace in every benchmark process (DISPATCHER_REDIS_NAMESPACE): its
+# queues, markers and dramatiq's worker heartbeats live under it.
+NAMESPACE = "dispatcher-bench"
 HEARTBEATS_KEY = f"{NAMESPACE}:__heartbeats__"
 RESULT_TAG = "BENCH_RESULT "
 OTHER_CPU_WARNING = 0.25  # cores used by other processes above which figures are disturbed
@@ -102,11 +104,13 @@ def project_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
     Settings of the calling shell must not leak into a measurement, so only ``extra`` adds
     any. Greetings would otherwise wait for their send window (07:00-21:00 Vietnam time), so
-    ``DISPATCHER_SEND_WINDOWS`` is ``{}`` unless ``extra`` says otherwise. The processes
+    ``DISPATCHER_SEND_WINDOWS`` is ``{}`` unless ``extra`` says otherwise; the Redis namespace
+    is :data:`NAMESPACE`, where the benchmarks look for worker heartbeats. The processes
     import the tree this file lives in, even when another checkout is installed.
     """
     env = {k: v for k, v in os.environ.items() if not k.startswith("DISPATCHER_")}
     env["DISPATCHER_SEND_WINDOWS"] = "{}"
+    env["DISPATCHER_REDIS_NAMESPACE"] = NAMESPACE
     env["PYTHONUNBUFFERED"] = "1"
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     env.update(extra or {})

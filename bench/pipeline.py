@@ -506,9 +506,10 @@ def planner_child(raw: str) -> int:
     # Nobody serves these queues: remove their messages and the batch markers, nothing else.
     client = jobs.redis_client(settings)
     for start in range(0, len(batch_ids), 1000):
-        client.delete(*(jobs.MARKER_PREFIX + b for b in batch_ids[start : start + 1000]))
+        chunk = batch_ids[start : start + 1000]
+        client.delete(*(jobs.redis_key(settings.redis_namespace, "batch", b) for b in chunk))
     for queue in (settings.queue_bulk, settings.queue_urgent):
-        for key in client.scan_iter(match=f"{NAMESPACE}:{queue}*"):
+        for key in client.scan_iter(match=jobs.redis_key(settings.redis_namespace, f"{queue}*")):
             client.delete(key)
     result = {
         "campaign_id": campaign_id,
@@ -688,6 +689,7 @@ def subprocess_env(
             "DISPATCHER_LOG_FORMAT": "json",
             # Greetings otherwise wait for 07:00-21:00 Vietnam time; a benchmark sends now.
             "DISPATCHER_SEND_WINDOWS": "{}",
+            "DISPATCHER_REDIS_NAMESPACE": NAMESPACE,
             "PYTHONUNBUFFERED": "1",
         }
     )

@@ -9,6 +9,7 @@ from typing import Any
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
@@ -34,6 +35,8 @@ from dispatcher.scheduling.router import router as schedules_router
 
 log = structlog.get_logger(__name__)
 
+DOCS_ASSETS = "/docs-assets"
+
 
 def _load_builtins() -> None:
     try:
@@ -58,7 +61,9 @@ def create_app(settings: Settings | None = None, *, configure_jobs: bool = True)
         _load_builtins()
         yield
 
-    app = FastAPI(
+    # /docs and /redoc load Swagger UI and ReDoc from the API itself (DOCS_ASSETS), not a CDN.
+    app = FastAPIOffline(
+        static_url=DOCS_ASSETS,
         title="BHXH message dispatcher",
         version="0.1.0",
         description="Campaigns, templates and deliveries over VssID, email and social channels.",

@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from dispatcher.config import ConfigError, Settings, get_settings
+from dispatcher.config import ENV_PREFIX, ConfigError, Settings, get_settings
 
 app = typer.Typer(
     help="Multi-channel message dispatch for Vietnam Social Security (BHXH Việt Nam).",
@@ -231,13 +231,43 @@ def _first_admin_key() -> None:
     )
 
 
+def local_url(host: str, port: int) -> str:
+    """Where a browser on this machine reaches a server listening on ``host:port``: an
+    all-interfaces address is reached through the loopback."""
+    if host in {"", "0.0.0.0", "::", "[::]"}:  # noqa: S104 - only read, never bound here
+        host = "127.0.0.1"
+    elif ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
+def dev_public_url(settings: Settings, host: str, port: int) -> str | None:
+    """The public URL ``dispatcher dev`` serves under, unless ``DISPATCHER_PUBLIC_URL`` was
+    set: the links it sends (unsubscribe) must reach the port it listens on."""
+    if "public_url" in settings.model_fields_set:
+        return None
+    return local_url(host, port)
+
+
 @app.command()
 def dev(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    port: Annotated[
+        int,
+        typer.Option(
+            help="Port to listen on. Unsubscribe links point here unless DISPATCHER_PUBLIC_URL "
+            "is set."
+        ),
+    ] = 8000,
 ) -> None:
     """The whole service in one process: API, workers and scheduler, on the embedded defaults."""
     settings = _settings()
+    public_url = dev_public_url(settings, host, port)
+    if public_url is not None:
+        # Every part of this process (the in-process workers too) reads the settings afresh.
+        os.environ[f"{ENV_PREFIX}PUBLIC_URL"] = public_url
+        get_settings.cache_clear()
+        settings = _settings()
     _share_metrics(settings)
 
     import dramatiq
@@ -262,6 +292,7 @@ def dev(
     else:
         console.print(f"broker: Redis at {settings.masked()['redis_url']}")
     console.print(f"database: {settings.masked()['database_url']}")
+    console.print(f"links in messages: {settings.public_url}")
     _first_admin_key()
     actors.declare(queue.broker, settings)
     worker = dramatiq.Worker(
@@ -279,7 +310,8 @@ def dev(
         daemon=True,
     )
     scheduler_thread.start()
-    console.print(f"API on http://{host}:{port}  (OpenAPI: http://{host}:{port}/docs)")
+    base = local_url(host, port)
+    console.print(f"API on {base}  (OpenAPI: {base}/docs, dashboard: {base}/ui)")
     try:
         uvicorn.run(create_app(settings), host=host, port=port, log_config=None)
     finally:

@@ -8,12 +8,14 @@ that is committed.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 from enum import StrEnum
 from functools import lru_cache
 from typing import Any
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -41,6 +43,14 @@ class Settings(BaseSettings):
     )
     redis_url: str = Field(
         default="redis://127.0.0.1:6379/0", description="Redis for the broker and rate limits."
+    )
+    redis_namespace: str = Field(
+        default="",
+        max_length=64,
+        description="Prefix of every key this service keeps in Redis (its queues, batch "
+        "markers, rate limits, scheduler lock), so that services sharing a Redis database "
+        "never see each other's work. Default: 'dispatcher-' and a hash of the database, so "
+        "every process of one service agrees and another service differs.",
     )
     public_url: str = Field(
         default="http://127.0.0.1:8000",
@@ -182,6 +192,21 @@ class Settings(BaseSettings):
             raise ValueError("only sqlite:// and postgresql:// databases are supported")
         return value
 
+    @field_validator("redis_namespace")
+    @classmethod
+    def _namespace(cls, value: str) -> str:
+        if value and not _NAMESPACE.fullmatch(value):
+            raise ValueError(
+                "a namespace starts with a letter and holds only letters, digits, '.', '-' and '_'"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _default_namespace(self) -> Settings:
+        if not self.redis_namespace:
+            self.redis_namespace = derived_namespace(self.database_url)
+        return self
+
     @field_validator("redis_url")
     @classmethod
     def _redis_url(cls, value: str) -> str:
@@ -251,6 +276,23 @@ class Settings(BaseSettings):
                 value = value.value
             shown[name] = value
         return shown
+
+
+_NAMESPACE = re.compile(r"[A-Za-z][A-Za-z0-9._-]*")
+
+
+def derived_namespace(database_url: str) -> str:
+    """``dispatcher-`` and a hash of which database this is: its server and name, or the
+    SQLite file's real path (so ``sqlite:///dispatcher.db`` names the same file from any
+    process started in that directory). Neither the password nor the user take part."""
+    url = make_url(database_url)
+    if url.get_backend_name() == "sqlite":
+        path = url.database or ""
+        identity = f"sqlite:{os.path.realpath(path) if path and path != ':memory:' else path}"
+    else:
+        query = "&".join(f"{k}={v}" for k, v in sorted(url.query.items()))
+        identity = f"postgresql://{url.host or ''}:{url.port or 5432}/{url.database or ''}?{query}"
+    return "dispatcher-" + hashlib.sha256(identity.encode()).hexdigest()[:12]
 
 
 def _hide_url_password(url: str) -> str:

@@ -5,6 +5,10 @@ session commits they go to the broker, and when it rolls back they are dropped. 
 also leaves a *marker* in Redis while it is alive; the sweeper re-enqueues pending rows whose
 batch has no marker (Redis flushed, a job dead-lettered), which is how the database stays the
 source of truth and Redis carries only wake-ups.
+
+Every key the service keeps in Redis, dramatiq's queues included, lives under the settings'
+``redis_namespace`` (:func:`redis_key`), so that two services on one Redis database never take
+each other's jobs or share a lock.
 """
 
 from __future__ import annotations
@@ -27,10 +31,14 @@ from dispatcher.config import Settings
 
 log = structlog.get_logger(__name__)
 
-MARKER_PREFIX = "dispatcher:batch:"
-BROKER_NAMESPACE = "dispatcher"  # dramatiq's keys in Redis: a queue is the list <namespace>:<name>
 SEND_BATCH = "deliveries.send_batch"
 PLAN_RUN = "runs.plan"
+
+
+def redis_key(namespace: str, *parts: str) -> str:
+    """One of the service's keys in Redis: ``<namespace>:<part>:<part>...``. dramatiq names its
+    own keys the same way (a queue is the list ``<namespace>:<queue>``)."""
+    return ":".join((namespace, *parts))
 
 
 def actor_name(verb: str, queue: str) -> str:
@@ -61,26 +69,30 @@ class Markers(Protocol):
 
 
 class RedisMarkers:
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, namespace: str) -> None:
         self.client = client
+        self.namespace = namespace
+
+    def key(self, batch_id: str) -> str:
+        return redis_key(self.namespace, "batch", batch_id)
 
     def set_many(self, batch_ids: Sequence[str], ttl_seconds: int) -> None:
         pipe = self.client.pipeline(transaction=False)
         for batch_id in batch_ids:
-            pipe.set(MARKER_PREFIX + batch_id, 1, ex=ttl_seconds)
+            pipe.set(self.key(batch_id), 1, ex=ttl_seconds)
         pipe.execute()
 
     def delete(self, batch_id: str) -> None:
-        self.client.delete(MARKER_PREFIX + batch_id)
+        self.client.delete(self.key(batch_id))
 
     def alive(self, batch_ids: Sequence[str]) -> list[bool]:
         pipe = self.client.pipeline(transaction=False)
         for batch_id in batch_ids:
-            pipe.exists(MARKER_PREFIX + batch_id)
+            pipe.exists(self.key(batch_id))
         return [bool(n) for n in pipe.execute()]
 
     def waiting(self, queue: str) -> int | None:
-        return int(self.client.llen(f"{BROKER_NAMESPACE}:{queue}"))
+        return int(self.client.llen(redis_key(self.namespace, queue)))
 
 
 class MemoryMarkers:
@@ -196,7 +208,7 @@ def create_redis_broker(settings: Settings) -> RedisBroker:
 
     middleware = [TimeLimit(), ShutdownNotifications(), Callbacks(), Pipelines(), Retries()]
     return RedisBroker(
-        client=redis_client(settings), middleware=middleware, namespace=BROKER_NAMESPACE
+        client=redis_client(settings), middleware=middleware, namespace=settings.redis_namespace
     )
 
 
@@ -217,7 +229,7 @@ def configure(settings: Settings, *, allow_stub: bool = False) -> JobQueue:
         markers: Markers = MemoryMarkers()
     else:
         broker = create_redis_broker(settings)
-        markers = RedisMarkers(redis_client(settings))
+        markers = RedisMarkers(redis_client(settings), settings.redis_namespace)
     dramatiq.set_broker(broker)
     queue = JobQueue(broker, markers, settings)
     set_job_queue(queue)

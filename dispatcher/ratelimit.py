@@ -8,7 +8,8 @@ for; an auth failure pauses it too, so that a bad credential is one loud event r
 thousands of failed deliveries.
 
 Per-address limits (Telegram's one message a second per chat) use a hashed address in the
-key: Redis never holds a citizen's address.
+key: Redis never holds a citizen's address. The keys live under the service's Redis namespace
+(``<namespace>:rate:...``), so another service on the same Redis keeps its own limits.
 """
 
 from __future__ import annotations
@@ -25,8 +26,7 @@ import redis
 import redis.asyncio as aioredis
 
 from channels.base import RateRule
-
-PREFIX = "dispatcher:rate:"
+from dispatcher.jobs import redis_key
 
 # Reserves the next slot of every rule and returns {1, ms to wait until it}; or, when the
 # channel is paused or the slot is further away than ARGV[1] ms, reserves nothing and returns
@@ -73,7 +73,7 @@ return 1
 
 @dataclass(frozen=True, slots=True)
 class Limit:
-    key: str
+    key: str  # within the limiter: the Redis limiter puts it under its namespace
     emission_ms: float
     tolerance_ms: float
 
@@ -89,9 +89,9 @@ def limits_for(
         emission = 1000.0 / rate
         if rule.per_address:
             digest = hashlib.blake2b(address.encode(), digest_size=8).hexdigest()
-            key = f"{PREFIX}{channel}:a:{digest}"
+            key = f"{channel}:a:{digest}"
         else:
-            key = f"{PREFIX}{channel}"
+            key = channel
         out.append(Limit(key, emission, emission * max(0, rule.burst - 1)))
     return out
 
@@ -131,10 +131,15 @@ class _KnownPauses:
         return max(0.0, self._known.get(channel, 0.0) - time.monotonic())
 
 
+def _rate_key(namespace: str, key: str) -> str:
+    return redis_key(namespace, "rate", key)
+
+
 class RedisLimiter(_KnownPauses):
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, namespace: str) -> None:
         super().__init__()
         self.url = url
+        self.namespace = namespace
         self._client: aioredis.Redis | None = None
         self._script: object | None = None
 
@@ -151,7 +156,10 @@ class RedisLimiter(_KnownPauses):
     async def reserve(
         self, channel: str, limits: Sequence[Limit], max_wait: float
     ) -> tuple[bool, float]:
-        keys = [f"{PREFIX}{channel}:pause", *(limit.key for limit in limits)]
+        keys = [
+            _rate_key(self.namespace, f"{channel}:pause"),
+            *(_rate_key(self.namespace, limit.key) for limit in limits),
+        ]
         args: list[float] = [max(0, int(max_wait * 1000))]
         for limit in limits:
             args += [round(limit.emission_ms, 3), round(limit.tolerance_ms, 3)]
@@ -164,12 +172,12 @@ class RedisLimiter(_KnownPauses):
     async def pause(self, channel: str, seconds: float) -> bool:
         self._saw(channel, max(seconds, self.paused_locally(channel)))
         started = await self._redis().eval(
-            _PAUSE, 1, f"{PREFIX}{channel}:pause", max(1, int(seconds * 1000))
+            _PAUSE, 1, _rate_key(self.namespace, f"{channel}:pause"), max(1, int(seconds * 1000))
         )
         return bool(started)
 
     async def refresh(self, channel: str) -> None:
-        remaining = await self._redis().pttl(f"{PREFIX}{channel}:pause")
+        remaining = await self._redis().pttl(_rate_key(self.namespace, f"{channel}:pause"))
         self._saw(channel, max(0, remaining or 0) / 1000)
 
     async def close(self) -> None:
@@ -264,13 +272,19 @@ async def acquire(
         waited += wait
 
 
-def take_now(client: redis.Redis, key: str, per_second: float, burst: int) -> float:
+def take_now(client: redis.Redis, namespace: str, key: str, per_second: float, burst: int) -> float:
     """A synchronous GCRA check for request paths: 0 when a slot was taken now, else the
     seconds until one frees (nothing taken). Uses the same script as channel limits."""
     emission = 1000.0 / per_second
     tolerance = emission * max(0, burst - 1)
     reserved, wait_ms = client.eval(
-        _ACQUIRE, 2, f"{PREFIX}{key}:pause", f"{PREFIX}{key}", 0, emission, tolerance
+        _ACQUIRE,
+        2,
+        _rate_key(namespace, f"{key}:pause"),
+        _rate_key(namespace, key),
+        0,
+        emission,
+        tolerance,
     )
     return 0.0 if reserved else max(0.001, float(wait_ms) / 1000.0)
 

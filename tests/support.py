@@ -220,5 +220,6 @@ def dev_server(cwd: Path, env: Mapping[str, str], *, output: Path | None = None)
         "dev", "--port", str(port), env=env, cwd=cwd, output=output, stop=signal.SIGINT
     ):
         base = f"http://127.0.0.1:{port}"
-        wait_until_ready(base)
+        # Migrating and loading the built-in templates take half a minute on a busy machine.
+        wait_until_ready(base, timeout=180)
         yield base

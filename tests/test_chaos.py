@@ -35,6 +35,7 @@ from dispatcher.clock import utcnow
 from dispatcher.config import Settings
 from dispatcher.db import Database
 from dispatcher.deliveries.models import Attempt, Delivery
+from dispatcher.jobs import redis_key
 from tests.support import SmtpServer
 from tests.test_end_to_end import PEOPLE, plan_campaign
 from workers.sweeper import sweep
@@ -160,7 +161,7 @@ def test_a_batch_whose_job_vanished_is_queued_again_though_its_marker_lives(
     client, db: Database, settings: Settings, job_queue, redis_client: redis.Redis
 ) -> None:
     _, ids, batch_id = _planned(client, db, settings)
-    queue = f"dispatcher:{settings.queue_urgent}"
+    queue = redis_key(settings.redis_namespace, settings.queue_urgent)
     assert redis_client.llen(queue) == 2, "the plan's job and the batch's wait in the queue"
     lease = timedelta(seconds=settings.lease_seconds)
     later = utcnow() + lease + timedelta(seconds=1)

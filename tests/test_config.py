@@ -42,6 +42,7 @@ def test_defaults_run_on_a_bare_machine() -> None:
         ("DISPATCHER_SMTP_PORT", "70000", "less than or equal to 65535"),
         ("DISPATCHER_SMTP_TLS", "maybe", "none"),
         ("DISPATCHER_QUEUE_URGENT", "urgent queue", "letters, digits"),
+        ("DISPATCHER_REDIS_NAMESPACE", "bhxh:prod", "starts with a letter"),
     ],
 )
 def test_a_bad_value_names_its_variable(

@@ -402,6 +402,72 @@ def test_the_throughput_chart_keeps_its_bars_readable() -> None:
 
 
 @pytest.mark.timeout(120)
+def test_the_transactional_stream_shows_as_an_open_stream(client: Any, worker: object) -> None:
+    """The standing campaign of one-off messages is never "sending, 100%": it is open."""
+    person = {"external_id": "8800000001", "full_name": "Lê Văn An", "addresses": {"null": "n1"}}
+    assert client.post("/v1/recipients", json=[person]).status_code == 200
+    template = {"key": "bien_nhan", "variants": [{"channel": "default", "body": "Đã nhận"}]}
+    assert client.post("/v1/templates", json=template).status_code == 201
+    message = {"recipient": "8800000001", "template": "bien_nhan", "channels": ["null"]}
+    sent = client.post("/v1/messages", json=message)
+    assert sent.status_code == 202, sent.text
+    stream_id = sent.json()["campaign_id"]
+    wait_for(
+        lambda: client.get(f"/v1/messages/{sent.json()['id']}").json()["status"] == "completed",
+        timeout=60,
+        what="the message to be sent",
+    )
+
+    out = client.get(f"/v1/campaigns/{stream_id}").json()
+    assert (out["name"], out["status"], out["stream"]) == (
+        "transactional:bien_nhan",
+        "running",
+        True,
+    )
+    assert out["counts"]["by_status"] == {"sent": 1}
+    polled = client.get("/ui/progress", params={"ids": str(stream_id)}).json()["campaigns"]
+    assert polled == [
+        {
+            "id": stream_id,
+            "status": "running",
+            "status_label": "Luồng tin giao dịch — đang mở",
+            "stream": True,
+            "settled": False,
+            "planned": 1,
+            "sent": 1,
+            "failed": 0,
+            "other": 0,
+            "pending": 0,
+            "percent": None,
+            "shares": {"sent": 100.0, "failed": 0.0, "other": 0.0},
+        }
+    ]
+    for page in ("/ui/campaigns", f"/ui/campaigns/{stream_id}"):
+        html = client.get(page).text
+        assert "Luồng tin giao dịch — đang mở" in html, page
+        assert 'class="badge status-stream"' in html and "Đang gửi</span>" not in html, page
+        assert "progressbar" not in html and "100%" not in html, page
+
+    # Paused, it says so; a campaign people made keeps its progress bar.
+    assert client.post(f"/v1/campaigns/{stream_id}/pause").status_code == 200
+    assert "Luồng tin giao dịch — tạm dừng" in client.get("/ui/campaigns").text
+    assert client.post(f"/v1/campaigns/{stream_id}/resume").status_code == 200
+    made = client.post(
+        "/v1/campaigns",
+        json={
+            "name": "Tin thường",
+            "kind": "policy_news",
+            "template": "bien_nhan",
+            "audience": {"all": True},
+            "channels": ["null"],
+        },
+    ).json()
+    assert made["stream"] is False
+    listing = client.get("/ui/campaigns").text
+    assert listing.count('role="progressbar"') == 1 and "Bản nháp" in listing
+
+
+@pytest.mark.timeout(120)
 def test_the_pages_read_a_finished_campaign(client: Any, worker: object) -> None:
     """The pages' own queries (progress, report, search) on SQLite and on PostgreSQL."""
     from tests.support import approve
@@ -442,6 +508,7 @@ def test_the_pages_read_a_finished_campaign(client: Any, worker: object) -> None
             "id": campaign_id,
             "status": "completed",
             "status_label": "Hoàn thành",
+            "stream": False,
             "settled": True,
             "planned": 3,
             "sent": 3,

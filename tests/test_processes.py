@@ -16,7 +16,7 @@ from dispatcher.clock import utcnow
 from dispatcher.config import Settings
 from tests.support import SmtpServer, dispatcher_process, wait_for
 from tests.test_end_to_end import PEOPLE, add_people, campaign_status, launch, publish_template
-from workers.scheduler import LEADER_KEY
+from workers.scheduler import leader_key
 
 
 def role(*args: str) -> contextlib.AbstractContextManager[Any]:
@@ -46,7 +46,7 @@ def test_worker_and_scheduler_processes_deliver_a_scheduled_campaign(
         assert done
         assert worker.poll() is None and first.poll() is None and second.poll() is None
         # Exactly one of the two schedulers leads.
-        leader = redis_client.get(LEADER_KEY)
+        leader = redis_client.get(leader_key(settings.redis_namespace))
         assert isinstance(leader, bytes)
         leading = first if leader.decode().split(":")[1] == str(first.pid) else second
         standby = second if leading is first else first
@@ -57,7 +57,7 @@ def test_worker_and_scheduler_processes_deliver_a_scheduled_campaign(
         leading.kill()
 
         def standby_leads() -> bool:
-            holder = redis_client.get(LEADER_KEY)
+            holder = redis_client.get(leader_key(settings.redis_namespace))
             return isinstance(holder, bytes) and holder.decode().split(":")[1] == str(standby.pid)
 
         wait_for(standby_leads, timeout=20, interval=0.1, what="the standby to take over")

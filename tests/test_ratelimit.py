@@ -26,7 +26,7 @@ def make_limiter(request: pytest.FixtureRequest, redis_url: str, redis_client: r
             if not made:
                 made.append(MemoryLimiter())
             return made[0]
-        limiter = RedisLimiter(redis_url)
+        limiter = RedisLimiter(redis_url, "test")
         made.append(limiter)
         return limiter
 

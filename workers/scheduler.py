@@ -24,7 +24,12 @@ from workers.sweeper import sweep
 
 log = structlog.get_logger(__name__)
 
-LEADER_KEY = "dispatcher:scheduler:leader"
+
+def leader_key(namespace: str) -> str:
+    """The lock the leading scheduler holds, one per service (see ``redis_namespace``)."""
+    return jobs.redis_key(namespace, "scheduler", "leader")
+
+
 _RENEW = """
 if redis.call('get', KEYS[1]) == ARGV[1] then
   return redis.call('pexpire', KEYS[1], ARGV[2])
@@ -34,8 +39,9 @@ return 0
 
 
 class Leadership:
-    def __init__(self, client: redis.Redis | None, ttl_seconds: float) -> None:
+    def __init__(self, client: redis.Redis | None, ttl_seconds: float, *, key: str) -> None:
         self.client = client
+        self.key = key
         self.ttl_ms = int(ttl_seconds * 1000)
         self.token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.leading = client is None
@@ -46,13 +52,9 @@ class Leadership:
             return True
         try:
             if self.leading:
-                self.leading = bool(
-                    self.client.eval(_RENEW, 1, LEADER_KEY, self.token, self.ttl_ms)
-                )
+                self.leading = bool(self.client.eval(_RENEW, 1, self.key, self.token, self.ttl_ms))
             if not self.leading:
-                self.leading = bool(
-                    self.client.set(LEADER_KEY, self.token, nx=True, px=self.ttl_ms)
-                )
+                self.leading = bool(self.client.set(self.key, self.token, nx=True, px=self.ttl_ms))
         except redis.RedisError as exc:
             log.warning("leadership_check_failed", error=str(exc))
             self.leading = False
@@ -61,8 +63,8 @@ class Leadership:
     def release(self) -> None:
         if self.client is not None and self.leading:
             try:
-                if self.client.get(LEADER_KEY) == self.token.encode():
-                    self.client.delete(LEADER_KEY)
+                if self.client.get(self.key) == self.token.encode():
+                    self.client.delete(self.key)
             except redis.RedisError:
                 pass
         self.leading = False
@@ -84,7 +86,7 @@ def run_scheduler(
     """Loop until ``stop`` is set: while leading, sweep every ``sweep_interval_seconds``."""
     client = None if isinstance(queue.markers, jobs.MemoryMarkers) else jobs.redis_client(settings)
     ttl = leader_ttl or max(3 * settings.sweep_interval_seconds, 10.0)
-    leadership = Leadership(client, ttl)
+    leadership = Leadership(client, ttl, key=leader_key(settings.redis_namespace))
     was_leading = False
     next_seal = time.monotonic() + settings.audit_seal_interval_seconds
     try:

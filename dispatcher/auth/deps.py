@@ -80,7 +80,7 @@ def sender_within_rate(caller: Sender) -> Caller:
     rate = queue.settings.messages_per_second_per_key
     burst = queue.settings.messages_burst_per_key
     if isinstance(queue.markers, jobs.RedisMarkers):
-        wait = take_now(queue.markers.client, key, rate, burst)
+        wait = take_now(queue.markers.client, queue.markers.namespace, key, rate, burst)
     else:
         wait = _memory_bucket.take_now(key, rate, burst)
     if wait > 0:

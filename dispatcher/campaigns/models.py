@@ -11,6 +11,16 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 from dispatcher.clock import utcnow
 from dispatcher.db import Base, BigId, JSONType, NullableJSON, UTCDateTime
 
+# The name of a template's transactional stream: one standing campaign per template that holds
+# the one-off messages of POST /v1/messages, each its own run. It never completes.
+STREAM_PREFIX = "transactional:"
+
+
+def is_stream(kind: str, name: str, channels: list[str] | None) -> bool:
+    """Whether a campaign is a transactional stream rather than a campaign people made (those
+    always name at least one channel)."""
+    return kind == "transactional" and name.startswith(STREAM_PREFIX) and not channels
+
 
 class Campaign(Base):
     __tablename__ = "campaigns"

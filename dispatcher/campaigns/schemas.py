@@ -113,6 +113,12 @@ class CampaignOut(BaseModel):
     id: int
     name: str
     kind: str
+    stream: bool = Field(
+        default=False,
+        description="True for a template's transactional stream (named transactional:<template>): "
+        "the standing campaign that holds the messages of POST /v1/messages, one run each. "
+        "It stays running (an open stream, not a stuck campaign): it has counts, no end.",
+    )
     template: str
     template_version: int | None
     audience: dict[str, Any]

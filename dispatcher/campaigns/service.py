@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from dispatcher import audit
 from dispatcher.audiences import service as audiences
 from dispatcher.auth.service import Caller, Role
-from dispatcher.campaigns.models import Campaign, Run
+from dispatcher.campaigns.models import STREAM_PREFIX, Campaign, Run, is_stream
 from dispatcher.campaigns.schemas import (
     CampaignIn,
     CampaignOut,
@@ -543,6 +543,7 @@ def to_out(*, session: Session, campaign: Campaign) -> CampaignOut:
         id=campaign.id,
         name=campaign.name,
         kind=campaign.kind,
+        stream=is_stream(campaign.kind, campaign.name, campaign.channels),
         template=template.key if template else "",
         template_version=version.version if version else None,
         audience=campaign.audience,
@@ -587,7 +588,7 @@ def to_out(*, session: Session, campaign: Campaign) -> CampaignOut:
 
 def _standing_campaign(session: Session, template: Template) -> Campaign:
     """Each template's transactional messages hang under one always-running campaign."""
-    name = f"transactional:{template.key}"
+    name = f"{STREAM_PREFIX}{template.key}"
     campaign = session.scalar(
         select(Campaign).where(Campaign.name == name, Campaign.kind == "transactional")
     )

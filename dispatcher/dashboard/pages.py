@@ -31,6 +31,13 @@ CAMPAIGN_STATUS = {
     "cancelled": "Đã hủy",
 }
 
+# A transactional stream is always open unless paused or closed: no "sending", no "done".
+STREAM_STATUS = {
+    "running": "Luồng tin giao dịch — đang mở",
+    "paused": "Luồng tin giao dịch — tạm dừng",
+    "cancelled": "Luồng tin giao dịch — đã đóng",
+}
+
 RUN_STATUS = {
     "planning": "Đang lập danh sách",
     "running": "Đang gửi",
@@ -86,6 +93,13 @@ def label(names: dict[str, str], value: str | None) -> str:
     return names.get(value, value)
 
 
+def campaign_status_label(status: str, *, stream: bool = False) -> str:
+    """A campaign's status as staff read it; a transactional stream reads as an open stream."""
+    if stream and status in STREAM_STATUS:
+        return STREAM_STATUS[status]
+    return label(CAMPAIGN_STATUS, status)
+
+
 def vn_time(value: datetime | None, seconds: bool = False) -> str:
     """A moment as staff read it: Vietnam time, day first."""
     if value is None:
@@ -116,7 +130,7 @@ environment.filters.update(
     iso=iso,
     number=number,
     role_name=lambda role: label({r.value: n for r, n in ROLE_NAMES.items()}, str(role)),
-    campaign_status=lambda s: label(CAMPAIGN_STATUS, s),
+    campaign_status=lambda s, stream=False: campaign_status_label(s, stream=stream),
     run_status=lambda s: label(RUN_STATUS, s),
     delivery_status=lambda s: label(DELIVERY_STATUS, s),
     error_class=lambda s: label(ERROR_CLASSES, s),

@@ -1,4 +1,7 @@
-"""How far campaigns have got: what the progress bars draw and the page polls for."""
+"""How far campaigns have got: what the progress bars draw and the page polls for.
+
+A transactional stream (``transactional:<template>``) never finishes: it is shown as an open
+stream with its counts, never as a campaign at some percent."""
 
 from __future__ import annotations
 
@@ -9,8 +12,8 @@ from typing import Any
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
-from dispatcher.campaigns.models import Campaign, Run
-from dispatcher.dashboard.pages import CAMPAIGN_STATUS, SETTLED, label
+from dispatcher.campaigns.models import Campaign, Run, is_stream
+from dispatcher.dashboard.pages import SETTLED, campaign_status_label
 from dispatcher.deliveries.models import OPEN_STATUSES, Delivery, DeliveryStatus
 
 # One poll asks for at most this many campaigns (a page of the list).
@@ -27,14 +30,18 @@ class Progress:
     other: int = 0  # skipped or cancelled: finished without a send
     pending: int = 0  # still open: waiting, being sent, or due for a retry
     planning: bool = False  # a run is still listing its audience: more rows are coming
+    stream: bool = False  # a transactional stream: open-ended, so no percent
 
     @property
     def done(self) -> int:
         return self.sent + self.failed + self.other
 
     @property
-    def percent(self) -> int:
-        """Finished deliveries out of those planned; 100 only once every one has finished."""
+    def percent(self) -> int | None:
+        """Finished deliveries out of those planned; 100 only once every one has finished.
+        None for a stream, which has no end to measure against."""
+        if self.stream:
+            return None
         if self.planned <= 0:
             return 100 if self.status == "completed" else 0
         return min(99 if self.planning else 100, self.done * 100 // self.planned)
@@ -47,7 +54,8 @@ class Progress:
         return {
             "id": self.campaign_id,
             "status": self.status,
-            "status_label": label(CAMPAIGN_STATUS, self.status),
+            "status_label": campaign_status_label(self.status, stream=self.stream),
+            "stream": self.stream,
             "settled": self.status in SETTLED,
             "planned": self.planned,
             "sent": self.sent,
@@ -69,9 +77,11 @@ def progress_of(*, session: Session, campaign_ids: Sequence[int]) -> dict[int, P
     if not ids:
         return {}
     found = {
-        cid: Progress(campaign_id=cid, status=status)
-        for cid, status in session.execute(
-            select(Campaign.id, Campaign.status).where(Campaign.id.in_(ids))
+        cid: Progress(campaign_id=cid, status=status, stream=is_stream(kind, name, channels))
+        for cid, status, kind, name, channels in session.execute(
+            select(
+                Campaign.id, Campaign.status, Campaign.kind, Campaign.name, Campaign.channels
+            ).where(Campaign.id.in_(ids))
         )
     }
     for cid, planned, planning in session.execute(

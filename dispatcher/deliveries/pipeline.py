@@ -216,7 +216,7 @@ class BatchProcessor:
         self.limiter: ratelimit.Limiter = limiter or (
             ratelimit.MemoryLimiter()
             if isinstance(queue.markers, MemoryMarkers)
-            else ratelimit.RedisLimiter(settings.redis_url)
+            else ratelimit.RedisLimiter(settings.redis_url, settings.redis_namespace)
         )
         self._signing_key: bytes | None = None
         self.turns = write_turns(db)

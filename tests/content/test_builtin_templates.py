@@ -3,7 +3,10 @@ locales, within the channel's limits."""
 
 from __future__ import annotations
 
+import json
+import re
 from datetime import UTC, date, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -86,3 +89,36 @@ def test_every_variant_renders_within_its_limits(path) -> None:
                     assert "<script" not in (rendered.html or "")
                     # Names are escaped in HTML: the organisation's "<HN>" never becomes a tag.
                     assert "<HN>" not in (rendered.html or "")
+
+
+def test_the_readme_transactional_example_names_the_amount_once(repo_root: Path) -> None:
+    """The README's POST /v1/messages example, rendered with its own variables: the amount is
+    written once with its currency, in every variant."""
+    readme = (repo_root / "README.md").read_text(encoding="utf-8")
+    found = re.search(r"localhost:8000/v1/messages .*?-d '(\{.*?\})'", readme, re.DOTALL)
+    assert found, "the README shows a POST /v1/messages example"
+    example = json.loads(found.group(1))
+    assert example["template"] == "contribution_received"
+    template = read_template_file(builtin_templates_dir() / "contribution_received.toml")
+    person = PEOPLE[0]
+    renderer = Renderer()
+    for variant in template.variants:
+        data = VariantData(
+            None, variant.channel, variant.locale, variant.body, variant.subject, variant.html
+        )
+        context = build_context(
+            recipient_view(person, variant.locale),
+            defaults=template.defaults,
+            variables={
+                **calendar_variables(datetime(2026, 12, 1, tzinfo=UTC)),
+                **example["variables"],
+            },
+            channel=variant.channel,
+            locale=variant.locale,
+            unsubscribe_url=None,
+        )
+        body = renderer.render(data, context).body
+        amount = "1.250.000 đồng" if variant.locale == "vi" else "1,250,000 VND"
+        where = (variant.channel, variant.locale)
+        assert body.count(amount) == 1, (where, body)
+        assert "đồng đồng" not in body and "VND VND" not in body and "đồng VND" not in body, where

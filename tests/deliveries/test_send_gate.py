@@ -15,6 +15,7 @@ from dispatcher.config import Settings
 from dispatcher.db import Database
 from dispatcher.deliveries.models import Delivery
 from dispatcher.deliveries.pipeline import BatchProcessor, Work
+from dispatcher.jobs import redis_key
 from dispatcher.loop import get_loop
 from tests.support import SmtpServer, wait_for
 from tests.test_end_to_end import plan_campaign
@@ -114,7 +115,7 @@ def test_a_batch_that_waits_too_long_at_the_gate_gives_its_rows_back_unsent(
     # Half of a 2-second lease is left for sending: the batch waits at most about a second.
     short = settings.model_copy(update={"lease_seconds": 2.0})
     processor = BatchProcessor(db=db, settings=short, queue=job_queue, loop=get_loop())
-    delayed = f"dispatcher:{settings.queue_urgent}.DQ"
+    delayed = redis_key(settings.redis_namespace, f"{settings.queue_urgent}.DQ")
     before = redis_client.llen(delayed)
     gate = processor._gates[False]
     gate.acquire()  # another thread's batch, held up in its sends

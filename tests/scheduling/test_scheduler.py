@@ -21,7 +21,7 @@ from dispatcher.deliveries.models import Delivery
 from dispatcher.recipients.models import Recipient
 from dispatcher.scheduling.service import fire_due
 from tests.support import approve, wait_for
-from workers.scheduler import LEADER_KEY, Leadership
+from workers.scheduler import Leadership, leader_key
 
 VN = ZoneInfo("Asia/Ho_Chi_Minh")
 TEMPLATE = {
@@ -180,14 +180,15 @@ def test_two_schedulers_through_100_firings_fire_each_exactly_once(
 
 def test_the_standby_takes_over_within_the_ttl(redis_client: redis.Redis) -> None:
     ttl = 1.0
-    leader, standby = Leadership(redis_client, ttl), Leadership(redis_client, ttl)
+    key = leader_key("test")
+    leader, standby = Leadership(redis_client, ttl, key=key), Leadership(redis_client, ttl, key=key)
     assert leader.hold() and not standby.hold()
     assert leader.hold() and not standby.hold(), "renewal keeps the lead"
     # The leader dies: it simply stops renewing.
     died = time.monotonic()
     wait_for(standby.hold, timeout=ttl * 3, interval=0.05, what="the standby to take over")
     assert time.monotonic() - died <= ttl + 0.5
-    assert redis_client.get(LEADER_KEY) == standby.token.encode()
+    assert redis_client.get(key) == standby.token.encode()
     assert not leader.hold(), "a leader back from the dead does not steal the lead"
 
 

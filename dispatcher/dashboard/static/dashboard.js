@@ -30,7 +30,8 @@
   function draw(item) {
     var root = container.querySelector('[data-campaign-id="' + item.id + '"]');
     if (!root) return;
-    setText(root, "percent", item.percent + "%");
+    // A transactional stream has counts but no percent (item.percent is null): it never ends.
+    if (item.percent !== null) setText(root, "percent", item.percent + "%");
     setText(root, "sent", format(item.sent));
     setText(root, "failed", format(item.failed));
     setText(root, "pending", format(item.pending));
@@ -40,7 +41,7 @@
       if (seg) seg.style.width = item.shares[name] + "%";
     });
     var bar = root.querySelector('[role="progressbar"]');
-    if (bar) {
+    if (bar && item.percent !== null) {
       bar.setAttribute("aria-valuenow", String(item.percent));
       bar.setAttribute(
         "aria-valuetext",
@@ -50,7 +51,8 @@
     }
     var badge = root.querySelector('[data-field="status"] .badge');
     if (badge && badge.getAttribute("data-status") !== item.status) {
-      badge.className = "badge status-" + item.status;
+      badge.className =
+        "badge status-" + (item.stream && item.status === "running" ? "stream" : item.status);
       badge.setAttribute("data-status", item.status);
       badge.textContent = item.status_label;
     }
