@@ -19,6 +19,7 @@ from dispatcher.campaigns.router import messages as messages_router
 from dispatcher.campaigns.router import router as campaigns_router
 from dispatcher.config import Settings, get_settings
 from dispatcher.consent.router import router as unsubscribe_router
+from dispatcher.content import isolation as content_checks
 from dispatcher.content import service as content
 from dispatcher.content.router import router as templates_router
 from dispatcher.dashboard.router import router as dashboard_router
@@ -56,6 +57,7 @@ def create_app(settings: Settings | None = None, *, configure_jobs: bool = True)
             except RuntimeError:
                 jobs.configure(settings)
         _load_builtins()
+        content_checks.start_in_background()
         yield
 
     app = FastAPI(

@@ -16,10 +16,12 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from dispatcher.clock import utcnow
+from dispatcher.content import isolation
 from dispatcher.content.models import Template, TemplateVersion, Variant
 from dispatcher.content.render import (
     RecipientView,
     Rendered,
+    Renderer,
     TemplateProblem,
     VariantData,
     choose_variant,
@@ -29,6 +31,7 @@ from dispatcher.content.render import (
     renderer,
     variant_map,
 )
+from dispatcher.content.sandbox import TemplateLimits
 from dispatcher.content.schemas import PreviewIn, TemplateIn, TemplateOut, VariantOut
 from dispatcher.errors import Invalid, NotFound
 from dispatcher.recipients.models import Recipient
@@ -143,12 +146,32 @@ class _VersionCache:
 versions = _VersionCache()
 
 
-def validate(template: TemplateIn) -> None:
+def validate(template: TemplateIn, *, isolated: bool = True) -> None:
     """Refuse a template that cannot render for a sample person and organisation.
 
     Catches syntax errors (with the line), variables the context will not have, unsafe
-    constructs the sandbox blocks, and messages over their channel's limits.
+    constructs the sandbox blocks, messages over their channel's limits, and renders over the
+    template budget. ``isolated`` renders in a child process (:mod:`isolation`): the API's
+    way for text from an editor.
     """
+    limits = renderer.limits
+    try:
+        if isolated:
+            found = isolation.run(first_problem, template, limits, limits=limits)
+        else:
+            found = first_problem(template, limits)
+    except TemplateProblem as problem:  # the child was stopped: over its memory or time
+        raise Invalid(str(problem), loc=["body", "variants"]) from None
+    if found is not None:
+        message, loc = found
+        raise Invalid(message, loc=loc)
+
+
+def first_problem(
+    template: TemplateIn, limits: TemplateLimits
+) -> tuple[str, list[str | int]] | None:
+    """The first reason ``template`` cannot be saved, and where; None when it renders."""
+    checker = Renderer(limits=limits)
     for index, variant in enumerate(template.variants):
         data = VariantData(
             id=None,
@@ -160,7 +183,7 @@ def validate(template: TemplateIn) -> None:
         )
         loc: list[str | int] = ["body", "variants", index]
         try:
-            renderer.check_syntax(data)
+            checker.check_syntax(data)
             for sample in _SAMPLE_PEOPLE:
                 view = recipient_view(
                     {**_sample_fields(sample), "language": variant.locale}, variant.locale
@@ -173,14 +196,20 @@ def validate(template: TemplateIn) -> None:
                     locale=variant.locale,
                     unsubscribe_url="https://example.invalid/u/sample",
                 )
-                rendered = renderer.render(data, context)
-                problems = limit_problems(rendered)
+                problems = limit_problems(checker.render(data, context))
                 if problems:
-                    raise Invalid(
-                        f"{variant.channel}/{variant.locale}: " + "; ".join(problems), loc=loc
-                    )
+                    return f"{variant.channel}/{variant.locale}: " + "; ".join(problems), loc
         except TemplateProblem as problem:
-            raise Invalid(str(problem), loc=[*loc, problem.part or "body"]) from None
+            return str(problem), [*loc, problem.part or "body"]
+    return None
+
+
+def render_checked(
+    variant: VariantData, context: Mapping[str, Any], limits: TemplateLimits
+) -> tuple[Rendered, list[str]]:
+    """``variant`` rendered with ``limits``, and how it breaks its channel's limits."""
+    rendered = Renderer(limits=limits).render(variant, context)
+    return rendered, limit_problems(rendered)
 
 
 def _sample_fields(view: RecipientView) -> dict[str, Any]:
@@ -195,8 +224,9 @@ def _sample_fields(view: RecipientView) -> dict[str, Any]:
 
 
 def publish(*, session: Session, template: TemplateIn, source: str = "api") -> TemplateVersion:
-    """Store a new version of ``template.key`` (creating the key on first use)."""
-    validate(template)
+    """Store a new version of ``template.key`` (creating the key on first use). Templates from
+    anywhere but the shipped files are checked in a child process."""
+    validate(template, isolated=source != "builtin")
     row = session.scalar(select(Template).where(Template.key == template.key).with_for_update())
     if row is None:
         row = Template(key=template.key, kind=template.kind, description=template.description)
@@ -307,10 +337,12 @@ def preview(
         unsubscribe_url="https://example.invalid/u/preview",
     )
     try:
-        rendered = renderer.render(variant, context)
+        # The variables and context come from the request: rendered in a child process.
+        limits = renderer.limits
+        rendered, problems = isolation.run(render_checked, variant, context, limits, limits=limits)
     except TemplateProblem as problem:
         raise Invalid(str(problem), loc=["template", problem.part or "body"]) from None
-    return version, rendered, limit_problems(rendered)
+    return version, rendered, problems
 
 
 def builtin_templates_dir() -> Path:
