@@ -135,6 +135,8 @@ class Meter:
         self.work += size
         if self.work > self.limits.max_work:
             raise BudgetExceeded(f"built over {self.limits.max_work} characters in all")
+        if size > 1000 and time.monotonic() > self.deadline:
+            raise BudgetExceeded(f"took over {self.limits.seconds:g} s")
 
     def built(self, value: Any) -> Any:
         """Weigh (and count) a value a call or a filter returned; pass it on."""
@@ -423,7 +425,7 @@ def do_wordwrap(environment: Any, s: str, width: int = 79, *args: Any, **kwargs:
 @pass_eval_context
 def do_join(eval_ctx: EvalContext, value: Iterable[Any], d: str = "", attribute: Any = None) -> str:
     items = _joined_items(value, d, current())
-    return jinja_filters.do_join(eval_ctx, items, d, attribute)
+    return jinja_filters.sync_do_join(eval_ctx, items, d, attribute)
 
 
 @pass_eval_context
@@ -448,7 +450,7 @@ def do_batch(value: Iterable[Any], linecount: int, fill_with: Any = None) -> Ite
 def do_slice(value: Any, slices: int, fill_with: Any = None) -> Iterator[list[Any]]:
     if isinstance(slices, int):
         current().allow(slices, "slicing into", "parts")
-    return jinja_filters.do_slice(value, slices, fill_with)
+    return jinja_filters.sync_do_slice(value, slices, fill_with)
 
 
 @pass_environment
@@ -500,6 +502,19 @@ class BoundedCodeGenerator(CodeGenerator):
         if not isinstance(node, (nodes.TemplateData, nodes.Const)):
             raise nodes.Impossible()
         return super()._output_child_to_const(node, frame, finalize)
+
+    def _output_child_pre(self, node: nodes.Expr, frame: Frame, finalize: Any) -> None:
+        # Output into a buffer (a macro, a {% set %} or {% filter %} block) piles up before it
+        # is joined: each piece is counted as it is made. Top-level output is counted by
+        # BoundedSandbox.concat as it streams.
+        if frame.buffer is not None:
+            self.write("environment.piece(")
+        super()._output_child_pre(node, frame, finalize)
+
+    def _output_child_post(self, node: nodes.Expr, frame: Frame, finalize: Any) -> None:
+        super()._output_child_post(node, frame, finalize)
+        if frame.buffer is not None:
+            self.write(")")
 
     def visit_EvalContextModifier(self, node: nodes.EvalContextModifier, frame: Frame) -> None:
         for keyword in node.options:
@@ -583,6 +598,10 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
             out.append(piece)
         return "".join(out)
 
+    def piece(self, text: str) -> str:
+        current().spend(len(text), "a piece of output")
+        return text
+
     def concat_values(self, markup: bool, values: tuple[Any, ...]) -> str:
         meter = current()
         limit = meter.limits.max_chars
@@ -602,8 +621,13 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
             if isinstance(left, _TEXT):
                 meter.allow(percent_size(left, right, meter.limits.max_chars), "a format")
         elif isinstance(left, (*_TEXT, list, tuple)) and isinstance(right, (*_TEXT, list, tuple)):
-            limit = meter.limits.max_chars
-            meter.allow(weight(left, limit) + weight(right, limit), "a value")
+            # Counted by length first (cheap, and what the copy costs), so that adding up in a
+            # loop runs out of budget before weighing gets slow.
+            meter.spend(len(left) + len(right), "a value")
+            if not isinstance(left, _TEXT):
+                limit = meter.limits.max_chars
+                meter.allow(weight(left, limit) + weight(right, limit), "a value")
+            return self.binop_table[operator](left, right)
         return meter.built(self.binop_table[operator](left, right))
 
     def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:

@@ -21,17 +21,14 @@ from dispatcher.content.models import Template, TemplateVersion, Variant
 from dispatcher.content.render import (
     RecipientView,
     Rendered,
-    Renderer,
     TemplateProblem,
     VariantData,
     choose_variant,
     honorific,
-    limit_problems,
     locale_chain,
     renderer,
     variant_map,
 )
-from dispatcher.content.sandbox import TemplateLimits
 from dispatcher.content.schemas import PreviewIn, TemplateIn, TemplateOut, VariantOut
 from dispatcher.errors import Invalid, NotFound
 from dispatcher.recipients.models import Recipient
@@ -154,24 +151,8 @@ def validate(template: TemplateIn, *, isolated: bool = True) -> None:
     template budget. ``isolated`` renders in a child process (:mod:`isolation`): the API's
     way for text from an editor.
     """
-    limits = renderer.limits
-    try:
-        if isolated:
-            found = isolation.run(first_problem, template, limits, limits=limits)
-        else:
-            found = first_problem(template, limits)
-    except TemplateProblem as problem:  # the child was stopped: over its memory or time
-        raise Invalid(str(problem), loc=["body", "variants"]) from None
-    if found is not None:
-        message, loc = found
-        raise Invalid(message, loc=loc)
-
-
-def first_problem(
-    template: TemplateIn, limits: TemplateLimits
-) -> tuple[str, list[str | int]] | None:
-    """The first reason ``template`` cannot be saved, and where; None when it renders."""
-    checker = Renderer(limits=limits)
+    jobs: list[tuple[VariantData, dict[str, Any]]] = []
+    index_of: dict[tuple[str, str], int] = {}
     for index, variant in enumerate(template.variants):
         data = VariantData(
             id=None,
@@ -181,35 +162,38 @@ def first_problem(
             body=variant.body,
             html=variant.html,
         )
-        loc: list[str | int] = ["body", "variants", index]
-        try:
-            checker.check_syntax(data)
-            for sample in _SAMPLE_PEOPLE:
-                view = recipient_view(
-                    {**_sample_fields(sample), "language": variant.locale}, variant.locale
-                )
-                context = build_context(
-                    view,
-                    defaults=template.defaults,
-                    variables=SAMPLE_CALENDAR,
-                    channel=variant.channel,
-                    locale=variant.locale,
-                    unsubscribe_url="https://example.invalid/u/sample",
-                )
-                problems = limit_problems(checker.render(data, context))
-                if problems:
-                    return f"{variant.channel}/{variant.locale}: " + "; ".join(problems), loc
-        except TemplateProblem as problem:
-            return str(problem), [*loc, problem.part or "body"]
-    return None
-
-
-def render_checked(
-    variant: VariantData, context: Mapping[str, Any], limits: TemplateLimits
-) -> tuple[Rendered, list[str]]:
-    """``variant`` rendered with ``limits``, and how it breaks its channel's limits."""
-    rendered = Renderer(limits=limits).render(variant, context)
-    return rendered, limit_problems(rendered)
+        index_of[(variant.channel, variant.locale)] = index
+        for sample in _SAMPLE_PEOPLE:
+            view = recipient_view(
+                {**_sample_fields(sample), "language": variant.locale}, variant.locale
+            )
+            context = build_context(
+                view,
+                defaults=template.defaults,
+                variables=SAMPLE_CALENDAR,
+                channel=variant.channel,
+                locale=variant.locale,
+                unsubscribe_url="https://example.invalid/u/sample",
+            )
+            jobs.append((data, context))
+    limits = renderer.limits
+    try:
+        if isolated:
+            found = isolation.run("check_all", jobs, limits, limits=limits)
+        else:
+            found = isolation.check_all(jobs, limits)
+    except TemplateProblem as problem:
+        where = index_of.get((problem.channel or "", problem.locale or ""))
+        loc: list[str | int] = ["body", "variants"]
+        if where is not None:
+            loc += [where, problem.part or "body"]
+        raise Invalid(str(problem), loc=loc) from None
+    for (checked, _), problems in zip(jobs, found, strict=True):
+        if problems:
+            raise Invalid(
+                f"{checked.channel}/{checked.locale}: " + "; ".join(problems),
+                loc=["body", "variants", index_of[(checked.channel, checked.locale)]],
+            )
 
 
 def _sample_fields(view: RecipientView) -> dict[str, Any]:
@@ -339,7 +323,7 @@ def preview(
     try:
         # The variables and context come from the request: rendered in a child process.
         limits = renderer.limits
-        rendered, problems = isolation.run(render_checked, variant, context, limits, limits=limits)
+        rendered, problems = isolation.run("render_one", variant, context, limits, limits=limits)
     except TemplateProblem as problem:
         raise Invalid(str(problem), loc=["template", problem.part or "body"]) from None
     return version, rendered, problems
