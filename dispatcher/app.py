@@ -21,6 +21,7 @@ from dispatcher.config import Settings, get_settings
 from dispatcher.consent.router import router as unsubscribe_router
 from dispatcher.content import isolation as content_checks
 from dispatcher.content import service as content
+from dispatcher.content.render import TemplateProblem
 from dispatcher.content.router import router as templates_router
 from dispatcher.dashboard.router import router as dashboard_router
 from dispatcher.db import get_database
@@ -74,6 +75,13 @@ def create_app(settings: Settings | None = None, *, configure_jobs: bool = True)
         else:
             detail = exc.message
         return JSONResponse({"detail": detail}, status_code=exc.status_code)
+
+    @app.exception_handler(TemplateProblem)
+    async def _template_problem(request: Request, exc: TemplateProblem) -> JSONResponse:
+        # A stored template that cannot render for this campaign's variables (a preview at
+        # creation, or one over the template budget): the request changes nothing.
+        detail = [{"loc": ["template", exc.part or "body"], "msg": str(exc), "type": "value_error"}]
+        return JSONResponse({"detail": detail}, status_code=422)
 
     @app.exception_handler(IntegrityError)
     async def _integrity_error(request: Request, exc: IntegrityError) -> JSONResponse:
