@@ -20,7 +20,8 @@ import jinja2
 from jinja2.sandbox import SecurityError
 
 from channels.limits import limits_for, utf16_length
-from dispatcher.content.sandbox import BoundedSandbox, BudgetExceeded, Meter, TemplateLimits
+from dispatcher.config import get_settings
+from dispatcher.content.sandbox import BoundedSandbox, BudgetExceeded, TemplateLimits, current
 
 DEFAULT_LOCALE = "vi"
 GENERIC_CHANNEL = "default"
@@ -60,6 +61,12 @@ class Sandbox(BoundedSandbox):
     """Jinja's immutable sandbox with a budget, answering at once for the recipient view: a
     template may read its data fields and nothing else (every other object gets the sandbox's
     full checks, which cost a quarter of a render)."""
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        # A recipient's fields are plain data (no methods to wrap): read them at once.
+        if type(obj) is RecipientView and attribute in VIEW_ATTRIBUTES:
+            return getattr(obj, attribute)
+        return super().getattr(obj, attribute)
 
     def is_safe_attribute(self, obj: Any, attr: str, value: Any) -> bool:
         if type(obj) is RecipientView:
@@ -216,8 +223,6 @@ class Renderer:
     def limits(self) -> TemplateLimits:
         if self._limits is not None:
             return self._limits
-        from dispatcher.config import get_settings
-
         settings = get_settings()
         if settings is not self._settings:
             self._settings_limits = TemplateLimits.from_settings(settings)
@@ -227,8 +232,11 @@ class Renderer:
     def render(self, variant: VariantData, context: Mapping[str, Any]) -> Rendered:
         """Render every part of ``variant``; a :class:`TemplateProblem` says what went wrong,
         including a render over its budget (``template budget exceeded: ...``)."""
-        with Meter(self.limits):
+        meter = current().start(self.limits)
+        try:
             return self._render(variant, context)
+        finally:
+            meter.stop()
 
     def _render(self, variant: VariantData, context: Mapping[str, Any]) -> Rendered:
         limits = limits_for(variant.channel)

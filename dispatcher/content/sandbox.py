@@ -29,12 +29,14 @@ or exhaust the API.
 
 from __future__ import annotations
 
+import math
 import re
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import update_wrapper
+from types import BuiltinMethodType, MethodType
 from typing import TYPE_CHECKING, Any, Literal
 
 from jinja2 import filters as jinja_filters
@@ -99,23 +101,28 @@ class BudgetExceeded(Exception):
 
 
 class Meter:
-    """One render's spending: steps (loop iterations and calls), characters built, time."""
+    """One render's spending: steps (loop iterations and calls), characters built, time. Each
+    thread has one, restarted by every render (:func:`current`)."""
 
-    __slots__ = ("_token", "deadline", "limits", "steps", "work")
+    __slots__ = ("deadline", "limits", "steps", "work")
 
     def __init__(self, limits: TemplateLimits) -> None:
         self.limits = limits
         self.steps = 0
         self.work = 0
-        self.deadline = time.monotonic() + limits.seconds
+        self.deadline = math.inf
 
-    def __enter__(self) -> Meter:
-        """Renders inside this block spend from this meter."""
-        self._token = _meter.set(self)
+    def start(self, limits: TemplateLimits) -> Meter:
+        self.limits = limits
+        self.steps = 0
+        self.work = 0
+        self.deadline = time.monotonic() + limits.seconds
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        _meter.reset(self._token)
+    def stop(self) -> None:
+        self.steps = 0
+        self.work = 0
+        self.deadline = math.inf
 
     def step(self) -> None:
         self.steps += 1
@@ -148,13 +155,19 @@ class Meter:
         return value
 
 
-_meter: ContextVar[Meter | None] = ContextVar("template_meter", default=None)
+# One meter per thread, not a context variable: a render never awaits, and setting and
+# resetting a context variable costs a render more than the whole budget.
+_local = threading.local()
 
 
 def current() -> Meter:
-    """The running render's meter (a fresh default one outside a ``with Meter(...)``)."""
-    meter = _meter.get()
-    return meter if meter is not None else Meter(TemplateLimits())
+    """This thread's meter: the running render's."""
+    try:
+        meter: Meter = _local.meter
+        return meter
+    except AttributeError:
+        meter = _local.meter = Meter(TemplateLimits())
+        return meter
 
 
 _CONTAINERS = (list, tuple, dict, set, frozenset, Namespace)
@@ -590,12 +603,13 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
         """Join a template's (or a macro's, or a block's) output, at most ``max_chars``."""
         limit = current().limits.max_chars
         size = 0
-        out = []
+        out: list[str] = []
+        append = out.append
         for piece in pieces:
             size += len(piece)
             if size > limit:
                 raise BudgetExceeded(f"output over {limit} characters")
-            out.append(piece)
+            append(piece)
         return "".join(out)
 
     def piece(self, text: str) -> str:
@@ -648,10 +662,15 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
         return meter.built(super().call(__context, __obj, *args, **kwargs))
 
     def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
-        wrapper = super().wrap_str_format(value)
-        if wrapper is None:
+        # Jinja's own, with a formatter that keeps to the budget.
+        if not isinstance(value, (MethodType, BuiltinMethodType)) or value.__name__ not in (
+            "format",
+            "format_map",
+        ):
             return None
-        owner: str = value.__self__
+        owner = value.__self__
+        if not isinstance(owner, str):
+            return None
         formatter: SandboxedFormatter
         if isinstance(owner, Markup):
             formatter = BoundedEscapeFormatter(self, escape=owner.escape)
