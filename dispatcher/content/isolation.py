@@ -163,7 +163,9 @@ def _fork_and_run(name: str, args: tuple[Any, ...], limits: TemplateLimits) -> t
 def serve() -> None:
     """The check server's loop: one request at a time from stdin, its outcome to stdout."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the API stops it by closing its stdin
-    out = sys.stdout.buffer
+    # Answers go to the original stdout; anything else that prints goes to stderr.
+    out = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     while True:
         request = _read(sys.stdin.fileno())
         if request is None:
