@@ -20,7 +20,9 @@ from dispatcher.campaigns.router import messages as messages_router
 from dispatcher.campaigns.router import router as campaigns_router
 from dispatcher.config import Settings, get_settings
 from dispatcher.consent.router import router as unsubscribe_router
+from dispatcher.content import isolation as content_checks
 from dispatcher.content import service as content
+from dispatcher.content.render import TemplateProblem
 from dispatcher.content.router import router as templates_router
 from dispatcher.dashboard.router import router as dashboard_router
 from dispatcher.db import get_database
@@ -59,6 +61,7 @@ def create_app(settings: Settings | None = None, *, configure_jobs: bool = True)
             except RuntimeError:
                 jobs.configure(settings)
         _load_builtins()
+        content_checks.start_in_background()
         yield
 
     # /docs and /redoc load Swagger UI and ReDoc from the API itself (DOCS_ASSETS), not a CDN.
@@ -77,6 +80,13 @@ def create_app(settings: Settings | None = None, *, configure_jobs: bool = True)
         else:
             detail = exc.message
         return JSONResponse({"detail": detail}, status_code=exc.status_code)
+
+    @app.exception_handler(TemplateProblem)
+    async def _template_problem(request: Request, exc: TemplateProblem) -> JSONResponse:
+        # A stored template that cannot render for this campaign's variables (a preview at
+        # creation, or one over the template budget): the request changes nothing.
+        detail = [{"loc": ["template", exc.part or "body"], "msg": str(exc), "type": "value_error"}]
+        return JSONResponse({"detail": detail}, status_code=422)
 
     @app.exception_handler(IntegrityError)
     async def _integrity_error(request: Request, exc: IntegrityError) -> JSONResponse:

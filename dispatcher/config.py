@@ -174,6 +174,30 @@ class Settings(BaseSettings):
         description="Threads per worker process: one claims and renders while another sends "
         "and records.",
     )
+    template_max_output_chars: int = Field(
+        default=1_000_000,
+        ge=1000,
+        description="Longest text a template part renders to, and largest value it may build "
+        "(a render builds at most ten times this in all).",
+    )
+    template_max_steps: int = Field(
+        default=100_000,
+        ge=100,
+        description="Loop iterations and calls (macros, methods) one render may make.",
+    )
+    template_render_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        le=300,
+        description="Longest one render may take; saving or previewing a template through "
+        "the API is stopped after this long too.",
+    )
+    template_memory_mib: int = Field(
+        default=256,
+        ge=32,
+        description="Memory the process that checks a template saved or previewed through "
+        "the API may use beyond its own code.",
+    )
     metrics_dir: str = Field(
         default="dispatcher-metrics",
         min_length=1,

@@ -2,7 +2,8 @@
 
 Subjects and text bodies render without escaping; HTML parts (and the body of channels whose
 body is an HTML dialect, such as Telegram) are autoescaped. The sandbox refuses attribute
-access that could reach Python internals (``__class__``, ``mro`` ...).
+access that could reach Python internals (``__class__``, ``mro`` ...), and every render has a
+budget of time, size and steps (:mod:`dispatcher.content.sandbox`).
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from types import TracebackType
 from typing import Any
 
 import jinja2
-from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+from jinja2.sandbox import SecurityError
 
 from channels.limits import limits_for, utf16_length
+from dispatcher.config import get_settings
+from dispatcher.content.sandbox import BoundedSandbox, BudgetExceeded, TemplateLimits, current
 
 DEFAULT_LOCALE = "vi"
 GENERIC_CHANNEL = "default"
@@ -54,10 +57,16 @@ class RecipientView:
 VIEW_ATTRIBUTES = frozenset(RecipientView.__slots__) | {"given_name"}
 
 
-class Sandbox(ImmutableSandboxedEnvironment):
-    """Jinja's immutable sandbox, answering at once for the recipient view: a template may
-    read its data fields and nothing else (every other object gets the sandbox's full checks,
-    which cost a quarter of a render)."""
+class Sandbox(BoundedSandbox):
+    """Jinja's immutable sandbox with a budget, answering at once for the recipient view: a
+    template may read its data fields and nothing else (every other object gets the sandbox's
+    full checks, which cost a quarter of a render)."""
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        # A recipient's fields are plain data (no methods to wrap): read them at once.
+        if type(obj) is RecipientView and attribute in VIEW_ATTRIBUTES:
+            return getattr(obj, attribute)
+        return super().getattr(obj, attribute)
 
     def is_safe_attribute(self, obj: Any, attr: str, value: Any) -> bool:
         if type(obj) is RecipientView:
@@ -167,7 +176,13 @@ def choose_variant(
 
 
 class Renderer:
-    def __init__(self, cache_size: int = 4096) -> None:
+    """Compiles and renders variants. Its budget is ``limits`` when given, otherwise the
+    process's settings (read again when they change)."""
+
+    def __init__(self, cache_size: int = 4096, *, limits: TemplateLimits | None = None) -> None:
+        self._limits = limits
+        self._settings: object = None
+        self._settings_limits = TemplateLimits()
         self._text = Sandbox(
             undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=False
         )
@@ -204,7 +219,26 @@ class Renderer:
         with self._lock:
             self._cache.clear()
 
+    @property
+    def limits(self) -> TemplateLimits:
+        if self._limits is not None:
+            return self._limits
+        settings = get_settings()
+        if settings is not self._settings:
+            self._settings_limits = TemplateLimits.from_settings(settings)
+            self._settings = settings
+        return self._settings_limits
+
     def render(self, variant: VariantData, context: Mapping[str, Any]) -> Rendered:
+        """Render every part of ``variant``; a :class:`TemplateProblem` says what went wrong,
+        including a render over its budget (``template budget exceeded: ...``)."""
+        meter = current().start(self.limits)
+        try:
+            return self._render(variant, context)
+        finally:
+            meter.stop()
+
+    def _render(self, variant: VariantData, context: Mapping[str, Any]) -> Rendered:
         limits = limits_for(variant.channel)
         parts: dict[str, str | None] = {}
         for part in PARTS:
@@ -224,6 +258,23 @@ class Renderer:
                     locale=variant.locale,
                     part=part,
                     line=exc.lineno,
+                ) from None
+            except BudgetExceeded as exc:
+                raise TemplateProblem(
+                    str(exc),
+                    channel=variant.channel,
+                    locale=variant.locale,
+                    part=part,
+                    line=_template_line(exc.__traceback__),
+                ) from None
+            except (MemoryError, RecursionError) as exc:
+                what = "out of memory" if isinstance(exc, MemoryError) else "nested too deeply"
+                raise TemplateProblem(
+                    f"template budget exceeded: {what}",
+                    channel=variant.channel,
+                    locale=variant.locale,
+                    part=part,
+                    line=_template_line(exc.__traceback__),
                 ) from None
             except SecurityError as exc:
                 raise TemplateProblem(

@@ -16,6 +16,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from dispatcher.clock import utcnow
+from dispatcher.content import isolation
 from dispatcher.content.models import Template, TemplateVersion, Variant
 from dispatcher.content.render import (
     RecipientView,
@@ -24,7 +25,6 @@ from dispatcher.content.render import (
     VariantData,
     choose_variant,
     honorific,
-    limit_problems,
     locale_chain,
     renderer,
     variant_map,
@@ -143,12 +143,16 @@ class _VersionCache:
 versions = _VersionCache()
 
 
-def validate(template: TemplateIn) -> None:
+def validate(template: TemplateIn, *, isolated: bool = True) -> None:
     """Refuse a template that cannot render for a sample person and organisation.
 
     Catches syntax errors (with the line), variables the context will not have, unsafe
-    constructs the sandbox blocks, and messages over their channel's limits.
+    constructs the sandbox blocks, messages over their channel's limits, and renders over the
+    template budget. ``isolated`` renders in a child process (:mod:`isolation`): the API's
+    way for text from an editor.
     """
+    jobs: list[tuple[VariantData, dict[str, Any]]] = []
+    index_of: dict[tuple[str, str], int] = {}
     for index, variant in enumerate(template.variants):
         data = VariantData(
             id=None,
@@ -158,29 +162,38 @@ def validate(template: TemplateIn) -> None:
             body=variant.body,
             html=variant.html,
         )
-        loc: list[str | int] = ["body", "variants", index]
-        try:
-            renderer.check_syntax(data)
-            for sample in _SAMPLE_PEOPLE:
-                view = recipient_view(
-                    {**_sample_fields(sample), "language": variant.locale}, variant.locale
-                )
-                context = build_context(
-                    view,
-                    defaults=template.defaults,
-                    variables=SAMPLE_CALENDAR,
-                    channel=variant.channel,
-                    locale=variant.locale,
-                    unsubscribe_url="https://example.invalid/u/sample",
-                )
-                rendered = renderer.render(data, context)
-                problems = limit_problems(rendered)
-                if problems:
-                    raise Invalid(
-                        f"{variant.channel}/{variant.locale}: " + "; ".join(problems), loc=loc
-                    )
-        except TemplateProblem as problem:
-            raise Invalid(str(problem), loc=[*loc, problem.part or "body"]) from None
+        index_of[(variant.channel, variant.locale)] = index
+        for sample in _SAMPLE_PEOPLE:
+            view = recipient_view(
+                {**_sample_fields(sample), "language": variant.locale}, variant.locale
+            )
+            context = build_context(
+                view,
+                defaults=template.defaults,
+                variables=SAMPLE_CALENDAR,
+                channel=variant.channel,
+                locale=variant.locale,
+                unsubscribe_url="https://example.invalid/u/sample",
+            )
+            jobs.append((data, context))
+    limits = renderer.limits
+    try:
+        if isolated:
+            found = isolation.run("check_all", jobs, limits, limits=limits)
+        else:
+            found = isolation.check_all(jobs, limits)
+    except TemplateProblem as problem:
+        where = index_of.get((problem.channel or "", problem.locale or ""))
+        loc: list[str | int] = ["body", "variants"]
+        if where is not None:
+            loc += [where, problem.part or "body"]
+        raise Invalid(str(problem), loc=loc) from None
+    for (checked, _), problems in zip(jobs, found, strict=True):
+        if problems:
+            raise Invalid(
+                f"{checked.channel}/{checked.locale}: " + "; ".join(problems),
+                loc=["body", "variants", index_of[(checked.channel, checked.locale)]],
+            )
 
 
 def _sample_fields(view: RecipientView) -> dict[str, Any]:
@@ -195,8 +208,9 @@ def _sample_fields(view: RecipientView) -> dict[str, Any]:
 
 
 def publish(*, session: Session, template: TemplateIn, source: str = "api") -> TemplateVersion:
-    """Store a new version of ``template.key`` (creating the key on first use)."""
-    validate(template)
+    """Store a new version of ``template.key`` (creating the key on first use). Templates from
+    anywhere but the shipped files are checked in a child process."""
+    validate(template, isolated=source != "builtin")
     row = session.scalar(select(Template).where(Template.key == template.key).with_for_update())
     if row is None:
         row = Template(key=template.key, kind=template.kind, description=template.description)
@@ -307,10 +321,12 @@ def preview(
         unsubscribe_url="https://example.invalid/u/preview",
     )
     try:
-        rendered = renderer.render(variant, context)
+        # The variables and context come from the request: rendered in a child process.
+        limits = renderer.limits
+        rendered, problems = isolation.run("render_one", variant, context, limits, limits=limits)
     except TemplateProblem as problem:
         raise Invalid(str(problem), loc=["template", problem.part or "body"]) from None
-    return version, rendered, limit_problems(rendered)
+    return version, rendered, problems
 
 
 def builtin_templates_dir() -> Path:
