@@ -7,8 +7,9 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from pydantic import TypeAdapter, ValidationError
 
+from dispatcher import json_depth
 from dispatcher.auth.deps import Editor, EditorOrOperator
-from dispatcher.deps import DbSession
+from dispatcher.deps import AppSettings, DbSession
 from dispatcher.errors import NotFound
 from dispatcher.recipients import service
 from dispatcher.recipients.schemas import RecipientIn, RecipientOut, UpsertSummary
@@ -37,9 +38,13 @@ _BODY_SCHEMA = {
 }
 
 
-async def _parse(request: Request) -> RecipientIn | list[RecipientIn]:
+async def _parse(request: Request, max_depth: int) -> RecipientIn | list[RecipientIn]:
+    # The body is read whatever its content type: the app's depth guard skips form and file
+    # types, so the bound is applied here too.
     try:
-        payload = await request.json()
+        payload = json_depth.loads(await request.body(), max_depth)
+    except json_depth.TooDeep as exc:
+        raise RequestValidationError([json_depth.too_deep_error(exc)]) from None
     except ValueError:
         raise RequestValidationError(
             [
@@ -80,9 +85,13 @@ async def _parse(request: Request) -> RecipientIn | list[RecipientIn]:
     summary="Create or update one recipient (object) or many (array), by external_id",
 )
 async def upsert_recipients(
-    request: Request, response: Response, session: DbSession, caller: Editor
+    request: Request,
+    response: Response,
+    session: DbSession,
+    caller: Editor,
+    settings: AppSettings,
 ) -> RecipientOut | UpsertSummary:
-    body = await _parse(request)
+    body = await _parse(request, settings.json_max_depth)
     # Blocking database work never runs on the event loop: a request waiting there for
     # SQLite's write lock would stall every other request, including the lock's holder.
     return await run_in_threadpool(_upsert, body, response, session)
