@@ -9,6 +9,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from dispatcher import json_depth
 from dispatcher.auth.deps import Editor, EditorOrOperator
+from dispatcher.auth.service import Role
 from dispatcher.deps import AppSettings, DbSession
 from dispatcher.errors import NotFound
 from dispatcher.recipients import service
@@ -17,6 +18,9 @@ from dispatcher.recipients.schemas import RecipientIn, RecipientOut, UpsertSumma
 router = APIRouter(prefix="/v1/recipients", tags=["recipients"])
 
 MAX_PER_REQUEST = 10_000
+# Who reads a recipient's addresses in full: those who write them. Everyone else who may read
+# a recipient (operators) sees them masked.
+FULL_ADDRESSES = frozenset({Role.editor, Role.admin})
 _one_or_many: TypeAdapter[Any] = TypeAdapter(RecipientIn)
 _many: TypeAdapter[list[RecipientIn]] = TypeAdapter(list[RecipientIn])
 
@@ -110,9 +114,14 @@ def _upsert(
     return service.to_out(recipients[0])
 
 
-@router.get("/{external_id}", response_model=RecipientOut)
+@router.get(
+    "/{external_id}",
+    response_model=RecipientOut,
+    description="Editors and admins see the addresses in full; operators see them masked "
+    "(`ng***@gmail.com`, `+84 9** *** 678`), as in the delivery search.",
+)
 def get_recipient(external_id: str, session: DbSession, caller: EditorOrOperator) -> RecipientOut:
     recipient = service.get_by_external_id(session=session, external_id=external_id)
     if recipient is None:
         raise NotFound(f"recipient {external_id!r} does not exist")
-    return service.to_out(recipient)
+    return service.to_out(recipient, masked=caller.role not in FULL_ADDRESSES)
