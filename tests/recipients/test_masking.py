@@ -127,9 +127,7 @@ def test_operators_read_recipients_with_masked_addresses(client, db) -> None:
 
     def read(role: str) -> dict:
         key = make_key(db, role, f"{role} key")
-        answer = client.get(
-            "/v1/recipients/0100000055", headers={"Authorization": f"Bearer {key}"}
-        )
+        answer = client.get("/v1/recipients/0100000055", headers={"Authorization": f"Bearer {key}"})
         assert answer.status_code == 200, answer.text
         return answer.json()
 
