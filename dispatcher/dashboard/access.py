@@ -3,22 +3,23 @@
 The pages use the API's own dependencies (``current_caller``, ``require``): the key comes in
 the ``dispatcher_key`` cookie. A refusal is an HTML page rather than JSON: 401 shows the login
 form (so the browser lands on it), 403 names the role the page needs. Forms must come from
-this site: the Origin (or, lacking it, the Referer) must name the host the request came to,
-on top of the cookie's SameSite=Strict.
+this site: ``current_caller`` refuses a change carried by the cookie unless its Origin (or,
+lacking it, its Referer) names the host the request came to, on top of the cookie's
+SameSite=Strict; here that refusal is a page.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Annotated, Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl
 
 import structlog
 from fastapi import Depends, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 
-from dispatcher.auth.deps import COOKIE, current_caller, require
+from dispatcher.auth.deps import COOKIE, CrossSiteRequest, current_caller, require
 from dispatcher.auth.service import STAFF, Caller, Role
 from dispatcher.dashboard.pages import ROLE_NAMES, SECURITY_HEADERS, render
 from dispatcher.errors import NotFound, ServiceError
@@ -46,10 +47,6 @@ class PageForbidden(Exception):
         self.roles = roles
 
 
-class CrossSite(Exception):
-    """A form posted from another origin (or with no origin at all)."""
-
-
 def page_role(*roles: Role) -> Callable[..., Caller]:
     """``require(*roles)`` for a page: a wrong role becomes the Vietnamese 403 page."""
     check = require(*roles)
@@ -66,23 +63,6 @@ def page_role(*roles: Role) -> Callable[..., Caller]:
 StaffPage = Annotated[Caller, Depends(page_role(*STAFF))]
 ApproverPage = Annotated[Caller, Depends(page_role(Role.approver))]
 OperatorPage = Annotated[Caller, Depends(page_role(Role.operator))]
-
-
-def same_host(request: Request) -> bool:
-    host = request.headers.get("host", "").lower()
-    source = request.headers.get("origin") or request.headers.get("referer") or ""
-    if not host or not source or source == "null":
-        return False
-    return urlsplit(source).netloc.lower() == host
-
-
-def same_origin(request: Request) -> None:
-    if not same_host(request):
-        raise CrossSite()
-
-
-# Declared after the caller in a route's parameters: a missing key is a 401 before all else.
-SameOrigin = Annotated[None, Depends(same_origin)]
 
 
 async def form_fields(request: Request) -> dict[str, str]:
@@ -211,22 +191,22 @@ class PageRoute(APIRoute):
 async def _answer(handler: Callable[[Request], Awaitable[Response]], request: Request) -> Response:
     try:
         return await handler(request)
+    except CrossSiteRequest:
+        log.warning("dashboard_cross_site_form", path=request.url.path)
+        return error_page(
+            request,
+            caller=None,
+            title="Biểu mẫu bị từ chối",
+            message="Biểu mẫu này không được gửi từ trang của hệ thống nên không được thực hiện. "
+            "Hãy mở lại trang và thử lại.",
+            status_code=403,
+        )
     except HTTPException as exc:
         if exc.status_code == 401:
             return unauthorized_page(request, str(exc.detail))
         raise
     except PageForbidden as exc:
         return forbidden_page(request, exc)
-    except CrossSite:
-        log.warning("dashboard_cross_site_form", path=request.url.path)
-        return error_page(
-            request,
-            caller=getattr(request.state, "caller", None),
-            title="Biểu mẫu bị từ chối",
-            message="Biểu mẫu này không được gửi từ trang của hệ thống nên không được thực hiện. "
-            "Hãy mở lại trang và thử lại.",
-            status_code=403,
-        )
     except NotFound as exc:
         return error_page(
             request,

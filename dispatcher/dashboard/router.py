@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from starlette.routing import NoMatchFound
 
 from channels import registry
+from dispatcher.auth.deps import same_host
 from dispatcher.auth.models import ApiKey
 from dispatcher.auth.service import Caller, Role, Unauthenticated, authenticate
 from dispatcher.campaigns import service as campaigns
@@ -34,12 +35,10 @@ from dispatcher.dashboard.access import (
     FormFields,
     OperatorPage,
     PageRoute,
-    SameOrigin,
     StaffPage,
     clear_key_cookie,
     login_page,
     safe_next,
-    same_host,
     set_key_cookie,
 )
 from dispatcher.dashboard.charts import Bucket, per_minute_chart
@@ -349,7 +348,6 @@ def approve(
     request: Request,
     campaign_id: PathId,
     caller: ApproverPage,
-    origin: SameOrigin,
     session: DbSession,
     settings: AppSettings,
 ) -> Response:
@@ -385,7 +383,6 @@ def reject(
     request: Request,
     campaign_id: PathId,
     caller: ApproverPage,
-    origin: SameOrigin,
     form: FormFields,
     session: DbSession,
 ) -> Response:
