@@ -31,19 +31,26 @@ class ServiceSecret(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
-def signing_key(session: Session, settings: Settings) -> bytes:
-    """The key that signs links sent to citizens."""
+def existing_signing_key(session: Session, settings: Settings) -> bytes | None:
+    """The signing key, or None while there is none yet (for read-only sessions)."""
     if settings.secret_key is not None:
         return settings.secret_key.get_secret_value().encode()
     value = session.scalar(select(ServiceSecret.value).where(ServiceSecret.name == SIGNING_KEY))
-    if value is None:
-        fresh = secrets.token_urlsafe(32)
-        session.execute(
-            insert_for(session, ServiceSecret)
-            .values(name=SIGNING_KEY, value=fresh, created_at=utcnow())
-            .on_conflict_do_nothing()
-        )
-        value = session.scalar(select(ServiceSecret.value).where(ServiceSecret.name == SIGNING_KEY))
+    return None if value is None else value.encode()
+
+
+def signing_key(session: Session, settings: Settings) -> bytes:
+    """The key that signs links sent to citizens."""
+    existing = existing_signing_key(session, settings)
+    if existing is not None:
+        return existing
+    session.execute(
+        insert_for(session, ServiceSecret)
+        .values(name=SIGNING_KEY, value=secrets.token_urlsafe(32), created_at=utcnow())
+        .on_conflict_do_nothing()
+    )
+    # Another process may have made it first: theirs is the key.
+    value = session.scalar(select(ServiceSecret.value).where(ServiceSecret.name == SIGNING_KEY))
     assert value is not None
     return value.encode()
 

@@ -10,6 +10,7 @@ SameSite=Strict; here that refusal is a page.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Annotated, Any
 from urllib.parse import parse_qsl
@@ -17,17 +18,26 @@ from urllib.parse import parse_qsl
 import structlog
 from fastapi import Depends, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import RedirectResponse
 from fastapi.routing import APIRoute
+from itsdangerous import BadData, URLSafeTimedSerializer
+from sqlalchemy.orm import Session
 
 from dispatcher.auth.deps import COOKIE, CrossSiteRequest, current_caller, require
 from dispatcher.auth.service import STAFF, Caller, Role
+from dispatcher.config import get_settings
 from dispatcher.dashboard.pages import ROLE_NAMES, SECURITY_HEADERS, render
 from dispatcher.errors import NotFound, ServiceError
+from dispatcher.secrets import existing_signing_key, signing_key
 
 log = structlog.get_logger(__name__)
 
 # A dashboard form is a reason and a few ids; anything larger is not one of ours.
 MAX_FORM_BYTES = 16 * 1024
+PAGES = "/ui"
+# What a form's POST leaves for the page it redirects to; read at once, so it lives briefly.
+FLASH_COOKIE = "dispatcher_flash"
+FLASH_SECONDS = 300
 
 # current_caller's reasons, as the login page says them.
 REASONS = {
@@ -79,6 +89,57 @@ async def form_fields(request: Request) -> dict[str, str]:
 
 
 FormFields = Annotated[dict[str, str], Depends(form_fields)]
+
+
+def _flash_serializer(key: bytes) -> URLSafeTimedSerializer:
+    return URLSafeTimedSerializer(
+        key, salt="dashboard-flash", signer_kwargs={"digest_method": hashlib.sha256}
+    )
+
+
+def see_other(request: Request, session: Session, url: str, **flash: Any) -> RedirectResponse:
+    """Redirect after a form's POST (303). What the next page must say (an error, the card
+    to focus) travels in a short-lived signed cookie, so that reloading that page shows it
+    without posting the form again."""
+    response = RedirectResponse(url, status_code=303)
+    if flash:
+        key = signing_key(session, get_settings())
+        response.set_cookie(
+            FLASH_COOKIE,
+            _flash_serializer(key).dumps(flash),
+            max_age=FLASH_SECONDS,
+            httponly=True,
+            samesite="strict",
+            path=PAGES,
+            secure=request.url.scheme == "https",
+        )
+    return response
+
+
+def take_flash(request: Request, session: Session) -> dict[str, Any]:
+    """What the redirecting POST left for this page (empty when nothing or not ours)."""
+    token = request.cookies.get(FLASH_COOKIE)
+    if not token:
+        return {}
+    key = existing_signing_key(session, get_settings())
+    try:
+        found = _flash_serializer(key).loads(token, max_age=FLASH_SECONDS) if key else None
+    except BadData:
+        found = None
+    return found if isinstance(found, dict) else {}
+
+
+def forget_flash(request: Request, response: Response) -> Response:
+    """Shown once: the page that showed the flash forgets it."""
+    if request.cookies.get(FLASH_COOKIE):
+        response.delete_cookie(
+            FLASH_COOKIE,
+            path=PAGES,
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+        )
+    return response
 
 
 def safe_next(target: str | None) -> str | None:
