@@ -30,6 +30,7 @@ from dispatcher.deliveries.router import reports as delivery_reports_router
 from dispatcher.deliveries.router import router as deliveries_router
 from dispatcher.errors import Invalid, ServiceError
 from dispatcher.inbox.router import router as inbox_router
+from dispatcher.json_depth import JsonDepthGuard
 from dispatcher.metrics_router import router as metrics_router
 from dispatcher.recipients.import_router import router as import_router
 from dispatcher.recipients.router import router as recipients_router
@@ -72,6 +73,9 @@ def create_app(settings: Settings | None = None, *, configure_jobs: bool = True)
         description="Campaigns, templates and deliveries over VssID, email and social channels.",
         lifespan=lifespan,
     )
+    # Every JSON body, whichever route reads it, is refused before decoding when it nests
+    # deeper than the limit: the decoder recurses per level.
+    app.add_middleware(JsonDepthGuard, limit=settings.json_max_depth)
 
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:

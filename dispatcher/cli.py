@@ -507,7 +507,7 @@ def import_file(
     from dispatcher.db import get_database
     from dispatcher.recipients.importer import ImportFileError, Rejection, import_recipients
 
-    _settings()
+    settings = _settings()
     chosen = format or _IMPORT_FORMATS.get(file.suffix.lower())
     if chosen not in {"csv", "jsonl"}:
         _error(
@@ -561,6 +561,7 @@ def import_file(
                 source,
                 format=chosen,
                 db=get_database(),
+                max_depth=settings.json_max_depth,
                 progress=lambda done: progress.update(task, completed=done),
                 on_reject=on_reject,
             )

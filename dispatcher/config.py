@@ -61,6 +61,20 @@ class Settings(BaseSettings):
         description="Signs unsubscribe links. Default: a random key kept in the database.",
     )
 
+    json_max_depth: int = Field(
+        default=32,
+        ge=2,
+        le=200,
+        description="How deeply a JSON request body or JSON Lines import row may nest arrays "
+        "and objects; deeper input is refused with a 422 (or that row is rejected).",
+    )
+    unsubscribe_link_days: int = Field(
+        default=400,
+        ge=1,
+        le=3650,
+        description="How long an unsubscribe link stays valid after the message was sent.",
+    )
+
     smtp_host: str = "127.0.0.1"
     smtp_port: int = Field(default=25, ge=1, le=65535)
     smtp_username: str | None = None

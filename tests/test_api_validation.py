@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from sqlalchemy import func, select
@@ -62,6 +63,56 @@ def test_recipient_field_errors_name_the_field(client, db: Database) -> None:
     )
     assert response.status_code == 422
     assert count(db, Recipient) == 0
+
+
+def nested(depth: int) -> str:
+    """A recipient whose attributes nest ``depth`` arrays inside each other."""
+    return (
+        '{"external_id": "0100000042", "full_name": "Lồng Nhau", "attributes": {"x": '
+        + "[" * depth
+        + "]" * depth
+        + "}}"
+    )
+
+
+def test_deeply_nested_json_is_refused_naming_the_depth(client, db: Database) -> None:
+    json_body = {"content-type": "application/json"}
+    # A few thousand levels used to exhaust the decoder's recursion (a 500); a hundred were
+    # stored and served back. Both are refused before anything decodes them.
+    for depth in (100, 5_000):
+        response = client.post("/v1/recipients", content=nested(depth), headers=json_body)
+        assert response.status_code == 422, (depth, response.text)
+        (error,) = response.json()["detail"]
+        assert error["loc"] == ["body"] and error["type"] == "json_too_deep"
+        assert "more than 32 levels deep" in error["msg"]
+        # Every route with a JSON body goes through the same guard, whatever it declares.
+        templates = client.post(
+            "/v1/templates", content="[" * depth + "]" * depth, headers=json_body
+        )
+        assert templates.status_code == 422, templates.text
+        assert templates.json()["detail"][0]["type"] == "json_too_deep"
+    # The recipients route reads its body whatever the content type says.
+    as_text = client.post(
+        "/v1/recipients", content=nested(5_000), headers={"content-type": "text/plain"}
+    )
+    assert as_text.status_code == 422 and "levels deep" in as_text.text
+    assert count(db, Recipient) == 0
+
+    # Brackets inside strings are text, and real nesting within the limit is accepted.
+    fine = nested(8).replace('"Lồng Nhau"', '"' + "[{" * 40 + '"')
+    assert client.post("/v1/recipients", content=fine, headers=json_body).status_code == 201
+
+
+def test_huge_deep_body_is_refused_quickly(client) -> None:
+    """Ten megabytes of brackets: linear work, no recursion, the API still answers."""
+    body = b"[" * 10_000_000
+    started = time.monotonic()
+    response = client.post(
+        "/v1/recipients", content=body, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 422
+    assert time.monotonic() - started < 10
+    assert client.get("/healthz").status_code == 200
 
 
 def test_reposting_a_recipient_updates_it(client) -> None:

@@ -160,6 +160,57 @@ def test_every_route_refuses_a_missing_key_and_a_wrong_role(
     assert checked >= len(ROLES)
 
 
+def test_cookie_changes_need_this_sites_origin(bare: TestClient, keys: dict[str, str]) -> None:
+    """The dashboard's cookie works on /v1 for reads; a change carried by it must name this
+    site as its Origin (or Referer), as the dashboard's own forms do. Bearer keys are not
+    concerned."""
+    admin = keys["admin"]
+    changes = [
+        (method, path)
+        for method, path in route_table(bare.app)
+        if method not in {"GET", "OPTIONS"} and (method, path) not in PUBLIC
+    ]
+    assert ("POST", "/v1/recipients") in changes and ("DELETE", "/v1/keys/{key_id}") in changes
+    with TestClient(bare.app, cookies={"dispatcher_key": admin}) as browser:
+        assert browser.get("/v1/campaigns").status_code == 200
+        for method, path in changes:
+            url = _concrete(path)
+            for headers in (
+                {},
+                {"Origin": "https://evil.example"},
+                {"Origin": "null"},
+                {"Referer": "https://evil.example/ui/approvals"},
+                {"Origin": "http://testserver.evil.example"},
+            ):
+                refused = browser.request(method, url, headers=headers)
+                assert refused.status_code == 403, (method, path, headers, refused.text)
+                if path.startswith("/ui"):
+                    assert "Biểu mẫu bị từ chối" in refused.text, (method, path)
+                else:
+                    assert "must come from this site" in refused.json()["detail"], (method, path)
+            for headers in (
+                {"Origin": "http://testserver"},
+                {"Referer": "http://testserver/ui/campaigns"},
+            ):
+                allowed = browser.request(method, url, headers=headers)
+                assert allowed.status_code not in (401, 403), (method, path, allowed.text)
+        made = browser.post(
+            "/v1/recipients",
+            json={"external_id": "0100000077", "full_name": "Trình Duyệt"},
+            headers={"Origin": "http://testserver"},
+        )
+        assert made.status_code == 201, made.text
+    # A bearer key is not a browser's: no Origin needed, and a foreign one does not matter.
+    bearer = {"Authorization": f"Bearer {admin}"}
+    for headers in ({}, {"Origin": "https://evil.example"}):
+        answer = bare.post(
+            "/v1/recipients",
+            json={"external_id": "0100000078", "full_name": "Hệ Thống"},
+            headers={**bearer, **headers},
+        )
+        assert answer.status_code in (200, 201), answer.text
+
+
 def test_unusable_keys_are_refused_with_the_reason(
     bare: TestClient, db: Database, keys: dict[str, str]
 ) -> None:

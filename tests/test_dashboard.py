@@ -8,6 +8,7 @@ Chromium the browser tests are skipped loudly, except under ``CI=true`` where th
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -261,13 +262,23 @@ def test_the_submitter_and_the_wrong_role_are_refused_in_vietnamese(
         _log_in(page, server.keys["admin"], "/ui/approvals")
         card = page.locator(f"#campaign-{own}")
         expect(card.locator(".warning").first).to_contain_text("một người phê duyệt khác")
+        posted: list[str] = []
+        page.on("request", lambda r: posted.append(r.url) if r.method == "POST" else None)
         with page.expect_response(lambda r: r.url.endswith("/approve")) as answered:
             card.get_by_role("button", name="Phê duyệt chiến dịch").click()
-        assert answered.value.status == 403
+        # Refused, and redirected (303): the refusal is a page of its own, not the POST's.
+        assert answered.value.status == 303
+        expect(page).to_have_url(f"{server.base}/ui/approvals")
         expect(page.locator("#approval-error")).to_contain_text(
             "Theo quy tắc hai người, một người phê duyệt khác phải phê duyệt"
         )
+        expect(page.locator(f"#campaign-{own}")).to_have_class(re.compile(r"\bfocus\b"))
+        # Reloading shows the queue again; the browser does not post the approval twice.
+        reloaded = page.reload()
+        assert reloaded is not None and reloaded.request.method == "GET"
+        assert len(posted) == 1, posted
         expect(page.locator(f"#campaign-{own}")).to_have_count(1)
+        expect(page.locator("#approval-error")).to_have_count(0)
     finally:
         admin.close()
     with server.api("admin") as api:
@@ -381,6 +392,76 @@ def test_forms_from_another_site_are_refused(server: Server) -> None:
         assert web.get("/ui/static/dashboard.css").status_code == 200
 
 
+def test_refused_forms_redirect_so_a_reload_does_not_post_again(
+    client: Any, db: Any, admin_key: str
+) -> None:
+    """Every answer to a dashboard form is a 303; a refusal is shown by the page redirected
+    to, once (SQLite and PostgreSQL)."""
+    from fastapi.testclient import TestClient
+
+    campaign_id = _submitted_campaign(client, "Chiến dịch tự gửi duyệt")
+    origin = {"Origin": "http://testserver"}
+    with TestClient(client.app, cookies={"dispatcher_key": admin_key}) as browser:
+        # The admin submitted it: the two-person rule refuses the approval.
+        refused = browser.post(
+            f"/ui/approvals/{campaign_id}/approve", headers=origin, follow_redirects=False
+        )
+        assert refused.status_code == 303 and refused.headers["location"] == "/ui/approvals"
+        assert "dispatcher_flash" in refused.headers["set-cookie"]
+        shown = browser.get("/ui/approvals")
+        assert shown.status_code == 200
+        assert "Theo quy tắc hai người" in shown.text and 'id="approval-error"' in shown.text
+        assert re.search(rf'class="[^"]*\bfocus\b[^"]*" id="campaign-{campaign_id}"', shown.text)
+        again = browser.get("/ui/approvals")  # a reload: shown once, nothing posted
+        assert again.status_code == 200 and 'id="approval-error"' not in again.text
+
+        # A rejection without a reason, and one of a campaign that does not exist.
+        for url, data, expected in (
+            (f"/ui/approvals/{campaign_id}/reject", {"reason": " "}, "Hãy ghi lý do từ chối"),
+            ("/ui/approvals/999999/reject", {"reason": "sai"}, "Chiến dịch số 999999"),
+        ):
+            answer = browser.post(url, data=data, headers=origin, follow_redirects=False)
+            assert answer.status_code == 303, answer.text
+            assert expected in browser.get(answer.headers["location"]).text
+        assert client.get(f"/v1/campaigns/{campaign_id}").json()["status"] == "submitted"
+
+        # A flash cookie not signed by this service is ignored.
+        browser.cookies.set("dispatcher_flash", "eyJlcnJvciI6IngifQ.AAAA.AAAA", path="/ui")
+        assert 'id="approval-error"' not in browser.get("/ui/approvals").text
+
+    with TestClient(client.app) as anonymous:
+        wrong = anonymous.post(
+            "/ui/login",
+            data={"key": admin_key + "sai", "next": "/ui/campaigns"},
+            headers=origin,
+            follow_redirects=False,
+        )
+        assert wrong.status_code == 303
+        assert wrong.headers["location"] == "/ui/login?next=%2Fui%2Fcampaigns"
+        form = anonymous.get(wrong.headers["location"])
+        assert "Khóa API không đúng." in form.text and 'value="/ui/campaigns"' in form.text
+        assert "Khóa API không đúng." not in anonymous.get("/ui/login").text
+
+
+def _submitted_campaign(client: Any, name: str) -> int:
+    """News to everyone on the null channel, drafted and submitted by the client's admin."""
+    template = {"key": "thu_thu", "variants": [{"channel": "default", "body": "Chào bạn"}]}
+    assert client.post("/v1/templates", json=template).status_code == 201
+    made = client.post(
+        "/v1/campaigns",
+        json={
+            "name": name,
+            "kind": "policy_news",
+            "template": "thu_thu",
+            "audience": {"all": True},
+            "channels": ["null"],
+        },
+    )
+    campaign_id = int(made.json()["id"])
+    assert client.post(f"/v1/campaigns/{campaign_id}/submit").status_code == 200
+    return campaign_id
+
+
 def test_the_throughput_chart_keeps_its_bars_readable() -> None:
     """Quiet minutes are drawn empty; a long campaign's minutes are summed into wider bars."""
     from datetime import UTC, datetime, timedelta
@@ -477,20 +558,7 @@ def test_the_pages_read_a_finished_campaign(client: Any, worker: object) -> None
         for i in range(3)
     ]
     assert client.post("/v1/recipients", json=people).status_code == 200
-    template = {"key": "thu_thu", "variants": [{"channel": "default", "body": "Chào bạn"}]}
-    assert client.post("/v1/templates", json=template).status_code == 201
-    made = client.post(
-        "/v1/campaigns",
-        json={
-            "name": "Thư thử <b>đậm</b>",
-            "kind": "policy_news",
-            "template": "thu_thu",
-            "audience": {"all": True},
-            "channels": ["null"],
-        },
-    )
-    campaign_id = made.json()["id"]
-    assert client.post(f"/v1/campaigns/{campaign_id}/submit").status_code == 200
+    campaign_id = _submitted_campaign(client, "Thư thử <b>đậm</b>")
     assert approve(client, campaign_id).status_code == 200
     wait_for(
         lambda: client.get(f"/v1/campaigns/{campaign_id}").json()["status"] == "completed",

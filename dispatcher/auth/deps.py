@@ -2,12 +2,19 @@
 
 A key comes as ``Authorization: Bearer <key>``, or, for the dashboard, in the
 ``dispatcher_key`` cookie. Missing or unusable: 401. Usable but the wrong role: 403.
+
+A browser sends the cookie with every request to this site, whoever wrote the page that makes
+it. A change (POST, PUT, PATCH, DELETE) carried by the cookie alone is therefore accepted only
+when its Origin (or, lacking one, its Referer) names the host it was sent to: 403 otherwise.
+Browsers set Origin on every cross-site and every form POST, and a page cannot forge it.
+Requests with a bearer key are not concerned (another site cannot make a browser send one).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
@@ -18,6 +25,7 @@ from dispatcher.db import get_database
 from dispatcher.ratelimit import MemoryBucket, take_now
 
 COOKIE = "dispatcher_key"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 _bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer bhxh_…`")
 _cookie = APIKeyCookie(name=COOKIE, auto_error=False, description="The dashboard's session")
@@ -25,6 +33,27 @@ _cookie = APIKeyCookie(name=COOKIE, auto_error=False, description="The dashboard
 
 def _unauthorized(reason: str) -> HTTPException:
     return HTTPException(401, detail=reason, headers={"WWW-Authenticate": "Bearer"})
+
+
+class CrossSiteRequest(HTTPException):
+    """A change carried by the dashboard's cookie that does not come from this site."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            403,
+            detail="a change made with the dashboard's cookie must come from this site's own "
+            "pages: the Origin (or Referer) header must name this host. API clients send "
+            "Authorization: Bearer <key> instead",
+        )
+
+
+def same_host(request: Request) -> bool:
+    """Whether the request's Origin (or, lacking it, its Referer) names the host it came to."""
+    host = request.headers.get("host", "").lower()
+    source = request.headers.get("origin") or request.headers.get("referer") or ""
+    if not host or not source or source == "null":
+        return False
+    return urlsplit(source).netloc.lower() == host
 
 
 def current_caller(
@@ -35,6 +64,8 @@ def current_caller(
     key = bearer.credentials if bearer is not None else cookie
     if not key:
         raise _unauthorized("an API key is required: Authorization: Bearer <key>")
+    if bearer is None and request.method not in SAFE_METHODS and not same_host(request):
+        raise CrossSiteRequest()
     try:
         # A short transaction of its own: the request's session may not exist (streaming
         # endpoints manage their own) and must not be held open around a long body.

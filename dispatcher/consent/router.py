@@ -1,11 +1,15 @@
 """The one-click unsubscribe link (RFC 8058): GET shows a confirmation page, POST unsubscribes.
 
-No login and no cookies: the signed token is the authority. The pages are in Vietnamese.
+No login and no cookies: the signed token is the authority. The pages are in Vietnamese. A
+token that is not exactly one the service made answers 400; a genuine one older than
+``DISPATCHER_UNSUBSCRIBE_LINK_DAYS`` answers 410 with a page saying how to unsubscribe instead.
 """
 
 from __future__ import annotations
 
+from datetime import timedelta
 from html import escape
+from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import HTMLResponse
@@ -49,17 +53,56 @@ def _invalid() -> HTMLResponse:
     )
 
 
+def _expired(request: service.Unsubscribe, days: int) -> HTMLResponse:
+    return _page(
+        "Liên kết đã hết hạn",
+        f"<p>Liên kết hủy đăng ký này đã hết hạn: mỗi liên kết chỉ dùng được trong {days} ngày "
+        "kể từ khi thư được gửi, và chưa có thay đổi nào được thực hiện.</p>"
+        f"<p>Để ngừng nhận <strong>{escape(_what(request))}</strong>, hãy dùng liên kết hủy "
+        "đăng ký trong thư gần nhất bạn nhận được, hoặc gọi tổng đài 1900 9068 và cho biết "
+        "mã số BHXH của bạn.</p>",
+        status=410,
+    )
+
+
+def _read(session: DbSession, token: str) -> service.Unsubscribe | HTMLResponse:
+    """The link's request, or the page that says why it cannot be honoured."""
+    settings = get_settings()
+    days = settings.unsubscribe_link_days
+    try:
+        request = service.read_token(
+            session=session,
+            key=signing_key(session, settings),
+            token=token,
+            valid_for=timedelta(days=days),
+        )
+    except service.LinkExpired as exc:
+        return _expired(exc.request, days)
+    return _invalid() if request is None else request
+
+
 def _what(request: service.Unsubscribe) -> str:
     channel = CHANNEL_NAMES_VI.get(request.channel, request.channel)
     category = service.CATEGORY_NAMES_VI.get(request.category, request.category)
     return f"{category} qua {channel}"
 
 
-@router.get("/u/{token}", response_class=HTMLResponse, summary="Unsubscribe confirmation page")
+_REFUSALS: dict[int | str, dict[str, Any]] = {
+    400: {"description": "Not a link this service made (altered, padded or re-encoded)."},
+    410: {"description": "A genuine link older than DISPATCHER_UNSUBSCRIBE_LINK_DAYS."},
+}
+
+
+@router.get(
+    "/u/{token}",
+    response_class=HTMLResponse,
+    summary="Unsubscribe confirmation page",
+    responses=_REFUSALS,
+)
 def confirm_page(token: str, session: DbSession) -> HTMLResponse:
-    request = service.read_token(signing_key(session, get_settings()), token)
-    if request is None:
-        return _invalid()
+    request = _read(session, token)
+    if isinstance(request, HTMLResponse):
+        return request
     what = escape(_what(request))
     return _page(
         "Hủy đăng ký nhận thông báo",
@@ -71,11 +114,13 @@ def confirm_page(token: str, session: DbSession) -> HTMLResponse:
     )
 
 
-@router.post("/u/{token}", response_class=HTMLResponse, summary="One-click unsubscribe")
+@router.post(
+    "/u/{token}", response_class=HTMLResponse, summary="One-click unsubscribe", responses=_REFUSALS
+)
 def unsubscribe(token: str, session: DbSession) -> HTMLResponse:
-    request = service.read_token(signing_key(session, get_settings()), token)
-    if request is None:
-        return _invalid()
+    request = _read(session, token)
+    if isinstance(request, HTMLResponse):
+        return request
     service.opt_out(session=session, request=request)
     return _page(
         "Đã hủy đăng ký",

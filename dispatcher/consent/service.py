@@ -1,5 +1,11 @@
 """Consent rules, the signed unsubscribe token, and the SQL the planner filters with.
 
+An unsubscribe link's token is ``payload.timestamp.signature`` (itsdangerous's timed signer,
+HMAC-SHA256 under the service's signing key): only the exact text the service made is
+accepted, and only for ``DISPATCHER_UNSUBSCRIBE_LINK_DAYS`` after it was sent. Links made
+before links were dated (``payload.signature``) are honoured for as long after the upgrade
+that brought dated links.
+
 Categories: greetings (greeting), news (policy_news), warnings (fraud_warning,
 disaster_support), transactional. Warnings are critical: only a channel-wide unsubscribe
 (category "*") stops them. Transactional messages are answers to the citizen's own business
@@ -8,9 +14,15 @@ and are never blocked.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from dataclasses import dataclass
+from datetime import timedelta
+from functools import lru_cache
 from typing import Any
 
+from itsdangerous import BadData, BadSignature, TimestampSigner
+from itsdangerous.encoding import base64_decode, base64_encode
 from sqlalchemy import ColumnElement, exists, select
 from sqlalchemy.orm import Session
 
@@ -18,6 +30,7 @@ from dispatcher import secrets
 from dispatcher.clock import utcnow
 from dispatcher.consent.models import OptOut
 from dispatcher.recipients.models import Address, Recipient
+from dispatcher.secrets import ServiceSecret
 from dispatcher.sql import insert_for
 
 ALL = "*"
@@ -75,16 +88,86 @@ class Unsubscribe:
     category: str
 
 
+class LinkExpired(Exception):
+    """A genuine unsubscribe link, older than the links are valid for."""
+
+    def __init__(self, request: Unsubscribe) -> None:
+        super().__init__(f"unsubscribe link of recipient {request.recipient_id} expired")
+        self.request = request
+
+
+# The moment this service began to sign links with a date (the upgrade that brought them);
+# links signed before carry none and are honoured until that moment plus their validity.
+TIMED_LINKS_SINCE = "timed_unsubscribe_links"
+_SALT = b"unsubscribe-link"
+
+
+class _LinkSigner(TimestampSigner):
+    """itsdangerous's timed signer on the service's clock, so that tests can move it."""
+
+    def get_timestamp(self) -> int:
+        return int(utcnow().timestamp())
+
+
+@lru_cache(maxsize=4)
+def _signer(key: bytes) -> _LinkSigner:
+    # The key is derived once here rather than at every signature (the default).
+    derived = hmac.new(key, _SALT, hashlib.sha256).digest()
+    return _LinkSigner(derived, key_derivation="none", digest_method=hashlib.sha256)
+
+
 def token_for(key: bytes, *, recipient_id: int, channel: str, kind: str) -> str:
-    return secrets.sign(key, f"{recipient_id}.{channel}.{unsubscribe_scope(kind)}")
+    """``payload.timestamp.signature``, URL-safe, dated now."""
+    payload = f"{recipient_id}.{channel}.{unsubscribe_scope(kind)}"
+    return _signer(key).sign(base64_encode(payload.encode())).decode()
 
 
-def read_token(key: bytes, token: str) -> Unsubscribe | None:
-    payload = secrets.verify(key, token)
-    if payload is None:
+def read_token(
+    *, session: Session, key: bytes, token: str, valid_for: timedelta
+) -> Unsubscribe | None:
+    """What a link unsubscribes from; None when it was not made by this service exactly as
+    given (altered, padded or re-encoded). Raises :class:`LinkExpired` for a genuine link
+    older than ``valid_for``."""
+    if token.count(".") == 1:
+        return _read_untimed(session, key, token, valid_for)
+    signer = _signer(key)
+    try:
+        value, signed_at = signer.unsign(token, return_timestamp=True)
+    except BadSignature:
+        return None
+    # itsdangerous decodes the signature leniently (padding, stray characters): only the
+    # very text this service signed is the link.
+    head = token.rpartition(".")[0]
+    if not hmac.compare_digest(f"{head}.{signer.get_signature(head).decode()}", token):
         return None
     try:
-        recipient, channel, category = payload.split(".", 2)
+        request = _payload(base64_decode(value).decode())
+    except (BadData, UnicodeDecodeError):
+        return None
+    if request is not None and utcnow() - signed_at > valid_for:
+        raise LinkExpired(request)
+    return request
+
+
+def _read_untimed(
+    session: Session, key: bytes, token: str, valid_for: timedelta
+) -> Unsubscribe | None:
+    """A link from before links were dated (``payload.signature``)."""
+    payload = secrets.verify(key, token)
+    request = None if payload is None else _payload(payload)
+    if request is None:
+        return None
+    since = session.scalar(
+        select(ServiceSecret.created_at).where(ServiceSecret.name == TIMED_LINKS_SINCE)
+    )
+    if since is None or utcnow() - since > valid_for:
+        raise LinkExpired(request)
+    return request
+
+
+def _payload(text: str) -> Unsubscribe | None:
+    try:
+        recipient, channel, category = text.split(".", 2)
         return Unsubscribe(int(recipient), channel, category)
     except ValueError:
         return None

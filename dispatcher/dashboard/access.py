@@ -3,30 +3,41 @@
 The pages use the API's own dependencies (``current_caller``, ``require``): the key comes in
 the ``dispatcher_key`` cookie. A refusal is an HTML page rather than JSON: 401 shows the login
 form (so the browser lands on it), 403 names the role the page needs. Forms must come from
-this site: the Origin (or, lacking it, the Referer) must name the host the request came to,
-on top of the cookie's SameSite=Strict.
+this site: ``current_caller`` refuses a change carried by the cookie unless its Origin (or,
+lacking it, its Referer) names the host the request came to, on top of the cookie's
+SameSite=Strict; here that refusal is a page.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Annotated, Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl
 
 import structlog
 from fastapi import Depends, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import RedirectResponse
 from fastapi.routing import APIRoute
+from itsdangerous import BadData, URLSafeTimedSerializer
+from sqlalchemy.orm import Session
 
-from dispatcher.auth.deps import COOKIE, current_caller, require
+from dispatcher.auth.deps import COOKIE, CrossSiteRequest, current_caller, require
 from dispatcher.auth.service import STAFF, Caller, Role
+from dispatcher.config import get_settings
 from dispatcher.dashboard.pages import ROLE_NAMES, SECURITY_HEADERS, render
 from dispatcher.errors import NotFound, ServiceError
+from dispatcher.secrets import existing_signing_key, signing_key
 
 log = structlog.get_logger(__name__)
 
 # A dashboard form is a reason and a few ids; anything larger is not one of ours.
 MAX_FORM_BYTES = 16 * 1024
+PAGES = "/ui"
+# What a form's POST leaves for the page it redirects to; read at once, so it lives briefly.
+FLASH_COOKIE = "dispatcher_flash"
+FLASH_SECONDS = 300
 
 # current_caller's reasons, as the login page says them.
 REASONS = {
@@ -44,10 +55,6 @@ class PageForbidden(Exception):
         super().__init__(caller.label)
         self.caller = caller
         self.roles = roles
-
-
-class CrossSite(Exception):
-    """A form posted from another origin (or with no origin at all)."""
 
 
 def page_role(*roles: Role) -> Callable[..., Caller]:
@@ -68,23 +75,6 @@ ApproverPage = Annotated[Caller, Depends(page_role(Role.approver))]
 OperatorPage = Annotated[Caller, Depends(page_role(Role.operator))]
 
 
-def same_host(request: Request) -> bool:
-    host = request.headers.get("host", "").lower()
-    source = request.headers.get("origin") or request.headers.get("referer") or ""
-    if not host or not source or source == "null":
-        return False
-    return urlsplit(source).netloc.lower() == host
-
-
-def same_origin(request: Request) -> None:
-    if not same_host(request):
-        raise CrossSite()
-
-
-# Declared after the caller in a route's parameters: a missing key is a 401 before all else.
-SameOrigin = Annotated[None, Depends(same_origin)]
-
-
 async def form_fields(request: Request) -> dict[str, str]:
     """An ``application/x-www-form-urlencoded`` body as a dict (the dashboard's forms are
     flat and small, so no multipart parser is needed)."""
@@ -99,6 +89,57 @@ async def form_fields(request: Request) -> dict[str, str]:
 
 
 FormFields = Annotated[dict[str, str], Depends(form_fields)]
+
+
+def _flash_serializer(key: bytes) -> URLSafeTimedSerializer:
+    return URLSafeTimedSerializer(
+        key, salt="dashboard-flash", signer_kwargs={"digest_method": hashlib.sha256}
+    )
+
+
+def see_other(request: Request, session: Session, url: str, **flash: Any) -> RedirectResponse:
+    """Redirect after a form's POST (303). What the next page must say (an error, the card
+    to focus) travels in a short-lived signed cookie, so that reloading that page shows it
+    without posting the form again."""
+    response = RedirectResponse(url, status_code=303)
+    if flash:
+        key = signing_key(session, get_settings())
+        response.set_cookie(
+            FLASH_COOKIE,
+            _flash_serializer(key).dumps(flash),
+            max_age=FLASH_SECONDS,
+            httponly=True,
+            samesite="strict",
+            path=PAGES,
+            secure=request.url.scheme == "https",
+        )
+    return response
+
+
+def take_flash(request: Request, session: Session) -> dict[str, Any]:
+    """What the redirecting POST left for this page (empty when nothing or not ours)."""
+    token = request.cookies.get(FLASH_COOKIE)
+    if not token:
+        return {}
+    key = existing_signing_key(session, get_settings())
+    try:
+        found = _flash_serializer(key).loads(token, max_age=FLASH_SECONDS) if key else None
+    except BadData:
+        found = None
+    return found if isinstance(found, dict) else {}
+
+
+def forget_flash(request: Request, response: Response) -> Response:
+    """Shown once: the page that showed the flash forgets it."""
+    if request.cookies.get(FLASH_COOKIE):
+        response.delete_cookie(
+            FLASH_COOKIE,
+            path=PAGES,
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+        )
+    return response
 
 
 def safe_next(target: str | None) -> str | None:
@@ -211,22 +252,22 @@ class PageRoute(APIRoute):
 async def _answer(handler: Callable[[Request], Awaitable[Response]], request: Request) -> Response:
     try:
         return await handler(request)
+    except CrossSiteRequest:
+        log.warning("dashboard_cross_site_form", path=request.url.path)
+        return error_page(
+            request,
+            caller=None,
+            title="Biểu mẫu bị từ chối",
+            message="Biểu mẫu này không được gửi từ trang của hệ thống nên không được thực hiện. "
+            "Hãy mở lại trang và thử lại.",
+            status_code=403,
+        )
     except HTTPException as exc:
         if exc.status_code == 401:
             return unauthorized_page(request, str(exc.detail))
         raise
     except PageForbidden as exc:
         return forbidden_page(request, exc)
-    except CrossSite:
-        log.warning("dashboard_cross_site_form", path=request.url.path)
-        return error_page(
-            request,
-            caller=getattr(request.state, "caller", None),
-            title="Biểu mẫu bị từ chối",
-            message="Biểu mẫu này không được gửi từ trang của hệ thống nên không được thực hiện. "
-            "Hãy mở lại trang và thử lại.",
-            status_code=403,
-        )
     except NotFound as exc:
         return error_page(
             request,

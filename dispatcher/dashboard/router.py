@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
@@ -20,6 +21,7 @@ from sqlalchemy.orm import Session
 from starlette.routing import NoMatchFound
 
 from channels import registry
+from dispatcher.auth.deps import same_host
 from dispatcher.auth.models import ApiKey
 from dispatcher.auth.service import Caller, Role, Unauthenticated, authenticate
 from dispatcher.campaigns import service as campaigns
@@ -34,13 +36,14 @@ from dispatcher.dashboard.access import (
     FormFields,
     OperatorPage,
     PageRoute,
-    SameOrigin,
     StaffPage,
     clear_key_cookie,
+    forget_flash,
     login_page,
     safe_next,
-    same_host,
+    see_other,
     set_key_cookie,
+    take_flash,
 )
 from dispatcher.dashboard.charts import Bucket, per_minute_chart
 from dispatcher.dashboard.progress import MAX_IDS, Progress, progress_of
@@ -59,6 +62,8 @@ pages_router = APIRouter(prefix=PREFIX, route_class=PageRoute, include_in_schema
 CAMPAIGNS_PER_PAGE = 50
 APPROVALS_PER_PAGE = 20
 DELIVERIES_PER_PAGE = 50
+# A refusal travels in a cookie to the page the form redirects to: keep it well under 4 KB.
+MAX_FLASH_CHARS = 500
 
 
 def _landing(caller: Caller) -> str:
@@ -76,10 +81,24 @@ def home(caller: StaffPage) -> RedirectResponse:
 @pages_router.get("/login")
 def login_form(
     request: Request,
+    session: ReadSession,
     next_path: Annotated[str | None, Query(alias="next", max_length=500)] = None,
 ) -> Response:
     notice = "Bạn đã đăng xuất." if request.query_params.get("out") else None
-    return login_page(request, next_path=next_path, notice=notice)
+    error = take_flash(request, session).get("error")
+    page = login_page(
+        request,
+        next_path=next_path,
+        notice=notice,
+        error=error if isinstance(error, str) else None,
+    )
+    return forget_flash(request, page)
+
+
+def _login_again(request: Request, session: Session, next_path: str | None, error: str) -> Response:
+    """Back to the login form (303) with the reason: reloading it posts no key again."""
+    target = f"{PREFIX}/login" + (f"?{urlencode({'next': next_path})}" if next_path else "")
+    return see_other(request, session, target, error=error)
 
 
 @pages_router.post("/login")
@@ -94,22 +113,18 @@ def login(request: Request, form: FormFields, session: DbSession) -> Response:
         )
     key = form.get("key", "").strip()
     if not key:
-        return login_page(request, error="Hãy nhập khóa API.", next_path=next_path, status_code=401)
+        return _login_again(request, session, next_path, "Hãy nhập khóa API.")
     try:
         caller = authenticate(session, key)
     except Unauthenticated as exc:
-        return login_page(
-            request,
-            error=REASONS.get(str(exc), "Khóa API không dùng được."),
-            next_path=next_path,
-            status_code=401,
-        )
+        reason = REASONS.get(str(exc), "Khóa API không dùng được.")
+        return _login_again(request, session, next_path, reason)
     if caller.role == Role.sender:
-        return login_page(
+        return _login_again(
             request,
-            error="Khóa của hệ thống gửi tin (sender) không dùng để đăng nhập bảng điều khiển.",
-            next_path=next_path,
-            status_code=403,
+            session,
+            next_path,
+            "Khóa của hệ thống gửi tin (sender) không dùng để đăng nhập bảng điều khiển.",
         )
     response = RedirectResponse(next_path or _landing(caller), status_code=303)
     set_key_cookie(request, response, key)
@@ -286,7 +301,6 @@ def _approvals_page(
     *,
     message: str | None = None,
     error: str | None = None,
-    status_code: int = 200,
     focus: int | None = None,
 ) -> Response:
     queue, people = _approval_queue(session, caller)
@@ -294,7 +308,6 @@ def _approvals_page(
         request,
         "approvals.html",
         caller=caller,
-        status_code=status_code,
         queue=queue,
         people=people,
         message=message,
@@ -320,7 +333,17 @@ def approvals(
                 message = f"Đã phê duyệt chiến dịch «{found.name}». Trạng thái hiện tại: {state}."
             else:
                 message = f"Đã từ chối chiến dịch «{found.name}» và trả lại cho người soạn."
-    return _approvals_page(request, session, caller, message=message)
+    flash = take_flash(request, session)
+    error, focus = flash.get("error"), flash.get("focus")
+    page = _approvals_page(
+        request,
+        session,
+        caller,
+        message=message,
+        error=error if isinstance(error, str) else None,
+        focus=focus if isinstance(focus, int) else None,
+    )
+    return forget_flash(request, page)
 
 
 def _refusal(exc: ServiceError, session: Session, campaign_id: int, action: str) -> str:
@@ -344,12 +367,19 @@ def _refusal(exc: ServiceError, session: Session, campaign_id: int, action: str)
     return f"Không thể {action}: {exc.message}"
 
 
+def _refused(request: Request, session: Session, campaign_id: int, error: str) -> Response:
+    """Back to the queue (303) with the refusal next to the campaign's card: a reload of the
+    page shows it again rather than posting the decision a second time."""
+    return see_other(
+        request, session, f"{PREFIX}/approvals", error=error[:MAX_FLASH_CHARS], focus=campaign_id
+    )
+
+
 @pages_router.post("/approvals/{campaign_id}/approve")
 def approve(
     request: Request,
     campaign_id: PathId,
     caller: ApproverPage,
-    origin: SameOrigin,
     session: DbSession,
     settings: AppSettings,
 ) -> Response:
@@ -359,24 +389,12 @@ def approve(
         )
     except ServiceError as exc:
         session.rollback()
-        return _approvals_page(
-            request,
-            session,
-            caller,
-            error=_refusal(exc, session, campaign_id, "phê duyệt"),
-            status_code=exc.status_code,
-            focus=campaign_id,
-        )
+        error = _refusal(exc, session, campaign_id, "phê duyệt")
+        return _refused(request, session, campaign_id, error)
     except TemplateProblem as exc:
         session.rollback()
-        return _approvals_page(
-            request,
-            session,
-            caller,
-            error=f"Không thể phê duyệt: mẫu tin không dựng được ({exc}).",
-            status_code=422,
-            focus=campaign_id,
-        )
+        error = f"Không thể phê duyệt: mẫu tin không dựng được ({exc})."
+        return _refused(request, session, campaign_id, error)
     return RedirectResponse(f"/ui/approvals?done=approved&campaign={campaign_id}", status_code=303)
 
 
@@ -385,32 +403,20 @@ def reject(
     request: Request,
     campaign_id: PathId,
     caller: ApproverPage,
-    origin: SameOrigin,
     form: FormFields,
     session: DbSession,
 ) -> Response:
     try:
         reason = ReasonIn(reason=form.get("reason", "")).reason
     except ValidationError:
-        return _approvals_page(
-            request,
-            session,
-            caller,
-            error="Hãy ghi lý do từ chối (tối đa 500 ký tự) để người soạn biết cần sửa gì.",
-            status_code=422,
-            focus=campaign_id,
-        )
+        error = "Hãy ghi lý do từ chối (tối đa 500 ký tự) để người soạn biết cần sửa gì."
+        return _refused(request, session, campaign_id, error)
     try:
         campaigns.reject(session=session, campaign_id=campaign_id, reason=reason, caller=caller)
     except ServiceError as exc:
         session.rollback()
-        return _approvals_page(
-            request,
-            session,
-            caller,
-            error=_refusal(exc, session, campaign_id, "từ chối"),
-            status_code=exc.status_code,
-            focus=campaign_id,
+        return _refused(
+            request, session, campaign_id, _refusal(exc, session, campaign_id, "từ chối")
         )
     return RedirectResponse(f"/ui/approvals?done=rejected&campaign={campaign_id}", status_code=303)
 

@@ -17,6 +17,7 @@ import anyio.to_thread
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from pydantic import BaseModel, Field
 
+from dispatcher.config import get_settings
 from dispatcher.db import get_database
 from dispatcher.errors import Invalid
 from dispatcher.recipients.importer import (
@@ -199,10 +200,12 @@ async def import_recipients_file(
     chunks = _body_chunks(request.stream())
     database = get_database()
 
+    max_depth = get_settings().json_max_depth
+
     def run() -> ImportSummary:
         # The engine is synchronous (database work): it runs in a worker thread, so the event
         # loop keeps serving other requests during a long import.
-        return import_recipients(chunks, format=import_format, db=database)
+        return import_recipients(chunks, format=import_format, db=database, max_depth=max_depth)
 
     try:
         summary = await anyio.to_thread.run_sync(run)

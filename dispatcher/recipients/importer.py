@@ -40,7 +40,6 @@ from __future__ import annotations
 import csv
 import io
 import itertools
-import json
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -55,6 +54,7 @@ from sqlalchemy import Table, any_, bindparam, delete, null, select
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
+from dispatcher import json_depth
 from dispatcher.clock import utcnow
 from dispatcher.db import Database
 from dispatcher.recipients.models import Address, Recipient
@@ -466,7 +466,7 @@ def _classify(header: list[str]) -> _Columns:
     return _Columns(fields, addresses, attributes, external_id)
 
 
-def _jsonl_records(lines: _Lines) -> Iterator[_Record]:
+def _jsonl_records(lines: _Lines, max_depth: int) -> Iterator[_Record]:
     for line in lines:
         number = lines.number
         problem = lines.problem_in(number, number)
@@ -476,7 +476,10 @@ def _jsonl_records(lines: _Lines) -> Iterator[_Record]:
         if not line.strip():
             continue
         try:
-            data = json.loads(line)
+            data = json_depth.loads(line, max_depth)
+        except json_depth.TooDeep as exc:
+            yield number, None, f"row: {exc}"
+            continue
         except ValueError as exc:
             yield number, None, f"row: not valid JSON ({exc})"
             continue
@@ -701,15 +704,17 @@ def import_recipients(
     db: Database,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     max_rejections: int = DEFAULT_MAX_REJECTIONS,
+    max_depth: int = json_depth.DEFAULT_MAX_DEPTH,
     progress: Callable[[int], None] | None = None,
     on_reject: Callable[[Rejection], None] | None = None,
 ) -> ImportSummary:
     """Import recipients from ``source``, a binary file or an iterator of ``bytes`` chunks.
 
-    ``progress`` is called with the number of bytes read so far after each chunk is written.
-    ``on_reject`` sees every rejected row, also those beyond ``max_rejections`` (the CLI writes
-    them to its report that way). Raises ``ImportFileError`` when the file as a whole is not
-    importable; chunks written before that stay written.
+        ``progress`` is called with the number of bytes read so far after each chunk is written.
+        ``on_reject`` sees every rejected row, also those beyond ``max_rejections`` (the CLI writes
+        them to its report that way). A JSON Lines row nesting deeper than ``max_depth`` is
+    rejected. Raises ``ImportFileError`` when the file as a whole is not
+        importable; chunks written before that stay written.
     """
     import_format = ImportFormat(format)
     if chunk_size < 1:
@@ -727,7 +732,7 @@ def import_recipients(
     )
     lines = _Lines(text)
     is_csv = import_format is ImportFormat.csv
-    records = _csv_records(lines) if is_csv else _jsonl_records(lines)
+    records = _csv_records(lines) if is_csv else _jsonl_records(lines, max_depth)
     checker = _Checker(csv_names=is_csv)
     writer = _Writer(db)
     pending: dict[str, _Row] = {}

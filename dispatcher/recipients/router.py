@@ -7,8 +7,10 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from pydantic import TypeAdapter, ValidationError
 
+from dispatcher import json_depth
 from dispatcher.auth.deps import Editor, EditorOrOperator
-from dispatcher.deps import DbSession
+from dispatcher.auth.service import Role
+from dispatcher.deps import AppSettings, DbSession
 from dispatcher.errors import NotFound
 from dispatcher.recipients import service
 from dispatcher.recipients.schemas import RecipientIn, RecipientOut, UpsertSummary
@@ -16,6 +18,9 @@ from dispatcher.recipients.schemas import RecipientIn, RecipientOut, UpsertSumma
 router = APIRouter(prefix="/v1/recipients", tags=["recipients"])
 
 MAX_PER_REQUEST = 10_000
+# Who reads a recipient's addresses in full: those who write them. Everyone else who may read
+# a recipient (operators) sees them masked.
+FULL_ADDRESSES = frozenset({Role.editor, Role.admin})
 _one_or_many: TypeAdapter[Any] = TypeAdapter(RecipientIn)
 _many: TypeAdapter[list[RecipientIn]] = TypeAdapter(list[RecipientIn])
 
@@ -37,9 +42,13 @@ _BODY_SCHEMA = {
 }
 
 
-async def _parse(request: Request) -> RecipientIn | list[RecipientIn]:
+async def _parse(request: Request, max_depth: int) -> RecipientIn | list[RecipientIn]:
+    # The body is read whatever its content type: the app's depth guard skips form and file
+    # types, so the bound is applied here too.
     try:
-        payload = await request.json()
+        payload = json_depth.loads(await request.body(), max_depth)
+    except json_depth.TooDeep as exc:
+        raise RequestValidationError([json_depth.too_deep_error(exc)]) from None
     except ValueError:
         raise RequestValidationError(
             [
@@ -80,9 +89,13 @@ async def _parse(request: Request) -> RecipientIn | list[RecipientIn]:
     summary="Create or update one recipient (object) or many (array), by external_id",
 )
 async def upsert_recipients(
-    request: Request, response: Response, session: DbSession, caller: Editor
+    request: Request,
+    response: Response,
+    session: DbSession,
+    caller: Editor,
+    settings: AppSettings,
 ) -> RecipientOut | UpsertSummary:
-    body = await _parse(request)
+    body = await _parse(request, settings.json_max_depth)
     # Blocking database work never runs on the event loop: a request waiting there for
     # SQLite's write lock would stall every other request, including the lock's holder.
     return await run_in_threadpool(_upsert, body, response, session)
@@ -101,9 +114,14 @@ def _upsert(
     return service.to_out(recipients[0])
 
 
-@router.get("/{external_id}", response_model=RecipientOut)
+@router.get(
+    "/{external_id}",
+    response_model=RecipientOut,
+    description="Editors and admins see the addresses in full; operators see them masked "
+    "(`ng***@gmail.com`, `+84 9** *** 678`), as in the delivery search.",
+)
 def get_recipient(external_id: str, session: DbSession, caller: EditorOrOperator) -> RecipientOut:
     recipient = service.get_by_external_id(session=session, external_id=external_id)
     if recipient is None:
         raise NotFound(f"recipient {external_id!r} does not exist")
-    return service.to_out(recipient)
+    return service.to_out(recipient, masked=caller.role not in FULL_ADDRESSES)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from dispatcher.clock import utcnow
+from dispatcher.recipients.masking import MASK, mask_address, mask_text
 from dispatcher.recipients.models import Address, Recipient
 from dispatcher.recipients.schemas import RecipientIn, RecipientOut
 
@@ -60,7 +62,17 @@ def get_by_external_id(*, session: Session, external_id: str) -> Recipient | Non
     return session.scalar(select(Recipient).where(Recipient.external_id == external_id))
 
 
-def to_out(recipient: Recipient) -> RecipientOut:
+def to_out(recipient: Recipient, *, masked: bool = False) -> RecipientOut:
+    """The recipient as the API shows it; ``masked`` for operations staff, who see every
+    address (and anything in the attributes shaped like one) only in its masked form."""
+    addresses = {a.channel: a.value for a in recipient.addresses}
+    dead = {a.channel: a.dead_reason or "dead" for a in recipient.addresses if a.dead_at}
+    attributes = recipient.attributes or {}
+    if masked:
+        known = list(addresses.values())
+        addresses = {channel: mask_address(value) or MASK for channel, value in addresses.items()}
+        dead = {channel: mask_text(reason, known) or "" for channel, reason in dead.items()}
+        attributes = _masked(attributes, known)
     return RecipientOut(
         id=recipient.id,
         external_id=recipient.external_id,
@@ -69,11 +81,20 @@ def to_out(recipient: Recipient) -> RecipientOut:
         province=recipient.province,
         language=recipient.language,
         kind=recipient.kind,
-        addresses={a.channel: a.value for a in recipient.addresses},
-        dead_addresses={
-            a.channel: a.dead_reason or "dead" for a in recipient.addresses if a.dead_at
-        },
-        attributes=recipient.attributes or {},
+        addresses=addresses,
+        dead_addresses=dead,
+        attributes=attributes,
         created_at=recipient.created_at,
         updated_at=recipient.updated_at,
     )
+
+
+def _masked(value: Any, known: list[str]) -> Any:
+    """``value`` (attributes, as JSON) with the text in it through :func:`mask_text`."""
+    if isinstance(value, str):
+        return mask_text(value, known)
+    if isinstance(value, dict):
+        return {key: _masked(item, known) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_masked(item, known) for item in value]
+    return value

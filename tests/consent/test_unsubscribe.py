@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from datetime import timedelta
 from typing import Any
 
 from tests.support import SmtpServer, wait_for
@@ -81,21 +82,111 @@ def test_tokens_cannot_be_forged(client, smtp: SmtpServer, worker) -> None:
     run_campaign(client, "greeting")
     link = unsubscribe_link(smtp, "an.nguyen@example.vn")
     token = link.rsplit("/", 1)[1]
-    body, signature = token.split(".")
+    body, stamp, signature = token.split(".")
     payload = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)).decode()
     other = payload.replace(payload.split(".")[0], "999999", 1)
     forged_body = base64.urlsafe_b64encode(other.encode()).decode().rstrip("=")
     for forged in (
-        f"{forged_body}.{signature}",
-        f"{body}.{signature[:-2]}AA",
+        f"{forged_body}.{stamp}.{signature}",
+        f"{body}.AAAAAA.{signature}",
+        f"{body}.{stamp}.{signature[:-2]}AA",
         "garbage",
-        f"{body}.",
+        f"{body}.{stamp}.",
+        f"{body}.{signature}",
     ):
         assert client.get(f"/u/{forged}").status_code == 400
         response = client.post(f"/u/{forged}")
         assert response.status_code == 400
         assert "Liên kết không hợp lệ" in response.text
     assert run_campaign(client, "greeting")["counts"]["by_status"] == {"sent": 2}
+
+
+B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
+def variants(token: str) -> list[str]:
+    """The same token re-encoded: padded, with stray characters, with the unused low bits of
+    its last character set. Each decodes to the same bytes as the original."""
+    head, _, signature = token.rpartition(".")
+    last = B64.index(signature[-1])
+    low_bits = B64[last ^ 1]  # 16 or 32 bytes in base64 leave 2 or 4 bits unused at the end
+    made = [
+        f"{token}=",
+        f"{token}==",
+        f"{head}.{signature[:5]}!{signature[5:]}",
+        f"{head}.{signature[:-1]}{low_bits}",
+    ]
+    for variant in made:
+        assert variant != token
+    again = made[-1].rpartition(".")[2]
+    assert base64.urlsafe_b64decode(again + "=" * (-len(again) % 4)) == base64.urlsafe_b64decode(
+        signature + "=" * (-len(signature) % 4)
+    )
+    return made
+
+
+def a_link(db: Any, settings: Any, *, kind: str = "greeting") -> str:
+    from dispatcher import secrets
+    from dispatcher.consent import service as consent
+
+    with db.transaction() as session:
+        key = secrets.signing_key(session, settings)
+    return consent.token_for(key, recipient_id=1, channel="email", kind=kind)
+
+
+def test_only_the_exact_token_is_accepted(client, db, settings) -> None:
+    token = a_link(db, settings)
+    assert token.count(".") == 2
+    assert client.get(f"/u/{token}").status_code == 200
+    for variant in variants(token):
+        refused = client.get(f"/u/{variant}")
+        assert refused.status_code == 400, variant
+        assert "Liên kết không hợp lệ" in refused.text
+        assert client.post(f"/u/{variant}").status_code == 400, variant
+
+
+def test_links_expire_after_the_configured_days(client, db, settings, monkeypatch) -> None:
+    from dispatcher.clock import clock, utcnow
+    from dispatcher.config import get_settings
+
+    sent_at = utcnow()
+    clock.freeze(sent_at)
+    token = a_link(db, settings)
+    clock.freeze(sent_at + timedelta(days=399))
+    assert "Hủy đăng ký nhận thông báo" in client.get(f"/u/{token}").text
+    clock.freeze(sent_at + timedelta(days=401))
+    for answer in (client.get(f"/u/{token}"), client.post(f"/u/{token}")):
+        assert answer.status_code == 410
+        assert "Liên kết đã hết hạn" in answer.text
+        assert "400 ngày" in answer.text and "1900 9068" in answer.text
+        assert "thư chúc mừng qua thư điện tử" in answer.text, "says what it was for"
+    # The validity is a setting.
+    monkeypatch.setenv("DISPATCHER_UNSUBSCRIBE_LINK_DAYS", "500")
+    get_settings.cache_clear()
+    assert client.get(f"/u/{token}").status_code == 200
+
+
+def test_links_sent_before_links_were_dated_work_until_they_expire(client, db, settings) -> None:
+    """Links in emails sent before the upgrade (``payload.signature``, no date) are honoured
+    for the validity counted from the upgrade, which the migration records."""
+    from dispatcher import secrets
+    from dispatcher.clock import clock, utcnow
+    from dispatcher.consent.service import TIMED_LINKS_SINCE
+    from dispatcher.secrets import ServiceSecret
+
+    upgraded_at = utcnow()
+    with db.transaction() as session:
+        key = secrets.signing_key(session, settings)
+        session.add(ServiceSecret(name=TIMED_LINKS_SINCE, value="", created_at=upgraded_at))
+    old = secrets.sign(key, "1.email.greetings")
+    assert old.count(".") == 1
+    clock.freeze(upgraded_at + timedelta(days=399))
+    assert client.get(f"/u/{old}").status_code == 200
+    for variant in variants(old):
+        assert client.get(f"/u/{variant}").status_code == 400, variant
+    clock.freeze(upgraded_at + timedelta(days=401))
+    expired = client.get(f"/u/{old}")
+    assert expired.status_code == 410 and "Liên kết đã hết hạn" in expired.text
 
 
 def test_transactional_messages_ignore_opt_outs(client, worker, smtp: SmtpServer) -> None:

@@ -250,6 +250,25 @@ def test_jsonl_with_good_and_bad_lines(api: Any) -> None:
     assert (again.json()["created"], again.json()["updated"]) == (0, 1)
 
 
+def deep_line(external_id: str, depth: int) -> str:
+    return json.dumps(
+        {"external_id": external_id, "full_name": "Lồng Nhau", "attributes": {"x": []}}
+    ).replace("[]", "[" * depth + "]" * depth)
+
+
+def test_jsonl_rows_nested_too_deep_are_rejected_alone(api: Any) -> None:
+    good = json.dumps({"external_id": "0300000101", "full_name": "Mai Thị Lan"})
+    body = "\n".join([good, deep_line("0300000102", 5_000), deep_line("0300000103", 100)])
+    response = post(api, body, NDJSON)
+    assert response.status_code == 200, response.text
+    report = response.json()
+    assert (report["rows"], report["created"], report["rejected"]) == (3, 1, 2)
+    assert_rejected(report["rejected_rows"], {2: (None, "row: JSON nests"), 3: (None, "row:")})
+    assert "more than 32 levels deep" in report["rejected_rows"][1]["reason"]
+    assert recipient(api, "0300000101")["full_name"] == "Mai Thị Lan"
+    assert api.get("/v1/recipients/0300000103").status_code == 404
+
+
 # -- Content types ------------------------------------------------------------------------------
 
 
@@ -402,6 +421,23 @@ def test_cli_import_with_report(settings: Any, db: Database, tmp_path: Path) -> 
     with db.transaction() as session:
         loi = session.query(Recipient).filter_by(external_id="0700000001").one()
         assert loi.province == "Thanh Hóa"
+
+    deep = tmp_path / "deep.jsonl"
+    deep.write_text(
+        "\n".join(
+            [
+                deep_line("0700000002", 5_000),
+                json.dumps({"external_id": "0700000003", "full_name": "Lê Lai"}),
+            ]
+        ),
+        encoding="utf-8",
+    )
+    result = runner.invoke(app, ["import", str(deep), "--report", str(report)])
+    assert result.exit_code == 1, result.output
+    assert "created: 1" in result.output and "rejected: 1" in result.output
+    with report.open(encoding="utf-8-sig", newline="") as handle:
+        (_, row) = list(csv.reader(handle))
+    assert row[0] == "1" and "more than 32 levels deep" in row[2]
 
     assert runner.invoke(app, ["import", str(tmp_path / "missing.csv")]).exit_code == 2
     assert runner.invoke(app, ["import", str(tmp_path), "--format", "csv"]).exit_code == 2

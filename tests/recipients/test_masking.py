@@ -93,3 +93,62 @@ def test_masked_forms_are_prefix_and_suffix_patterns() -> None:
 def test_malformed_queries_are_refused(query: str) -> None:
     with pytest.raises(BadAddressQuery):
         address_lookup(query)
+
+
+def test_operators_read_recipients_with_masked_addresses(client, db) -> None:
+    """Editors (who write the addresses) and admins read them in full; operators masked."""
+    from sqlalchemy import update
+
+    from dispatcher.clock import utcnow
+    from dispatcher.recipients.models import Address
+    from tests.conftest import make_key
+
+    person = {
+        "external_id": "0100000055",
+        "full_name": "Nguyễn Văn An",
+        "addresses": {
+            "email": "nguyen.van.an@gmail.com",
+            "zalo": "0912345678",
+            "telegram": "123456789",
+        },
+        "attributes": {
+            "phone": "+84912345678",
+            "notes": ["con gái: an.con@example.vn", {"fax": "0987654321"}],
+            "ma_don_vi": "HN001",
+        },
+    }
+    assert client.post("/v1/recipients", json=person).status_code == 201
+    with db.transaction() as session:
+        session.execute(
+            update(Address)
+            .where(Address.channel == "telegram")
+            .values(dead_at=utcnow(), dead_reason="chat 123456789 blocked the bot")
+        )
+
+    def read(role: str) -> dict:
+        key = make_key(db, role, f"{role} key")
+        answer = client.get("/v1/recipients/0100000055", headers={"Authorization": f"Bearer {key}"})
+        assert answer.status_code == 200, answer.text
+        return answer.json()
+
+    for role in ("editor", "admin"):
+        full = read(role)
+        assert full["addresses"] == person["addresses"], role
+        assert full["attributes"] == person["attributes"], role
+        assert full["dead_addresses"] == {"telegram": "chat 123456789 blocked the bot"}
+
+    masked = read("operator")
+    assert masked["addresses"] == {
+        "email": "ng***@gmail.com",
+        "zalo": "+84 9** *** 678",
+        "telegram": "12***789",
+    }
+    assert masked["attributes"] == {
+        "phone": "+84 9** *** 678",
+        "notes": ["con gái: an***@example.vn", {"fax": "+84 9** *** 321"}],
+        "ma_don_vi": "HN001",
+    }
+    assert masked["dead_addresses"] == {"telegram": "chat 12***789 blocked the bot"}
+    text = str(masked)
+    for secret in ("nguyen.van.an", "0912345678", "123456789", "an.con", "0987654321"):
+        assert secret not in text, secret
