@@ -1,8 +1,8 @@
 """Every table of the service, imported in one place for Alembic and the tests."""
 
-from dispatcher.audiences.models import SavedAudience
+from dispatcher.audiences.models import AudienceVersion, SavedAudience
 from dispatcher.audit.models import AuditEntry, AuditHead, AuditSeal
-from dispatcher.auth.models import ApiKey
+from dispatcher.auth.models import ApiKey, Principal
 from dispatcher.campaigns.models import Campaign, Run
 from dispatcher.channel_state import ChannelState
 from dispatcher.consent.models import OptOut
@@ -17,6 +17,7 @@ __all__ = [
     "Address",
     "ApiKey",
     "Attempt",
+    "AudienceVersion",
     "AuditEntry",
     "AuditHead",
     "AuditSeal",
@@ -27,6 +28,7 @@ __all__ = [
     "Device",
     "InboxItem",
     "OptOut",
+    "Principal",
     "Recipient",
     "Run",
     "SavedAudience",

@@ -251,6 +251,10 @@ def test_admins_create_list_and_revoke_keys(bare: TestClient, keys: dict[str, st
     listed = bare.get("/v1/keys", headers=admin).json()
     assert body["id"] in [k["id"] for k in listed]
     assert all("key" not in k and "secret_hash" not in k for k in listed), "never shown again"
+    own = next(k for k in listed if k["name"] == "admin key")
+    assert own["owner"]["kind"] == "person"
+    assert body["owner"] == own["owner"], "a key minted over the API is the minter's own"
+    assert next(k for k in listed if k["name"] == "sender key")["owner"]["kind"] == "system"
 
     bad_role = bare.post("/v1/keys", json={"name": "x", "role": "root"}, headers=admin)
     assert bad_role.status_code == 422
@@ -258,8 +262,7 @@ def test_admins_create_list_and_revoke_keys(bare: TestClient, keys: dict[str, st
         bare.post("/v1/keys", json={"name": "x", "role": "admin"}, headers=new).status_code == 403
     )
 
-    own_id = next(k["id"] for k in listed if k["name"] == "admin key")
-    assert bare.delete(f"/v1/keys/{own_id}", headers=admin).status_code == 409
+    assert bare.delete(f"/v1/keys/{own['id']}", headers=admin).status_code == 409
 
     revoked = bare.delete(f"/v1/keys/{body['id']}", headers=admin)
     assert revoked.status_code == 200 and revoked.json()["revoked_at"]
@@ -298,47 +301,58 @@ def test_transactional_messages_are_rate_limited_per_key(
     assert bare.post("/v1/messages", json=body, headers=second).status_code == 422, "per key"
 
 
-def test_keys_create_on_the_command_line(settings: Settings, db: Database, tmp_path: Any) -> None:
-    env = {k: v for k, v in os.environ.items()}
-    made = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "dispatcher.cli",
-            "keys",
-            "create",
-            "--role",
-            "approver",
-            "--name",
-            "Trưởng phòng",
-            "--expires-in-days",
-            "30",
-        ],
-        env=env,
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "dispatcher.cli", "keys", *args],
+        env=dict(os.environ),
         capture_output=True,
         text=True,
         timeout=60,
+    )
+
+
+def test_keys_create_on_the_command_line(settings: Settings, db: Database, tmp_path: Any) -> None:
+    made = _cli(
+        "create",
+        "--role",
+        "approver",
+        "--person",
+        "Nguyễn Văn A",
+        "--name",
+        "Trưởng phòng",
+        "--expires-in-days",
+        "30",
     )
     assert made.returncode == 0, made.stderr
     key = made.stdout.strip()
     assert key.startswith("bhxh_") and "\n" not in key
     assert "printed below once" in made.stderr and key not in made.stderr
+    assert "for new person" in made.stderr and "Nguyễn Văn A" in made.stderr
 
-    bad = subprocess.run(
-        [sys.executable, "-m", "dispatcher.cli", "keys", "create", "--role", "boss", "--name", "x"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    # A second key of the same person, and a system's key.
+    second = _cli("create", "--role", "editor", "--person", "Nguyễn Văn A")
+    assert second.returncode == 0, second.stderr
+    assert "for new person" not in second.stderr
+    portal = _cli("create", "--role", "sender", "--system", "Cổng DVC")
+    assert portal.returncode == 0, portal.stderr
+    refused = _cli("create", "--role", "approver", "--system", "Cổng DVC")
+    assert refused.returncode == 2 and "is a system" in refused.stderr
+    # The old form still works: a key alone is its own person.
+    alone = _cli("create", "--role", "operator", "--name", "Trực ca đêm")
+    assert alone.returncode == 0, alone.stderr
+    assert "for new person" in alone.stderr
+    nobody = _cli("create", "--role", "editor")
+    assert nobody.returncode == 2 and "whose key" in nobody.stderr
+
+    bad = _cli("create", "--role", "boss", "--name", "x")
     assert bad.returncode == 2 and "unknown role 'boss'" in bad.stderr
 
-    listed = subprocess.run(
-        [sys.executable, "-m", "dispatcher.cli", "keys", "list"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    assert "Trưởng phòng" in listed.stdout and key not in listed.stdout
+    listed = _cli("list")
+    assert listed.returncode == 0, listed.stderr
+    assert key not in listed.stdout
+    lines = listed.stdout.splitlines()
+    person_a = [line for line in lines if "Nguyễn Văn A" in line]
+    assert len(person_a) == 2 and all("\tperson " in line for line in person_a)
+    assert len({line.split("\t")[4] for line in person_a}) == 1, "one person, two keys"
+    assert any("Trưởng phòng" in line for line in person_a)
+    assert any("\tsystem " in line and "Cổng DVC" in line for line in lines)

@@ -6,14 +6,15 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from dispatcher import audit
 from dispatcher.audiences import service
-from dispatcher.audiences.models import SavedAudience
+from dispatcher.audiences.models import AudienceVersion, SavedAudience
 from dispatcher.auth.deps import Editor, require
 from dispatcher.auth.service import Role
+from dispatcher.campaigns.service import withdraw_for_audience
 from dispatcher.deps import DbSession
-from dispatcher.errors import NotFound
 from dispatcher.recipients.schemas import RecipientOut
 from dispatcher.recipients.service import to_out
 
@@ -45,17 +46,31 @@ class AudienceOut(BaseModel):
     name: str
     description: str | None
     filter: dict[str, Any]
+    version: int = Field(description="This filter's version; saving a new filter makes the next")
+    versions: int = Field(description="How many versions the name has")
     created_at: datetime
     updated_at: datetime
+    withdrew_approvals: list[int] = Field(
+        default_factory=list,
+        description="Campaigns whose approval a new version withdrew (they need a new one)",
+    )
 
 
-def _out(row: SavedAudience) -> AudienceOut:
+def _out(
+    session: Session,
+    row: SavedAudience,
+    version: AudienceVersion,
+    withdrawn: list[int] | None = None,
+) -> AudienceOut:
     return AudienceOut(
         name=row.name,
         description=row.description,
-        filter=row.filter,
+        filter=version.filter,
+        version=version.version,
+        versions=service.version_count(session, row.id),
         created_at=row.created_at,
         updated_at=row.updated_at,
+        withdrew_approvals=withdrawn or [],
     )
 
 
@@ -67,29 +82,50 @@ def preview(
     return PreviewOut(count=count, sample=[to_out(p) for p in people])
 
 
-@router.post("", response_model=AudienceOut, summary="Save a named audience (replaces one)")
+@router.post(
+    "",
+    response_model=AudienceOut,
+    summary="Save a named audience (a changed filter is a new version)",
+)
 def save(data: AudienceIn, session: DbSession, caller: Editor) -> AudienceOut:
-    row = service.save(
+    row, version, new = service.save(
         session=session, name=data.name, spec=data.filter, description=data.description
+    )
+    withdrawn = (
+        withdraw_for_audience(session=session, name=row.name, version=version.version)
+        if new
+        else []
     )
     audit.record(
         session,
         actor=caller.label,
         action="audience.save",
         subject=f"audience:{row.name}",
-        data={"filter": row.filter},
+        data={
+            "version": version.version,
+            "filter": version.filter,
+            "withdrew_approvals": withdrawn,
+        },
     )
-    return _out(row)
+    return _out(session, row, version, withdrawn)
 
 
-@router.get("", response_model=list[AudienceOut])
+@router.get("", response_model=list[AudienceOut], summary="Every saved audience, latest version")
 def list_audiences(session: DbSession) -> list[AudienceOut]:
-    return [_out(r) for r in session.scalars(select(SavedAudience).order_by(SavedAudience.name))]
+    out = []
+    for row in session.scalars(select(SavedAudience).order_by(SavedAudience.name)):
+        _, version = service.get(session=session, name=row.name)
+        out.append(_out(session, row, version))
+    return out
 
 
 @router.get("/{name}", response_model=AudienceOut)
-def get_audience(name: str, session: DbSession) -> AudienceOut:
-    row = session.scalar(select(SavedAudience).where(SavedAudience.name == name))
-    if row is None:
-        raise NotFound(f"no saved audience named {name!r}")
-    return _out(row)
+def get_audience(
+    name: str,
+    session: DbSession,
+    version: Annotated[
+        int | None, Query(ge=1, le=2**31 - 1, description="Default: the latest")
+    ] = None,
+) -> AudienceOut:
+    row, found = service.get(session=session, name=name, version=version)
+    return _out(session, row, found)

@@ -1,44 +1,24 @@
-"""Admins manage API keys. A key is shown once, in the answer that creates it."""
+"""Admins manage API keys. A key is shown once, in the answer that creates it.
+
+A key made here belongs to the admin who makes it: people and systems, and their first keys,
+are made on the server with ``dispatcher keys create``.
+"""
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel, Field
 
 from dispatcher import audit
 from dispatcher.auth import service
 from dispatcher.auth.deps import Admin
 from dispatcher.auth.models import ApiKey
-from dispatcher.auth.service import Role
+from dispatcher.auth.schemas import KeyIn, KeyOut, NewKeyOut, PrincipalOut
 from dispatcher.deps import DbSession, PathId
 from dispatcher.errors import Conflict
 
 router = APIRouter(prefix="/v1/keys", tags=["keys"])
-
-
-class KeyIn(BaseModel):
-    name: str = Field(min_length=1, max_length=200, description="Who or what uses the key")
-    role: Role
-    expires_at: datetime | None = Field(default=None, description="Default: never")
-
-
-class KeyOut(BaseModel):
-    id: int
-    name: str
-    role: str
-    prefix: str
-    created_at: datetime
-    created_by: int | None
-    expires_at: datetime | None
-    revoked_at: datetime | None
-    last_used_at: datetime | None
-
-
-class NewKeyOut(KeyOut):
-    key: str = Field(description="The key itself. It is shown this once and never stored.")
 
 
 def _out(row: ApiKey) -> KeyOut:
@@ -46,6 +26,7 @@ def _out(row: ApiKey) -> KeyOut:
         id=row.id,
         name=row.name,
         role=row.role,
+        owner=PrincipalOut.of(row.principal),
         prefix=row.prefix,
         created_at=row.created_at,
         created_by=row.created_by,
@@ -55,12 +36,18 @@ def _out(row: ApiKey) -> KeyOut:
     )
 
 
-@router.post("", status_code=201, response_model=NewKeyOut, summary="Create a key (shown once)")
+@router.post(
+    "",
+    status_code=201,
+    response_model=NewKeyOut,
+    summary="Create a key for yourself (shown once)",
+)
 def create_key(data: KeyIn, session: DbSession, caller: Admin) -> NewKeyOut:
     row, key = service.create_key(
         session,
         role=data.role.value,
         name=data.name,
+        owner=service.get_principal(session, caller.principal_id),
         expires_at=data.expires_at,
         created_by=caller.key_id,
     )
@@ -69,7 +56,12 @@ def create_key(data: KeyIn, session: DbSession, caller: Admin) -> NewKeyOut:
         actor=caller.label,
         action="key.create",
         subject=f"key:{row.id}",
-        data={"name": row.name, "role": row.role, "expires_at": row.expires_at},
+        data={
+            "name": row.name,
+            "role": row.role,
+            "owner": row.principal_id,
+            "expires_at": row.expires_at,
+        },
     )
     return NewKeyOut(**_out(row).model_dump(), key=key)
 

@@ -52,12 +52,26 @@ class Campaign(Base):
     submitted_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     approved_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
-    # Two-person rule: the API keys that created, submitted and approved the campaign.
+    # The API keys that created, submitted and approved the campaign.
     created_by: Mapped[int | None] = mapped_column(BigId, nullable=True)
     submitted_by: Mapped[int | None] = mapped_column(BigId, nullable=True)
     approved_by: Mapped[int | None] = mapped_column(BigId, nullable=True)
-    # What the approver saw, frozen: a later difference withdraws the approval.
+    # Two-person rule: the people behind those keys. The author and the submitter cannot
+    # approve, through any of their keys.
+    author_id: Mapped[int | None] = mapped_column(ForeignKey("principals.id"), nullable=True)
+    submitter_id: Mapped[int | None] = mapped_column(ForeignKey("principals.id"), nullable=True)
+    approver_id: Mapped[int | None] = mapped_column(ForeignKey("principals.id"), nullable=True)
+    # What the approver saw, frozen: a later difference withdraws the approval. The preview is
+    # rendered for the instant the first run stands for (approved_preview_for), and is checked
+    # again for that same instant before every run.
     approved_preview_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    approved_preview_for: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # The exact version of every saved audience the audience resolved (name -> version id):
+    # runs plan from these; a newer version withdraws the approval.
+    approved_audience_versions: Mapped[dict[str, int] | None] = mapped_column(
+        NullableJSON, nullable=True
+    )
+    # For information only: membership of a rule (birthdays, a province) changes by design.
     approved_audience_count: Mapped[int | None] = mapped_column(BigId, nullable=True)
     approval_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
@@ -93,6 +107,9 @@ class Run(Base):
     planned_count: Mapped[int] = mapped_column(default=0)
     planned_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     planner_heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # The saved audience versions this run plans from (name -> version id), frozen when it
+    # starts: its campaign's approved ones.
+    audience_versions: Mapped[dict[str, int] | None] = mapped_column(NullableJSON, nullable=True)
     # The template version this run renders with, frozen when it starts.
     template_version_id: Mapped[int | None] = mapped_column(
         ForeignKey("template_versions.id"), nullable=True

@@ -185,7 +185,9 @@ def plan_page(*, session: Session, run: Run, campaign: Campaign, settings: Setti
     page = max(1, settings.batch_size // max(1, len(campaign.channels)))
     # Ages count on the day the run stands for, the same for every page of it.
     today = run.scheduled_for.astimezone(windows.VIETNAM).date()
-    resolve = audiences.resolver(session)
+    # Saved audiences resolve to the versions the approval pinned (runs from before versions
+    # were pinned resolve the latest).
+    resolve = audiences.resolver(session, pinned=run.audience_versions)
     audience = compile_audience(campaign.audience, today=today, resolve=resolve)
     if run.audience:
         audience = and_(

@@ -67,7 +67,7 @@ def submit_campaign(campaign_id: PathId, session: DbSession, caller: Editor) -> 
 @router.post(
     "/{campaign_id}/approve",
     response_model=CampaignOut,
-    summary="Approve (not by the key that submitted it); freezes what was approved",
+    summary="Approve (a person other than its author and submitter); freezes what was approved",
 )
 def approve_campaign(
     campaign_id: PathId, session: DbSession, settings: AppSettings, caller: Approver

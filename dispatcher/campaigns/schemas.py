@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from channels import registry
 from channels.base import Category
+from dispatcher.auth.schemas import PrincipalOut
 from dispatcher.recipients.audience import AudienceError, compile_audience
 from dispatcher.scheduling.rules import Schedule
 
@@ -136,11 +137,28 @@ class CampaignOut(BaseModel):
     submitted_at: datetime | None
     approved_at: datetime | None
     completed_at: datetime | None
-    created_by: int | None = Field(default=None, description="API key ids (the two-person rule)")
+    created_by: int | None = Field(default=None, description="The API key ids that acted")
     submitted_by: int | None = None
     approved_by: int | None = None
+    author: PrincipalOut | None = Field(
+        default=None, description="Who wrote it: the author cannot approve it"
+    )
+    submitter: PrincipalOut | None = Field(
+        default=None, description="Who submitted it: the submitter cannot approve it"
+    )
+    approver: PrincipalOut | None = None
+    approved_audiences: dict[str, int] | None = Field(
+        default=None,
+        description="The version of every saved audience the approval froze (runs plan from "
+        "these; a new version withdraws the approval)",
+    )
+    approved_preview_for: datetime | None = Field(
+        default=None, description="The send time the approved preview was rendered for"
+    )
     approved_audience_count: int | None = Field(
-        default=None, description="The audience's size when approved; a change withdraws it"
+        default=None,
+        description="How many people the audience matched when approved (for information: "
+        "what is frozen is the rule, not its membership)",
     )
     approval_expires_at: datetime | None = None
     counts: Counts
@@ -155,6 +173,9 @@ class ReasonIn(BaseModel):
 
 class ChannelPreviewOut(BaseModel):
     channel: str
+    rendered_for: datetime = Field(
+        description="The send time whose calendar (year, date, lunar year) the preview uses"
+    )
     locale: str | None
     subject: str | None
     body: str | None

@@ -20,6 +20,8 @@ from sqlalchemy.orm import Session
 
 from dispatcher import audit
 from dispatcher.audiences import service as audiences
+from dispatcher.auth.models import Principal
+from dispatcher.auth.schemas import PrincipalOut
 from dispatcher.auth.service import Caller, Role
 from dispatcher.campaigns.models import STREAM_PREFIX, Campaign, Run, is_stream
 from dispatcher.campaigns.schemas import (
@@ -49,6 +51,8 @@ from dispatcher.jobs import (
     new_batch_id,
 )
 from dispatcher.recipients.models import Recipient
+from dispatcher.scheduling import rules
+from dispatcher.scheduling.rules import calendar_variables
 from dispatcher.scheduling.service import first_firing
 
 log = structlog.get_logger(__name__)
@@ -129,6 +133,7 @@ def create(*, session: Session, data: CampaignIn, caller: Caller | None = None) 
         created_at=now,
         updated_at=now,
         created_by=caller.key_id if caller else None,
+        author_id=caller.principal_id if caller else None,
     )
     session.add(campaign)
     session.flush()
@@ -161,6 +166,7 @@ def submit(*, session: Session, campaign_id: int, caller: Caller | None = None) 
     campaign.status = _transition(campaign, "submit")
     campaign.submitted_at = campaign.updated_at = utcnow()
     campaign.submitted_by = caller.key_id if caller else None
+    campaign.submitter_id = caller.principal_id if caller else None
     campaign.status_reason = None
     _audit(session, campaign, caller.label if caller else "system", "submit")
     return campaign
@@ -172,34 +178,55 @@ class ChannelPreview:
     rendered: Rendered | None
 
 
-def previews(*, session: Session, campaign: Campaign, version_id: int) -> list[ChannelPreview]:
-    """Each channel's message as the sample person would get it: what an approver reads."""
+def send_moment(campaign: Campaign, now: datetime) -> datetime:
+    """The instant the campaign's next run stands for, whose calendar its messages carry: the
+    next firing of its rule, its ``send_at``, or now (it sends when approved)."""
+    if campaign.schedule is not None:
+        return campaign.next_fire_at or first_firing(campaign, now) or now
+    return campaign.send_at or campaign.approved_preview_for or now
+
+
+def run_variables(campaign: Campaign, at: datetime) -> dict[str, Any]:
+    """The variables a run standing for ``at`` gives its templates, merged as the sending
+    pipeline merges them: the calendar of ``at``, the campaign's, then a firing's own."""
+    firing = rules.firing_variables(rules.parse(campaign.schedule), at) if campaign.schedule else {}
+    return {**calendar_variables(at), **(campaign.variables or {}), **firing}
+
+
+def previews(
+    *, session: Session, campaign: Campaign, version_id: int, at: datetime
+) -> list[ChannelPreview]:
+    """Each channel's message as the sample person would get it from the run standing for
+    ``at``: what an approver reads."""
+    variables = run_variables(campaign, at)
     return [
         ChannelPreview(
             channel,
             content.render_sample(
-                session=session,
-                version_id=version_id,
-                channel=channel,
-                variables=campaign.variables or {},
+                session=session, version_id=version_id, channel=channel, variables=variables
             ),
         )
         for channel in campaign.channels
     ]
 
 
-def preview_out(*, session: Session, campaign: Campaign) -> list[ChannelPreviewOut]:
+def preview_out(
+    *, session: Session, campaign: Campaign, now: datetime | None = None
+) -> list[ChannelPreviewOut]:
+    """The preview of the campaign's next run (its frozen template version once approved)."""
     version_id = campaign.template_version_id
     if version_id is None:
         template = session.get(Template, campaign.template_id)
         assert template is not None
         version_id = content.get_version(session=session, template=template).id
+    at = send_moment(campaign, now or utcnow())
     out = []
-    for item in previews(session=session, campaign=campaign, version_id=version_id):
+    for item in previews(session=session, campaign=campaign, version_id=version_id, at=at):
         r = item.rendered
         out.append(
             ChannelPreviewOut(
                 channel=item.channel,
+                rendered_for=at,
                 locale=r.locale if r else None,
                 subject=r.subject if r else None,
                 body=r.body if r else None,
@@ -210,9 +237,9 @@ def preview_out(*, session: Session, campaign: Campaign) -> list[ChannelPreviewO
     return out
 
 
-def preview_hash(*, session: Session, campaign: Campaign, version_id: int) -> str:
+def preview_hash(*, session: Session, campaign: Campaign, version_id: int, at: datetime) -> str:
     digest = hashlib.sha256()
-    for item in previews(session=session, campaign=campaign, version_id=version_id):
+    for item in previews(session=session, campaign=campaign, version_id=version_id, at=at):
         r = item.rendered
         parts = [item.channel] + ([r.subject or "", r.body, r.html or ""] if r else ["-"])
         digest.update("\x1f".join(parts).encode() + b"\x1e")
@@ -224,33 +251,52 @@ def audience_count(*, session: Session, campaign: Campaign) -> int:
     return session.scalar(select(func.count()).select_from(Recipient).where(where)) or 0
 
 
+def _check_two_people(campaign: Campaign, caller: Caller | None) -> None:
+    """Two people: whoever wrote or submitted a campaign cannot approve it, through any of
+    their keys; a system's key never approves."""
+    if caller is None:
+        return
+    if not caller.is_person:
+        raise Forbidden(f"{caller.label} belongs to a system; only a person approves campaigns")
+    if caller.principal_id == campaign.submitter_id:
+        raise Forbidden(
+            f"{caller.who} submitted this campaign; a different approver must approve it"
+        )
+    if caller.principal_id == campaign.author_id:
+        raise Forbidden(f"{caller.who} wrote this campaign; a different approver must approve it")
+
+
 def approve(
     *, session: Session, campaign_id: int, settings: Settings, caller: Caller | None = None
 ) -> Campaign:
-    """Approve, freezing the template version, the preview and the audience count; launch now
-    unless ``send_at`` is ahead. The key that submitted a campaign cannot approve it."""
+    """Approve, freezing the template version, the saved audience versions and the preview of
+    the first run; launch now unless ``send_at`` is ahead. Neither the author nor the submitter
+    may approve."""
     campaign = get_campaign(session=session, campaign_id=campaign_id, lock=True)
     _transition(campaign, "approve")
-    if caller is not None and campaign.submitted_by == caller.key_id:
-        raise Forbidden(
-            f"{caller.label} submitted this campaign; a different approver must approve it"
-        )
+    _check_two_people(campaign, caller)
     template = session.get(Template, campaign.template_id)
     assert template is not None
     version = content.get_version(session=session, template=template)
     _check_template_covers(session, template, version, campaign.channels)
     now = utcnow()
+    first = first_firing(campaign, now)
+    at = first or campaign.send_at or now  # what the first run stands for
+    pinned = audiences.resolve_versions(session, campaign.audience)
     campaign.template_version_id = version.id
     campaign.approved_at = campaign.updated_at = now
     campaign.approved_by = caller.key_id if caller else None
+    campaign.approver_id = caller.principal_id if caller else None
+    campaign.approved_audience_versions = {name: v.id for name, v in sorted(pinned.items())}
+    campaign.approved_preview_for = at
     campaign.approved_preview_hash = preview_hash(
-        session=session, campaign=campaign, version_id=version.id
+        session=session, campaign=campaign, version_id=version.id, at=at
     )
     campaign.approved_audience_count = audience_count(session=session, campaign=campaign)
     campaign.status_reason = None
     if campaign.schedule is not None:
         campaign.status = "scheduled"
-        campaign.next_fire_at = first_firing(campaign, now)
+        campaign.next_fire_at = first
     elif campaign.send_at is not None and campaign.send_at > now:
         campaign.status = "scheduled"
     else:
@@ -265,6 +311,8 @@ def approve(
         caller.label if caller else "system",
         "approve",
         template_version=version.version,
+        saved_audiences={name: v.version for name, v in sorted(pinned.items())},
+        preview_for=at,
         preview_hash=campaign.approved_preview_hash,
         audience_count=campaign.approved_audience_count,
         expires_at=campaign.approval_expires_at,
@@ -281,7 +329,7 @@ def reject(
     campaign = get_campaign(session=session, campaign_id=campaign_id, lock=True)
     campaign.status = _transition(campaign, "reject")
     campaign.status_reason = f"rejected: {reason}"
-    campaign.submitted_at = campaign.submitted_by = None
+    campaign.submitted_at = campaign.submitted_by = campaign.submitter_id = None
     campaign.updated_at = utcnow()
     _audit(session, campaign, caller.label if caller else "system", "reject", reason=reason)
     return campaign
@@ -292,7 +340,9 @@ def withdraw(*, session: Session, campaign: Campaign, reason: str, actor: str = 
     campaign.status = "submitted"
     campaign.status_reason = f"approval withdrawn: {reason}"
     campaign.approved_at = campaign.approved_by = campaign.approval_expires_at = None
-    campaign.approved_preview_hash = campaign.approved_audience_count = None
+    campaign.approver_id = campaign.approved_audience_versions = None
+    campaign.approved_preview_hash = campaign.approved_preview_for = None
+    campaign.approved_audience_count = None
     campaign.next_fire_at = None
     campaign.updated_at = utcnow()
     log.warning("approval_withdrawn", campaign_id=campaign.id, reason=reason)
@@ -300,13 +350,17 @@ def withdraw(*, session: Session, campaign: Campaign, reason: str, actor: str = 
 
 
 def approval_problem(*, session: Session, campaign: Campaign, now: datetime) -> str | None:
-    """Why the campaign's approval no longer holds, or None. Checked before each launch.
+    """Why the campaign's approval no longer holds, or None. Checked before every run, of
+    one-shot and recurring campaigns alike.
 
-    The audience count is compared before the first run only: a recurring campaign's
-    audience grows and shrinks between firings by design.
+    What is frozen is the rule, not the membership: people who come to match it (a birthday,
+    a new citizen of the province) are in; a new version of a saved audience it names is a
+    changed rule and withdraws the approval.
     """
     if campaign.approved_preview_hash is None:
-        return None  # approved before approvals were frozen (or a transactional campaign)
+        return None  # a transactional campaign
+    if campaign.approved_preview_for is None or campaign.approved_audience_versions is None:
+        return "it was approved before the send time's preview and the audience were frozen"
     first = session.scalar(select(Run.id).where(Run.campaign_id == campaign.id).limit(1)) is None
     if first and campaign.approval_expires_at is not None and now > campaign.approval_expires_at:
         return "it expired before the campaign was sent"
@@ -315,14 +369,31 @@ def approval_problem(*, session: Session, campaign: Campaign, now: datetime) -> 
     latest = content.get_version(session=session, template=template)
     if latest.id != campaign.template_version_id:
         return f"template {template.key!r} has a new version (v{latest.version})"
+    problem = _audience_problem(session, campaign, campaign.approved_audience_versions)
+    if problem is not None:
+        return problem
     assert campaign.template_version_id is not None
-    seen = preview_hash(session=session, campaign=campaign, version_id=campaign.template_version_id)
+    seen = preview_hash(
+        session=session,
+        campaign=campaign,
+        version_id=campaign.template_version_id,
+        at=campaign.approved_preview_for,
+    )
     if seen != campaign.approved_preview_hash:
         return "the rendered preview changed"
-    if first:
-        count = audience_count(session=session, campaign=campaign)
-        if count != campaign.approved_audience_count:
-            return f"the audience changed from {campaign.approved_audience_count} to {count}"
+    return None
+
+
+def _audience_problem(session: Session, campaign: Campaign, pinned: audiences.Pinned) -> str | None:
+    try:
+        current = audiences.resolve_versions(session, campaign.audience)
+    except Invalid as exc:
+        return f"the audience no longer resolves: {exc.message}"
+    for name in sorted(set(pinned) | set(current)):
+        if name not in current:
+            return f"the audience no longer names saved audience {name!r}"
+        if pinned.get(name) != current[name].id:
+            return f"saved audience {name!r} has a new version (v{current[name].version})"
     return None
 
 
@@ -334,22 +405,45 @@ def still_approved(*, session: Session, campaign: Campaign, now: datetime) -> bo
     return False
 
 
-def withdraw_for_template(*, session: Session, template_id: int, version: int) -> list[int]:
-    """A new template version withdraws approvals that have not started sending."""
+def _withdraw_waiting(session: Session, ids: list[int], reason: str) -> list[int]:
+    """Withdraw the approvals of these campaigns that have not started sending."""
+    if not ids:
+        return []
     waiting = session.scalars(
         select(Campaign)
-        .where(Campaign.template_id == template_id)
+        .where(Campaign.id.in_(ids))
         .where(Campaign.status.in_(("approved", "scheduled")))
         .where(Campaign.approved_preview_hash.is_not(None))
+        .order_by(Campaign.id)
         .with_for_update()
     ).all()
     for campaign in waiting:
-        withdraw(
-            session=session,
-            campaign=campaign,
-            reason=f"the template has a new version (v{version})",
-        )
+        withdraw(session=session, campaign=campaign, reason=reason)
     return [c.id for c in waiting]
+
+
+def withdraw_for_template(*, session: Session, template_id: int, version: int) -> list[int]:
+    """A new template version withdraws approvals that have not started sending."""
+    ids = session.scalars(
+        select(Campaign.id)
+        .where(Campaign.template_id == template_id)
+        .where(Campaign.status.in_(("approved", "scheduled")))
+    ).all()
+    return _withdraw_waiting(session, list(ids), f"the template has a new version (v{version})")
+
+
+def withdraw_for_audience(*, session: Session, name: str, version: int) -> list[int]:
+    """A new version of a saved audience withdraws the approvals that pinned an older one,
+    directly or through another saved audience."""
+    rows = session.execute(
+        select(Campaign.id, Campaign.approved_audience_versions)
+        .where(Campaign.status.in_(("approved", "scheduled")))
+        .where(Campaign.approved_audience_versions.is_not(None))
+    ).all()
+    ids = [cid for cid, pinned in rows if name in (pinned or {})]
+    return _withdraw_waiting(
+        session, ids, f"saved audience {name!r} has a new version (v{version})"
+    )
 
 
 def launch(
@@ -371,6 +465,7 @@ def launch(
         status="planning",
         late=late,
         audience=audience,
+        audience_versions=campaign.approved_audience_versions,
         variables=variables or {},
         template_version_id=campaign.template_version_id,
         created_at=now,
@@ -529,6 +624,11 @@ def counts(*, session: Session, campaign_id: int) -> Counts:
     return result
 
 
+def _principal_out(session: Session, principal_id: int | None) -> PrincipalOut | None:
+    row = session.get(Principal, principal_id) if principal_id is not None else None
+    return PrincipalOut.of(row) if row is not None else None
+
+
 def to_out(*, session: Session, campaign: Campaign) -> CampaignOut:
     template = session.get(Template, campaign.template_id)
     version = (
@@ -564,6 +664,15 @@ def to_out(*, session: Session, campaign: Campaign) -> CampaignOut:
         created_by=campaign.created_by,
         submitted_by=campaign.submitted_by,
         approved_by=campaign.approved_by,
+        author=_principal_out(session, campaign.author_id),
+        submitter=_principal_out(session, campaign.submitter_id),
+        approver=_principal_out(session, campaign.approver_id),
+        approved_audiences=(
+            audiences.version_numbers(session, campaign.approved_audience_versions)
+            if campaign.approved_audience_versions is not None
+            else None
+        ),
+        approved_preview_for=campaign.approved_preview_for,
         approved_audience_count=campaign.approved_audience_count,
         approval_expires_at=campaign.approval_expires_at,
         counts=counts(session=session, campaign_id=campaign.id),

@@ -22,7 +22,7 @@ from starlette.routing import NoMatchFound
 
 from channels import registry
 from dispatcher.auth.deps import same_host
-from dispatcher.auth.models import ApiKey
+from dispatcher.auth.models import ApiKey, Principal
 from dispatcher.auth.service import Caller, Role, Unauthenticated, authenticate
 from dispatcher.campaigns import service as campaigns
 from dispatcher.campaigns.models import Campaign
@@ -254,10 +254,17 @@ class Pending:
 
 
 def _key_names(session: Session, ids: list[int | None]) -> dict[int, str]:
+    """Key id -> the name of the person or system the key belongs to."""
     wanted = {i for i in ids if i is not None}
     if not wanted:
         return {}
-    return dict(session.execute(select(ApiKey.id, ApiKey.name).where(ApiKey.id.in_(wanted))).all())
+    return dict(
+        session.execute(
+            select(ApiKey.id, Principal.name)
+            .join(Principal, Principal.id == ApiKey.principal_id)
+            .where(ApiKey.id.in_(wanted))
+        ).all()
+    )
 
 
 def _approval_queue(session: Session, caller: Caller) -> tuple[list[Pending], dict[int, str]]:
@@ -285,7 +292,7 @@ def _approval_queue(session: Session, caller: Caller) -> tuple[list[Pending], di
                 previews=previews,
                 audience=audience,
                 problem=problem,
-                own=campaign.submitted_by == caller.key_id,
+                own=caller.principal_id in (campaign.author_id, campaign.submitter_id),
             )
         )
     people = _key_names(
@@ -350,7 +357,7 @@ def _refusal(exc: ServiceError, session: Session, campaign_id: int, action: str)
     """What the approver reads when the service says no."""
     if isinstance(exc, Forbidden):
         return (
-            f"Không thể {action}: chính khóa của bạn đã gửi chiến dịch này đi phê duyệt. "
+            f"Không thể {action}: bạn đã soạn hoặc gửi chiến dịch này đi phê duyệt. "
             "Theo quy tắc hai người, một người phê duyệt khác phải phê duyệt."
         )
     if isinstance(exc, NotFound):

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from alembic import context
+from sqlalchemy import event
 
 from dispatcher.db import create_db_engine
 from dispatcher.models import Base
@@ -23,6 +26,12 @@ def run_migrations() -> None:
             context.run_migrations()
         return
     engine = create_db_engine(url)
+    sqlite = engine.dialect.name == "sqlite"
+    if sqlite:
+        # SQLite changes a table's constraints by copying it into a new table and dropping the
+        # old one; with foreign keys on, that drop deletes (ON DELETE CASCADE) or empties
+        # (SET NULL) every row pointing at it. Off while migrating, checked after.
+        event.listen(engine, "connect", _foreign_keys_off)
     with engine.connect() as connection:
         context.configure(
             connection=connection,
@@ -31,7 +40,15 @@ def run_migrations() -> None:
         )
         with context.begin_transaction():
             context.run_migrations()
+            if sqlite:
+                broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                if broken:
+                    raise RuntimeError(f"the migration broke foreign keys: {broken[:10]}")
     engine.dispose()
+
+
+def _foreign_keys_off(dbapi_connection: Any, _record: Any) -> None:
+    dbapi_connection.execute("PRAGMA foreign_keys=OFF")
 
 
 run_migrations()

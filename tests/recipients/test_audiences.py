@@ -156,4 +156,29 @@ def test_saved_audiences_are_named_by_campaigns(client) -> None:
     client.post("/v1/audiences", json={"name": "b", "filter": {"saved": "a"}})
     loop = client.post("/v1/audiences", json={"name": "a", "filter": {"saved": "b"}})
     assert loop.status_code == 422 and "deeper" in loop.text
-    assert client.get("/v1/audiences/a").json()["filter"] == {"all": True}, "nothing changed"
+    kept = client.get("/v1/audiences/a").json()
+    assert (kept["filter"], kept["versions"]) == ({"all": True}, 1), "nothing changed"
+
+
+def test_saving_a_name_again_makes_a_new_version(client) -> None:
+    hue = {"province": ["Huế"]}
+    wider = {"province": ["Huế", "Đà Nẵng"]}
+    first = client.post("/v1/audiences", json={"name": "mien_trung", "filter": hue})
+    assert first.status_code == 200, first.text
+    assert (first.json()["version"], first.json()["versions"]) == (1, 1)
+    # The same filter again changes nothing a campaign relies on: no new version.
+    same = client.post(
+        "/v1/audiences", json={"name": "mien_trung", "filter": hue, "description": "Miền Trung"}
+    ).json()
+    assert (same["version"], same["versions"], same["description"]) == (1, 1, "Miền Trung")
+    second = client.post("/v1/audiences", json={"name": "mien_trung", "filter": wider}).json()
+    assert (second["version"], second["versions"]) == (2, 2)
+
+    assert client.get("/v1/audiences/mien_trung").json()["filter"] == wider
+    old = client.get("/v1/audiences/mien_trung", params={"version": 1})
+    assert old.status_code == 200 and old.json()["filter"] == hue and old.json()["version"] == 1
+    missing = client.get("/v1/audiences/mien_trung", params={"version": 3})
+    assert missing.status_code == 404 and "no version 3" in missing.text
+    assert client.get("/v1/audiences/mien_trung", params={"version": 0}).status_code == 422
+    listed = {a["name"]: a for a in client.get("/v1/audiences").json()}
+    assert listed["mien_trung"]["version"] == 2 and listed["mien_trung"]["filter"] == wider
