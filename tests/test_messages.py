@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
+from dispatcher.auth.models import PrincipalKind
 from dispatcher.auth.service import Caller, Role, create_key
 from dispatcher.campaigns import service
 from dispatcher.campaigns.models import Run
@@ -338,7 +339,15 @@ def test_a_duplicate_in_flight_waits_for_the_first_and_gets_its_answer(
 def _caller(db: Database, name: str) -> Caller:
     with db.transaction() as session:
         row, _ = create_key(session, role="sender", name=name)
-    return Caller(key_id=row.id, name=name, role=Role.sender)
+        owner = row.principal
+        return Caller(
+            key_id=row.id,
+            name=name,
+            role=Role.sender,
+            principal_id=owner.id,
+            principal_name=owner.name,
+            principal_kind=PrincipalKind(owner.kind),
+        )
 
 
 def _waiting_on_locks(db: Database) -> int:
