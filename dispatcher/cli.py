@@ -410,7 +410,7 @@ def audit_verify(
     from dispatcher.db import get_database
 
     settings = _settings()
-    witness = str(witness_file) if witness_file is not None else settings.audit_witness
+    witness = str(witness_file) if witness_file is not None else settings.audit_witness or None
     if witness is not None and witness_file is not None and not witness_file.is_file():
         _error(f"the witness file {witness} does not exist")
         raise typer.Exit(2)
@@ -459,7 +459,9 @@ def audit_seal() -> None:
     settings = _settings()
     with get_database().transaction() as session:
         row = audit.seal(
-            session, secrets.audit_key(session, settings), witness_path=settings.audit_witness
+            session,
+            secrets.audit_key(session, settings),
+            witness_path=settings.audit_witness or None,
         )
         if row is None:
             typer.echo("nothing new to seal")
