@@ -10,6 +10,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -283,6 +284,46 @@ def test_a_fake_delivery_is_caught(history: History, db: Database) -> None:
         id=new_id,
     )
     check(db, history, "delivery", f"delivery {new_id} (sent) is in no audit entry")
+
+
+def append_without_key(db: Database, entry: audit.Draft) -> None:
+    """Append an entry as someone without the key can: a plain hash, the head moved on."""
+    with db.transaction() as session:
+        head = session.get(AuditHead, 1)
+        assert head is not None
+        at = datetime.now(UTC)
+        digest = entry_hash(head.hash, at, entry.actor, entry.action, entry.subject, entry.body)
+        session.add(
+            AuditEntry(
+                seq=head.seq + 1,
+                at=at,
+                actor=entry.actor,
+                action=entry.action,
+                subject=entry.subject,
+                data=entry.body,
+                prev_hash=head.hash,
+                hash=digest,
+            )
+        )
+        head.seq, head.hash = head.seq + 1, digest
+
+
+def test_a_fake_delivery_named_by_a_forged_entry_is_caught(history: History, db) -> None:
+    """A delivery turned `failed`, and an entry naming it in that state as a writer of the
+    service would: without the key, the entry gives itself away."""
+    target = scalar(db, "SELECT MIN(id) FROM deliveries")
+    sql(db, "UPDATE deliveries SET status = 'failed', error_reason = 'x' WHERE id = :id", id=target)
+    with db.transaction() as session:
+        rows = [
+            r._mapping
+            for r in session.execute(
+                select(*audit.state_columns()).where(coverage.deliveries_t.c.id == target)
+            )
+        ]
+    [entry] = audit.deliveries_drafts(rows, actor="planner", action=audit.PLANNED, subject="run:1")
+    append_without_key(db, entry)
+    found = check(db, history, "forged", "was not written by the service")
+    assert found.seq == history.entries[-1].seq + 1
 
 
 def test_a_deleted_delivery_is_caught(history: History, db: Database) -> None:

@@ -32,14 +32,36 @@ def canonical(data: Mapping[str, Any]) -> str:
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
+def _entry_message(
+    prev_hash: str, at: datetime, actor: str, action: str, subject: str, data: str
+) -> bytes:
+    parts = (prev_hash, at.isoformat(timespec="microseconds"), actor, action, subject, data)
+    return b"".join(part.encode() + b"\x1f" for part in parts)
+
+
 def entry_hash(
     prev_hash: str, at: datetime, actor: str, action: str, subject: str, data: str
 ) -> str:
-    h = hashlib.sha256()
-    for part in (prev_hash, at.isoformat(timespec="microseconds"), actor, action, subject, data):
-        h.update(part.encode())
-        h.update(b"\x1f")
-    return h.hexdigest()
+    """An entry's hash as entries made before keyed entries have it (anyone can compute it)."""
+    return hashlib.sha256(_entry_message(prev_hash, at, actor, action, subject, data)).hexdigest()
+
+
+def keyed_hash(
+    key: bytes, prev_hash: str, at: datetime, actor: str, action: str, subject: str, data: str
+) -> str:
+    """An entry's hash as the service makes it: keyed with the audit key, so that whoever
+    lacks the key can neither append an entry nor rewrite one, only cut the chain short."""
+    message = _entry_message(prev_hash, at, actor, action, subject, data)
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
+def audit_key(connection: Connection) -> bytes:
+    """The key of this process's settings (see dispatcher.secrets.audit_key)."""
+    from dispatcher import secrets
+    from dispatcher.config import get_settings
+
+    bind: Any = Session(bind=connection)
+    return secrets.audit_key(bind, get_settings())
 
 
 def _connection(target: Session | Connection) -> Connection:
@@ -74,22 +96,28 @@ def draft(*, actor: str, action: str, subject: str, data: Mapping[str, Any]) -> 
     return Draft(actor, action, subject, canonical(data))
 
 
-def append(target: Session | Connection, entry: Draft, *, restate: bool = False) -> int:
+def append(
+    target: Session | Connection, entry: Draft, *, restate: bool = False, key: bytes | None = None
+) -> int:
     """Append one entry in the caller's transaction; returns its seq.
 
     Holding the head's row lock until commit keeps the chain in order; call this last in a
     transaction so the lock is brief. ``restate`` makes a worker's batch entry name its
     deliveries as the database holds them (read once the head is locked, so that no later
     entry about them can commit first), for a batch that could not write all of its rows.
+    The entry's hash is keyed with ``key`` (by default the audit key of this process's
+    settings).
     """
     connection = _connection(target)
+    if key is None:
+        key = audit_key(connection)
     seq, prev = _lock_head(connection)
     if restate:
         from dispatcher.audit.coverage import restate as restated
 
         entry = restated(connection, entry)
     at = utcnow()
-    digest = entry_hash(prev, at, entry.actor, entry.action, entry.subject, entry.body)
+    digest = keyed_hash(key, prev, at, entry.actor, entry.action, entry.subject, entry.body)
     connection.execute(
         entries_t.insert().values(
             seq=seq + 1,

@@ -93,26 +93,56 @@ _OPEN = frozenset(s.value for s in OPEN_STATUSES)
 STATE_BYTES = 15
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, datetime):
-        if value.tzinfo is not None:
-            value = value.astimezone(UTC).replace(tzinfo=None)
-        return value.isoformat(timespec="microseconds")
-    if isinstance(value, bool):
-        return int(value)
-    if hasattr(value, "value") and isinstance(value.value, str):  # a StrEnum member
-        return value.value
-    return value
+# The last timestamp written out, by identity: a batch stamps all its rows with one instant.
+_last_stamp: tuple[datetime | None, str | None] = (None, None)
 
 
-def _line(row: Mapping[Any, Any], fields: Sequence[str]) -> str:
-    # JSON, so that no value can move a boundary between two fields.
-    return json.dumps([_plain(row[name]) for name in fields], ensure_ascii=False)
+def _stamp(value: datetime | None) -> str | None:
+    global _last_stamp
+    if value is None:
+        return None
+    last = _last_stamp
+    if last[0] is value:
+        return last[1]
+    plain = value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo is not None else value
+    text = plain.isoformat(timespec="microseconds")
+    _last_stamp = (value, text)
+    return text
+
+
+def _text(value: Any) -> str | None:
+    # A status or an error class may come as an enum member, a code as a number.
+    return None if value is None else str(value)
+
+
+# A row's values as text: repr of a list of ints, strings and None is unambiguous (no value
+# can move a boundary between two fields) and three times as fast as JSON.
+_dumps = repr
+
+
+def _attempt_line(row: Mapping[Any, Any]) -> str:
+    # Every one of ATTEMPT_FIELDS, in that order (spelt out: this runs for every attempt).
+    return _dumps(
+        [
+            row["delivery_id"],
+            row["number"],
+            _stamp(row["started_at"]),
+            row["duration_ms"],
+            _text(row["outcome"]),
+            _text(row["error_class"]),
+            _text(row["provider_code"]),
+            row["provider_reply"],
+            row["provider_message_id"],
+            row["locale"],
+            int(row["possible_duplicate"]),
+            row["worker"],
+        ]
+    )
 
 
 def attempt_digest(rows: Iterable[Mapping[Any, Any]]) -> str:
     """The digest of a set of attempt rows, whatever their order."""
-    lines = sorted(_line(r, ATTEMPT_FIELDS) for r in rows)
+    lines = sorted(_attempt_line(r) for r in rows)
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
@@ -133,11 +163,24 @@ def legacy_attempt_digest(rows: Iterable[Mapping[Any, Any]]) -> str:
 
 
 def delivery_state(row: Mapping[Any, Any]) -> str:
-    """The digest of one delivery's audited state."""
-    values = [_plain(row[name]) for name in DELIVERY_FIELDS]
-    if values[5] in _OPEN:
-        values[5] = OPEN
-    raw = hashlib.sha256(json.dumps(values, ensure_ascii=False).encode()).digest()
+    """The digest of one delivery's audited state: every one of DELIVERY_FIELDS, in order."""
+    status = row["status"]
+    values = [
+        row["id"],
+        row["run_id"],
+        row["campaign_id"],
+        row["recipient_id"],
+        row["channel"],
+        OPEN if status in _OPEN else str(status),
+        row["attempts"],
+        row["failures"],
+        row["locale"],
+        row["provider_message_id"],
+        _text(row["error_class"]),
+        row["error_reason"],
+        _stamp(row["sent_at"]),
+    ]
+    raw = hashlib.sha256(_dumps(values).encode()).digest()
     return base64.urlsafe_b64encode(raw[:STATE_BYTES]).decode()
 
 

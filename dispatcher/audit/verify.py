@@ -33,7 +33,15 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from dispatcher.audit import coverage, witness
-from dispatcher.audit.chain import GENESIS, HEAD_ID, entries_t, entry_hash, head_t, seal_mac
+from dispatcher.audit.chain import (
+    GENESIS,
+    HEAD_ID,
+    entries_t,
+    entry_hash,
+    head_t,
+    keyed_hash,
+    seal_mac,
+)
 from dispatcher.audit.models import AuditSeal
 
 PAGE = 1000
@@ -60,7 +68,7 @@ latest_t = Table(
 @dataclass
 class Problem:
     seq: int | None
-    kind: str  # altered, missing, reordered, head, seal, witness, attempts, delivery
+    kind: str  # altered, forged, missing, reordered, head, seal, witness, attempts, delivery
     message: str
 
 
@@ -219,6 +227,7 @@ class _Walk:
         seals = _Cursor(self._seals(), lambda s: int(s.seq))
         witnessed = _Cursor(self._witnessed(), lambda w: w.seq)
         expected_seq, prev_hash = 1, GENESIS
+        keyed = False
         for row in self._entries():
             self.report.entries += 1
             if row.seq != expected_seq:
@@ -229,12 +238,23 @@ class _Walk:
                     if row.seq == expected_seq + 1
                     else f"entries {expected_seq} to {row.seq - 1} are missing",
                 )
-            own = entry_hash(row.prev_hash, row.at, row.actor, row.action, row.subject, row.data)
-            if own != row.hash:
+            content = (row.prev_hash, row.at, row.actor, row.action, row.subject, row.data)
+            own_key = hmac.compare_digest(keyed_hash(self.key, *content), row.hash)
+            keyed = keyed or own_key
+            if not own_key and entry_hash(*content) != row.hash:
                 yield Problem(
                     row.seq,
                     "altered",
-                    f"entry {row.seq} was altered: its content no longer matches its hash",
+                    f"entry {row.seq} was altered: its content no longer matches its hash "
+                    "(or it was written with another key)",
+                )
+            elif not own_key and keyed:
+                # Entries made before keyed hashes existed come first, if at all.
+                yield Problem(
+                    row.seq,
+                    "forged",
+                    f"entry {row.seq} was not written by the service: its hash is not keyed "
+                    "with the service's key, unlike the entries before it",
                 )
             elif row.prev_hash != prev_hash and row.seq == expected_seq:
                 yield Problem(
