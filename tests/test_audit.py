@@ -29,6 +29,7 @@ from tests.test_end_to_end import (
     campaign_status,
     launch,
     plan_campaign,
+    plan_launched,
     publish_template,
 )
 
@@ -347,7 +348,7 @@ def test_planning_skips_and_a_cancellation_are_covered(
         "UPDATE addresses SET dead_at = '2026-01-01 00:00:00.000000' "
         "WHERE value = 'duc.le@example.vn'",
     )
-    campaign_id, _ = plan_campaign_after_people(client, db, witnessed)
+    campaign_id, _ = plan_launched(client, db, witnessed)
     statuses = {
         status: scalar(db, "SELECT COUNT(*) FROM deliveries WHERE status = :s", s=status)
         for status in ("pending", "skipped")
@@ -370,18 +371,6 @@ def test_planning_skips_and_a_cancellation_are_covered(
     found = verify(db, witnessed).first
     assert found is not None and found.kind == "delivery", found
     assert "(pending now) was changed after entry" in found.message
-
-
-def plan_campaign_after_people(client, db: Database, settings: Settings) -> tuple[int, int]:
-    from dispatcher.campaigns.models import Run
-    from dispatcher.campaigns.planner import plan_run
-
-    campaign_id = launch(client)
-    with db.transaction() as session:
-        run_id = session.scalar(select(Run.id).where(Run.campaign_id == campaign_id))
-    assert run_id is not None
-    plan_run(db=db, run_id=run_id, settings=settings)
-    return campaign_id, run_id
 
 
 def test_a_batch_that_lost_rows_states_what_they_hold(client, db, witnessed: Settings) -> None:
@@ -507,3 +496,34 @@ def test_seal_log_lines_serve_as_a_witness(history: History, db: Database, tmp_p
     )
     report = verify(db, history.settings, witness=exported)
     assert report.ok and report.witnessed == 1, report.problems
+
+
+@pytest.mark.timeout(180)
+def test_deliveries_from_before_the_upgrade_are_not_reported(
+    client, db: Database, witnessed: Settings
+) -> None:
+    """Migration 0011 marks where coverage starts: a delivery made by an older version (in no
+    entry) is reported before it, and not after; one made after it still is."""
+    from alembic import command
+
+    from dispatcher import migrate
+
+    plan_campaign(client, db, witnessed)
+    older = int(scalar(db, "SELECT MAX(id) FROM deliveries")) + 1
+    columns = (
+        "run_id, campaign_id, recipient_id, status, available_at, attempts, failures, "
+        "reclaimed, created_at, updated_at"
+    )
+    copy = f"INSERT INTO deliveries (id, channel, {columns}) SELECT :id, :channel, {columns} "
+    copy += "FROM deliveries WHERE id = (SELECT MIN(id) FROM deliveries)"
+    sql(db, copy, id=older, channel="zalo")
+    found = verify(db, witnessed).first
+    assert found is not None and f"delivery {older} (pending) is in no audit entry" in found.message
+    config = migrate.alembic_config(witnessed.database_url)
+    command.downgrade(config, "0009")
+    command.upgrade(config, "head")
+    report = verify(db, witnessed)
+    assert report.ok, report.problems
+    sql(db, copy, id=older + 1, channel="telegram")
+    found = verify(db, witnessed).first
+    assert found is not None and f"delivery {older + 1} (pending)" in found.message

@@ -61,16 +61,9 @@ ATTEMPT_FIELDS = (
     "possible_duplicate",
     "worker",
 )
-LEGACY_ATTEMPT_FIELDS = (
-    "delivery_id",
-    "number",
-    "started_at",
-    "duration_ms",
-    "outcome",
-    "error_class",
-    "provider_code",
-    "provider_message_id",
-    "possible_duplicate",
+# What entries made before version 2 digest: the attempts without their reply, locale, worker.
+LEGACY_ATTEMPT_FIELDS = tuple(
+    name for name in ATTEMPT_FIELDS if name not in ("provider_reply", "locale", "worker")
 )
 DELIVERY_FIELDS = (
     "id",

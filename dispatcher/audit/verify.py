@@ -308,19 +308,19 @@ class _Walk:
         None past the chain's end)."""
         by_id = {int(s.id): s for s in seals}
         for s in seals:
-            good = seal_mac(self.key, s.seq, s.hash, s.at)
-            if not hmac.compare_digest(good, s.mac):
+            wrong = self._wrong(s.seq, s.hash, s.at, s.mac, seq, chain_hash)
+            if wrong == "mac":
                 yield Problem(
                     s.seq, "seal", f"seal {s.id} has a bad MAC (forged, or made with another key)"
                 )
-            elif chain_hash is None:
+            elif wrong == "beyond":
                 yield Problem(
                     s.seq,
                     "seal",
                     f"seal {s.id} covers entry {s.seq}, but the chain ends at entry {seq}: "
                     "entries were removed from the end",
                 )
-            elif s.seq != seq or s.hash != chain_hash:
+            elif wrong == "rewritten":
                 yield Problem(
                     s.seq,
                     "seal",
@@ -328,16 +328,16 @@ class _Walk:
                     "the chain was rewritten",
                 )
         for w in witnessed:
-            good = seal_mac(self.key, w.seq, w.hash, w.at)
+            wrong = self._wrong(w.seq, w.hash, w.at, w.mac, seq, chain_hash)
             when = w.at.isoformat(timespec="seconds")
-            if not hmac.compare_digest(good, w.mac):
+            if wrong == "mac":
                 yield Problem(
                     w.seq,
                     "witness",
                     f"witness line {w.line} has a bad MAC (forged, or made with another key)",
                 )
                 continue
-            if chain_hash is None:
+            if wrong == "beyond":
                 yield Problem(
                     w.seq,
                     "witness",
@@ -345,7 +345,7 @@ class _Walk:
                     f"at {when} (line {w.line}): the chain's tail was cut off or its head "
                     "rewound",
                 )
-            elif w.seq != seq or w.hash != chain_hash:
+            elif wrong == "rewritten":
                 yield Problem(
                     w.seq,
                     "witness",
@@ -374,6 +374,20 @@ class _Walk:
                     f"seal {s.id} of entry {s.seq} is not in the witness: it was added to the "
                     "database afterwards, or the witness lost lines",
                 )
+
+    def _wrong(
+        self, sealed: int, sealed_hash: str, at: Any, mac: str, seq: int, chain_hash: str | None
+    ) -> str | None:
+        """What is wrong with a seal of entry ``sealed`` (from the database or the witness),
+        met at entry ``seq`` of hash ``chain_hash`` (None past the chain's end): a bad
+        ``mac``, an entry ``beyond`` the end, or one ``rewritten`` since."""
+        if not hmac.compare_digest(seal_mac(self.key, sealed, sealed_hash, at), mac):
+            return "mac"
+        if chain_hash is None:
+            return "beyond"
+        if sealed != seq or sealed_hash != chain_hash:
+            return "rewritten"
+        return None
 
     # -- the rows the chain covers ------------------------------------------------------------
 

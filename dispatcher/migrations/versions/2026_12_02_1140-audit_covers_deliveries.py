@@ -46,7 +46,7 @@ audit_head = sa.table(
 
 
 def upgrade() -> None:
-    from dispatcher.audit.chain import GENESIS, HEAD_ID, canonical, entry_hash
+    from dispatcher.audit.chain import GENESIS, HEAD_ID, canonical, entry_hash, keyed_hash
 
     bind = op.get_bind()
     deliveries = bind.execute(sa.text("SELECT max(id) FROM deliveries")).scalar()
@@ -59,7 +59,11 @@ def upgrade() -> None:
     seq, prev = (int(head.seq), str(head.hash)) if head is not None else (0, GENESIS)
     at = datetime.now(UTC)
     data = canonical({"deliveries_through": int(deliveries), "attempts_through": int(attempts)})
-    digest = entry_hash(prev, at, ACTOR, ACTION, "audit", data)
+    key = _audit_key(bind)
+    if key is None:
+        digest = entry_hash(prev, at, ACTOR, ACTION, "audit", data)
+    else:
+        digest = keyed_hash(key, prev, at, ACTOR, ACTION, "audit", data)
     bind.execute(
         audit_log.insert().values(
             seq=seq + 1,
@@ -78,6 +82,22 @@ def upgrade() -> None:
         bind.execute(
             audit_head.update().where(audit_head.c.id == HEAD_ID).values(seq=seq + 1, hash=digest)
         )
+
+
+def _audit_key(bind: sa.Connection) -> bytes | None:
+    """The service's audit key, so that this entry is keyed like the service's own (it must
+    be when keyed entries precede it: after a downgrade and upgrade again). None when the
+    settings cannot be read here: the entry then has the plain hash of older entries."""
+    from sqlalchemy.orm import Session
+
+    from dispatcher import secrets
+    from dispatcher.config import ConfigError, get_settings
+
+    try:
+        settings = get_settings()
+    except ConfigError:
+        return None
+    return secrets.audit_key(Session(bind=bind), settings)
 
 
 def downgrade() -> None:
