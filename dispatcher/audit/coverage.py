@@ -296,7 +296,8 @@ def change_deliveries(
     a time, each part named in an audit entry in its new state; returns the rows changed.
 
     For writers other than the pipeline that change outcomes (a cancellation): the entries go
-    into the caller's transaction, and memory stays flat however many rows change."""
+    into the caller's transaction, and memory stays flat however many rows change. ``where``
+    must no longer select a row once ``values`` are applied to it."""
     from dispatcher.audit.chain import append
 
     connection = session.connection()
