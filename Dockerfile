@@ -8,7 +8,7 @@ COPY channels ./channels
 COPY workers ./workers
 COPY templates ./templates
 RUN pip install --no-cache-dir . && useradd --system dispatcher \
-    && install -d -o dispatcher /var/lib/dispatcher/metrics
+    && install -d -o dispatcher /var/lib/dispatcher/metrics /var/lib/dispatcher/witness
 USER dispatcher
 EXPOSE 8000
 CMD ["dispatcher", "serve", "--host", "0.0.0.0"]

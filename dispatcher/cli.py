@@ -9,7 +9,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -469,29 +469,63 @@ def audit_verify(
     ] = False,
     skip_attempts: Annotated[
         bool,
-        typer.Option("--skip-attempts", help="Check the chain only, not the attempt rows."),
+        typer.Option(
+            "--skip-attempts", help="Check the chain and its seals only, not the rows it covers."
+        ),
     ] = False,
+    witness_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--witness",
+            help="The seals' witness file (or a JSON log export of the seal lines). "
+            "Default: DISPATCHER_AUDIT_WITNESS.",
+        ),
+    ] = None,
 ) -> None:
-    """Walk the hash chain, its seals and the delivery attempts it covers.
+    """Walk the hash chain, its seals, the witness, and the deliveries and attempts it covers.
 
-    Exit status 0 when intact, 1 when an entry was altered, removed or reordered.
+    Exit status 0 when intact, 1 when anything was altered, added, removed or reordered.
     """
     from dispatcher import audit, secrets
     from dispatcher.db import get_database
 
     settings = _settings()
-    with get_database().transaction() as session:
+    witness = str(witness_file) if witness_file is not None else settings.audit_witness or None
+    if witness is not None and witness_file is not None and not witness_file.is_file():
+        _error(f"the witness file {witness} does not exist")
+        raise typer.Exit(2)
+    db = get_database()
+    with db.transaction() as session:
+        key = secrets.audit_key(session, settings)
+    # A read-only snapshot: on SQLite no write lock, on PostgreSQL one consistent view.
+    session = db.session()
+    try:
+        options: dict[str, Any] = {"read_only": True}
+        if not db.is_sqlite:
+            options["isolation_level"] = "REPEATABLE READ"
+        session.connection(execution_options=options)
         report = audit.verify(
             session,
-            secrets.audit_key(session, settings),
+            key,
+            witness_path=witness,
             check_attempts=not skip_attempts,
             stop_at_first=not all_problems,
         )
+    finally:
+        session.rollback()
+        session.close()
     for problem in report.problems:
         _error(problem.message)
+    if witness is None:
+        _error(
+            "WARNING: no witness (DISPATCHER_AUDIT_WITNESS or --witness): a chain rewritten "
+            "consistently, with its seals deleted, cannot be detected"
+        )
+    witnessed = "no witness" if report.witnessed is None else f"witnessed: {report.witnessed}"
+    checked = "" if skip_attempts else f", deliveries: {report.deliveries}"
     typer.echo(
         f"entries: {report.entries} (attempt batches: {report.attempt_entries}), "
-        f"seals: {report.seals}: {'intact' if report.ok else 'TAMPERED'}"
+        f"seals: {report.seals}, {witnessed}{checked}: {'intact' if report.ok else 'TAMPERED'}"
     )
     raise typer.Exit(0 if report.ok else 1)
 
@@ -504,7 +538,11 @@ def audit_seal() -> None:
 
     settings = _settings()
     with get_database().transaction() as session:
-        row = audit.seal(session, secrets.audit_key(session, settings))
+        row = audit.seal(
+            session,
+            secrets.audit_key(session, settings),
+            witness_path=settings.audit_witness or None,
+        )
         if row is None:
             typer.echo("nothing new to seal")
         else:

@@ -155,6 +155,12 @@ class Settings(BaseSettings):
     audit_seal_interval_seconds: float = Field(
         default=300.0, gt=0, description="How often the scheduler seals the audit log."
     )
+    audit_witness: str | None = Field(
+        default=None,
+        description="A file outside the database (another volume or host, append-only) that "
+        "every audit seal is appended to; `dispatcher audit verify` checks the database "
+        "against it.",
+    )
 
     batch_size: int = Field(default=1000, ge=1, le=10_000, description="Deliveries per job.")
     queue_urgent: str = "urgent"

@@ -84,11 +84,16 @@ def launch(client: Any, **overrides: Any) -> int:
 def plan_campaign(client: Any, db: Database, settings: Settings) -> tuple[int, int]:
     """The five people, the template and an approved campaign, planned here rather than by a
     worker (its jobs wait in Redis): (campaign, run)."""
+    add_people(client)
+    publish_template(client)
+    return plan_launched(client, db, settings)
+
+
+def plan_launched(client: Any, db: Database, settings: Settings) -> tuple[int, int]:
+    """An approved campaign of whoever is there, planned here: (campaign, run)."""
     from dispatcher.campaigns.models import Run
     from dispatcher.campaigns.planner import plan_run
 
-    add_people(client)
-    publish_template(client)
     campaign_id = launch(client)
     with db.transaction() as session:
         run_id = session.scalar(select(Run.id).where(Run.campaign_id == campaign_id))

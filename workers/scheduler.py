@@ -72,7 +72,9 @@ class Leadership:
 
 def seal_audit(db: Database, settings: Settings) -> None:
     with db.transaction() as session:
-        audit.seal(session, secrets.audit_key(session, settings))
+        audit.seal(
+            session, secrets.audit_key(session, settings), witness_path=settings.audit_witness
+        )
 
 
 def run_scheduler(

@@ -29,6 +29,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session, aliased
 
+from dispatcher import audit
 from dispatcher.audiences import service as audiences
 from dispatcher.campaigns.models import Campaign, Run
 from dispatcher.campaigns.service import queue_for
@@ -141,18 +142,21 @@ class Rows:
         """Seconds until the first of this batch's rows may be sent."""
         return max(0.0, (min(self.available.values()) - self.now).total_seconds())
 
-    def insert(self, rows: Select[*tuple[Any, ...]]) -> list[int]:
+    def insert(self, rows: Select[*tuple[Any, ...]]) -> list[Any]:
+        """Insert; returns the new rows in their audited state (see dispatcher.audit)."""
         statement = (
             insert_for(self.session, deliveries_t)
             .from_select(list(COLUMNS), rows)
             .on_conflict_do_nothing()
-            .returning(deliveries_t.c.id)
+            .returning(*audit.state_columns())
         )
         # Core, not the ORM's bulk machinery: nothing here becomes an object.
-        return list(self.session.connection().execute(statement).scalars())
+        return [row._mapping for row in self.session.connection().execute(statement)]
 
     def plan(self, *where: Any) -> tuple[list[int], int]:
-        """Insert the rows for the recipients ``where`` selects: (pending ids, skipped count)."""
+        """Insert the rows for the recipients ``where`` selects: (pending ids, skipped count).
+
+        The new rows, skipped ones with their reason, are named in an audit entry."""
         if self.campaign.channel_mode == "fallback":
             where = (*where, self.none_usable_before())
         dead = Address.dead_at.is_not(None)
@@ -163,9 +167,16 @@ class Rows:
             # One statement for both reasons: a dead address, else an opt-out.
             reason = case((dead, dead_reason), else_=literal("opted_out", String()))
             skipped = self.insert(self.select("skipped", reason, or_(dead, self.opted), *where))
-        return sorted(self.insert(self.select("pending", None, self.usable(), *where))), len(
-            skipped
-        )
+        pending = self.insert(self.select("pending", None, self.usable(), *where))
+        for entry in audit.deliveries_drafts(
+            [*skipped, *pending],
+            actor="planner",
+            action=audit.PLANNED,
+            subject=f"run:{self.run.id}",
+            skipped=len(skipped),
+        ):
+            audit.append(self.session, entry)
+        return sorted(row["id"] for row in pending), len(skipped)
 
     def next_hops(self, failed: Sequence[tuple[int, str]]) -> list[int]:
         """Fallback: plan each (recipient, failed channel)'s next usable channel."""

@@ -596,14 +596,17 @@ def cancel(
         .values(status="cancelled", finished_at=now)
     )
     # Rows a worker holds right now finish their send and are recorded as they end.
-    session.execute(
-        update(Delivery)
-        .where(Delivery.campaign_id == campaign.id, Delivery.status.in_(CLAIMABLE_STATUSES))
-        .values(
-            status=DeliveryStatus.cancelled,
-            error_reason="campaign cancelled",
-            updated_at=now,
-        )
+    audit.change_deliveries(
+        session,
+        [Delivery.campaign_id == campaign.id, Delivery.status.in_(CLAIMABLE_STATUSES)],
+        {
+            "status": DeliveryStatus.cancelled,
+            "error_reason": "campaign cancelled",
+            "updated_at": now,
+        },
+        actor=caller.label if caller else "system",
+        action=audit.CANCELLED,
+        subject=f"campaign:{campaign.id}",
     )
     return campaign
 
@@ -897,6 +900,13 @@ def send_message(
     ]
     session.add_all(deliveries)
     session.flush()
+    audit.name_deliveries(
+        session,
+        [d.id for d in deliveries],
+        actor="api",
+        action=audit.PLANNED,
+        subject=f"run:{run.id}",
+    )
     queue = settings.queue_urgent
     enqueue_after_commit(
         session,

@@ -660,8 +660,9 @@ class BatchProcessor:
         report = BatchReport(claimed=len(work))
         updates: list[tuple[Any, ...]] = []
         tries: list[tuple[Any, ...]] = []
-        # The attempts as the audit chain digests them (its own form of each row).
+        # The attempts and the deliveries' new states as the audit chain digests them.
         audited: list[dict[str, Any]] = []
+        stated: list[dict[str, Any]] = []
         dead: list[dict[str, Any]] = []
         retry_groups: dict[int, list[int]] = defaultdict(list)
         for item in work:
@@ -685,6 +686,7 @@ class BatchProcessor:
                     retry_groups[max(1, math.ceil(delay))].append(item.delivery_id)
             report.count(item.status)
             sent = item.status is DeliveryStatus.sent
+            reason = (item.error_reason or None) and item.error_reason[:2000]
             updates.append(
                 (
                     item.delivery_id,
@@ -694,13 +696,31 @@ class BatchProcessor:
                     item.locale,
                     item.provider_message_id,
                     item.error_class,
-                    (item.error_reason or None) and item.error_reason[:2000],
+                    reason,
                     available_at,
                     stamp_now if sent else None,
                 )
             )
+            stated.append(
+                {
+                    "id": item.delivery_id,
+                    "run_id": run.id,
+                    "campaign_id": campaign.id,
+                    "recipient_id": item.recipient_id,
+                    "channel": item.channel,
+                    "status": item.status.value,
+                    "attempts": item.attempts + len(item.tries),
+                    "failures": item.failures,
+                    "locale": item.locale,
+                    "provider_message_id": item.provider_message_id,
+                    "error_class": item.error_class,
+                    "error_reason": reason,
+                    "sent_at": now if sent else None,
+                }
+            )
             for index, t in enumerate(item.tries):
                 duplicate = item.reclaimed and index == 0
+                reply = t.provider_reply and t.provider_reply[:2000]
                 tries.append(
                     (
                         item.delivery_id,
@@ -710,7 +730,7 @@ class BatchProcessor:
                         t.outcome.value,
                         t.error_class,
                         t.provider_code,
-                        t.provider_reply and t.provider_reply[:2000],
+                        reply,
                         t.provider_message_id,
                         item.locale,
                         duplicate,
@@ -726,8 +746,11 @@ class BatchProcessor:
                         "outcome": t.outcome.value,
                         "error_class": t.error_class,
                         "provider_code": t.provider_code,
+                        "provider_reply": reply,
                         "provider_message_id": t.provider_message_id,
+                        "locale": item.locale,
                         "possible_duplicate": duplicate,
+                        "worker": WORKER_NAME,
                     }
                 )
             if item.address_dead:
@@ -742,7 +765,9 @@ class BatchProcessor:
         fallback = campaign.channel_mode == "fallback" and any(
             w.status in (DeliveryStatus.failed, DeliveryStatus.skipped) for w in work
         )
-        audit_entry = audit.attempts_draft(audited, worker=WORKER_NAME, run_id=run.id)
+        audit_entry = audit.batch_draft(
+            attempts=audited, deliveries=stated, worker=WORKER_NAME, run_id=run.id
+        )
         with self.turns.transaction(first=campaign.priority == "urgent") as session:
             connection = session.connection()
             written = bulk.update_deliveries(
@@ -777,9 +802,10 @@ class BatchProcessor:
                 )
             if fallback:
                 self._plan_next_hops(session, work, campaign, run)
-            # Last in the transaction: the chain's head stays locked until the commit.
+            # Last in the transaction: the chain's head stays locked until the commit. Rows
+            # this batch no longer held are stated as their new holder left them.
             if audit_entry is not None:
-                audit.append(session, audit_entry)
+                audit.append(session, audit_entry, restate=written < len(updates))
         record_outcomes(work)
         if written < len(updates):
             # The sweeper took these rows back (our lease ran out): their sends are audited
