@@ -29,10 +29,12 @@ Then it checks, from the SMTP server's log and the database:
 3. every message received twice is flagged ``possible_duplicate`` in the database and the
    audit, and fell in a crash window: its first copy left before a kill whose worker held it,
    its second after;
-4. at most one batch per kill: of the batches taken over from a killed worker, at most one
+4. only killed workers' batches were taken over: every lease the sweeper took back was a
+   killed worker's (a live worker keeps its batch however long it is held up);
+5. at most one batch per kill: of the batches taken over from a killed worker, at most one
    was sent twice (a worker process lets one batch at a time between its first send and its
    record, however many threads it runs), each no larger than a batch;
-5. no role crashed: the API and the scheduler never exited, a worker exited only when killed,
+6. no role crashed: the API and the scheduler never exited, a worker exited only when killed,
    and across the PostgreSQL restart the same worker processes carried on (they reconnect,
    they do not crash-loop).
 
@@ -313,6 +315,12 @@ class Kill:
     # A process lets one batch per queue into the crash window (its send gate): this run's
     # campaign uses one queue, so one batch per kill at most can be sent twice.
     resends: int = 1
+
+
+def worker_pid(worker: str) -> int | None:
+    """The pid in a lease's ``worker`` (``host:pid``)."""
+    tail = worker.rpartition(":")[2]
+    return int(tail) if tail.isdigit() else None
 
 
 def batches_held(pid: int, threads: int) -> int:
@@ -931,7 +939,8 @@ class ChaosRun:
     def verify(self, campaign: dict[str, Any] | None, completed_t: float | None) -> dict[str, Any]:
         from sqlalchemy import select
 
-        from dispatcher.deliveries.models import Attempt, Delivery
+        from dispatcher.campaigns.models import Run
+        from dispatcher.deliveries.models import Attempt, Delivery, Lease
         from dispatcher.recipients.models import Address, Recipient
 
         o = self.options
@@ -960,6 +969,16 @@ class ChaosRun:
                     select(Address.recipient_id, Address.value, Recipient.external_id)
                     .join(Recipient, Recipient.id == Address.recipient_id)
                     .where(Address.channel == "email")
+                )
+            }
+            # The leases the sweeper took over (kept, marked lost), and whose they were.
+            lost_leases = {
+                r[0]: str(r[1])
+                for r in connection.execute(
+                    select(Lease.lease_until, Lease.worker).where(
+                        Lease.lost_at.is_not(None),
+                        Lease.run_id.in_(select(Run.id).where(Run.campaign_id == self.campaign_id)),
+                    )
                 )
             }
         outcomes = Counter(str(a[1]) for a in attempts)
@@ -1043,21 +1062,31 @@ class ChaosRun:
             f"copies sent again per kill {per_kill}; outside any window {len(outside)}"
             + (f", e.g. deliveries {outside[:5]}" if outside else ""),
         )
-        # 4. At most one batch per kill: the rows taken over after their lease ran out, grouped
-        # by that lease (one claim, one batch), each batch held by a killed worker. A worker
+        # 4. Only killed workers' leases were taken over: a live worker keeps its batch, however
+        # long a restart or a starved CPU holds it up.
+        killed = {kill.pid for kill in self.kills}
+        holders = [worker_pid(w) for w in lost_leases.values()]
+        live_taken = sorted({pid for pid in holders if pid not in killed}, key=str)
+        check(
+            "no live worker's batch was taken over",
+            not live_taken,
+            f"{len(holders)} leases taken over, from killed workers "
+            f"{sorted({p for p in holders if p in killed}, key=str)}"
+            + (f"; from live workers {live_taken}" if live_taken else ""),
+        )
+        # 5. At most one batch per kill: the rows taken over, grouped by the lease they were
+        # taken from (one claim, one batch), each batch held by a killed worker. A worker
         # process has up to one batch claimed per thread (read from it at the kill), but its
         # send gate lets only one of them send before it is recorded: the others are taken
-        # over unsent.
-        # The claim that was lost is the last one seen at a kill whose lease ran out before
-        # the row's successful attempt began (a claim that was recorded ended before its lease).
-        sent_started = {int(a[0]): a[3] for a in attempts if a[1] == "sent"}
+        # over unsent. The lease a row was taken from is one the sweeper marked lost, seen on
+        # the row at a kill (the last such, should the row have been taken over twice).
         lost: dict[datetime, list[int]] = defaultdict(list)
         unexplained_flags: list[int] = []
         for d in sorted(flagged):
             leases = [
                 kill.claimed[d]
                 for kill in self.kills
-                if d in kill.claimed and d in sent_started and kill.claimed[d] <= sent_started[d]
+                if d in kill.claimed and kill.claimed[d] in lost_leases
             ]
             if leases:
                 lost[max(leases)].append(d)
@@ -1077,7 +1106,7 @@ class ChaosRun:
             and largest <= o.batch_size
             and not resent_unexplained
             and not unowned_batches,
-            f"{len(flagged)} deliveries taken over after their lease ran out, in {len(lost)} "
+            f"{len(flagged)} deliveries taken over after their lease lapsed, in {len(lost)} "
             f"batch(es); batches sent twice per kill {batches_per_kill} (at most {resends}), "
             f"each killed process could hold {holds} (one per thread); sent twice but no kill's "
             f"{unowned_batches + len(resent_unexplained)}; taken over without a re-send "
@@ -1093,7 +1122,7 @@ class ChaosRun:
             f"{audit['flagged']} of {audit['checked']} sampled re-sent deliveries flagged "
             "in their attempts",
         )
-        # 5. No role crashed; workers outlived the PostgreSQL restart.
+        # 6. No role crashed; workers outlived the PostgreSQL restart.
         unexpected = [
             {"instance": s.index, **x} for s in self.slots for x in s.exits if not x["after_kill"]
         ]
@@ -1253,7 +1282,7 @@ def print_summary(result: dict[str, Any]) -> None:
         (
             "flagged possible_duplicate",
             f"{result['flagged_possible_duplicate']} deliveries in "
-            f"{len(result['lost_batches'])} batch(es) taken over after their lease ran out",
+            f"{len(result['lost_batches'])} batch(es) taken over after their lease lapsed",
         ),
         ("sweeper (scheduler log)", json.dumps(result["sweeper"])),
         ("worker starts per instance", json.dumps(result["worker_starts"])),

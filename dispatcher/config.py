@@ -166,7 +166,18 @@ class Settings(BaseSettings):
     queue_urgent: str = "urgent"
     queue_bulk: str = "bulk"
     send_concurrency: int = Field(default=64, ge=1, le=10_000, description="Sends in flight.")
-    lease_seconds: float = Field(default=300.0, gt=0, description="How long a claim holds.")
+    lease_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="How long a claimed batch's lease may go unrenewed, as the sweeper watches "
+        "it, before its rows are taken from a worker presumed dead and sent again.",
+    )
+    lease_heartbeat_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="How often a worker renews the leases of the batches it holds (at most a "
+        "quarter of the lease is used).",
+    )
     max_attempts: int = Field(
         default=8, ge=1, le=50, description="Failed attempts before a delivery fails."
     )

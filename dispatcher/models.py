@@ -8,7 +8,7 @@ from dispatcher.channel_state import ChannelState
 from dispatcher.consent.models import OptOut
 from dispatcher.content.models import Template, TemplateVersion, Variant
 from dispatcher.db import Base
-from dispatcher.deliveries.models import Attempt, Delivery
+from dispatcher.deliveries.models import Attempt, Delivery, Lease
 from dispatcher.inbox.models import Device, InboxItem
 from dispatcher.recipients.models import Address, Recipient
 from dispatcher.secrets import ServiceSecret
@@ -27,6 +27,7 @@ __all__ = [
     "Delivery",
     "Device",
     "InboxItem",
+    "Lease",
     "OptOut",
     "Principal",
     "Recipient",

@@ -16,10 +16,12 @@ from dataclasses import asdict
 
 import redis
 import structlog
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from dispatcher import audit, jobs, secrets
 from dispatcher.config import Settings
 from dispatcher.db import Database
+from dispatcher.deliveries.leases import LeaseWatch
 from workers.sweeper import sweep
 
 log = structlog.get_logger(__name__)
@@ -89,6 +91,8 @@ def run_scheduler(
     client = None if isinstance(queue.markers, jobs.MemoryMarkers) else jobs.redis_client(settings)
     ttl = leader_ttl or max(3 * settings.sweep_interval_seconds, 10.0)
     leadership = Leadership(client, ttl, key=leader_key(settings.redis_namespace))
+    # What this process has seen of the workers' leases, sweep after sweep.
+    watch = LeaseWatch.from_settings(settings)
     was_leading = False
     next_seal = time.monotonic() + settings.audit_seal_interval_seconds
     try:
@@ -97,11 +101,20 @@ def run_scheduler(
             if leading != was_leading:
                 log.info("scheduler_leadership", leading=leading, token=leadership.token)
                 was_leading = leading
+                # Whatever was seen before is stale: a new leader watches from now on.
+                watch.forget()
             if leading:
                 try:
-                    report = asdict(sweep(db=db, settings=settings, markers=queue.markers))
+                    report = asdict(
+                        sweep(db=db, settings=settings, markers=queue.markers, leases=watch)
+                    )
                     if any(report.values()):
                         log.info("sweep", **report)
+                except (OperationalError, InterfaceError):
+                    # The database is away: neither the workers nor we can write. A lease
+                    # counts as unrenewed only for what is watched once it answers again.
+                    watch.forget()
+                    log.exception("sweep_failed")
                 except Exception:
                     log.exception("sweep_failed")
                 if time.monotonic() >= next_seal:

@@ -1,8 +1,10 @@
 """The sweeper: the database is the source of truth, so it finds work Redis lost.
 
 - a planner that stopped heartbeating is restarted (it resumes from its cursor);
-- a claim whose lease expired (its worker was killed) goes back to pending, flagged so the next
-  attempt is marked as a possible duplicate;
+- a claim whose lease this sweeper has watched go unrenewed for a whole lease (its worker was
+  killed, or is wedged) goes back to pending, flagged so the next attempt is marked as a
+  possible duplicate; a live worker's lease is renewed and never lapses, however long an
+  outage lasts (see dispatcher.deliveries.leases);
 - pending or retrying rows that are due and whose batch has no live marker in Redis (flushed,
   or the job was lost) are put into new batches and queued again;
 - so are rows whose marker lives on but whose job is gone: due for longer than a lease while
@@ -18,7 +20,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import structlog
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, delete, select, update
+from sqlalchemy.orm import Session
 
 from dispatcher.campaigns import service as campaigns
 from dispatcher.campaigns.models import Campaign, Run
@@ -26,7 +29,8 @@ from dispatcher.campaigns.planner import complete_if_done
 from dispatcher.clock import utcnow
 from dispatcher.config import Settings
 from dispatcher.db import Database
-from dispatcher.deliveries.models import CLAIMABLE_STATUSES, Delivery, DeliveryStatus
+from dispatcher.deliveries.leases import LeaseWatch
+from dispatcher.deliveries.models import CLAIMABLE_STATUSES, Delivery, DeliveryStatus, Lease
 from dispatcher.jobs import (
     PLAN_RUN,
     SEND_BATCH,
@@ -43,6 +47,9 @@ log = structlog.get_logger(__name__)
 
 ACTIVE_RUN = ("planning", "running")
 MAX_REQUEUE_PER_SWEEP = 200_000
+# A lease taken over is kept this long, marked lost, so that its holder, should it come back,
+# learns why it must write nothing.
+LOST_LEASES_KEPT = timedelta(days=1)
 
 
 @dataclass(slots=True)
@@ -71,21 +78,85 @@ def restart_stalled_planners(*, db: Database, settings: Settings, now: datetime)
         return len(runs)
 
 
-def expire_leases(*, db: Database, now: datetime) -> int:
+def expire_leases(
+    *, db: Database, settings: Settings, watch: LeaseWatch | None = None, now: datetime
+) -> int:
+    """Give back the rows of every lease ``watch`` has seen go unrenewed for a whole lease
+    (its holder died); returns the rows given back, flagged ``reclaimed``.
+
+    ``watch`` is the sweeper's memory of what it saw at earlier sweeps: without one nothing
+    has been watched long enough, and only rows claimed by a worker of the previous version
+    (which wrote no lease) are given back, once their ``lease_until`` has passed.
+    """
+    watch = watch or LeaseWatch.from_settings(settings)
+    try:
+        with db.reading() as session:
+            held = [
+                (str(token), int(beats))
+                for token, beats in session.execute(
+                    select(Lease.token, Lease.beats).where(Lease.lost_at.is_(None))
+                )
+            ]
+    except Exception:
+        watch.forget()
+        raise
+    expired = 0
+    for token, beats in watch.look(held):
+        # One lease per transaction, taken only if it is still as we saw it: a holder that
+        # renewed it, or recorded, since the look keeps its rows.
+        with db.transaction() as session:
+            lease = session.get(Lease, token)
+            if lease is None:
+                continue
+            marked = session.execute(
+                update(Lease)
+                .where(Lease.token == token, Lease.beats == beats, Lease.lost_at.is_(None))
+                .values(lost_at=now),
+                execution_options={"synchronize_session": False},
+            )
+            if not getattr(marked, "rowcount", 0):
+                continue
+            rows = _give_back(
+                session,
+                (Delivery.run_id == lease.run_id) & (Delivery.lease_until == lease.lease_until),
+                now,
+            )
+            log.warning(
+                "lease_expired",
+                run_id=lease.run_id,
+                batch_id=lease.batch_id,
+                worker=lease.worker,
+                rows=rows,
+                beats=beats,
+            )
+            expired += rows
     with db.transaction() as session:
-        result = session.execute(
-            update(Delivery)
-            .where(Delivery.status == DeliveryStatus.claimed, Delivery.lease_until < now)
-            .values(
-                status=DeliveryStatus.pending,
-                lease_until=None,
-                batch_id=None,
-                reclaimed=True,
-                updated_at=now,
-            ),
-            execution_options={"synchronize_session": False},
+        # Claimed by a worker of the previous version (no lease row): the rule it knew.
+        legacy = (
+            select(Lease.token)
+            .where(Lease.run_id == Delivery.run_id, Lease.lease_until == Delivery.lease_until)
+            .exists()
         )
-        return int(getattr(result, "rowcount", 0) or 0)
+        expired += _give_back(session, (Delivery.lease_until < now) & ~legacy, now)
+        session.execute(delete(Lease).where(Lease.lost_at < now - LOST_LEASES_KEPT))
+    return expired
+
+
+def _give_back(session: Session, which: ColumnElement[bool], now: datetime) -> int:
+    """Claimed rows back to pending, flagged: their next send may repeat one."""
+    result = session.execute(
+        update(Delivery)
+        .where(which, Delivery.status == DeliveryStatus.claimed)
+        .values(
+            status=DeliveryStatus.pending,
+            lease_until=None,
+            batch_id=None,
+            reclaimed=True,
+            updated_at=now,
+        ),
+        execution_options={"synchronize_session": False},
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
 
 
 def stalled_batches(
@@ -243,15 +314,24 @@ def complete_finished_runs(*, db: Database) -> int:
 
 
 def sweep(
-    *, db: Database, settings: Settings, markers: Markers, now: datetime | None = None
+    *,
+    db: Database,
+    settings: Settings,
+    markers: Markers,
+    now: datetime | None = None,
+    leases: LeaseWatch | None = None,
 ) -> SweepReport:
-    """One pass of every recovery step; safe to run from several processes."""
+    """One pass of every recovery step; safe to run from several processes.
+
+    ``leases`` is what this sweeper has seen of the workers' leases at its earlier passes (the
+    scheduler keeps one): a dead worker's claims are taken back only through it.
+    """
     now = now or utcnow()
     report = SweepReport()
     # Recovery first, launches after: what this pass launches is already being worked on
     # (workers are fast), and must not meet this pass's recovery of older work.
     report.planners_restarted = restart_stalled_planners(db=db, settings=settings, now=now)
-    report.leases_expired = expire_leases(db=db, now=now)
+    report.leases_expired = expire_leases(db=db, settings=settings, watch=leases, now=now)
     report.requeued = requeue_orphans(db=db, settings=settings, markers=markers, now=now)
     with db.transaction() as session:
         report.campaigns_launched = len(

@@ -13,7 +13,7 @@ from dispatcher.db import Base, BigId, UTCDateTime
 
 class DeliveryStatus(StrEnum):
     pending = "pending"  # waiting for a worker (queued, or due to be)
-    claimed = "claimed"  # a worker holds it until lease_until
+    claimed = "claimed"  # a worker holds it under a lease (see Lease)
     retrying = "retrying"  # failed transiently; due again at available_at
     sent = "sent"
     failed = "failed"
@@ -53,11 +53,15 @@ class Delivery(Base):
     # The broker message (batch) meant to carry this row; the sweeper checks it is still alive.
     batch_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
     available_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # While claimed: the stamp of the lease that holds the row (when that lease was first due
+    # to end). It is the claim's fencing token: the holder writes its outcome only where the
+    # row still carries it. A live holder keeps its lease by renewing it in ``leases``.
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     # Failed rounds that count against max_attempts (rate limits do not).
     failures: Mapped[int] = mapped_column(Integer, default=0)
-    # Set when a claim was taken over after its lease expired: the next send may repeat one.
+    # Set when a claim was taken over from a holder that stopped renewing its lease: the next
+    # send may repeat one.
     reclaimed: Mapped[bool] = mapped_column(default=False)
     locale: Mapped[str | None] = mapped_column(String(16), nullable=True)
     provider_message_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
@@ -103,3 +107,30 @@ class Attempt(Base):
     worker: Mapped[str | None] = mapped_column(String(100), nullable=True)
 
     __table_args__ = (Index("ix_attempts_delivery_id", "delivery_id"),)
+
+
+class Lease(Base):
+    """A worker's hold on the rows one claim took, renewed by its process while it lives.
+
+    Written with the claim and deleted with the record of its outcomes (or when its rows are
+    given back). The worker process renews it (``beats``) from a thread of its own; the sweeper
+    takes its rows back only once it has watched the lease go unrenewed for a whole
+    ``lease_seconds`` while the database answered, then marks it ``lost_at``: a holder whose
+    lease is lost writes nothing. See :mod:`dispatcher.deliveries.leases`.
+    """
+
+    __tablename__ = "leases"
+
+    token: Mapped[str] = mapped_column(String(32), primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    # The stamp its rows carry in ``deliveries.lease_until``: one per claim of a run.
+    lease_until: Mapped[datetime] = mapped_column(UTCDateTime)
+    batch_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    worker: Mapped[str] = mapped_column(String(100))
+    claimed_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    renewed_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # Renewals so far: the sweeper watches this number change, not the holder's clock.
+    beats: Mapped[int] = mapped_column(Integer, default=0)
+    lost_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+    __table_args__ = (UniqueConstraint("run_id", "lease_until"),)

@@ -1,21 +1,24 @@
 """Process one batch of deliveries: claim, render, send concurrently, record in bulk.
 
 1. **Claim** the batch's rows with one conditional UPDATE: only rows still pending/retrying
-   and due, or claimed by a worker whose lease expired (that row is flagged: the send may be a
-   repeat). Rows of a paused or cancelled run are left alone.
+   and due (rows another worker holds are never taken here). Rows of a paused or cancelled run
+   are left alone. The claim writes a *lease* in the same transaction, which a thread of the
+   process renews while the batch is worked on (:mod:`dispatcher.deliveries.leases`).
 2. **Render** each message from the run's frozen template version (compiled once, cached).
 3. **Send** them concurrently on the process's event loop through the channel adapters, with
    quick in-call retries for blips.
 4. **Record** every outcome in one transaction: the deliveries' new states (executemany), one
    attempts row per try, dead addresses; rows to retry get a new delayed batch job, queued
-   only once that transaction commits.
+   only once that transaction commits. The same transaction ends the lease; a batch whose
+   lease was taken over writes nothing.
 
 Between its first send and the commit of its record a batch is in the *crash window*: killed
 there, its worker leaves messages that went out but are not written, and the batch is sent
-again (flagged ``possible_duplicate``) once its lease runs out. A process lets one batch at a
-time per queue into that window (its *send gate*); its other threads claim and render the next
-batches meanwhile. So a ``kill -9`` re-sends at most one batch per queue the process serves,
-however many threads it runs.
+again (flagged ``possible_duplicate``) once the sweeper has seen its lease go unrenewed for a
+whole lease. A process lets one batch at a time per queue into that window (its *send gate*);
+its other threads claim and render the next batches meanwhile. So a ``kill -9`` re-sends at
+most one batch per queue the process serves, however many threads it runs. A live worker's
+batch is never taken over, however long it waits for the database.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import ColumnElement, Table, and_, bindparam, case, func, select, update
+from sqlalchemy import ColumnElement, Table, and_, bindparam, func, select, update
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -66,7 +69,9 @@ from dispatcher.content.render import (
     renderer,
 )
 from dispatcher.db import Database
+from dispatcher.deliveries import leases
 from dispatcher.deliveries.bulk import BulkWrites, write_turns
+from dispatcher.deliveries.leases import LeaseLost, LeaseState
 from dispatcher.deliveries.models import (
     CLAIMABLE_STATUSES,
     OPEN_STATUSES,
@@ -119,6 +124,21 @@ deliveries_t: Table = Delivery.__table__  # type: ignore[assignment]
 runs_t: Table = Run.__table__  # type: ignore[assignment]
 recipients_t: Table = Recipient.__table__  # type: ignore[assignment]
 addresses_t: Table = Address.__table__  # type: ignore[assignment]
+
+_stamps = threading.Lock()
+_last_stamp: datetime | None = None
+
+
+def lease_stamp(seconds: float) -> datetime:
+    """A claim's ``lease_until``: ``seconds`` from now, later than any other this process made
+    (it identifies the claim among its run's, so two claims never share one)."""
+    global _last_stamp
+    with _stamps:
+        stamp = utcnow() + timedelta(seconds=seconds)
+        if _last_stamp is not None and stamp <= _last_stamp:
+            stamp = _last_stamp + timedelta(microseconds=1)
+        _last_stamp = stamp
+        return stamp
 
 
 @dataclass(slots=True)
@@ -180,6 +200,8 @@ class BatchReport:
     failed: int = 0
     retrying: int = 0
     skipped: int = 0
+    # Rows whose lease was taken over before their outcomes were written: nothing was written.
+    lost: int = 0
 
     def count(self, status: DeliveryStatus) -> None:
         name = status.value if status.value in ("sent", "retrying", "skipped") else "failed"
@@ -225,6 +247,11 @@ class BatchProcessor:
         self._gates = {True: threading.Lock(), False: threading.Lock()}
         # The labelled children of the per-send metrics, by channel.
         self._sent_metrics: dict[str, tuple[Any, Any]] = {}
+        # Renews the leases of the batches this process is working on.
+        self.heartbeat = leases.Heartbeat(
+            interval=leases.heartbeat_seconds(settings),
+            transaction=lambda: self.turns.transaction(first=True),
+        )
 
     # -- 1. claim ---------------------------------------------------------------------------
 
@@ -235,14 +262,16 @@ class BatchProcessor:
         batch_id: str | None,
         lease_until: datetime,
         *,
+        token: str,
         urgent: bool = False,
     ) -> Claim:
         """Take the batch's claimable rows, then read what rendering them needs.
 
-        The write transaction holds only the conditional UPDATE (on SQLite the writers take
-        turns, and hold the lock for as little as possible). The rows it took are then read,
-        with their recipients and addresses, as the rows of this batch that are claimed until
-        exactly our ``lease_until``: the same test the record makes before it writes.
+        The write transaction holds only the conditional UPDATE and the lease (on SQLite the
+        writers take turns, and hold the lock for as little as possible). The rows it took are
+        then read, with their recipients and addresses, as the rows of this batch that are
+        claimed until exactly our ``lease_until``: the same test the record makes before it
+        writes. From its commit on, the heartbeat renews the lease ``token``.
         """
         now = utcnow()
         d = deliveries_t.c
@@ -252,10 +281,9 @@ class BatchProcessor:
         # no database walks the run's or the status's index instead: with a million rows
         # pending, SQLite took the run's index and PostgreSQL ANDed the batch's index with a
         # scan of every pending row's entry in the status index.
-        status = d.status + ""
-        claimable = status.in_([s.value for s in CLAIMABLE_STATUSES]) | (
-            (status == DeliveryStatus.claimed.value) & (d.lease_until < now)
-        )
+        # Claimed rows are never taken here, however old their lease: only the sweeper takes
+        # rows back, from a holder it has seen stop renewing (dispatcher.deliveries.leases).
+        claimable = (d.status + "").in_([s.value for s in CLAIMABLE_STATUSES])
         which = d.batch_id == batch_id if batch_id else d.id.in_(list(delivery_ids))
         active = (
             select(runs_t.c.id)
@@ -265,23 +293,32 @@ class BatchProcessor:
         claim_rows = (
             update(deliveries_t)
             .where(which, (d.run_id + 0) == run_id, d.available_at <= now, claimable, active)
-            .values(
-                status=DeliveryStatus.claimed.value,
-                lease_until=lease_until,
-                updated_at=now,
-                reclaimed=case((d.status == DeliveryStatus.claimed.value, True), else_=d.reclaimed),
-            )
+            .values(status=DeliveryStatus.claimed.value, lease_until=lease_until, updated_at=now)
         )
         with self.turns.transaction(first=urgent) as session:
-            claimed = session.connection().execute(claim_rows).rowcount
-            if claimed and self._signing_key is None:
-                self._signing_key = secrets.signing_key(session, self.settings)
+            connection = session.connection()
+            claimed = connection.execute(claim_rows).rowcount
+            if claimed:
+                leases.take(
+                    connection,
+                    token=token,
+                    run_id=run_id,
+                    lease_until=lease_until,
+                    batch_id=batch_id,
+                    worker=WORKER_NAME,
+                    now=now,
+                )
+                if self._signing_key is None:
+                    self._signing_key = secrets.signing_key(session, self.settings)
+        if claimed:
+            self.heartbeat.hold(token)
         try:
             return self._read_claim(run_id, delivery_ids, which, lease_until, claimed, now)
         except BaseException:
             if claimed:
-                # Nothing was sent: give the rows back now rather than when the lease ends.
-                self._unclaim(which, lease_until)
+                # Nothing was sent: give the rows back now rather than when the lease lapses.
+                self._unclaim(run_id, which, lease_until)
+                self.heartbeat.drop(token)
             raise
 
     def _read_claim(
@@ -318,10 +355,12 @@ class BatchProcessor:
             claim.defaults, claim.variants = content.versions.get(session, version_id)
         return claim
 
-    def _unclaim(self, which: ColumnElement[bool], lease_until: datetime) -> None:
+    def _unclaim(self, run_id: int, which: ColumnElement[bool], lease_until: datetime) -> None:
         d = deliveries_t.c
         try:
             with self.turns.transaction() as session:
+                if not leases.end(session.connection(), run_id=run_id, lease_until=lease_until):
+                    return  # taken over meanwhile: the rows are not ours to give back
                 session.connection().execute(
                     update(deliveries_t)
                     .where(
@@ -770,6 +809,10 @@ class BatchProcessor:
         )
         with self.turns.transaction(first=campaign.priority == "urgent") as session:
             connection = session.connection()
+            # First, and in the same transaction: only a holder whose lease is still its own
+            # writes anything (rolled back whole otherwise; see dispatcher.deliveries.leases).
+            if not leases.end(connection, run_id=run.id, lease_until=lease_until):
+                raise LeaseLost(f"run {run.id}: lease {lease_until.isoformat()} is not ours")
             written = bulk.update_deliveries(
                 connection, updates, updated_at=now, lease_until=lease_until
             )
@@ -808,8 +851,7 @@ class BatchProcessor:
                 audit.append(session, audit_entry, restate=written < len(updates))
         record_outcomes(work)
         if written < len(updates):
-            # The sweeper took these rows back (our lease ran out): their sends are audited
-            # above, and whoever holds them now sends them again.
+            # Rows of our lease that something else closed meanwhile (a cancelled run).
             log.warning(
                 "lease_lost", run_id=run.id, rows=len(updates) - written, claimed=len(updates)
             )
@@ -879,54 +921,67 @@ class BatchProcessor:
         self, work: list[Work], campaign: Campaign, run: Run, lease_until: datetime
     ) -> BatchReport:
         """:meth:`_record`, tried again while the database cannot be reached (a restart, a
-        failover). The sends have happened: given up, their outcomes would be lost and every
-        row sent again once the lease runs out. It keeps trying until shortly before the lease
-        ends, and only while the rows are still ours and unwritten, so that a commit whose
-        answer was lost is not written twice."""
-        deadline = lease_until - timedelta(seconds=min(30.0, self.settings.lease_seconds / 3))
-        delay = 0.5
+        failover), however long that lasts. The sends have happened: given up, their outcomes
+        would be lost and every row sent again. The lease is renewed meanwhile, so nobody takes
+        the rows over; once the database answers, the record is written if the lease is still
+        ours and not yet ended (a commit whose answer was lost is not written twice)."""
         while True:
             try:
                 return self._record(work, campaign, run, lease_until)
+            except LeaseLost:
+                return self._lost(work, run, lease_until)
             except (OperationalError, InterfaceError) as exc:
-                error = exc
-            while True:
-                if utcnow() + timedelta(seconds=delay) >= deadline:
-                    raise error
-                log.warning("record_retry", run_id=run.id, error=str(error)[:300], wait=delay)
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
-                try:
-                    unwritten = self._unwritten(work, lease_until)
-                    break
-                except (OperationalError, InterfaceError) as exc:
-                    error = exc
-            if unwritten < len(work):
+                log.warning("record_failed", run_id=run.id, error=str(exc)[:300])
+            lease = self._lease_state_through_outage(run.id, lease_until, wait_first=True)
+            if lease is LeaseState.ended:
                 # The commit went through; only its answer was lost.
                 report = BatchReport(claimed=len(work))
                 for item in work:
                     report.count(item.status)
                 return report
+            if lease is LeaseState.lost:
+                return self._lost(work, run, lease_until)
 
-    def _unwritten(self, work: list[Work], lease_until: datetime) -> int:
-        """How many of the batch's rows are still claimed under this lease (not recorded)."""
-        with self.db.transaction() as session:
-            return int(
-                session.scalar(
-                    select(func.count()).where(
-                        Delivery.id.in_([w.delivery_id for w in work]),
-                        Delivery.status == DeliveryStatus.claimed,
-                        Delivery.lease_until == lease_until,
-                    )
-                )
-                or 0
-            )
+    def _lease_state_through_outage(
+        self, run_id: int, lease_until: datetime, *, wait_first: bool = False
+    ) -> LeaseState:
+        """The lease's state, once the database answers (the heartbeat renews it meanwhile)."""
+        delay = 0.5
+        while True:
+            if wait_first:
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            try:
+                return self._lease_state(run_id, lease_until)
+            except (OperationalError, InterfaceError) as exc:
+                log.warning("database_unreachable", run_id=run_id, error=str(exc)[:300])
+            wait_first = True
 
-    def _release(self, work: list[Work], lease_until: datetime) -> None:
+    def _lost(self, work: list[Work], run: Run, lease_until: datetime) -> BatchReport:
+        """The lease was taken over before our record: nothing of ours is written. The rows
+        are flagged, so the new holder's send of any we had sent is audited as a possible
+        duplicate."""
+        sent = sum(1 for w in work if any(t.outcome is Outcome.sent for t in w.tries))
+        log.warning(
+            "lease_lost",
+            run_id=run.id,
+            lease_until=lease_until.isoformat(),
+            rows=len(work),
+            sent_unrecorded=sent,
+        )
+        return BatchReport(claimed=len(work), lost=len(work))
+
+    def _lease_state(self, run_id: int, lease_until: datetime) -> LeaseState:
+        with self.db.reading() as session:
+            return leases.state(session, run_id=run_id, lease_until=lease_until)
+
+    def _release(self, run_id: int, work: list[Work], lease_until: datetime) -> None:
         """Give claimed rows back after a crash inside the batch, so nobody waits a lease."""
         if not work:
             return
         with self.turns.transaction() as session:
+            if not leases.end(session.connection(), run_id=run_id, lease_until=lease_until):
+                return  # taken over meanwhile: the rows are not ours to give back
             session.execute(
                 update(Delivery)
                 .where(
@@ -972,8 +1027,25 @@ class BatchProcessor:
 
         An ``urgent`` batch (from the urgent queue) writes ahead of bulk batches on SQLite.
         """
-        lease_until = utcnow() + timedelta(seconds=self.settings.lease_seconds)
-        claim = self._claim(run_id, delivery_ids, batch_id, lease_until, urgent=urgent)
+        lease_until = lease_stamp(self.settings.lease_seconds)
+        token = leases.new_token()
+        claim = self._claim(run_id, delivery_ids, batch_id, lease_until, token=token, urgent=urgent)
+        try:
+            return self._process_claimed(claim, run_id, delivery_ids, batch_id, lease_until, urgent)
+        finally:
+            # This process works on the batch no more. A lease still held (an error after
+            # the sends) is no longer renewed: the sweeper takes its rows back once it lapses.
+            self.heartbeat.drop(token)
+
+    def _process_claimed(
+        self,
+        claim: Claim,
+        run_id: int,
+        delivery_ids: Sequence[int],
+        batch_id: str | None,
+        lease_until: datetime,
+        urgent: bool,
+    ) -> BatchReport:
         campaign, run, work = claim.campaign, claim.run, claim.work
         if not work or campaign is None or run is None:
             if claim.due is not None and campaign is not None:
@@ -985,7 +1057,7 @@ class BatchProcessor:
         try:
             self._render(claim)
         except BaseException:
-            self._release(work, lease_until)
+            self._release(run_id, work, lease_until)
             raise
         gate = self._gates[urgent]
         # Half the lease is left for sending and recording; a batch that waited longer at the
@@ -993,15 +1065,19 @@ class BatchProcessor:
         budget = (lease_until - utcnow()).total_seconds() - self.settings.lease_seconds / 2
         if not gate.acquire(timeout=max(0.0, budget)):
             log.warning("send_gate_timeout", run_id=run_id, batch_id=batch_id, rows=len(work))
-            self._release(work, lease_until)
+            self._release(run_id, work, lease_until)
             self._requeue(run_id, delivery_ids, batch_id, campaign)
             return BatchReport()
         try:
+            if self._lease_state_through_outage(run.id, lease_until) is not LeaseState.held:
+                # Taken over while this process was held up (starved for a whole lease):
+                # the new holder sends them; nothing was sent here.
+                return self._lost(work, run, lease_until)
             try:
                 self.loop.run(self._send_all(work))
             except BaseException:
                 if not any(w.tries for w in work):
-                    self._release(work, lease_until)
+                    self._release(run_id, work, lease_until)
                 raise
             report = self._record_through_outage(work, campaign, run, lease_until)
         finally:
@@ -1017,6 +1093,7 @@ class BatchProcessor:
             failed=report.failed,
             retrying=report.retrying,
             skipped=report.skipped,
+            lost=report.lost,
         )
         return report
 
