@@ -146,7 +146,7 @@ def cli_key(role: str, *, env: dict[str, str], cwd: Any, name: str = "test") -> 
         cwd=cwd,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=300,
         check=True,
     )
     return done.stdout.strip().splitlines()[-1]
@@ -186,10 +186,16 @@ def dispatcher_process(
                 process.wait()
 
 
-def wait_until_ready(base: str, *, timeout: float = 60.0) -> None:
-    """Until the API at ``base`` answers ``/readyz`` with 200."""
+def wait_until_ready(
+    base: str, *, timeout: float = 300.0, process: subprocess.Popen[bytes] | None = None
+) -> None:
+    """Until the API at ``base`` answers ``/readyz`` with 200. ``timeout`` is only a ceiling
+    for a wedged start (a busy machine can take minutes to migrate and load the built-in
+    templates); a ``process`` that exits ends the wait at once."""
 
     def ready() -> bool:
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"the API at {base} exited with {process.returncode}")
         try:
             return httpx.get(f"{base}/readyz", timeout=1).status_code == 200
         except httpx.HTTPError:
@@ -218,8 +224,7 @@ def dev_server(cwd: Path, env: Mapping[str, str], *, output: Path | None = None)
     port = free_port()
     with dispatcher_process(
         "dev", "--port", str(port), env=env, cwd=cwd, output=output, stop=signal.SIGINT
-    ):
+    ) as process:
         base = f"http://127.0.0.1:{port}"
-        # Migrating and loading the built-in templates take half a minute on a busy machine.
-        wait_until_ready(base, timeout=180)
+        wait_until_ready(base, process=process)
         yield base

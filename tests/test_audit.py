@@ -498,7 +498,7 @@ def test_seal_log_lines_serve_as_a_witness(history: History, db: Database, tmp_p
     assert report.ok and report.witnessed == 1, report.problems
 
 
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(600)
 def test_deliveries_from_before_the_upgrade_are_not_reported(
     client, db: Database, witnessed: Settings
 ) -> None:

@@ -307,7 +307,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
         env=dict(os.environ),
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=300,
     )
 
 

@@ -162,7 +162,7 @@ def _log_in(page: Any, key: str, path: str = "/ui/login") -> None:
     page.get_by_role("button", name="Đăng nhập").click()
 
 
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(600)
 def test_an_approver_approves_in_the_browser_and_watches_it_send(
     context: Any, server: Server
 ) -> None:
@@ -236,7 +236,7 @@ def test_an_approver_approves_in_the_browser_and_watches_it_send(
     assert again is not None and again.status == 401
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(600)
 def test_the_submitter_and_the_wrong_role_are_refused_in_vietnamese(
     context: Any, server: Server
 ) -> None:
@@ -285,7 +285,7 @@ def test_the_submitter_and_the_wrong_role_are_refused_in_vietnamese(
         assert api.get(f"/v1/campaigns/{own}").json()["status"] == "submitted"
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(600)
 def test_an_approver_rejects_with_a_reason(context: Any, server: Server) -> None:
     from playwright.sync_api import expect
 
@@ -302,7 +302,7 @@ def test_an_approver_rejects_with_a_reason(context: Any, server: Server) -> None
     assert body["status_reason"] == "rejected: Sai tên cơ quan ở dòng đầu"
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(600)
 def test_an_operator_finds_a_citizens_delivery(context: Any, server: Server) -> None:
     from playwright.sync_api import expect
 
@@ -482,7 +482,7 @@ def test_the_throughput_chart_keeps_its_bars_readable() -> None:
     assert per_minute_chart([]).empty
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(600)
 def test_the_transactional_stream_shows_as_an_open_stream(client: Any, worker: object) -> None:
     """The standing campaign of one-off messages is never "sending, 100%": it is open."""
     person = {"external_id": "8800000001", "full_name": "Lê Văn An", "addresses": {"null": "n1"}}
@@ -548,7 +548,7 @@ def test_the_transactional_stream_shows_as_an_open_stream(client: Any, worker: o
     assert listing.count('role="progressbar"') == 1 and "Bản nháp" in listing
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(600)
 def test_the_pages_read_a_finished_campaign(client: Any, worker: object) -> None:
     """The pages' own queries (progress, report, search) on SQLite and on PostgreSQL."""
     from tests.support import approve

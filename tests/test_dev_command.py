@@ -68,7 +68,7 @@ def test_dev_runs_a_first_campaign_without_redis(tmp_path: Path) -> None:
             lambda: (
                 (c := api.get(f"/v1/campaigns/{campaign_id}").json())["status"] == "completed" and c
             ),
-            timeout=60,
+            timeout=300,
         )
         assert done["counts"]["by_status"] == {"sent": 25}
     assert "in-process broker" in log.read_text()

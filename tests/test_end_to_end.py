@@ -219,7 +219,7 @@ def test_permanent_550_fails_at_once_with_its_reason(client, worker, smtp: SmtpS
     assert "email" in recipient["dead_addresses"]
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(600)
 def test_flushall_mid_campaign_still_completes(
     client, worker, smtp: SmtpServer, redis_client, settings, db: Database, job_queue
 ) -> None:

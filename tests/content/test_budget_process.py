@@ -46,7 +46,7 @@ def test_dev_stays_responsive_and_small_while_refusing_templates_over_budget(
     with dispatcher_process(
         "dev", "--port", str(port), env=env, cwd=tmp_path, output=tmp_path / "dev.log"
     ) as dev:
-        wait_until_ready(base, timeout=180)  # the built-in templates load first
+        wait_until_ready(base, process=dev)
         admin = cli_key("admin", env=env, cwd=tmp_path)
         api = httpx.Client(base_url=base, timeout=60, headers={"Authorization": f"Bearer {admin}"})
         good = {"key": "tot", "variants": [{"channel": "email", "subject": "x", "body": "Chào"}]}
