@@ -21,6 +21,7 @@ those were checked this way when saved, and their renders keep the in-process bu
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import pickle
@@ -59,9 +60,15 @@ def check_all(
     first variant that cannot render raises its :class:`TemplateProblem`."""
     renderer = Renderer(limits=limits)
     found = []
+    # Each variant is checked for several sample people: compile it once, under a stand-in id
+    # that only this renderer's cache knows.
+    cached: dict[int, VariantData] = {}
     for variant, context in jobs:
-        renderer.check_syntax(variant)
-        found.append(channel_problems(renderer.render(variant, context)))
+        keyed = cached.get(id(variant))
+        if keyed is None:
+            renderer.check_syntax(variant)
+            keyed = cached[id(variant)] = dataclasses.replace(variant, id=-1 - len(cached))
+        found.append(channel_problems(renderer.render(keyed, context)))
     return found
 
 
