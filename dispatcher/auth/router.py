@@ -15,6 +15,7 @@ from dispatcher.auth.models import ApiKey
 from dispatcher.auth.service import Role
 from dispatcher.deps import DbSession, PathId
 from dispatcher.errors import Conflict
+from dispatcher.fields import Instant
 
 router = APIRouter(prefix="/v1/keys", tags=["keys"])
 
@@ -22,7 +23,7 @@ router = APIRouter(prefix="/v1/keys", tags=["keys"])
 class KeyIn(BaseModel):
     name: str = Field(min_length=1, max_length=200, description="Who or what uses the key")
     role: Role
-    expires_at: datetime | None = Field(default=None, description="Default: never")
+    expires_at: Instant | None = Field(default=None, description="Default: never")
 
 
 class KeyOut(BaseModel):

@@ -6,6 +6,7 @@ No login and no cookies: the signed token is the authority. The pages are in Vie
 from __future__ import annotations
 
 from html import escape
+from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import HTMLResponse
@@ -49,13 +50,26 @@ def _invalid() -> HTMLResponse:
     )
 
 
+_INVALID_LINK: dict[int | str, dict[str, Any]] = {
+    400: {
+        "description": "The link is not one we signed (an HTML page)",
+        "content": {"text/html": {}},
+    }
+}
+
+
 def _what(request: service.Unsubscribe) -> str:
     channel = CHANNEL_NAMES_VI.get(request.channel, request.channel)
     category = service.CATEGORY_NAMES_VI.get(request.category, request.category)
     return f"{category} qua {channel}"
 
 
-@router.get("/u/{token}", response_class=HTMLResponse, summary="Unsubscribe confirmation page")
+@router.get(
+    "/u/{token}",
+    response_class=HTMLResponse,
+    summary="Unsubscribe confirmation page",
+    responses=_INVALID_LINK,
+)
 def confirm_page(token: str, session: DbSession) -> HTMLResponse:
     request = service.read_token(signing_key(session, get_settings()), token)
     if request is None:
@@ -71,7 +85,12 @@ def confirm_page(token: str, session: DbSession) -> HTMLResponse:
     )
 
 
-@router.post("/u/{token}", response_class=HTMLResponse, summary="One-click unsubscribe")
+@router.post(
+    "/u/{token}",
+    response_class=HTMLResponse,
+    summary="One-click unsubscribe",
+    responses=_INVALID_LINK,
+)
 def unsubscribe(token: str, session: DbSession) -> HTMLResponse:
     request = service.read_token(signing_key(session, get_settings()), token)
     if request is None:
