@@ -212,13 +212,15 @@ def dev_env(**extra: str) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def dev_server(cwd: Path, env: Mapping[str, str], *, output: Path | None = None) -> Iterator[str]:
-    """``dispatcher dev`` on a free port in ``cwd``, answering ``/readyz``: its base URL.
-    Stopped with SIGINT, as at a terminal."""
+def dev_server(
+    cwd: Path, env: Mapping[str, str], *, output: Path | None = None, ready_within: float = 60.0
+) -> Iterator[str]:
+    """``dispatcher dev`` on a free port in ``cwd``, answering ``/readyz`` within
+    ``ready_within`` seconds: its base URL. Stopped with SIGINT, as at a terminal."""
     port = free_port()
     with dispatcher_process(
         "dev", "--port", str(port), env=env, cwd=cwd, output=output, stop=signal.SIGINT
     ):
         base = f"http://127.0.0.1:{port}"
-        wait_until_ready(base)
+        wait_until_ready(base, timeout=ready_within)
         yield base
