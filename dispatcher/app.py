@@ -8,10 +8,13 @@ from typing import Any
 
 import structlog
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.responses import JSONResponse, Response
+from fastapi.routing import iter_route_contexts
 from fastapi_offline import FastAPIOffline
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+from starlette.exceptions import HTTPException
 
 from dispatcher import jobs
 from dispatcher.audiences.router import router as audiences_router
@@ -32,6 +35,7 @@ from dispatcher.errors import Invalid, ServiceError
 from dispatcher.inbox.router import router as inbox_router
 from dispatcher.json_depth import JsonDepthGuard
 from dispatcher.metrics_router import router as metrics_router
+from dispatcher.openapi import document_errors
 from dispatcher.recipients.import_router import router as import_router
 from dispatcher.recipients.router import router as recipients_router
 from dispatcher.scheduling.router import router as schedules_router
@@ -103,7 +107,37 @@ def create_app(settings: Settings | None = None, *, configure_jobs: bool = True)
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["health"], summary="The database and Redis are reachable")
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, exc: HTTPException) -> Response:
+        if exc.status_code == 405:
+            # Starlette names only the methods of the first route matching the path; a path
+            # served by several routes (GET and POST /v1/campaigns) allows all of theirs.
+            allowed = _allowed_methods(app, request)
+            if allowed:
+                exc.headers = {**(exc.headers or {}), "Allow": ", ".join(sorted(allowed))}
+        elif exc.status_code == 400 and isinstance(exc.__cause__, ValueError):
+            # A body FastAPI could not decode (not UTF-8): a 422 naming the body, like
+            # any other malformed JSON.
+            return JSONResponse(
+                {
+                    "detail": [
+                        {
+                            "type": "json_invalid",
+                            "loc": ["body"],
+                            "msg": f"the body is not valid JSON: {exc.__cause__}"[:300],
+                        }
+                    ]
+                },
+                status_code=422,
+            )
+        return await http_exception_handler(request, exc)
+
+    @app.get(
+        "/readyz",
+        tags=["health"],
+        summary="The database and Redis are reachable",
+        responses={503: {"description": "One of them is not (see checks)."}},
+    )
     def readyz() -> JSONResponse:
         checks: dict[str, str] = {}
         ok = True
@@ -147,4 +181,23 @@ def create_app(settings: Settings | None = None, *, configure_jobs: bool = True)
         metrics_router,
     ):
         app.include_router(router)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = document_errors(FastAPI.openapi(app), app.routes)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+def _allowed_methods(app: FastAPI, request: Request) -> set[str]:
+    """The methods of the path's routes. As in OpenAPI, a path with fewer parameters wins:
+    /v1/audiences/preview is not also /v1/audiences/{name}."""
+    by_parameters: dict[int, set[str]] = {}
+    for route in iter_route_contexts(app.routes):
+        regex = getattr(route, "path_regex", None)
+        found = regex.match(request.scope["path"]) if regex is not None else None
+        if route.methods and found is not None:
+            by_parameters.setdefault(len(found.groupdict()), set()).update(route.methods)
+    return by_parameters[min(by_parameters)] if by_parameters else set()

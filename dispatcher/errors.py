@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 class ServiceError(Exception):
@@ -34,3 +39,24 @@ class Invalid(ServiceError):
     """Well-formed input that is wrong in substance; ``loc`` names the field."""
 
     status_code = 422
+
+
+class ErrorOut(BaseModel):
+    """The body of every error answer but a validation error (422): what is wrong, in a sentence."""
+
+    detail: str
+
+
+Answers = dict[int, str]
+
+
+def answers(status: int, description: str) -> Callable[[F], F]:
+    """Marks a request dependency as one that can answer ``status``: every route depending on
+    it, however indirectly, documents that answer (see ``dispatcher.openapi``)."""
+
+    def mark(dependency: F) -> F:
+        declared: Answers = {**getattr(dependency, "__answers__", {}), status: description}
+        dependency.__answers__ = declared  # type: ignore[attr-defined]
+        return dependency
+
+    return mark

@@ -15,7 +15,8 @@ from dispatcher.auth.deps import Editor, require
 from dispatcher.auth.service import Role
 from dispatcher.campaigns.service import withdraw_for_audience
 from dispatcher.deps import DbSession
-from dispatcher.recipients.schemas import RecipientOut
+from dispatcher.fields import Name, Text
+from dispatcher.recipients.schemas import Audience, RecipientOut
 from dispatcher.recipients.service import to_out
 
 router = APIRouter(
@@ -23,10 +24,13 @@ router = APIRouter(
 )
 
 
+AUDIENCE_NAME = r"^[a-z0-9][a-z0-9_.-]{0,99}$"
+
+
 class PreviewIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    audience: dict[str, Any] = Field(description="A filter, as in a campaign.")
+    audience: Audience = Field(description="A filter, as in a campaign.")
 
 
 class PreviewOut(BaseModel):
@@ -35,11 +39,11 @@ class PreviewOut(BaseModel):
 
 
 class AudienceIn(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,99}$")
-    description: str | None = Field(default=None, max_length=500)
-    filter: dict[str, Any]
+    name: Name(AUDIENCE_NAME)  # type: ignore[valid-type]
+    description: Text(500, min_length=0) | None = None  # type: ignore[valid-type]
+    filter: Audience
 
 
 class AudienceOut(BaseModel):

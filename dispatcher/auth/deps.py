@@ -22,6 +22,7 @@ from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBea
 from dispatcher import jobs
 from dispatcher.auth.service import STAFF, Caller, Role, Unauthenticated, authenticate
 from dispatcher.db import get_database
+from dispatcher.errors import answers
 from dispatcher.ratelimit import MemoryBucket, take_now
 
 COOKIE = "dispatcher_key"
@@ -104,6 +105,7 @@ SenderOrOperator = Annotated[Caller, Depends(require(Role.sender, Role.operator)
 _memory_bucket = MemoryBucket()
 
 
+@answers(429, "The sender key is over its rate; Retry-After says when to try again.")
 def sender_within_rate(caller: Sender) -> Caller:
     """A sender key may send ``messages_per_second_per_key`` (a burst of ``..._burst``)."""
     queue = jobs.get_job_queue()

@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from dispatcher.auth.models import Principal, PrincipalKind
 from dispatcher.auth.service import Role
+from dispatcher.fields import Instant, Text
 
 
 class PrincipalOut(BaseModel):
@@ -27,13 +28,11 @@ class KeyIn(BaseModel):
     with ``dispatcher keys create`` on the server: a key minted here can never stand for
     someone else."""
 
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(
-        min_length=1, max_length=200, description="What the key is for (a device, a job)"
-    )
+    name: Text(200) = Field(description="What the key is for (a device, a job)")  # type: ignore[valid-type]
     role: Role
-    expires_at: datetime | None = Field(default=None, description="Default: never")
+    expires_at: Instant | None = Field(default=None, description="Default: never")
 
 
 class KeyOut(BaseModel):

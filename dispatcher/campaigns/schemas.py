@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from channels import registry
 from channels.base import Category
 from dispatcher.auth.schemas import PrincipalOut
-from dispatcher.recipients.audience import AudienceError, compile_audience
+from dispatcher.content.schemas import KEY
+from dispatcher.fields import Instant, Name, Text, one_of
+from dispatcher.recipients.schemas import EXTERNAL_ID, Audience
 from dispatcher.scheduling.rules import Schedule
 
 URGENT_KINDS = {Category.fraud_warning, Category.disaster_support, Category.transactional}
@@ -36,17 +38,34 @@ def _channels(value: list[str]) -> list[str]:
     return seen
 
 
-class CampaignIn(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+# The channels with an adapter installed, each listed once.
+ChannelName = Annotated[str, Field(json_schema_extra=one_of(registry.available))]
+Channels = Annotated[
+    list[ChannelName], Field(min_length=1, max_length=10, json_schema_extra={"uniqueItems": True})
+]
+TemplateKey = Name(KEY)
 
-    name: str = Field(min_length=1, max_length=200)
+
+class CampaignIn(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        # send_at (once) or schedule (recurring), not both.
+        json_schema_extra={
+            "not": {
+                "required": ["send_at", "schedule"],
+                "properties": {"send_at": {"type": "string"}, "schedule": {"type": "object"}},
+            }
+        },
+    )
+
+    name: Text(200)  # type: ignore[valid-type]
     kind: Category
-    template: str = Field(min_length=1, max_length=100, description="Template key.")
-    audience: dict[str, Any] = Field(
+    template: TemplateKey = Field(description="Template key.")  # type: ignore[valid-type]
+    audience: Audience = Field(
         description='A filter: {"all": true}, {"external_ids": [...]}, {"province": [...]}, '
         '{"kind": ...}, {"language": [...]}, and/or/not.'
     )
-    channels: list[str] = Field(min_length=1, max_length=10)
+    channels: Channels
     channel_mode: Literal["all", "fallback"] = Field(
         default="all",
         description="all: send on every listed channel the recipient has. fallback: the "
@@ -54,7 +73,7 @@ class CampaignIn(BaseModel):
         "move to the next.",
     )
     priority: Priority | None = Field(default=None, description="Default: from the kind.")
-    send_at: datetime | None = Field(default=None, description="Default: at approval.")
+    send_at: Instant | None = Field(default=None, description="Default: at approval.")
     schedule: Schedule | None = Field(
         default=None,
         description="A recurring rule instead of send_at: cron, lunar, birthday or occasion.",
@@ -66,15 +85,6 @@ class CampaignIn(BaseModel):
         if self.schedule is not None and self.send_at is not None:
             raise ValueError("give send_at (once) or schedule (recurring), not both")
         return self
-
-    @field_validator("audience")
-    @classmethod
-    def _audience(cls, value: dict[str, Any]) -> dict[str, Any]:
-        try:
-            compile_audience(value)
-        except AudienceError as exc:
-            raise ValueError(str(exc)) from None
-        return value
 
     @field_validator("channels")
     @classmethod
@@ -166,9 +176,9 @@ class CampaignOut(BaseModel):
 
 
 class ReasonIn(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    model_config = ConfigDict(extra="forbid")
 
-    reason: str = Field(min_length=1, max_length=500)
+    reason: Text(500)  # type: ignore[valid-type]
 
 
 class ChannelPreviewOut(BaseModel):
@@ -186,11 +196,11 @@ class ChannelPreviewOut(BaseModel):
 class MessageIn(BaseModel):
     """One transactional message to one recipient."""
 
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    model_config = ConfigDict(extra="forbid")
 
-    recipient: str = Field(min_length=1, max_length=64, description="external_id")
-    template: str = Field(min_length=1, max_length=100)
-    channels: list[str] = Field(default_factory=lambda: ["email"], min_length=1, max_length=10)
+    recipient: Name(EXTERNAL_ID) = Field(description="external_id")  # type: ignore[valid-type]
+    template: TemplateKey  # type: ignore[valid-type]
+    channels: Channels = Field(default_factory=lambda: ["email"])
     variables: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("channels")

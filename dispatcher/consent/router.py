@@ -88,8 +88,14 @@ def _what(request: service.Unsubscribe) -> str:
 
 
 _REFUSALS: dict[int | str, dict[str, Any]] = {
-    400: {"description": "Not a link this service made (altered, padded or re-encoded)."},
-    410: {"description": "A genuine link older than DISPATCHER_UNSUBSCRIBE_LINK_DAYS."},
+    400: {
+        "description": "Not a link this service made (altered, padded or re-encoded): an HTML page",
+        "content": {"text/html": {}},
+    },
+    410: {
+        "description": "A genuine link older than DISPATCHER_UNSUBSCRIBE_LINK_DAYS: an HTML page",
+        "content": {"text/html": {}},
+    },
 }
 
 
@@ -115,7 +121,10 @@ def confirm_page(token: str, session: DbSession) -> HTMLResponse:
 
 
 @router.post(
-    "/u/{token}", response_class=HTMLResponse, summary="One-click unsubscribe", responses=_REFUSALS
+    "/u/{token}",
+    response_class=HTMLResponse,
+    summary="One-click unsubscribe",
+    responses=_REFUSALS,
 )
 def unsubscribe(token: str, session: DbSession) -> HTMLResponse:
     request = _read(session, token)

@@ -2,45 +2,57 @@
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from channels import registry
 from channels.limits import PLAN_CHANNELS
 from dispatcher.content.render import GENERIC_CHANNEL
+from dispatcher.fields import StrictInt, one_of
+from dispatcher.recipients.schemas import EXTERNAL_ID, LANGUAGE, language_tag
 
 KEY = r"^[a-z0-9][a-z0-9_.-]{0,99}$"
-LOCALE = r"^[a-z]{2,3}(-[a-z0-9]{2,8})*$"
+
+
+def variant_channels() -> set[str]:
+    """What a variant may be for: a channel of the plan or with an adapter, or any channel."""
+    return set(PLAN_CHANNELS) | set(registry.available()) | {GENERIC_CHANNEL}
+
+
+def _variant_channel(value: str) -> str:
+    known = variant_channels()
+    if value not in known:
+        raise ValueError(f"unknown channel {value!r}; known: {', '.join(sorted(known))}")
+    return value
+
+
+VariantChannel = Annotated[
+    str,
+    AfterValidator(_variant_channel),
+    Field(
+        description="A channel name, or 'default' for any channel.",
+        json_schema_extra=one_of(variant_channels),
+    ),
+]
 
 
 class VariantIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    channel: str = Field(description="A channel name, or 'default' for any channel.")
-    locale: str = Field(default="vi", description="vi, en, or another language code.")
+    channel: VariantChannel
+    locale: str = Field(
+        default="vi", pattern=LANGUAGE, description="vi, en, or another language code."
+    )
     subject: str | None = Field(default=None, max_length=2000)
     body: str = Field(min_length=1, max_length=100_000)
     html: str | None = Field(default=None, max_length=500_000)
 
-    @field_validator("channel")
+    @field_validator("locale")
     @classmethod
-    def _channel(cls, value: str) -> str:
-        known = set(PLAN_CHANNELS) | set(registry.available()) | {GENERIC_CHANNEL}
-        if value not in known:
-            raise ValueError(f"unknown channel {value!r}; known: {', '.join(sorted(known))}")
-        return value
-
-    @field_validator("locale", mode="before")
-    @classmethod
-    def _locale(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            value = value.strip().lower().replace("_", "-")
-            if not re.match(LOCALE, value):
-                raise ValueError("a language code such as vi, en, km or vi-vn")
-        return value
+    def _locale(cls, value: str) -> str:
+        return str(language_tag(value))
 
 
 class TemplateIn(BaseModel):
@@ -88,14 +100,23 @@ class TemplateOut(BaseModel):
 class PreviewIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    channel: str
-    locale: str | None = Field(default=None, description="Default: the recipient's language.")
-    recipient: str | None = Field(default=None, description="external_id of a recipient")
+    channel: VariantChannel
+    locale: str | None = Field(
+        default=None, pattern=LANGUAGE, description="Default: the recipient's language."
+    )
+    recipient: str | None = Field(
+        default=None, pattern=EXTERNAL_ID, description="external_id of a recipient"
+    )
     context: dict[str, Any] | None = Field(
         default=None, description="Recipient fields to use instead of a stored recipient."
     )
     variables: dict[str, Any] = Field(default_factory=dict)
-    version: int | None = Field(default=None, ge=1, le=2**31 - 1)
+    version: Annotated[StrictInt, Field(ge=1, le=2**31 - 1)] | None = None
+
+    @field_validator("locale")
+    @classmethod
+    def _locale(cls, value: str | None) -> str | None:
+        return None if value is None else str(language_tag(value))
 
 
 class PreviewOut(BaseModel):

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
@@ -10,8 +9,11 @@ from dispatcher.auth.deps import require
 from dispatcher.auth.service import Role
 from dispatcher.db import get_database
 from dispatcher.deliveries import export, report, service
+from dispatcher.deliveries.models import DeliveryStatus
 from dispatcher.deliveries.schemas import CampaignReport, DeliveryPage
-from dispatcher.deps import PathId, QueryId, ReadSession
+from dispatcher.deps import Cursor, PathId, QueryId, ReadSession
+from dispatcher.fields import Instant, one_of
+from dispatcher.recipients.schemas import known_channels
 
 router = APIRouter(
     prefix="/v1/deliveries", tags=["deliveries"], dependencies=[Depends(require(Role.operator))]
@@ -37,15 +39,17 @@ def search_filters(
             "it (ng***@gmail.com, +84 9** *** 678), matched by the visible start and end.",
         ),
     ] = None,
-    status: str | None = None,
-    channel: str | None = None,
+    status: Annotated[
+        str | None, Query(json_schema_extra=one_of(lambda: DeliveryStatus.__members__))
+    ] = None,
+    channel: Annotated[str | None, Query(json_schema_extra=one_of(known_channels))] = None,
     error_class: Annotated[str | None, Query(max_length=32)] = None,
     since: Annotated[
-        datetime | None,
+        Instant | None,
         Query(description="Last changed (updated_at) at or after; ISO 8601 with an offset."),
     ] = None,
     until: Annotated[
-        datetime | None,
+        Instant | None,
         Query(description="Last changed (updated_at) before; ISO 8601 with an offset."),
     ] = None,
 ) -> service.Filters:
@@ -67,7 +71,7 @@ def search_filters(
 def list_deliveries(
     session: ReadSession,
     filters: Annotated[service.Filters, Depends(search_filters)],
-    cursor: str | None = None,
+    cursor: Cursor = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> DeliveryPage:
     return service.search(session=session, filters=filters, cursor=cursor, limit=limit)

@@ -10,7 +10,7 @@ from sqlalchemy import func, select, update
 from dispatcher.auth.deps import Sender, SenderOrOperator
 from dispatcher.clock import utcnow
 from dispatcher.deliveries.service import decode_cursor, encode_cursor
-from dispatcher.deps import DbSession, PathId
+from dispatcher.deps import Cursor, DbSession, PathId
 from dispatcher.errors import NotFound
 from dispatcher.inbox.models import Device, InboxItem
 from dispatcher.inbox.schemas import DeviceIn, DeviceOut, InboxItemOut, InboxPage
@@ -44,7 +44,7 @@ def read_inbox(
     caller: SenderOrOperator,
     external_id: str,
     session: DbSession,
-    cursor: str | None = None,
+    cursor: Cursor = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     unread: bool = False,
 ) -> InboxPage:

@@ -5,6 +5,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from dispatcher.fields import SPACE, Name
+
 
 class InboxItemOut(BaseModel):
     id: int
@@ -23,9 +25,9 @@ class InboxPage(BaseModel):
 
 
 class DeviceIn(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    model_config = ConfigDict(extra="forbid")
 
-    token: str = Field(min_length=10, max_length=500, description="The FCM registration token.")
+    token: Name(rf"^[^{SPACE}]{{10,500}}$") = Field(description="The FCM registration token.")  # type: ignore[valid-type]
     platform: Literal["android", "ios"] = "android"
 
 

@@ -127,10 +127,17 @@ def compile_audience(
         elif key == "age":
             if not isinstance(value, dict) or not value or set(value) - {"min", "max"}:
                 raise AudienceError(f'{where}: expected {{"min": years, "max": years}}')
-            low, high = value.get("min"), value.get("max")
-            for name, bound in (("min", low), ("max", high)):
-                if bound is not None and (not isinstance(bound, int) or not 0 <= bound <= 150):
+            bounds: dict[str, int | None] = {}
+            for name in ("min", "max"):
+                bound = value.get(name)
+                if isinstance(bound, float) and bound.is_integer():
+                    bound = int(bound)  # JSON's 60.0 is the integer 60
+                if bound is not None and (
+                    isinstance(bound, bool) or not isinstance(bound, int) or not 0 <= bound <= 150
+                ):
                     raise AudienceError(f"{where}.{name}: a whole number of years, 0 to 150")
+                bounds[name] = bound
+            low, high = bounds["min"], bounds["max"]
             if low is not None and high is not None and low > high:
                 raise AudienceError(f"{where}: min is above max")
             parts = [Recipient.birth_date.is_not(None)]

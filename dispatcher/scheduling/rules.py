@@ -20,11 +20,12 @@ import calendar
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Annotated, Any, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
+from dispatcher.fields import StrictBool, StrictInt, TimeOfDay, one_of
 from dispatcher.scheduling import lunar
 
 VIETNAM = "Asia/Ho_Chi_Minh"
@@ -76,10 +77,37 @@ def _zone(name: str) -> ZoneInfo:
         raise ValueError(f"unknown time zone {name!r}") from None
 
 
+# Five cron fields of numbers, ranges, lists and steps (minute hour day month weekday).
+_STEP = r"(?:/[1-9][0-9]{0,2})?"
+
+
+def _cron_field(number: str) -> str:
+    item = rf"(?:\*|{number}(?:-{number})?){_STEP}"
+    return rf"{item}(?:,{item})*"
+
+
+CRON = "^{}$".format(
+    " +".join(
+        _cron_field(n)
+        for n in (
+            r"(?:[0-9]|[1-5][0-9])",
+            r"(?:[0-9]|1[0-9]|2[0-3])",
+            r"(?:[1-9]|[12][0-9]|3[01])",
+            r"(?:[1-9]|1[0-2])",
+            r"[0-7]",
+        )
+    )
+)
+
+
+def _zones() -> set[str]:
+    return available_timezones()
+
+
 class _Rule(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    timezone: str = VIETNAM
+    timezone: str = Field(default=VIETNAM, json_schema_extra=one_of(_zones))
 
     @field_validator("timezone")
     @classmethod
@@ -94,36 +122,36 @@ class _Rule(BaseModel):
 
 class CronRule(_Rule):
     type: Literal["cron"]
-    cron: str = Field(description="Five fields (minute hour day month weekday).")
+    cron: str = Field(description="Five fields (minute hour day month weekday).", pattern=CRON)
 
     @field_validator("cron")
     @classmethod
     def _valid(cls, value: str) -> str:
-        if len(value.split()) != 5 or not croniter.is_valid(value):
+        if not croniter.is_valid(value):
             raise ValueError(f"not a five-field cron expression: {value!r}")
         return value
 
 
 class _DailyRule(_Rule):
-    at: time = time(7, 0)
-    offset_days: int = Field(default=0, ge=-90, le=90)
+    at: TimeOfDay = time(7, 0)
+    offset_days: StrictInt = Field(default=0, ge=-90, le=90)
 
 
 class LunarRule(_DailyRule):
     type: Literal["lunar"]
-    month: int = Field(ge=1, le=12)
-    day: int = Field(ge=1, le=30)
-    leap: bool = False
+    month: StrictInt = Field(ge=1, le=12)
+    day: StrictInt = Field(ge=1, le=30)
+    leap: StrictBool = False
 
 
 class BirthdayRule(_Rule):
     type: Literal["birthday"]
-    at: time = time(8, 0)
+    at: TimeOfDay = time(8, 0)
 
 
 class OccasionRule(_DailyRule):
     type: Literal["occasion"]
-    occasion: str
+    occasion: str = Field(json_schema_extra=one_of(lambda: OCCASIONS))
 
     @field_validator("occasion")
     @classmethod
