@@ -86,6 +86,11 @@ def document_errors(schema: dict[str, Any], routes: Sequence[BaseRoute]) -> dict
             responses = operation.setdefault("responses", {})
             for status, description in sorted(_answers(route, operation, method).items()):
                 responses.setdefault(str(status), _error(description, status))
+            for status, answer in responses.items():
+                # A route's own ``responses=`` may describe an error without its body: it is
+                # the same error model as every other.
+                if status.isdigit() and int(status) >= 400 and "content" not in answer:
+                    answer.update(_error(answer.get("description", ""), int(status)))
             if operation.get("parameters") or operation.get("requestBody"):
                 responses.setdefault(
                     "422",
