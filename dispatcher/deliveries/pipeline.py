@@ -1027,11 +1027,17 @@ class BatchProcessor:
 
         An ``urgent`` batch (from the urgent queue) writes ahead of bulk batches on SQLite.
         """
+        # Half the lease is left for sending and recording: a batch that waited longer at the
+        # gate gives its rows back. Timed on this process's own clock, from the claim: a
+        # lease stamp may lie ahead of the wall clock (stamps only grow, across a clock step).
+        gate_deadline = time.monotonic() + self.settings.lease_seconds / 2
         lease_until = lease_stamp(self.settings.lease_seconds)
         token = leases.new_token()
         claim = self._claim(run_id, delivery_ids, batch_id, lease_until, token=token, urgent=urgent)
         try:
-            return self._process_claimed(claim, run_id, delivery_ids, batch_id, lease_until, urgent)
+            return self._process_claimed(
+                claim, run_id, delivery_ids, batch_id, lease_until, urgent, gate_deadline
+            )
         finally:
             # This process works on the batch no more. A lease still held (an error after
             # the sends) is no longer renewed: the sweeper takes its rows back once it lapses.
@@ -1045,6 +1051,7 @@ class BatchProcessor:
         batch_id: str | None,
         lease_until: datetime,
         urgent: bool,
+        gate_deadline: float,
     ) -> BatchReport:
         campaign, run, work = claim.campaign, claim.run, claim.work
         if not work or campaign is None or run is None:
@@ -1060,10 +1067,9 @@ class BatchProcessor:
             self._release(run_id, work, lease_until)
             raise
         gate = self._gates[urgent]
-        # Half the lease is left for sending and recording; a batch that waited longer at the
-        # gate (behind batches held up by rate limits) gives its rows back unsent.
-        budget = (lease_until - utcnow()).total_seconds() - self.settings.lease_seconds / 2
-        if not gate.acquire(timeout=max(0.0, budget)):
+        # A batch held up at the gate (behind batches slowed by rate limits) past its deadline
+        # gives its rows back unsent.
+        if not gate.acquire(timeout=max(0.0, gate_deadline - time.monotonic())):
             log.warning("send_gate_timeout", run_id=run_id, batch_id=batch_id, rows=len(work))
             self._release(run_id, work, lease_until)
             self._requeue(run_id, delivery_ids, batch_id, campaign)

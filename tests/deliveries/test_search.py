@@ -294,7 +294,7 @@ def test_an_operator_may_search(client, db: Database, scene: Scene) -> None:
         ({"address": "   "}, "address", "an address"),
         ({"status": "lost"}, "status", "unknown status 'lost'"),
         ({"channel": "sms"}, "channel", "unknown channel 'sms'"),
-        ({"cursor": "nonsense"}, "cursor", "cursor"),
+        ({"cursor": "nonsense"}, "cursor", "should match pattern"),
         ({"limit": "0"}, "limit", ""),
         ({"campaign_id": "x"}, "campaign_id", ""),
     ],
