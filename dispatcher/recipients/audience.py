@@ -129,12 +129,13 @@ def compile_audience(
                 raise AudienceError(f'{where}: expected {{"min": years, "max": years}}')
             bounds: dict[str, int | None] = {}
             for name in ("min", "max"):
-                bound = value.get(name)
+                if name not in value:
+                    bounds[name] = None  # open on that side (null is not a number of years)
+                    continue
+                bound = value[name]
                 if isinstance(bound, float) and bound.is_integer():
                     bound = int(bound)  # JSON's 60.0 is the integer 60
-                if bound is not None and (
-                    isinstance(bound, bool) or not isinstance(bound, int) or not 0 <= bound <= 150
-                ):
+                if isinstance(bound, bool) or not isinstance(bound, int) or not 0 <= bound <= 150:
                     raise AudienceError(f"{where}.{name}: a whole number of years, 0 to 150")
                 bounds[name] = bound
             low, high = bounds["min"], bounds["max"]

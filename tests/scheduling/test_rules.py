@@ -102,7 +102,7 @@ def test_lunar_year_names() -> None:
     ("rule", "needle"),
     [
         ({"type": "cron", "cron": "every day"}, "cron"),
-        ({"type": "cron", "cron": "0 7 * * * *"}, "five-field"),
+        ({"type": "cron", "cron": "0 7 * * * *"}, "should match pattern"),
         ({"type": "lunar", "month": 13, "day": 1}, "month"),
         ({"type": "lunar", "month": 1, "day": 31}, "day"),
         ({"type": "occasion", "occasion": "christmas"}, "unknown occasion"),
