@@ -390,7 +390,7 @@ def test_a_batch_that_lost_rows_states_what_they_hold(client, db, witnessed: Set
     entry = audit.batch_draft(attempts=[], deliveries=[meant], worker="w", run_id=run_id)
     assert entry is not None
     with db.transaction() as session:
-        audit.append(session, entry, restate=True)
+        audit.append(session, entry, amend=audit.restate)
     assert verify(db, witnessed).ok
     with db.transaction() as session:
         audit.append(session, entry)

@@ -19,6 +19,7 @@ from dispatcher.audit.coverage import (
     deliveries_drafts,
     delivery_state,
     name_deliveries,
+    restate,
     state_columns,
 )
 from dispatcher.audit.verify import Problem, VerifyReport, verify
@@ -39,6 +40,7 @@ __all__ = [
     "draft",
     "name_deliveries",
     "record",
+    "restate",
     "seal",
     "state_columns",
     "verify",

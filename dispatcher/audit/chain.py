@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -97,14 +97,18 @@ def draft(*, actor: str, action: str, subject: str, data: Mapping[str, Any]) -> 
 
 
 def append(
-    target: Session | Connection, entry: Draft, *, restate: bool = False, key: bytes | None = None
+    target: Session | Connection,
+    entry: Draft,
+    *,
+    amend: Callable[[Connection, Draft], Draft] | None = None,
+    key: bytes | None = None,
 ) -> int:
     """Append one entry in the caller's transaction; returns its seq.
 
     Holding the head's row lock until commit keeps the chain in order; call this last in a
-    transaction so the lock is brief. ``restate`` makes a worker's batch entry name its
-    deliveries as the database holds them (read once the head is locked, so that no later
-    entry about them can commit first), for a batch that could not write all of its rows.
+    transaction so the lock is brief. ``amend`` rewrites the entry once the head is locked
+    (so that no later entry about the same rows can commit first): :func:`coverage.restate`
+    makes a batch that could not write all of its rows name them as the database holds them.
     The entry's hash is keyed with ``key`` (by default the audit key of this process's
     settings).
     """
@@ -112,10 +116,8 @@ def append(
     if key is None:
         key = audit_key(connection)
     seq, prev = _lock_head(connection)
-    if restate:
-        from dispatcher.audit.coverage import restate as restated
-
-        entry = restated(connection, entry)
+    if amend is not None:
+        entry = amend(connection, entry)
     at = utcnow()
     digest = keyed_hash(key, prev, at, entry.actor, entry.action, entry.subject, entry.body)
     connection.execute(

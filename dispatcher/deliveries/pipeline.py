@@ -848,7 +848,9 @@ class BatchProcessor:
             # Last in the transaction: the chain's head stays locked until the commit. Rows
             # this batch no longer held are stated as their new holder left them.
             if audit_entry is not None:
-                audit.append(session, audit_entry, restate=written < len(updates))
+                audit.append(
+                    session, audit_entry, amend=audit.restate if written < len(updates) else None
+                )
         record_outcomes(work)
         if written < len(updates):
             # Rows of our lease that something else closed meanwhile (a cancelled run).
