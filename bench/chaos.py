@@ -484,7 +484,7 @@ class ChaosRun:
         self.t0 = 0.0
         self.events: list[Event] = []
         self.kills: list[Kill] = []
-        from dispatcher.config import Settings
+        from dispatcher.core.config import Settings
 
         self.threads = options.threads or int(Settings.model_fields["worker_threads"].default)
         self.timeline: list[dict[str, Any]] = []
@@ -563,7 +563,7 @@ class ChaosRun:
         self.env["DISPATCHER_WORKER_THREADS"] = str(self.threads)
         migrate(self.env)
         self.keys = make_api_keys(self.env, ["bench-chaos-editor", "bench-chaos-approver"])
-        from dispatcher.db import create_db_engine
+        from dispatcher.core.db import create_db_engine
 
         self.engine = create_db_engine(self.database_url, pool_size=2, max_overflow=2)
 
@@ -843,7 +843,7 @@ class ChaosRun:
     def claimed_rows(self) -> dict[int, datetime]:
         from sqlalchemy import select
 
-        from dispatcher.deliveries.models import Delivery
+        from dispatcher.tables.deliveries import Delivery
 
         with self.engine.connect() as connection:
             rows = connection.execute(
@@ -856,7 +856,7 @@ class ChaosRun:
     def sent_in_database(self) -> int | None:
         from sqlalchemy import func, select
 
-        from dispatcher.deliveries.models import Delivery
+        from dispatcher.tables.deliveries import Delivery
 
         try:
             with self.engine.connect() as connection:
@@ -939,9 +939,9 @@ class ChaosRun:
     def verify(self, campaign: dict[str, Any] | None, completed_t: float | None) -> dict[str, Any]:
         from sqlalchemy import select
 
-        from dispatcher.campaigns.models import Run
-        from dispatcher.deliveries.models import Attempt, Delivery, Lease
-        from dispatcher.recipients.models import Address, Recipient
+        from dispatcher.tables.campaigns import Run
+        from dispatcher.tables.deliveries import Attempt, Delivery, Lease
+        from dispatcher.tables.recipients import Address, Recipient
 
         o = self.options
         with self.engine.connect() as connection:

@@ -544,7 +544,7 @@ def create_api_keys(database_url: str, names: Sequence[str], role: str = "admin"
         return []
     from sqlalchemy import inspect
 
-    from dispatcher.db import Database
+    from dispatcher.core.db import Database
 
     db = Database(database_url)
     try:

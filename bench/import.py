@@ -227,11 +227,11 @@ def _max_rss_mib() -> float:
 @contextlib.contextmanager
 def _database(kind: str, postgres_url: str, keep: bool) -> Iterator[str]:
     """A fresh, migrated database; removed afterwards unless ``keep``."""
-    from dispatcher import migrate
+    from dispatcher.core import migrate
 
     if kind == "sqlite":
         directory = tempfile.mkdtemp(prefix="dispatcher-bench-import-")
-        url = f"sqlite:///{directory}/dispatcher.db"
+        url = f"sqlite:///{directory}/dispatcher.core.db"
         try:
             migrate.upgrade(url)
             yield url
@@ -249,9 +249,9 @@ def _database(kind: str, postgres_url: str, keep: bool) -> Iterator[str]:
 def measure(args: argparse.Namespace, mix: Mix) -> Measurement:
     from sqlalchemy import func, select
 
-    from dispatcher.db import Database
+    from dispatcher.core.db import Database
     from dispatcher.recipients.importer import import_recipients
-    from dispatcher.recipients.models import Recipient
+    from dispatcher.tables.recipients import Recipient
 
     started = time.perf_counter()
     for _ in generate_csv(args.recipients, mix):

@@ -186,8 +186,8 @@ def insert_recipients(url: str, n: int, chunk: int = 10_000) -> None:
     """N recipients with a ``null`` address each, in executemany chunks (ids 1..N)."""
     from sqlalchemy import insert, text
 
-    from dispatcher.db import create_db_engine
-    from dispatcher.recipients.models import Address, Recipient
+    from dispatcher.core.db import create_db_engine
+    from dispatcher.tables.recipients import Address, Recipient
 
     engine = create_db_engine(url)
     now = datetime.now(UTC)
@@ -233,8 +233,8 @@ def database_checks(url: str, campaign_id: int) -> dict[str, Any]:
     """What the database holds for the campaign: deliveries by status, attempts, batches."""
     from sqlalchemy import func, select
 
-    from dispatcher.db import create_db_engine
-    from dispatcher.deliveries.models import Attempt, Delivery
+    from dispatcher.core.db import create_db_engine
+    from dispatcher.tables.deliveries import Attempt, Delivery
 
     engine = create_db_engine(url)
     try:
@@ -280,8 +280,8 @@ def open_rows(url: str, campaign_id: int) -> str:
     """Why rows are still open: how many, and when the earliest is due (a stall's hint)."""
     from sqlalchemy import func, select
 
-    from dispatcher.db import create_db_engine
-    from dispatcher.deliveries.models import OPEN_STATUSES, Delivery
+    from dispatcher.core.db import create_db_engine
+    from dispatcher.tables.deliveries import OPEN_STATUSES, Delivery
 
     engine = create_db_engine(url)
     try:
@@ -320,7 +320,7 @@ def floor_indexes() -> list[str]:
     maintains the same indexes as the pipeline; it has no foreign keys)."""
     from sqlalchemy import UniqueConstraint
 
-    from dispatcher.deliveries.models import Attempt, Delivery
+    from dispatcher.tables.deliveries import Attempt, Delivery
 
     statements = []
     for model, floor in ((Delivery, "bench_floor_deliveries"), (Attempt, "bench_floor_attempts")):
@@ -461,15 +461,15 @@ def planner_child(raw: str) -> int:
     """
     from sqlalchemy import distinct, select
 
-    from dispatcher import jobs
     from dispatcher.campaigns import service
-    from dispatcher.campaigns.models import Run
-    from dispatcher.campaigns.planner import plan_run
     from dispatcher.campaigns.schemas import CampaignIn
-    from dispatcher.config import get_settings
-    from dispatcher.db import Database, set_database
-    from dispatcher.deliveries.models import Delivery
-    from dispatcher.logging import configure_logging
+    from dispatcher.core.config import get_settings
+    from dispatcher.core.db import Database, set_database
+    from dispatcher.engine import jobs
+    from dispatcher.engine.planner import plan_run
+    from dispatcher.observability.logging import configure_logging
+    from dispatcher.tables.campaigns import Run
+    from dispatcher.tables.deliveries import Delivery
 
     config = json.loads(raw)
     configure_logging()
@@ -815,9 +815,9 @@ def urgent_checks(url: str, urgent_id: int, bulk_id: int) -> dict[str, Any]:
     delivery, and what the bulk campaign sent meanwhile and overall."""
     from sqlalchemy import func, select
 
-    from dispatcher.campaigns.models import Campaign
-    from dispatcher.db import create_db_engine
-    from dispatcher.deliveries.models import Delivery
+    from dispatcher.core.db import create_db_engine
+    from dispatcher.tables.campaigns import Campaign
+    from dispatcher.tables.deliveries import Delivery
 
     def sent_span(campaign_id: int) -> Any:
         return select(
@@ -1449,7 +1449,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def options_for(args: argparse.Namespace, n: int) -> Options:
-    from dispatcher.config import Settings
+    from dispatcher.core.config import Settings
 
     defaults = Settings.model_fields
     threads = args.threads or int(defaults["worker_threads"].default)

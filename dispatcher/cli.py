@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from dispatcher.config import ENV_PREFIX, ConfigError, Settings, get_settings
+from dispatcher.core.config import ENV_PREFIX, ConfigError, Settings, get_settings
 
 app = typer.Typer(
     help="Multi-channel message dispatch for Vietnam Social Security (BHXH Việt Nam).",
@@ -35,8 +35,8 @@ def _settings() -> Settings:
 def _share_metrics(settings: Settings) -> None:
     """Count this process's metrics in the shared directory the API adds up at each scrape.
 
-    Must run before anything imports prometheus_client (``dispatcher.metrics`` reads it on
-    import), and is inherited by the processes this one starts.
+    Must run before anything imports prometheus_client (``dispatcher.observability.metrics``
+    reads it on import), and is inherited by the processes this one starts.
     """
     path = os.path.abspath(settings.metrics_dir)
     try:
@@ -63,9 +63,9 @@ def config() -> None:
 @app.command()
 def migrate() -> None:
     """Bring the database schema up to date and load the built-in templates."""
-    from dispatcher import migrate as migrations
     from dispatcher.content import service as content
-    from dispatcher.db import get_database
+    from dispatcher.core import migrate as migrations
+    from dispatcher.core.db import get_database
 
     settings = _settings()
     migrations.upgrade(settings.database_url)
@@ -85,9 +85,9 @@ def check(
     """Exit 0 when the database (migrated) and Redis answer, else 1: a container health check."""
     from sqlalchemy import text
 
-    from dispatcher import jobs
-    from dispatcher import migrate as migrations
-    from dispatcher.db import get_database
+    from dispatcher.core import migrate as migrations
+    from dispatcher.core.db import get_database
+    from dispatcher.engine import jobs
 
     settings = _settings()
     problems = []
@@ -116,12 +116,12 @@ def serve(
     """Run the HTTP API."""
     import uvicorn
 
-    from dispatcher.logging import configure_logging
+    from dispatcher.observability.logging import configure_logging
 
     _share_metrics(_settings())
     configure_logging()
     uvicorn.run(
-        "dispatcher.app:create_app",
+        "dispatcher.web.app:create_app",
         factory=True,
         host=host,
         port=port,
@@ -191,9 +191,9 @@ def scheduler() -> None:
     settings = _settings()
     _share_metrics(settings)
 
-    from dispatcher import jobs
-    from dispatcher.db import get_database
-    from dispatcher.logging import configure_logging
+    from dispatcher.core.db import get_database
+    from dispatcher.engine import jobs
+    from dispatcher.observability.logging import configure_logging
     from workers.scheduler import run_scheduler
 
     configure_logging()
@@ -208,9 +208,9 @@ def _first_admin_key() -> None:
     from sqlalchemy import select
 
     from dispatcher import audit
-    from dispatcher.auth.models import ApiKey
     from dispatcher.auth.service import create_key
-    from dispatcher.db import get_database
+    from dispatcher.core.db import get_database
+    from dispatcher.tables.auth import ApiKey
 
     with get_database().transaction() as session:
         if session.scalar(select(ApiKey.id).limit(1)) is not None:
@@ -273,11 +273,11 @@ def dev(
     import dramatiq
     import uvicorn
 
-    from dispatcher import jobs
-    from dispatcher import migrate as migrations
-    from dispatcher.app import create_app
-    from dispatcher.db import get_database
-    from dispatcher.logging import configure_logging
+    from dispatcher.core import migrate as migrations
+    from dispatcher.core.db import get_database
+    from dispatcher.engine import jobs
+    from dispatcher.observability.logging import configure_logging
+    from dispatcher.web.app import create_app
     from workers import actors
     from workers.scheduler import run_scheduler
 
@@ -360,11 +360,11 @@ def keys_create(
     from datetime import timedelta
 
     from dispatcher import audit
-    from dispatcher.auth.models import Principal, PrincipalKind
     from dispatcher.auth.service import create_key, get_principal, principal_named
-    from dispatcher.clock import utcnow
-    from dispatcher.db import get_database
-    from dispatcher.errors import ServiceError
+    from dispatcher.core.db import get_database
+    from dispatcher.kit.clock import utcnow
+    from dispatcher.kit.errors import ServiceError
+    from dispatcher.tables.auth import Principal, PrincipalKind
 
     _settings()
     if sum(x is not None for x in (person, system, owner)) > 1:
@@ -422,7 +422,7 @@ def keys_list(
 ) -> None:
     """List keys and whose they are (never the keys themselves)."""
     from dispatcher.auth.service import list_keys
-    from dispatcher.db import get_database
+    from dispatcher.core.db import get_database
 
     _settings()
     with get_database().transaction() as session:
@@ -442,8 +442,8 @@ def keys_revoke(key_id: Annotated[int, typer.Argument(help="The key's id (keys l
     """Revoke a key at once."""
     from dispatcher import audit
     from dispatcher.auth.service import revoke
-    from dispatcher.db import get_database
-    from dispatcher.errors import ServiceError
+    from dispatcher.core.db import get_database
+    from dispatcher.kit.errors import ServiceError
 
     _settings()
     try:
@@ -486,8 +486,9 @@ def audit_verify(
 
     Exit status 0 when intact, 1 when anything was altered, added, removed or reordered.
     """
-    from dispatcher import audit, secrets
-    from dispatcher.db import get_database
+    from dispatcher import audit
+    from dispatcher.core import secrets
+    from dispatcher.core.db import get_database
 
     settings = _settings()
     witness = str(witness_file) if witness_file is not None else settings.audit_witness or None
@@ -533,8 +534,9 @@ def audit_verify(
 @audit_app.command("seal")
 def audit_seal() -> None:
     """Seal the chain's head now (the scheduler also does it periodically)."""
-    from dispatcher import audit, secrets
-    from dispatcher.db import get_database
+    from dispatcher import audit
+    from dispatcher.core import secrets
+    from dispatcher.core.db import get_database
 
     settings = _settings()
     with get_database().transaction() as session:
@@ -590,7 +592,7 @@ def import_file(
         TransferSpeedColumn,
     )
 
-    from dispatcher.db import get_database
+    from dispatcher.core.db import get_database
     from dispatcher.recipients.importer import ImportFileError, Rejection, import_recipients
 
     settings = _settings()

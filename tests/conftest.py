@@ -21,12 +21,12 @@ import pytest
 import redis
 from sqlalchemy import text
 
-from dispatcher import jobs
-from dispatcher import migrate as migrations
-from dispatcher.clock import clock
-from dispatcher.config import Settings, get_settings
-from dispatcher.db import Database, set_database
-from dispatcher.models import Base
+from dispatcher.core import migrate as migrations
+from dispatcher.core.config import Settings, get_settings
+from dispatcher.core.db import Database, set_database
+from dispatcher.engine import jobs
+from dispatcher.kit.clock import clock
+from dispatcher.tables import Base
 from tests.support import SmtpServer, free_port, wait_for
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
@@ -117,7 +117,7 @@ def database_url(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
     if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'dispatcher.db'}"
+        url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'dispatcher.core.db'}"
         migrations.upgrade(url)
         yield url
         return
@@ -272,7 +272,7 @@ def client(
 ) -> Iterator[object]:
     from fastapi.testclient import TestClient
 
-    from dispatcher.app import create_app
+    from dispatcher.web.app import create_app
 
     with TestClient(
         create_app(settings, configure_jobs=False),

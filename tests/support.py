@@ -126,7 +126,7 @@ def parts(message: EmailMessage) -> dict[str, Any]:
 def second_person() -> dict[str, str]:
     """Headers of a fresh approver key: the two-person rule refuses the submitter's own."""
     from dispatcher.auth.service import create_key
-    from dispatcher.db import get_database
+    from dispatcher.core.db import get_database
 
     with get_database().transaction() as session:
         _, key = create_key(session, role="approver", name="Người phê duyệt")

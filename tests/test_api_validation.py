@@ -9,12 +9,12 @@ from fastapi import APIRouter, Depends
 from pydantic import BaseModel
 from sqlalchemy import func, select
 
-from dispatcher.auth.deps import Editor, require
 from dispatcher.auth.service import Role
-from dispatcher.campaigns.models import Campaign
-from dispatcher.content.models import TemplateVersion
-from dispatcher.db import Database
-from dispatcher.recipients.models import Recipient
+from dispatcher.core.db import Database
+from dispatcher.tables.campaigns import Campaign
+from dispatcher.tables.content import TemplateVersion
+from dispatcher.tables.recipients import Recipient
+from dispatcher.web.callers import Editor, require
 from tests.support import approve
 from tests.test_end_to_end import TEMPLATE, add_people, publish_template
 

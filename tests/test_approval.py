@@ -8,20 +8,20 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from dispatcher.audiences.models import AudienceVersion, SavedAudience
-from dispatcher.audit.models import AuditEntry
-from dispatcher.auth.models import PrincipalKind
 from dispatcher.auth.service import create_key, principal_named
 from dispatcher.campaigns import service as campaigns
-from dispatcher.campaigns.planner import plan_run
-from dispatcher.clock import clock
-from dispatcher.config import Settings
-from dispatcher.db import Database
-from dispatcher.deliveries.models import Delivery
-from dispatcher.errors import Invalid
-from dispatcher.recipients.models import Recipient
+from dispatcher.core.config import Settings
+from dispatcher.core.db import Database
+from dispatcher.engine.planner import plan_run
+from dispatcher.kit.clock import clock
+from dispatcher.kit.errors import Invalid
 from dispatcher.scheduling.service import fire_due
 from dispatcher.scheduling.windows import VIETNAM
+from dispatcher.tables.audiences import AudienceVersion, SavedAudience
+from dispatcher.tables.audit import AuditEntry
+from dispatcher.tables.auth import PrincipalKind
+from dispatcher.tables.deliveries import Delivery
+from dispatcher.tables.recipients import Recipient
 from tests.conftest import make_key
 from tests.support import second_person
 from tests.test_api_validation import TEMPLATE_DATA

@@ -17,12 +17,13 @@ from typing import Any
 import pytest
 from sqlalchemy import select, text, update
 
-from dispatcher import audit, secrets
+from dispatcher import audit
 from dispatcher.audit import coverage
 from dispatcher.audit.chain import entry_hash
-from dispatcher.audit.models import AuditEntry, AuditHead
-from dispatcher.config import Settings, get_settings
-from dispatcher.db import Database
+from dispatcher.core import secrets
+from dispatcher.core.config import Settings, get_settings
+from dispatcher.core.db import Database
+from dispatcher.tables.audit import AuditEntry, AuditHead
 from tests.support import wait_for
 from tests.test_end_to_end import (
     add_people,
@@ -506,7 +507,7 @@ def test_deliveries_from_before_the_upgrade_are_not_reported(
     entry) is reported before it, and not after; one made after it still is."""
     from alembic import command
 
-    from dispatcher import migrate
+    from dispatcher.core import migrate
 
     plan_campaign(client, db, witnessed)
     older = int(scalar(db, "SELECT MAX(id) FROM deliveries")) + 1

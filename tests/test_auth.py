@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from dispatcher.app import create_app
 from dispatcher.auth.service import Role
-from dispatcher.clock import utcnow
-from dispatcher.config import Settings
-from dispatcher.db import Database
+from dispatcher.core.config import Settings
+from dispatcher.core.db import Database
+from dispatcher.kit.clock import utcnow
+from dispatcher.web.app import create_app
 from tests.conftest import make_key
 
 EDITOR, APPROVER, OPERATOR, SENDER = "editor", "approver", "operator", "sender"
@@ -275,7 +275,7 @@ def test_admins_create_list_and_revoke_keys(bare: TestClient, keys: dict[str, st
 def test_the_key_is_stored_hashed(db: Database, keys: dict[str, str]) -> None:
     from sqlalchemy import select
 
-    from dispatcher.auth.models import ApiKey
+    from dispatcher.tables.auth import ApiKey
 
     with db.transaction() as session:
         stored = session.scalars(select(ApiKey.secret_hash)).all()

@@ -31,11 +31,11 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 
 from bench.common import postgres_bindir
-from dispatcher.clock import utcnow
-from dispatcher.config import Settings
-from dispatcher.db import Database
-from dispatcher.deliveries.models import Attempt, Delivery
-from dispatcher.jobs import redis_key
+from dispatcher.core.config import Settings
+from dispatcher.core.db import Database
+from dispatcher.engine.jobs import redis_key
+from dispatcher.kit.clock import utcnow
+from dispatcher.tables.deliveries import Attempt, Delivery
 from tests.support import SmtpServer
 from tests.test_end_to_end import PEOPLE, plan_campaign
 from workers.sweeper import sweep
@@ -212,9 +212,9 @@ def test_outcomes_are_written_once_the_database_is_back(
     monkeypatch,
     failures: int,
 ) -> None:
-    from dispatcher.clock import clock
-    from dispatcher.deliveries.pipeline import BatchProcessor
-    from dispatcher.loop import get_loop
+    from dispatcher.engine.loop import get_loop
+    from dispatcher.engine.pipeline import BatchProcessor
+    from dispatcher.kit.clock import clock
 
     run_id, ids, batch_id = _planned(client, db, settings)
     processor = BatchProcessor(db=db, settings=settings, queue=job_queue, loop=get_loop())
@@ -232,7 +232,7 @@ def test_outcomes_are_written_once_the_database_is_back(
         return record(*args, **kwargs)
 
     monkeypatch.setattr(processor, "_record", unreachable)
-    monkeypatch.setattr("dispatcher.deliveries.pipeline.time.sleep", lambda seconds: None)
+    monkeypatch.setattr("dispatcher.engine.pipeline.time.sleep", lambda seconds: None)
     report = processor.process(run_id, ids, batch_id)
     assert report.sent == len(PEOPLE) and calls == ["record"] * (failures + 1)
     assert smtp.mailbox.count() == len(PEOPLE), "sent once: not again after the lease"
@@ -246,8 +246,8 @@ def test_outcomes_are_written_once_the_database_is_back(
 def test_a_commit_whose_answer_was_lost_is_not_written_twice(
     client, smtp: SmtpServer, db: Database, settings: Settings, job_queue, monkeypatch
 ) -> None:
-    from dispatcher.deliveries.pipeline import BatchProcessor
-    from dispatcher.loop import get_loop
+    from dispatcher.engine.loop import get_loop
+    from dispatcher.engine.pipeline import BatchProcessor
 
     run_id, ids, batch_id = _planned(client, db, settings)
     processor = BatchProcessor(db=db, settings=settings, queue=job_queue, loop=get_loop())
@@ -262,7 +262,7 @@ def test_a_commit_whose_answer_was_lost_is_not_written_twice(
         return result
 
     monkeypatch.setattr(processor, "_record", committed_then_lost)
-    monkeypatch.setattr("dispatcher.deliveries.pipeline.time.sleep", lambda seconds: None)
+    monkeypatch.setattr("dispatcher.engine.pipeline.time.sleep", lambda seconds: None)
     report = processor.process(run_id, ids, batch_id)
     assert report.sent == len(PEOPLE) and calls == ["record"]
     with db.transaction() as session:

@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from dispatcher.cli import app
-from dispatcher.config import ConfigError, get_settings, load_settings
+from dispatcher.core.config import ConfigError, get_settings, load_settings
 
 
 @pytest.fixture()
@@ -24,7 +24,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.usefixtures("clean_env")
 def test_defaults_run_on_a_bare_machine() -> None:
     settings = load_settings()
-    assert settings.database_url == "sqlite:///dispatcher.db"
+    assert settings.database_url == "sqlite:///dispatcher.core.db"
     assert (settings.batch_size, settings.worker_threads) == (1000, 2)
     assert (settings.queue_urgent, settings.queue_bulk) == ("urgent", "bulk")
 
@@ -60,7 +60,7 @@ def test_a_bad_value_names_its_variable(
 
 @pytest.mark.usefixtures("clean_env")
 def test_a_sqlite_cache_size_reaches_every_connection(tmp_path: Path) -> None:
-    from dispatcher.db import Database
+    from dispatcher.core.db import Database
 
     sized = Database(f"sqlite:///{tmp_path / 'sized.db'}", sqlite_cache_mib=32)
     plain = Database(f"sqlite:///{tmp_path / 'plain.db'}")

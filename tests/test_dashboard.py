@@ -466,7 +466,7 @@ def test_the_throughput_chart_keeps_its_bars_readable() -> None:
     """Quiet minutes are drawn empty; a long campaign's minutes are summed into wider bars."""
     from datetime import UTC, datetime, timedelta
 
-    from dispatcher.dashboard.charts import MAX_BARS, Bucket, per_minute_chart
+    from dispatcher.web.dashboard.charts import MAX_BARS, Bucket, per_minute_chart
 
     start = datetime(2026, 1, 28, 1, 0, tzinfo=UTC)  # 08:00 in Hà Nội
     short = per_minute_chart([Bucket(start, 40, 2), Bucket(start + timedelta(minutes=3), 10, 0)])

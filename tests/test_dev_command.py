@@ -44,7 +44,7 @@ def test_dev_runs_a_first_campaign_without_redis(tmp_path: Path) -> None:
         assert (
             httpx.get(f"{base}/readyz").json()["checks"]["redis"] == "not used (in-process broker)"
         )
-        assert (tmp_path / "dispatcher.db").exists(), (
+        assert (tmp_path / "dispatcher.core.db").exists(), (
             "the SQLite file lives in the working directory"
         )
         admin = cli_key("admin", env=env, cwd=tmp_path)
@@ -78,7 +78,7 @@ def test_dev_links_follow_its_port_unless_a_public_url_is_set(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from dispatcher.cli import dev_public_url
-    from dispatcher.config import Settings
+    from dispatcher.core.config import Settings
 
     monkeypatch.delenv("DISPATCHER_PUBLIC_URL", raising=False)
     default = Settings()

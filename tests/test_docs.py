@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from dispatcher.app import create_app
-from dispatcher.config import load_settings
+from dispatcher.core.config import load_settings
+from dispatcher.web.app import create_app
 
 # src="...", href="..." and the quoted URLs in the pages' inline scripts (url: '/openapi.json').
 URL = re.compile(r"""(?:src|href)\s*=\s*["']([^"']+)["']|url\s*:\s*["']([^"']+)["']""")

@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from dispatcher.config import Settings
-from dispatcher.db import Database
-from dispatcher.deliveries.models import Attempt, Delivery
+from dispatcher.core.config import Settings
+from dispatcher.core.db import Database
+from dispatcher.tables.deliveries import Attempt, Delivery
 from tests.support import SmtpServer, approve, parts, wait_for
 from workers.sweeper import sweep
 
@@ -91,8 +91,8 @@ def plan_campaign(client: Any, db: Database, settings: Settings) -> tuple[int, i
 
 def plan_launched(client: Any, db: Database, settings: Settings) -> tuple[int, int]:
     """An approved campaign of whoever is there, planned here: (campaign, run)."""
-    from dispatcher.campaigns.models import Run
-    from dispatcher.campaigns.planner import plan_run
+    from dispatcher.engine.planner import plan_run
+    from dispatcher.tables.campaigns import Run
 
     campaign_id = launch(client)
     with db.transaction() as session:

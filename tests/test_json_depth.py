@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from dispatcher.json_depth import TooDeep, check, depth, loads
+from dispatcher.kit.json_depth import TooDeep, check, depth, loads
 
 
 @pytest.mark.parametrize(

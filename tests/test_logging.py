@@ -20,13 +20,13 @@ from sqlalchemy import select
 from structlog.contextvars import bound_contextvars
 
 from channels import redact
-from dispatcher import secrets
-from dispatcher.config import Settings, get_settings
 from dispatcher.consent import service as consent
-from dispatcher.db import Database
-from dispatcher.logging import QUIET_LIBRARIES, configure_logging
-from dispatcher.loop import LoopThread
-from dispatcher.recipients.models import Recipient
+from dispatcher.core import secrets
+from dispatcher.core.config import Settings, get_settings
+from dispatcher.core.db import Database
+from dispatcher.engine.loop import LoopThread
+from dispatcher.observability.logging import QUIET_LIBRARIES, configure_logging
+from dispatcher.tables.recipients import Recipient
 from tests.conftest import make_key
 from tests.deliveries.conftest import TEMPLATE, configure
 from tests.emulators.telegram import TelegramEmulator, server_error

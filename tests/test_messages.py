@@ -14,15 +14,15 @@ import pytest
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
-from dispatcher.auth.models import PrincipalKind
 from dispatcher.auth.service import Caller, Role, create_key
 from dispatcher.campaigns import service
-from dispatcher.campaigns.models import Run
 from dispatcher.campaigns.schemas import MessageIn
-from dispatcher.clock import clock
-from dispatcher.config import Settings, get_settings
-from dispatcher.db import Database
-from dispatcher.errors import Invalid
+from dispatcher.core.config import Settings, get_settings
+from dispatcher.core.db import Database
+from dispatcher.kit.clock import clock
+from dispatcher.kit.errors import Invalid
+from dispatcher.tables.auth import PrincipalKind
+from dispatcher.tables.campaigns import Run
 from tests.conftest import make_key
 from tests.support import SmtpServer, parts, wait_for
 from tests.test_end_to_end import add_people, publish_template

@@ -14,10 +14,10 @@ import redis
 from dramatiq.brokers.redis import RedisBroker
 from prometheus_client.parser import text_string_to_metric_families
 
-from dispatcher import jobs
-from dispatcher.config import Settings
-from dispatcher.db import Database
-from dispatcher.deliveries.pipeline import BatchProcessor
+from dispatcher.core.config import Settings
+from dispatcher.core.db import Database
+from dispatcher.engine import jobs
+from dispatcher.engine.pipeline import BatchProcessor
 from tests.conftest import make_key
 from tests.scheduling.test_scheduler import recurring, vn
 from tests.support import SmtpServer, free_port, wait_for
@@ -191,7 +191,7 @@ def test_redis_away_is_reported_not_an_error(
 def test_scheduler_firings_are_counted(
     client, db: Database, settings: Settings, job_queue: jobs.JobQueue
 ) -> None:
-    from dispatcher.clock import clock
+    from dispatcher.kit.clock import clock
 
     clock.freeze(vn(2026, 5, 4, 6, 0))
     recurring(client, {"type": "cron", "cron": "0 * * * *"})  # hourly

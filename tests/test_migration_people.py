@@ -13,8 +13,8 @@ import pytest
 from alembic import command
 from sqlalchemy import text
 
-from dispatcher import migrate
-from dispatcher.db import create_db_engine
+from dispatcher.core import migrate
+from dispatcher.core.db import create_db_engine
 from tests.conftest import _drop_postgres, _postgres_database
 
 AT = datetime(2026, 11, 1, 2, 0)

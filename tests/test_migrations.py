@@ -12,9 +12,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, text
 
-from dispatcher import migrate
-from dispatcher.db import Database, create_db_engine
-from dispatcher.models import Base
+from dispatcher.core import migrate
+from dispatcher.core.db import Database, create_db_engine
+from dispatcher.tables import Base
 from tests.test_end_to_end import add_people, publish_template
 
 

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import redis
 
-from dispatcher.clock import utcnow
-from dispatcher.config import Settings
+from dispatcher.core.config import Settings
+from dispatcher.kit.clock import utcnow
 from tests.support import SmtpServer, dispatcher_process, wait_for
 from tests.test_end_to_end import PEOPLE, add_people, campaign_status, launch, publish_template
 from workers.scheduler import leader_key

@@ -9,8 +9,8 @@ import pytest
 import redis
 
 from channels.base import RateRule
-from dispatcher import ratelimit
-from dispatcher.ratelimit import Deferred, MemoryLimiter, RedisLimiter, acquire, limits_for
+from dispatcher.engine import ratelimit
+from dispatcher.engine.ratelimit import Deferred, MemoryLimiter, RedisLimiter, acquire, limits_for
 
 TELEGRAM = (RateRule(per_second=2, burst=3), RateRule(per_second=1, burst=1, per_address=True))
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from dispatcher import jobs
-from dispatcher.config import Settings, get_settings, load_settings
-from dispatcher.ratelimit import RedisLimiter, limits_for, take_now
+from dispatcher.core.config import Settings, get_settings, load_settings
+from dispatcher.engine import jobs
+from dispatcher.engine.ratelimit import RedisLimiter, limits_for, take_now
 from workers.scheduler import Leadership, leader_key
 
 
@@ -40,10 +40,10 @@ def test_each_database_has_its_own_namespace(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    here = load_settings(database_url="sqlite:///dispatcher.db")
+    here = load_settings(database_url="sqlite:///dispatcher.core.db")
     assert here.redis_namespace.startswith("dispatcher-")
     assert (
-        load_settings(database_url=f"sqlite:///{tmp_path / 'dispatcher.db'}").redis_namespace
+        load_settings(database_url=f"sqlite:///{tmp_path / 'dispatcher.core.db'}").redis_namespace
         == here.redis_namespace
     ), "the same file, spelled relative or absolute, is the same service"
     assert (

@@ -6,9 +6,9 @@ from datetime import timedelta
 
 from sqlalchemy import select, update
 
-from dispatcher.clock import utcnow
-from dispatcher.db import Database
-from dispatcher.deliveries.models import Attempt, Delivery
+from dispatcher.core.db import Database
+from dispatcher.kit.clock import utcnow
+from dispatcher.tables.deliveries import Attempt, Delivery
 from tests.support import SmtpServer, wait_for
 from tests.test_end_to_end import (
     add_people,
@@ -87,7 +87,7 @@ def test_pause_then_resume_finishes_the_campaign(
     publish_template(client)
     campaign_id = launch(client)
     # Plan everything with no worker running, then pause: queued batches find a paused run.
-    from dispatcher.campaigns.models import Run
+    from dispatcher.tables.campaigns import Run
     from workers import actors
 
     with db.transaction() as session:
@@ -122,7 +122,7 @@ def test_cancel_stops_what_has_not_been_sent(
     campaign_id = launch(client)
     cancelled = client.post(f"/v1/campaigns/{campaign_id}/cancel").json()
     assert cancelled["status"] == "cancelled"
-    from dispatcher.campaigns.models import Run
+    from dispatcher.tables.campaigns import Run
     from workers import actors
 
     with db.transaction() as session:

@@ -16,14 +16,13 @@ from dramatiq.middleware import Middleware
 from sqlalchemy import select
 from structlog.contextvars import bound_contextvars
 
-from dispatcher import jobs
-from dispatcher.campaigns import planner
-from dispatcher.campaigns.models import Run
-from dispatcher.config import Settings, get_settings
-from dispatcher.db import get_database
-from dispatcher.deliveries.pipeline import BatchProcessor
-from dispatcher.loop import get_loop
-from dispatcher.metrics import JobMetrics
+from dispatcher.core.config import Settings, get_settings
+from dispatcher.core.db import get_database
+from dispatcher.engine import jobs, planner
+from dispatcher.engine.loop import get_loop
+from dispatcher.engine.pipeline import BatchProcessor
+from dispatcher.observability.metrics import JobMetrics
+from dispatcher.tables.campaigns import Run
 from workers import sweeper
 
 SWITCH_INTERVAL = 0.0005

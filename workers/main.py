@@ -5,9 +5,9 @@
 
 from __future__ import annotations
 
-from dispatcher import jobs
-from dispatcher.config import get_settings
-from dispatcher.logging import configure_logging
+from dispatcher.core.config import get_settings
+from dispatcher.engine import jobs
+from dispatcher.observability.logging import configure_logging
 from workers import actors
 
 configure_logging()

@@ -18,10 +18,12 @@ import redis
 import structlog
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from dispatcher import audit, jobs, secrets
-from dispatcher.config import Settings
-from dispatcher.db import Database
-from dispatcher.deliveries.leases import LeaseWatch
+from dispatcher import audit
+from dispatcher.core import secrets
+from dispatcher.core.config import Settings
+from dispatcher.core.db import Database
+from dispatcher.engine import jobs
+from dispatcher.engine.leases import LeaseWatch
 from workers.sweeper import sweep
 
 log = structlog.get_logger(__name__)

@@ -4,7 +4,7 @@
 - a claim whose lease this sweeper has watched go unrenewed for a whole lease (its worker was
   killed, or is wedged) goes back to pending, flagged so the next attempt is marked as a
   possible duplicate; a live worker's lease is renewed and never lapses, however long an
-  outage lasts (see dispatcher.deliveries.leases);
+  outage lasts (see dispatcher.engine.leases);
 - pending or retrying rows that are due and whose batch has no live marker in Redis (flushed,
   or the job was lost) are put into new batches and queued again;
 - so are rows whose marker lives on but whose job is gone: due for longer than a lease while
@@ -24,14 +24,9 @@ from sqlalchemy import ColumnElement, delete, select, update
 from sqlalchemy.orm import Session
 
 from dispatcher.campaigns import service as campaigns
-from dispatcher.campaigns.models import Campaign, Run
-from dispatcher.campaigns.planner import complete_if_done
-from dispatcher.clock import utcnow
-from dispatcher.config import Settings
-from dispatcher.db import Database
-from dispatcher.deliveries.leases import LeaseWatch
-from dispatcher.deliveries.models import CLAIMABLE_STATUSES, Delivery, DeliveryStatus, Lease
-from dispatcher.jobs import (
+from dispatcher.core.config import Settings
+from dispatcher.core.db import Database
+from dispatcher.engine.jobs import (
     PLAN_RUN,
     SEND_BATCH,
     Job,
@@ -40,8 +35,13 @@ from dispatcher.jobs import (
     enqueue_after_commit,
     new_batch_id,
 )
-from dispatcher.metrics import SCHEDULE_FIRINGS, SWEEPER_ACTIONS
+from dispatcher.engine.leases import LeaseWatch
+from dispatcher.engine.planner import complete_if_done
+from dispatcher.kit.clock import utcnow
+from dispatcher.observability.metrics import SCHEDULE_FIRINGS, SWEEPER_ACTIONS
 from dispatcher.scheduling import service as scheduling
+from dispatcher.tables.campaigns import Campaign, Run
+from dispatcher.tables.deliveries import CLAIMABLE_STATUSES, Delivery, DeliveryStatus, Lease
 
 log = structlog.get_logger(__name__)
 

@@ -15,12 +15,12 @@ from typing import Any
 from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session
 
-from dispatcher.audiences.models import AudienceVersion, SavedAudience
-from dispatcher.clock import utcnow
-from dispatcher.errors import Invalid, NotFound
+from dispatcher.kit.clock import utcnow
+from dispatcher.kit.errors import Invalid, NotFound
 from dispatcher.recipients.audience import AudienceError, Resolver, compile_audience
-from dispatcher.recipients.models import Recipient
 from dispatcher.scheduling.windows import VIETNAM
+from dispatcher.tables.audiences import AudienceVersion, SavedAudience
+from dispatcher.tables.recipients import Recipient
 
 # The saved audiences a filter resolved: name -> AudienceVersion.id.
 Pinned = Mapping[str, int]

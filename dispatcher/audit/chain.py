@@ -15,9 +15,9 @@ from sqlalchemy import Connection, Table, select, update
 from sqlalchemy.orm import Session
 
 from dispatcher.audit import witness
-from dispatcher.audit.models import AuditEntry, AuditHead, AuditSeal
-from dispatcher.clock import utcnow
-from dispatcher.sql import insert_for
+from dispatcher.kit.clock import utcnow
+from dispatcher.kit.sql import insert_for
+from dispatcher.tables.audit import AuditEntry, AuditHead, AuditSeal
 
 log = structlog.get_logger(__name__)
 
@@ -56,9 +56,9 @@ def keyed_hash(
 
 
 def audit_key(connection: Connection) -> bytes:
-    """The key of this process's settings (see dispatcher.secrets.audit_key)."""
-    from dispatcher import secrets
-    from dispatcher.config import get_settings
+    """The key of this process's settings (see dispatcher.core.secrets.audit_key)."""
+    from dispatcher.core import secrets
+    from dispatcher.core.config import get_settings
 
     bind: Any = Session(bind=connection)
     return secrets.audit_key(bind, get_settings())

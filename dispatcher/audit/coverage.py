@@ -31,7 +31,7 @@ from sqlalchemy import ColumnElement, Connection, Table, select, update
 from sqlalchemy.orm import Session
 
 from dispatcher.audit.chain import Draft, draft
-from dispatcher.deliveries.models import OPEN_STATUSES, Attempt, Delivery
+from dispatcher.tables.deliveries import OPEN_STATUSES, Attempt, Delivery
 
 attempts_t: Table = Attempt.__table__  # type: ignore[assignment]
 deliveries_t: Table = Delivery.__table__  # type: ignore[assignment]

@@ -42,7 +42,7 @@ from dispatcher.audit.chain import (
     keyed_hash,
     seal_mac,
 )
-from dispatcher.audit.models import AuditSeal
+from dispatcher.tables.audit import AuditSeal
 
 PAGE = 1000
 # Deliveries gathered in memory before they go to the temporary table.

@@ -6,9 +6,9 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from dispatcher.auth.models import Principal, PrincipalKind
 from dispatcher.auth.service import Role
-from dispatcher.fields import Instant, Text
+from dispatcher.kit.fields import Instant, Text
+from dispatcher.tables.auth import Principal, PrincipalKind
 
 
 class PrincipalOut(BaseModel):

@@ -19,9 +19,9 @@ from enum import StrEnum
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from dispatcher.auth.models import ApiKey, Principal, PrincipalKind
-from dispatcher.clock import utcnow
-from dispatcher.errors import Conflict, Invalid, NotFound
+from dispatcher.kit.clock import utcnow
+from dispatcher.kit.errors import Conflict, Invalid, NotFound
+from dispatcher.tables.auth import ApiKey, Principal, PrincipalKind
 
 KEY_SCHEME = "bhxh"
 # last_used_at is written at most this often per key, so reads stay reads.

@@ -12,7 +12,7 @@ from channels import registry
 from channels.base import Category
 from dispatcher.auth.schemas import PrincipalOut
 from dispatcher.content.schemas import KEY
-from dispatcher.fields import Instant, Name, Text, one_of
+from dispatcher.kit.fields import Instant, Name, Text, one_of
 from dispatcher.recipients.schemas import EXTERNAL_ID, Audience
 from dispatcher.scheduling.rules import Schedule
 

@@ -20,10 +20,8 @@ from sqlalchemy.orm import Session
 
 from dispatcher import audit
 from dispatcher.audiences import service as audiences
-from dispatcher.auth.models import Principal
 from dispatcher.auth.schemas import PrincipalOut
 from dispatcher.auth.service import Caller, Role
-from dispatcher.campaigns.models import STREAM_PREFIX, Campaign, Run, is_stream
 from dispatcher.campaigns.schemas import (
     CampaignIn,
     CampaignOut,
@@ -35,14 +33,10 @@ from dispatcher.campaigns.schemas import (
     RunOut,
     default_priority,
 )
-from dispatcher.clock import utcnow
-from dispatcher.config import Settings
 from dispatcher.content import service as content
-from dispatcher.content.models import Template, TemplateVersion
 from dispatcher.content.render import Rendered, choose_variant
-from dispatcher.deliveries.models import CLAIMABLE_STATUSES, Delivery, DeliveryStatus
-from dispatcher.errors import Conflict, Forbidden, Invalid, NotFound
-from dispatcher.jobs import (
+from dispatcher.core.config import Settings
+from dispatcher.engine.jobs import (
     PLAN_RUN,
     SEND_BATCH,
     Job,
@@ -50,10 +44,16 @@ from dispatcher.jobs import (
     enqueue_after_commit,
     new_batch_id,
 )
-from dispatcher.recipients.models import Recipient
+from dispatcher.kit.clock import utcnow
+from dispatcher.kit.errors import Conflict, Forbidden, Invalid, NotFound
 from dispatcher.scheduling import rules
 from dispatcher.scheduling.rules import calendar_variables
 from dispatcher.scheduling.service import first_firing
+from dispatcher.tables.auth import Principal
+from dispatcher.tables.campaigns import STREAM_PREFIX, Campaign, Run, is_stream
+from dispatcher.tables.content import Template, TemplateVersion
+from dispatcher.tables.deliveries import CLAIMABLE_STATUSES, Delivery, DeliveryStatus
+from dispatcher.tables.recipients import Recipient
 
 log = structlog.get_logger(__name__)
 

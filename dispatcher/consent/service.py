@@ -26,12 +26,12 @@ from itsdangerous.encoding import base64_decode, base64_encode
 from sqlalchemy import ColumnElement, exists, select
 from sqlalchemy.orm import Session
 
-from dispatcher import secrets
-from dispatcher.clock import utcnow
-from dispatcher.consent.models import OptOut
-from dispatcher.recipients.models import Address, Recipient
-from dispatcher.secrets import ServiceSecret
-from dispatcher.sql import insert_for
+from dispatcher.core import secrets
+from dispatcher.core.secrets import ServiceSecret
+from dispatcher.kit.clock import utcnow
+from dispatcher.kit.sql import insert_for
+from dispatcher.tables.consent import OptOut
+from dispatcher.tables.recipients import Address, Recipient
 
 ALL = "*"
 CATEGORY_OF_KIND = {

@@ -20,8 +20,8 @@ import jinja2
 from jinja2.sandbox import SecurityError
 
 from channels.limits import limits_for, utf16_length
-from dispatcher.config import get_settings
 from dispatcher.content.sandbox import BoundedSandbox, BudgetExceeded, TemplateLimits, current
+from dispatcher.core.config import get_settings
 
 DEFAULT_LOCALE = "vi"
 GENERIC_CHANNEL = "default"

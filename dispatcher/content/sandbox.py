@@ -54,7 +54,7 @@ from markupsafe import Markup
 if TYPE_CHECKING:
     from jinja2.nodes import EvalContext
 
-    from dispatcher.config import Settings
+    from dispatcher.core.config import Settings
 
 # Integers stay below this many bits (about 3,000 digits): ``9**(9**9)`` is refused before it
 # is computed. Python itself refuses to print an integer of more than 4,300 digits.

@@ -10,7 +10,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 from channels import registry
 from channels.limits import PLAN_CHANNELS
 from dispatcher.content.render import GENERIC_CHANNEL
-from dispatcher.fields import StrictInt, one_of
+from dispatcher.kit.fields import StrictInt, one_of
 from dispatcher.recipients.schemas import EXTERNAL_ID, LANGUAGE, language_tag
 
 KEY = r"^[a-z0-9][a-z0-9_.-]{0,99}$"

@@ -15,9 +15,7 @@ from pydantic import ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from dispatcher.clock import utcnow
 from dispatcher.content import isolation
-from dispatcher.content.models import Template, TemplateVersion, Variant
 from dispatcher.content.render import (
     RecipientView,
     Rendered,
@@ -30,9 +28,11 @@ from dispatcher.content.render import (
     variant_map,
 )
 from dispatcher.content.schemas import PreviewIn, TemplateIn, TemplateOut, VariantOut
-from dispatcher.errors import Invalid, NotFound
-from dispatcher.recipients.models import Recipient
+from dispatcher.kit.clock import utcnow
+from dispatcher.kit.errors import Invalid, NotFound
 from dispatcher.scheduling.rules import calendar_variables
+from dispatcher.tables.content import Template, TemplateVersion, Variant
+from dispatcher.tables.recipients import Recipient
 
 log = structlog.get_logger(__name__)
 

@@ -23,10 +23,10 @@ from typing import Any
 from sqlalchemy import and_, exists, select
 from sqlalchemy.orm import Session
 
-from dispatcher.db import Database
-from dispatcher.deliveries.models import Attempt, Delivery
+from dispatcher.core.db import Database
 from dispatcher.recipients.masking import mask_address, mask_text
-from dispatcher.recipients.models import Address, Recipient
+from dispatcher.tables.deliveries import Attempt, Delivery
+from dispatcher.tables.recipients import Address, Recipient
 
 PAGE_SIZE = 1_000
 BOM = "\ufeff"

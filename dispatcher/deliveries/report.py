@@ -25,8 +25,6 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
-from dispatcher.campaigns.models import Run
-from dispatcher.deliveries.models import Delivery, DeliveryStatus
 from dispatcher.deliveries.schemas import (
     CampaignReport,
     ChannelCounts,
@@ -34,8 +32,10 @@ from dispatcher.deliveries.schemas import (
     ThroughputBucket,
 )
 from dispatcher.deliveries.service import get_campaign
-from dispatcher.errors import NotFound
+from dispatcher.kit.errors import NotFound
 from dispatcher.recipients.masking import mask_text
+from dispatcher.tables.campaigns import Run
+from dispatcher.tables.deliveries import Delivery, DeliveryStatus
 
 FINISHED = (DeliveryStatus.sent, DeliveryStatus.failed, DeliveryStatus.skipped)
 DEFAULT_TOP_REASONS = 10

@@ -22,11 +22,8 @@ from typing import Any
 from sqlalchemy import ColumnElement, Select, and_, or_, select
 from sqlalchemy.orm import Session
 
-from dispatcher.campaigns.models import Campaign
-from dispatcher.deliveries.models import OPEN_STATUSES, Attempt, Delivery, DeliveryStatus
 from dispatcher.deliveries.schemas import AttemptOut, DeliveryOut, DeliveryPage
-from dispatcher.deps import CURSOR
-from dispatcher.errors import Invalid, NotFound
+from dispatcher.kit.errors import Invalid, NotFound
 from dispatcher.recipients.masking import (
     AddressLookup,
     BadAddressQuery,
@@ -35,8 +32,11 @@ from dispatcher.recipients.masking import (
     mask_known,
     mask_text,
 )
-from dispatcher.recipients.models import Address, Recipient
 from dispatcher.recipients.schemas import known_channels
+from dispatcher.tables.campaigns import Campaign
+from dispatcher.tables.deliveries import OPEN_STATUSES, Attempt, Delivery, DeliveryStatus
+from dispatcher.tables.recipients import Address, Recipient
+from dispatcher.web.deps import CURSOR
 
 
 def encode_cursor(last_id: int) -> str:

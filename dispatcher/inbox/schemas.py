@@ -5,7 +5,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from dispatcher.fields import SPACE, Name
+from dispatcher.kit.fields import SPACE, Name
 
 
 class InboxItemOut(BaseModel):

@@ -11,11 +11,11 @@ import asyncio
 import structlog
 from sqlalchemy import delete, select
 
-from dispatcher.clock import utcnow
-from dispatcher.db import Database
-from dispatcher.inbox.models import Device, InboxItem
-from dispatcher.recipients.models import Address, Recipient
-from dispatcher.sql import insert_for
+from dispatcher.core.db import Database
+from dispatcher.kit.clock import utcnow
+from dispatcher.kit.sql import insert_for
+from dispatcher.tables.inbox import Device, InboxItem
+from dispatcher.tables.recipients import Address, Recipient
 
 log = structlog.get_logger(__name__)
 

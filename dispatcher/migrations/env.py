@@ -7,8 +7,8 @@ from typing import Any
 from alembic import context
 from sqlalchemy import event
 
-from dispatcher.db import create_db_engine
-from dispatcher.models import Base
+from dispatcher.core.db import create_db_engine
+from dispatcher.tables import Base
 
 config = context.config
 target_metadata = Base.metadata
@@ -17,7 +17,7 @@ target_metadata = Base.metadata
 def run_migrations() -> None:
     url = config.get_main_option("sqlalchemy.url")
     if not url:
-        from dispatcher.config import get_settings
+        from dispatcher.core.config import get_settings
 
         url = get_settings().database_url
     if context.is_offline_mode():

@@ -22,7 +22,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, and_, extract, false, not_, or_, true
 
-from dispatcher.recipients.models import Recipient
+from dispatcher.tables.recipients import Recipient
 
 MAX_EXTERNAL_IDS = 100_000
 KINDS = ("person", "organization")

@@ -54,13 +54,13 @@ from sqlalchemy import Table, any_, bindparam, delete, null, select
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
-from dispatcher import json_depth
-from dispatcher.clock import utcnow
-from dispatcher.db import Database
-from dispatcher.recipients.models import Address, Recipient
+from dispatcher.core.db import Database
+from dispatcher.kit import json_depth
+from dispatcher.kit.clock import utcnow
+from dispatcher.kit.sql import insert_for
 from dispatcher.recipients.provinces import normalise_province
 from dispatcher.recipients.schemas import RecipientIn, known_channels
-from dispatcher.sql import insert_for
+from dispatcher.tables.recipients import Address, Recipient
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",

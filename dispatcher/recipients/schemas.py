@@ -23,7 +23,7 @@ from typing_extensions import TypedDict
 
 from channels import registry
 from channels.limits import PLAN_CHANNELS
-from dispatcher.fields import NOT_BLANK, Day, Name, Text, case_insensitive, padded
+from dispatcher.kit.fields import NOT_BLANK, Day, Name, Text, case_insensitive, padded
 from dispatcher.recipients.audience import AudienceError, compile_audience
 
 EXTERNAL_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"

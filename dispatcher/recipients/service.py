@@ -8,10 +8,10 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from dispatcher.clock import utcnow
+from dispatcher.kit.clock import utcnow
 from dispatcher.recipients.masking import MASK, mask_address, mask_text
-from dispatcher.recipients.models import Address, Recipient
 from dispatcher.recipients.schemas import RecipientIn, RecipientOut
+from dispatcher.tables.recipients import Address, Recipient
 
 
 def upsert_many(*, session: Session, items: Sequence[RecipientIn]) -> tuple[list[Recipient], int]:

@@ -25,7 +25,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
-from dispatcher.fields import StrictBool, StrictInt, TimeOfDay, one_of
+from dispatcher.kit.fields import StrictBool, StrictInt, TimeOfDay, one_of
 from dispatcher.scheduling import lunar
 
 VIETNAM = "Asia/Ho_Chi_Minh"

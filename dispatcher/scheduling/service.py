@@ -18,10 +18,10 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from dispatcher.campaigns.models import Campaign, Run
-from dispatcher.clock import utcnow
-from dispatcher.config import Settings
+from dispatcher.core.config import Settings
+from dispatcher.kit.clock import utcnow
 from dispatcher.scheduling import rules
+from dispatcher.tables.campaigns import Campaign, Run
 
 log = structlog.get_logger(__name__)
 

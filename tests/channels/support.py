@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 import pytest
 
 from channels.base import Adapter, AdapterContext, DeliveryError, Message, SendResult
-from dispatcher.config import Settings
+from dispatcher.core.config import Settings
 
 A = TypeVar("A", bound=Adapter)
 T = TypeVar("T")

@@ -31,7 +31,7 @@ from channels.base import (
 )
 from channels.facebook import TOKEN_LOGGERS, FacebookAdapter, classify_error, messaging_for
 from channels.limits import LIMITS
-from dispatcher.config import Settings
+from dispatcher.core.config import Settings
 from tests.channels.support import adapter_for, assert_no_secret, failure, run, send_one
 from tests.emulators.base import Delay, Disconnect, ManualClock, Reply
 from tests.emulators.conftest import START

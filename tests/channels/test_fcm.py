@@ -41,7 +41,7 @@ from channels.fcm import (
     payload_size,
     retry_after_seconds,
 )
-from dispatcher.config import Settings
+from dispatcher.core.config import Settings
 from tests.emulators.base import Delay, Disconnect, ManualClock, Reply
 from tests.emulators.fcm import (
     GOOGLE_TOKEN_URI,

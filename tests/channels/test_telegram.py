@@ -29,7 +29,7 @@ from channels.base import (
 )
 from channels.limits import LIMITS
 from channels.telegram import TOKEN_LOGGERS, TelegramAdapter
-from dispatcher.config import Settings
+from dispatcher.core.config import Settings
 from tests.channels.support import adapter_for, assert_no_secret, failure, run, send_one
 from tests.emulators.base import Delay, Disconnect, ManualClock, Reply
 from tests.emulators.conftest import START

@@ -29,7 +29,7 @@ from channels.base import (
 from channels.fcm import MAX_PAYLOAD, payload_size
 from channels.limits import LIMITS
 from channels.vssid import Devices, Inbox, VssidAdapter, token_fingerprint
-from dispatcher.config import Settings
+from dispatcher.core.config import Settings
 from tests.channels import support as channel_support
 from tests.channels import test_fcm as support
 from tests.emulators.base import ManualClock

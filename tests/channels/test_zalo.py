@@ -29,7 +29,7 @@ from channels.base import (
     TransientError,
 )
 from channels.zalo import ACCESS_KEY, MESSAGE_TYPES, REFRESH_KEY, ZaloAdapter
-from dispatcher.config import Settings
+from dispatcher.core.config import Settings
 from tests.emulators.base import Delay, Disconnect, ManualClock, Reply
 from tests.emulators.zalo import ERRORS, VIETNAM, ZaloEmulator, error, server_error
 

@@ -126,8 +126,8 @@ def variants(token: str) -> list[str]:
 
 
 def a_link(db: Any, settings: Any, *, kind: str = "greeting") -> str:
-    from dispatcher import secrets
     from dispatcher.consent import service as consent
+    from dispatcher.core import secrets
 
     with db.transaction() as session:
         key = secrets.signing_key(session, settings)
@@ -146,8 +146,8 @@ def test_only_the_exact_token_is_accepted(client, db, settings) -> None:
 
 
 def test_links_expire_after_the_configured_days(client, db, settings, monkeypatch) -> None:
-    from dispatcher.clock import clock, utcnow
-    from dispatcher.config import get_settings
+    from dispatcher.core.config import get_settings
+    from dispatcher.kit.clock import clock, utcnow
 
     sent_at = utcnow()
     clock.freeze(sent_at)
@@ -169,10 +169,10 @@ def test_links_expire_after_the_configured_days(client, db, settings, monkeypatc
 def test_links_sent_before_links_were_dated_work_until_they_expire(client, db, settings) -> None:
     """Links in emails sent before the upgrade (``payload.signature``, no date) are honoured
     for the validity counted from the upgrade, which the migration records."""
-    from dispatcher import secrets
-    from dispatcher.clock import clock, utcnow
     from dispatcher.consent.service import TIMED_LINKS_SINCE
-    from dispatcher.secrets import ServiceSecret
+    from dispatcher.core import secrets
+    from dispatcher.core.secrets import ServiceSecret
+    from dispatcher.kit.clock import clock, utcnow
 
     upgraded_at = utcnow()
     with db.transaction() as session:

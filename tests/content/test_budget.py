@@ -7,10 +7,10 @@ import time
 
 import pytest
 
-from dispatcher.config import get_settings
 from dispatcher.content import isolation
 from dispatcher.content.render import Renderer, TemplateProblem, VariantData
 from dispatcher.content.sandbox import TemplateLimits
+from dispatcher.core.config import get_settings
 
 # Bodies that froze the service, ate gigabytes or kept a thread busy, and their relatives.
 # Each maps to the words its refusal must contain.

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from dispatcher.content.models import TemplateVersion
-from dispatcher.db import Database
+from dispatcher.core.db import Database
+from dispatcher.tables.content import TemplateVersion
 from tests.content.test_budget import BAD_BODIES
 from tests.test_api_validation import count
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from dispatcher.clock import clock
-from dispatcher.config import Settings, get_settings
+from dispatcher.core.config import Settings, get_settings
+from dispatcher.kit.clock import clock
 from tests.channels.test_fcm import generate_key_pem, service_account_info
 from tests.emulators.fcm import FcmEmulator
 from tests.emulators.telegram import TelegramEmulator

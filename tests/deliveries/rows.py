@@ -12,11 +12,11 @@ from typing import Any
 
 from sqlalchemy import insert, select
 
-from dispatcher.campaigns.models import Campaign, Run
-from dispatcher.content.models import Template
-from dispatcher.db import Database
-from dispatcher.deliveries.models import Attempt, Delivery
-from dispatcher.recipients.models import Address, Recipient
+from dispatcher.core.db import Database
+from dispatcher.tables.campaigns import Campaign, Run
+from dispatcher.tables.content import Template
+from dispatcher.tables.deliveries import Attempt, Delivery
+from dispatcher.tables.recipients import Address, Recipient
 
 # An ordinary Tuesday morning (UTC); nothing depends on the day the tests run.
 BASE = datetime(2026, 3, 10, 3, 0, tzinfo=UTC)

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from dispatcher.metrics import AUTH_FAILURES
+from dispatcher.observability.metrics import AUTH_FAILURES
 from tests.emulators.fcm import FcmEmulator
 from tests.emulators.telegram import TelegramEmulator, flood
 from tests.emulators.zalo import ZaloEmulator

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from dispatcher.db import Database
+from dispatcher.core.db import Database
 from dispatcher.deliveries import export
 from tests.conftest import make_key
 from tests.deliveries.rows import (

@@ -14,15 +14,15 @@ import pytest
 from alembic import command
 from sqlalchemy import func, inspect, select
 
-from dispatcher import migrate
-from dispatcher.clock import clock, utcnow
-from dispatcher.config import Settings
-from dispatcher.db import Database, create_db_engine
-from dispatcher.deliveries.bulk import BulkWrites
-from dispatcher.deliveries.leases import LeaseWatch, new_token
-from dispatcher.deliveries.models import Attempt, Delivery, Lease
-from dispatcher.deliveries.pipeline import BatchProcessor, Work, lease_stamp
-from dispatcher.loop import get_loop
+from dispatcher.core import migrate
+from dispatcher.core.config import Settings
+from dispatcher.core.db import Database, create_db_engine
+from dispatcher.engine.bulk import BulkWrites
+from dispatcher.engine.leases import LeaseWatch, new_token
+from dispatcher.engine.loop import get_loop
+from dispatcher.engine.pipeline import BatchProcessor, Work, lease_stamp
+from dispatcher.kit.clock import clock, utcnow
+from dispatcher.tables.deliveries import Attempt, Delivery, Lease
 from tests.support import SmtpServer, wait_for
 from tests.test_chaos import _planned
 from workers.sweeper import sweep

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from dispatcher.db import Database
+from dispatcher.core.db import Database
 from dispatcher.deliveries.report import campaign_report
-from dispatcher.errors import NotFound
+from dispatcher.kit.errors import NotFound
 from tests.deliveries.rows import BASE, add_deliveries, add_recipients, make_campaign
 
 

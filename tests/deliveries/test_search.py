@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from dispatcher.db import Database
+from dispatcher.core.db import Database
 from dispatcher.deliveries.service import Filters, search_query
 from tests.conftest import make_key
 from tests.deliveries.rows import (

@@ -11,12 +11,12 @@ from typing import Any
 import redis
 from sqlalchemy import select
 
-from dispatcher.config import Settings
-from dispatcher.db import Database
-from dispatcher.deliveries.models import Delivery
-from dispatcher.deliveries.pipeline import BatchProcessor, Work
-from dispatcher.jobs import redis_key
-from dispatcher.loop import get_loop
+from dispatcher.core.config import Settings
+from dispatcher.core.db import Database
+from dispatcher.engine.jobs import redis_key
+from dispatcher.engine.loop import get_loop
+from dispatcher.engine.pipeline import BatchProcessor, Work
+from dispatcher.tables.deliveries import Delivery
 from tests.support import SmtpServer, wait_for
 from tests.test_end_to_end import plan_campaign
 

@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from dispatcher.channel_state import ChannelState
-from dispatcher.clock import clock
-from dispatcher.config import get_settings
-from dispatcher.db import Database
+from dispatcher.core.config import get_settings
+from dispatcher.core.db import Database
+from dispatcher.engine.channel_state import ChannelState
+from dispatcher.kit.clock import clock
 from tests.emulators.zalo import ZaloEmulator
 from tests.support import approve, wait_for
 from tests.test_end_to_end import all_deliveries, campaign_status

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from dispatcher.db import Database
+from dispatcher.core.db import Database
 from dispatcher.recipients.audience import AudienceError, compile_audience
-from dispatcher.recipients.models import Recipient
+from dispatcher.tables.recipients import Recipient
 
 PEOPLE = [
     # external_id, province, kind, language, birth_date, participation

@@ -15,8 +15,8 @@ import pytest
 from sqlalchemy import update
 from typer.testing import CliRunner
 
-from dispatcher.clock import utcnow
-from dispatcher.db import Database
+from dispatcher.core.db import Database
+from dispatcher.kit.clock import utcnow
 from dispatcher.recipients import importer
 from dispatcher.recipients.importer import (
     ImportFileError,
@@ -24,8 +24,8 @@ from dispatcher.recipients.importer import (
     import_recipients,
     normalise_phone,
 )
-from dispatcher.recipients.models import Address, Recipient
 from dispatcher.recipients.provinces import CURRENT, FORMER, lookup, normalise_province
+from dispatcher.tables.recipients import Address, Recipient
 
 IMPORT_URL = "/v1/recipients/import"
 CSV = {"content-type": "text/csv"}

@@ -99,8 +99,8 @@ def test_operators_read_recipients_with_masked_addresses(client, db) -> None:
     """Editors (who write the addresses) and admins read them in full; operators masked."""
     from sqlalchemy import update
 
-    from dispatcher.clock import utcnow
-    from dispatcher.recipients.models import Address
+    from dispatcher.kit.clock import utcnow
+    from dispatcher.tables.recipients import Address
     from tests.conftest import make_key
 
     person = {

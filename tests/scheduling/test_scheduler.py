@@ -12,14 +12,14 @@ import pytest
 import redis
 from sqlalchemy import func, select
 
-from dispatcher.campaigns.models import Run
-from dispatcher.campaigns.planner import plan_run
-from dispatcher.clock import clock
-from dispatcher.config import Settings
-from dispatcher.db import Database
-from dispatcher.deliveries.models import Delivery
-from dispatcher.recipients.models import Recipient
+from dispatcher.core.config import Settings
+from dispatcher.core.db import Database
+from dispatcher.engine.planner import plan_run
+from dispatcher.kit.clock import clock
 from dispatcher.scheduling.service import fire_due
+from dispatcher.tables.campaigns import Run
+from dispatcher.tables.deliveries import Delivery
+from dispatcher.tables.recipients import Recipient
 from tests.support import approve, wait_for
 from workers.scheduler import Leadership, leader_key
 

@@ -10,15 +10,15 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import select
 
-from dispatcher.campaigns.models import Run
-from dispatcher.campaigns.planner import plan_run
-from dispatcher.clock import clock
-from dispatcher.config import Settings, get_settings
-from dispatcher.db import Database
-from dispatcher.deliveries.models import Delivery
-from dispatcher.deliveries.pipeline import BatchProcessor
-from dispatcher.loop import get_loop
+from dispatcher.core.config import Settings, get_settings
+from dispatcher.core.db import Database
+from dispatcher.engine.loop import get_loop
+from dispatcher.engine.pipeline import BatchProcessor
+from dispatcher.engine.planner import plan_run
+from dispatcher.kit.clock import clock
 from dispatcher.scheduling.windows import next_open
+from dispatcher.tables.campaigns import Run
+from dispatcher.tables.deliveries import Delivery
 from tests.support import approve
 
 VN = ZoneInfo("Asia/Ho_Chi_Minh")

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-import dispatcher.db
+import dispatcher.core.db
 
 revision: str = "0001"
 down_revision: str | None = None
@@ -42,8 +42,8 @@ def upgrade() -> None:
             sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
             nullable=False,
         ),
-        sa.Column("created_at", dispatcher.db.UTCDateTime(), nullable=False),
-        sa.Column("updated_at", dispatcher.db.UTCDateTime(), nullable=False),
+        sa.Column("created_at", dispatcher.core.db.UTCDateTime(), nullable=False),
+        sa.Column("updated_at", dispatcher.core.db.UTCDateTime(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_recipients")),
         sa.UniqueConstraint("external_id", name=op.f("uq_recipients_external_id")),
     )
@@ -54,7 +54,7 @@ def upgrade() -> None:
         "service_secrets",
         sa.Column("name", sa.String(length=64), nullable=False),
         sa.Column("value", sa.String(length=200), nullable=False),
-        sa.Column("created_at", dispatcher.db.UTCDateTime(), nullable=False),
+        sa.Column("created_at", dispatcher.core.db.UTCDateTime(), nullable=False),
         sa.PrimaryKeyConstraint("name", name=op.f("pk_service_secrets")),
     )
     op.create_table(
@@ -68,7 +68,7 @@ def upgrade() -> None:
         sa.Column("key", sa.String(length=100), nullable=False),
         sa.Column("kind", sa.String(length=32), nullable=True),
         sa.Column("description", sa.String(length=500), nullable=True),
-        sa.Column("created_at", dispatcher.db.UTCDateTime(), nullable=False),
+        sa.Column("created_at", dispatcher.core.db.UTCDateTime(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_templates")),
         sa.UniqueConstraint("key", name=op.f("uq_templates_key")),
     )
@@ -85,7 +85,7 @@ def upgrade() -> None:
         ),
         sa.Column("channel", sa.String(length=32), nullable=False),
         sa.Column("value", sa.String(length=320), nullable=False),
-        sa.Column("dead_at", dispatcher.db.UTCDateTime(), nullable=True),
+        sa.Column("dead_at", dispatcher.core.db.UTCDateTime(), nullable=True),
         sa.Column("dead_reason", sa.String(length=200), nullable=True),
         sa.ForeignKeyConstraint(
             ["recipient_id"],
@@ -116,7 +116,7 @@ def upgrade() -> None:
             nullable=False,
         ),
         sa.Column("source", sa.String(length=32), nullable=False),
-        sa.Column("created_at", dispatcher.db.UTCDateTime(), nullable=False),
+        sa.Column("created_at", dispatcher.core.db.UTCDateTime(), nullable=False),
         sa.ForeignKeyConstraint(
             ["template_id"],
             ["templates.id"],
@@ -157,7 +157,7 @@ def upgrade() -> None:
             nullable=False,
         ),
         sa.Column("priority", sa.String(length=16), nullable=False),
-        sa.Column("send_at", dispatcher.db.UTCDateTime(), nullable=True),
+        sa.Column("send_at", dispatcher.core.db.UTCDateTime(), nullable=True),
         sa.Column(
             "variables",
             sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
@@ -165,11 +165,11 @@ def upgrade() -> None:
         ),
         sa.Column("status", sa.String(length=16), nullable=False),
         sa.Column("status_reason", sa.String(length=500), nullable=True),
-        sa.Column("created_at", dispatcher.db.UTCDateTime(), nullable=False),
-        sa.Column("updated_at", dispatcher.db.UTCDateTime(), nullable=False),
-        sa.Column("submitted_at", dispatcher.db.UTCDateTime(), nullable=True),
-        sa.Column("approved_at", dispatcher.db.UTCDateTime(), nullable=True),
-        sa.Column("completed_at", dispatcher.db.UTCDateTime(), nullable=True),
+        sa.Column("created_at", dispatcher.core.db.UTCDateTime(), nullable=False),
+        sa.Column("updated_at", dispatcher.core.db.UTCDateTime(), nullable=False),
+        sa.Column("submitted_at", dispatcher.core.db.UTCDateTime(), nullable=True),
+        sa.Column("approved_at", dispatcher.core.db.UTCDateTime(), nullable=True),
+        sa.Column("completed_at", dispatcher.core.db.UTCDateTime(), nullable=True),
         sa.ForeignKeyConstraint(
             ["template_id"], ["templates.id"], name=op.f("fk_campaigns_template_id_templates")
         ),
@@ -221,15 +221,15 @@ def upgrade() -> None:
         sa.Column(
             "campaign_id", sa.BigInteger().with_variant(sa.INTEGER(), "sqlite"), nullable=False
         ),
-        sa.Column("scheduled_for", dispatcher.db.UTCDateTime(), nullable=False),
+        sa.Column("scheduled_for", dispatcher.core.db.UTCDateTime(), nullable=False),
         sa.Column("slot", sa.String(length=64), nullable=True),
         sa.Column("status", sa.String(length=16), nullable=False),
         sa.Column(
             "planned_through", sa.BigInteger().with_variant(sa.INTEGER(), "sqlite"), nullable=False
         ),
         sa.Column("planned_count", sa.Integer(), nullable=False),
-        sa.Column("planned_at", dispatcher.db.UTCDateTime(), nullable=True),
-        sa.Column("planner_heartbeat_at", dispatcher.db.UTCDateTime(), nullable=True),
+        sa.Column("planned_at", dispatcher.core.db.UTCDateTime(), nullable=True),
+        sa.Column("planner_heartbeat_at", dispatcher.core.db.UTCDateTime(), nullable=True),
         sa.Column(
             "template_version_id",
             sa.BigInteger().with_variant(sa.INTEGER(), "sqlite"),
@@ -241,9 +241,9 @@ def upgrade() -> None:
             nullable=False,
         ),
         sa.Column("idempotency_key", sa.String(length=200), nullable=True),
-        sa.Column("created_at", dispatcher.db.UTCDateTime(), nullable=False),
-        sa.Column("started_at", dispatcher.db.UTCDateTime(), nullable=True),
-        sa.Column("finished_at", dispatcher.db.UTCDateTime(), nullable=True),
+        sa.Column("created_at", dispatcher.core.db.UTCDateTime(), nullable=False),
+        sa.Column("started_at", dispatcher.core.db.UTCDateTime(), nullable=True),
+        sa.Column("finished_at", dispatcher.core.db.UTCDateTime(), nullable=True),
         sa.ForeignKeyConstraint(
             ["campaign_id"],
             ["campaigns.id"],
@@ -280,8 +280,8 @@ def upgrade() -> None:
         sa.Column("channel", sa.String(length=32), nullable=False),
         sa.Column("status", sa.String(length=16), nullable=False),
         sa.Column("batch_id", sa.String(length=32), nullable=True),
-        sa.Column("available_at", dispatcher.db.UTCDateTime(), nullable=False),
-        sa.Column("lease_until", dispatcher.db.UTCDateTime(), nullable=True),
+        sa.Column("available_at", dispatcher.core.db.UTCDateTime(), nullable=False),
+        sa.Column("lease_until", dispatcher.core.db.UTCDateTime(), nullable=True),
         sa.Column("attempts", sa.Integer(), nullable=False),
         sa.Column("failures", sa.Integer(), nullable=False),
         sa.Column("reclaimed", sa.Boolean(), nullable=False),
@@ -289,9 +289,9 @@ def upgrade() -> None:
         sa.Column("provider_message_id", sa.String(length=200), nullable=True),
         sa.Column("error_class", sa.String(length=32), nullable=True),
         sa.Column("error_reason", sa.Text(), nullable=True),
-        sa.Column("created_at", dispatcher.db.UTCDateTime(), nullable=False),
-        sa.Column("updated_at", dispatcher.db.UTCDateTime(), nullable=False),
-        sa.Column("sent_at", dispatcher.db.UTCDateTime(), nullable=True),
+        sa.Column("created_at", dispatcher.core.db.UTCDateTime(), nullable=False),
+        sa.Column("updated_at", dispatcher.core.db.UTCDateTime(), nullable=False),
+        sa.Column("sent_at", dispatcher.core.db.UTCDateTime(), nullable=True),
         sa.ForeignKeyConstraint(
             ["campaign_id"],
             ["campaigns.id"],
@@ -338,7 +338,7 @@ def upgrade() -> None:
             "delivery_id", sa.BigInteger().with_variant(sa.INTEGER(), "sqlite"), nullable=False
         ),
         sa.Column("number", sa.Integer(), nullable=False),
-        sa.Column("started_at", dispatcher.db.UTCDateTime(), nullable=False),
+        sa.Column("started_at", dispatcher.core.db.UTCDateTime(), nullable=False),
         sa.Column("duration_ms", sa.Integer(), nullable=False),
         sa.Column("outcome", sa.String(length=16), nullable=False),
         sa.Column("error_class", sa.String(length=64), nullable=True),

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import dispatcher.db
+import dispatcher.core.db
 
 revision: str = "0002"
 down_revision: str | None = "0001"
@@ -36,7 +36,7 @@ def upgrade() -> None:
         sa.Column("channel", sa.String(length=32), nullable=False),
         sa.Column("category", sa.String(length=32), nullable=False),
         sa.Column("source", sa.String(length=32), nullable=False),
-        sa.Column("created_at", dispatcher.db.UTCDateTime(), nullable=False),
+        sa.Column("created_at", dispatcher.core.db.UTCDateTime(), nullable=False),
         sa.ForeignKeyConstraint(
             ["recipient_id"],
             ["recipients.id"],

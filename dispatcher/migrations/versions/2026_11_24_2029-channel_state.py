@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import dispatcher.db
+import dispatcher.core.db
 
 revision: str = "0003"
 down_revision: str | None = "0002"
@@ -26,7 +26,7 @@ def upgrade() -> None:
         "channel_state",
         sa.Column("key", sa.String(length=200), nullable=False),
         sa.Column("value", sa.Text(), nullable=False),
-        sa.Column("updated_at", dispatcher.db.UTCDateTime(), nullable=False),
+        sa.Column("updated_at", dispatcher.core.db.UTCDateTime(), nullable=False),
         sa.PrimaryKeyConstraint("key", name=op.f("pk_channel_state")),
     )
     # ### end Alembic commands ###

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import dispatcher.db
+import dispatcher.core.db
 
 revision: str = "0004"
 down_revision: str | None = "0003"
@@ -35,8 +35,8 @@ def upgrade() -> None:
         ),
         sa.Column("token", sa.String(length=500), nullable=False),
         sa.Column("platform", sa.String(length=16), nullable=False),
-        sa.Column("created_at", dispatcher.db.UTCDateTime(), nullable=False),
-        sa.Column("last_seen_at", dispatcher.db.UTCDateTime(), nullable=False),
+        sa.Column("created_at", dispatcher.core.db.UTCDateTime(), nullable=False),
+        sa.Column("last_seen_at", dispatcher.core.db.UTCDateTime(), nullable=False),
         sa.ForeignKeyConstraint(
             ["recipient_id"],
             ["recipients.id"],
@@ -67,8 +67,8 @@ def upgrade() -> None:
         sa.Column("title", sa.String(length=500), nullable=False),
         sa.Column("body", sa.Text(), nullable=False),
         sa.Column("html", sa.Text(), nullable=True),
-        sa.Column("created_at", dispatcher.db.UTCDateTime(), nullable=False),
-        sa.Column("read_at", dispatcher.db.UTCDateTime(), nullable=True),
+        sa.Column("created_at", dispatcher.core.db.UTCDateTime(), nullable=False),
+        sa.Column("read_at", dispatcher.core.db.UTCDateTime(), nullable=True),
         sa.ForeignKeyConstraint(
             ["delivery_id"],
             ["deliveries.id"],

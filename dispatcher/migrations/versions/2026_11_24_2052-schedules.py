@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-import dispatcher.db
+import dispatcher.core.db
 
 revision: str = "0006"
 down_revision: str | None = "0005"
@@ -31,7 +31,9 @@ def upgrade() -> None:
                 nullable=True,
             )
         )
-        batch_op.add_column(sa.Column("next_fire_at", dispatcher.db.UTCDateTime(), nullable=True))
+        batch_op.add_column(
+            sa.Column("next_fire_at", dispatcher.core.db.UTCDateTime(), nullable=True)
+        )
         batch_op.create_index(
             "ix_campaigns_status_next_fire_at", ["status", "next_fire_at"], unique=False
         )

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-import dispatcher.db
+import dispatcher.core.db
 
 revision: str = "0007"
 down_revision: str | None = "0006"
@@ -38,8 +38,8 @@ def upgrade() -> None:
             sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
             nullable=False,
         ),
-        sa.Column("created_at", dispatcher.db.UTCDateTime(), nullable=False),
-        sa.Column("updated_at", dispatcher.db.UTCDateTime(), nullable=False),
+        sa.Column("created_at", dispatcher.core.db.UTCDateTime(), nullable=False),
+        sa.Column("updated_at", dispatcher.core.db.UTCDateTime(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_audiences")),
         sa.UniqueConstraint("name", name=op.f("uq_audiences_name")),
     )

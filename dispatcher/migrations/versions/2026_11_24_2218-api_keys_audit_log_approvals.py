@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import dispatcher.db
+import dispatcher.core.db
 
 revision: str = "0008"
 down_revision: str | None = "0007"
@@ -34,13 +34,13 @@ def upgrade() -> None:
         sa.Column("secret_hash", sa.String(length=64), nullable=False),
         sa.Column("name", sa.String(length=200), nullable=False),
         sa.Column("role", sa.String(length=16), nullable=False),
-        sa.Column("created_at", dispatcher.db.UTCDateTime(), nullable=False),
+        sa.Column("created_at", dispatcher.core.db.UTCDateTime(), nullable=False),
         sa.Column(
             "created_by", sa.BigInteger().with_variant(sa.INTEGER(), "sqlite"), nullable=True
         ),
-        sa.Column("expires_at", dispatcher.db.UTCDateTime(), nullable=True),
-        sa.Column("revoked_at", dispatcher.db.UTCDateTime(), nullable=True),
-        sa.Column("last_used_at", dispatcher.db.UTCDateTime(), nullable=True),
+        sa.Column("expires_at", dispatcher.core.db.UTCDateTime(), nullable=True),
+        sa.Column("revoked_at", dispatcher.core.db.UTCDateTime(), nullable=True),
+        sa.Column("last_used_at", dispatcher.core.db.UTCDateTime(), nullable=True),
         sa.ForeignKeyConstraint(
             ["created_by"],
             ["api_keys.id"],
@@ -60,7 +60,7 @@ def upgrade() -> None:
     op.create_table(
         "audit_log",
         sa.Column("seq", sa.BigInteger(), autoincrement=False, nullable=False),
-        sa.Column("at", dispatcher.db.UTCDateTime(), nullable=False),
+        sa.Column("at", dispatcher.core.db.UTCDateTime(), nullable=False),
         sa.Column("actor", sa.String(length=200), nullable=False),
         sa.Column("action", sa.String(length=64), nullable=False),
         sa.Column("subject", sa.String(length=200), nullable=False),
@@ -82,7 +82,7 @@ def upgrade() -> None:
         ),
         sa.Column("seq", sa.BigInteger(), nullable=False),
         sa.Column("hash", sa.String(length=64), nullable=False),
-        sa.Column("at", dispatcher.db.UTCDateTime(), nullable=False),
+        sa.Column("at", dispatcher.core.db.UTCDateTime(), nullable=False),
         sa.Column("mac", sa.String(length=64), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_audit_seals")),
     )
@@ -111,7 +111,7 @@ def upgrade() -> None:
             )
         )
         batch_op.add_column(
-            sa.Column("approval_expires_at", dispatcher.db.UTCDateTime(), nullable=True)
+            sa.Column("approval_expires_at", dispatcher.core.db.UTCDateTime(), nullable=True)
         )
 
     # ### end Alembic commands ###

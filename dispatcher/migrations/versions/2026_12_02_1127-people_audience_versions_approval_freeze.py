@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-import dispatcher.db
+import dispatcher.core.db
 
 revision: str = "0010"
 down_revision: str | None = "0009"
@@ -37,14 +37,14 @@ principals = sa.table(
     sa.column("id", BIG_ID),
     sa.column("kind", sa.String()),
     sa.column("name", sa.String()),
-    sa.column("created_at", dispatcher.db.UTCDateTime()),
+    sa.column("created_at", dispatcher.core.db.UTCDateTime()),
 )
 api_keys = sa.table(
     "api_keys",
     sa.column("id", BIG_ID),
     sa.column("name", sa.String()),
     sa.column("role", sa.String()),
-    sa.column("created_at", dispatcher.db.UTCDateTime()),
+    sa.column("created_at", dispatcher.core.db.UTCDateTime()),
     sa.column("principal_id", BIG_ID),
 )
 
@@ -55,7 +55,7 @@ def upgrade() -> None:
         sa.Column("id", BIG_ID, autoincrement=True, nullable=False),
         sa.Column("kind", sa.String(length=16), nullable=False),
         sa.Column("name", sa.String(length=200), nullable=False),
-        sa.Column("created_at", dispatcher.db.UTCDateTime(), nullable=False),
+        sa.Column("created_at", dispatcher.core.db.UTCDateTime(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_principals")),
     )
     op.create_table(
@@ -64,7 +64,7 @@ def upgrade() -> None:
         sa.Column("audience_id", BIG_ID, nullable=False),
         sa.Column("version", sa.Integer(), nullable=False),
         sa.Column("filter", JSON_TYPE, nullable=False),
-        sa.Column("created_at", dispatcher.db.UTCDateTime(), nullable=False),
+        sa.Column("created_at", dispatcher.core.db.UTCDateTime(), nullable=False),
         sa.ForeignKeyConstraint(
             ["audience_id"],
             ["audiences.id"],
@@ -119,7 +119,7 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("submitter_id", BIG_ID, nullable=True))
         batch_op.add_column(sa.Column("approver_id", BIG_ID, nullable=True))
         batch_op.add_column(
-            sa.Column("approved_preview_for", dispatcher.db.UTCDateTime(), nullable=True)
+            sa.Column("approved_preview_for", dispatcher.core.db.UTCDateTime(), nullable=True)
         )
         batch_op.add_column(sa.Column("approved_audience_versions", NULLABLE_JSON, nullable=True))
         batch_op.create_foreign_key(

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import dispatcher.db
+import dispatcher.core.db
 
 revision: str = "0012"
 down_revision: str | None = "0011"
@@ -27,13 +27,13 @@ def upgrade() -> None:
         "leases",
         sa.Column("token", sa.String(length=32), nullable=False),
         sa.Column("run_id", sa.BigInteger().with_variant(sa.INTEGER(), "sqlite"), nullable=False),
-        sa.Column("lease_until", dispatcher.db.UTCDateTime(), nullable=False),
+        sa.Column("lease_until", dispatcher.core.db.UTCDateTime(), nullable=False),
         sa.Column("batch_id", sa.String(length=32), nullable=True),
         sa.Column("worker", sa.String(length=100), nullable=False),
-        sa.Column("claimed_at", dispatcher.db.UTCDateTime(), nullable=False),
-        sa.Column("renewed_at", dispatcher.db.UTCDateTime(), nullable=False),
+        sa.Column("claimed_at", dispatcher.core.db.UTCDateTime(), nullable=False),
+        sa.Column("renewed_at", dispatcher.core.db.UTCDateTime(), nullable=False),
         sa.Column("beats", sa.Integer(), nullable=False),
-        sa.Column("lost_at", dispatcher.db.UTCDateTime(), nullable=True),
+        sa.Column("lost_at", dispatcher.core.db.UTCDateTime(), nullable=True),
         sa.ForeignKeyConstraint(
             ["run_id"], ["runs.id"], name=op.f("fk_leases_run_id_runs"), ondelete="CASCADE"
         ),

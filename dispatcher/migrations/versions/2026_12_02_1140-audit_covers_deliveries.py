@@ -90,8 +90,8 @@ def _audit_key(bind: sa.Connection) -> bytes | None:
     settings cannot be read here: the entry then has the plain hash of older entries."""
     from sqlalchemy.orm import Session
 
-    from dispatcher import secrets
-    from dispatcher.config import ConfigError, get_settings
+    from dispatcher.core import secrets
+    from dispatcher.core.config import ConfigError, get_settings
 
     try:
         settings = get_settings()

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 from alembic import op
 
-import dispatcher.db
+import dispatcher.core.db
 
 revision: str = "0014"
 down_revision: str | None = "0013"
@@ -30,7 +30,7 @@ service_secrets = sa.table(
     "service_secrets",
     sa.column("name", sa.String(64)),
     sa.column("value", sa.String(200)),
-    sa.column("created_at", dispatcher.db.UTCDateTime()),
+    sa.column("created_at", dispatcher.core.db.UTCDateTime()),
 )
 
 

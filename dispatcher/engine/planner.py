@@ -1,0 +1,334 @@
+"""Turn a run's audience into delivery rows, one keyset page at a time.
+
+Each page is its own transaction: it inserts the page's deliveries with one
+``INSERT ... SELECT`` (no recipient is ever loaded into Python), advances the run's cursor, and
+queues one batch job of delivery ids after the commit. A planner that dies mid-way is restarted
+by the sweeper and carries on from the cursor; the unique (run, recipient, channel) constraint
+makes a repeated page harmless.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    ColumnElement,
+    Integer,
+    Select,
+    String,
+    Table,
+    and_,
+    case,
+    exists,
+    literal,
+    or_,
+    select,
+)
+from sqlalchemy.orm import Session, aliased
+
+from dispatcher import audit
+from dispatcher.audiences import service as audiences
+from dispatcher.campaigns.service import queue_for
+from dispatcher.consent import service as consent
+from dispatcher.core.config import Settings
+from dispatcher.core.db import Database, UTCDateTime
+from dispatcher.engine.bulk import write_turns
+from dispatcher.engine.jobs import SEND_BATCH, Job, actor_name, enqueue_after_commit, new_batch_id
+from dispatcher.kit.clock import utcnow
+from dispatcher.kit.sql import insert_for
+from dispatcher.recipients.audience import compile_audience
+from dispatcher.scheduling import windows
+from dispatcher.tables.campaigns import Campaign, Run
+from dispatcher.tables.deliveries import OPEN_STATUSES, Delivery, DeliveryStatus
+from dispatcher.tables.recipients import Address, Recipient
+
+deliveries_t: Table = Delivery.__table__  # type: ignore[assignment]
+COLUMNS = (
+    "run_id",
+    "campaign_id",
+    "recipient_id",
+    "channel",
+    "status",
+    "batch_id",
+    "error_class",
+    "available_at",
+    "created_at",
+    "updated_at",
+    "attempts",
+    "failures",
+    "reclaimed",
+)
+
+
+class Rows:
+    """Builds the ``INSERT ... SELECT`` of delivery rows for one run and one batch.
+
+    The rules of who gets what, in SQL over (Recipient, Address):
+    - an address is *usable* when it is not dead and its owner has not opted out of the
+      campaign's category on that channel;
+    - unusable addresses become ``skipped`` rows with their reason (``address_dead``,
+      ``opted_out``), so the audit says why nothing was sent there;
+    - in fallback mode only the first usable channel in the campaign's order is planned, and
+      only unusable channels before it are recorded as skipped.
+    """
+
+    def __init__(
+        self, *, session: Session, run: Run, campaign: Campaign, batch_id: str, settings: Settings
+    ) -> None:
+        self.session = session
+        self.run = run
+        self.campaign = campaign
+        self.batch_id = batch_id
+        self.now = utcnow()
+        self.channels = list(campaign.channels)
+        # Greetings and news planned outside their send window wait for it to open.
+        self.available = {
+            channel: windows.next_open(self.now, campaign.kind, channel, settings.send_windows)
+            or self.now
+            for channel in self.channels
+        }
+        self.rank = {channel: i for i, channel in enumerate(self.channels)}
+        self.opted = consent.opted_out_clause(campaign.kind)
+
+    def usable(self, address: Any = Address) -> ColumnElement[bool]:
+        alive = address.dead_at.is_(None)
+        opted = consent.opted_out_clause(self.campaign.kind, address)
+        return alive if opted is None else and_(alive, ~opted)
+
+    def rank_of(self, address: Any = Address) -> ColumnElement[int]:
+        return case(self.rank, value=address.channel, else_=len(self.channels))
+
+    def none_usable_before(self) -> ColumnElement[bool]:
+        """No usable address ranks ahead of this one (fallback mode)."""
+        other = aliased(Address)
+        return ~exists().where(
+            other.recipient_id == Address.recipient_id,
+            other.channel.in_(self.channels),
+            self.rank_of(other) < self.rank_of(),
+            self.usable(other),
+        )
+
+    def select(
+        self, status: str, reason: ColumnElement[str] | None, *where: Any
+    ) -> Select[*tuple[Any, ...]]:
+        return (
+            select(
+                literal(self.run.id, Integer()),
+                literal(self.campaign.id, Integer()),
+                Recipient.id,
+                Address.channel,
+                literal(status, String()),
+                literal(self.batch_id if status == DeliveryStatus.pending else None, String()),
+                literal(None, String()) if reason is None else reason,
+                case(
+                    {c: literal(t, UTCDateTime()) for c, t in self.available.items()},
+                    value=Address.channel,
+                    else_=literal(self.now, UTCDateTime()),
+                ),
+                literal(self.now, UTCDateTime()),
+                literal(self.now, UTCDateTime()),
+                literal(0, Integer()),
+                literal(0, Integer()),
+                literal(False, Boolean()),
+            )
+            .join(Address, Address.recipient_id == Recipient.id)
+            .where(Address.channel.in_(self.channels), *where)
+        )
+
+    def wait(self) -> float:
+        """Seconds until the first of this batch's rows may be sent."""
+        return max(0.0, (min(self.available.values()) - self.now).total_seconds())
+
+    def insert(self, rows: Select[*tuple[Any, ...]]) -> list[Any]:
+        """Insert; returns the new rows in their audited state (see dispatcher.audit)."""
+        statement = (
+            insert_for(self.session, deliveries_t)
+            .from_select(list(COLUMNS), rows)
+            .on_conflict_do_nothing()
+            .returning(*audit.state_columns())
+        )
+        # Core, not the ORM's bulk machinery: nothing here becomes an object.
+        return [row._mapping for row in self.session.connection().execute(statement)]
+
+    def plan(self, *where: Any) -> tuple[list[int], int]:
+        """Insert the rows for the recipients ``where`` selects: (pending ids, skipped count).
+
+        The new rows, skipped ones with their reason, are named in an audit entry."""
+        if self.campaign.channel_mode == "fallback":
+            where = (*where, self.none_usable_before())
+        dead = Address.dead_at.is_not(None)
+        dead_reason = literal("address_dead", String())
+        if self.opted is None:
+            skipped = self.insert(self.select("skipped", dead_reason, dead, *where))
+        else:
+            # One statement for both reasons: a dead address, else an opt-out.
+            reason = case((dead, dead_reason), else_=literal("opted_out", String()))
+            skipped = self.insert(self.select("skipped", reason, or_(dead, self.opted), *where))
+        pending = self.insert(self.select("pending", None, self.usable(), *where))
+        for entry in audit.deliveries_drafts(
+            [*skipped, *pending],
+            actor="planner",
+            action=audit.PLANNED,
+            subject=f"run:{self.run.id}",
+            skipped=len(skipped),
+        ):
+            audit.append(self.session, entry)
+        return sorted(row["id"] for row in pending), len(skipped)
+
+    def next_hops(self, failed: Sequence[tuple[int, str]]) -> list[int]:
+        """Fallback: plan each (recipient, failed channel)'s next usable channel."""
+        made: list[int] = []
+        by_channel: dict[str, list[int]] = {}
+        for recipient_id, channel in failed:
+            by_channel.setdefault(channel, []).append(recipient_id)
+        for channel, recipient_ids in by_channel.items():
+            after = self.rank.get(channel, len(self.channels))
+            pending, _ = self.plan(Recipient.id.in_(recipient_ids), self.rank_of() > after)
+            made += pending
+        return made
+
+
+def plan_page(*, session: Session, run: Run, campaign: Campaign, settings: Settings) -> int | None:
+    """Plan the next page of ``run``; returns how many deliveries it made, None when done."""
+    page = max(1, settings.batch_size // max(1, len(campaign.channels)))
+    # Ages count on the day the run stands for, the same for every page of it.
+    today = run.scheduled_for.astimezone(windows.VIETNAM).date()
+    # Saved audiences resolve to the versions the approval pinned (runs from before versions
+    # were pinned resolve the latest).
+    resolve = audiences.resolver(session, pinned=run.audience_versions)
+    audience = compile_audience(campaign.audience, today=today, resolve=resolve)
+    if run.audience:
+        audience = and_(
+            audience, compile_audience(run.audience, "run.audience", today=today, resolve=resolve)
+        )
+    ids = session.scalars(
+        select(Recipient.id)
+        .where(audience, Recipient.id > run.planned_through)
+        .order_by(Recipient.id)
+        .limit(page)
+    ).all()
+    if not ids:
+        return None
+    rows = Rows(
+        session=session, run=run, campaign=campaign, batch_id=new_batch_id(), settings=settings
+    )
+    pending, skipped = rows.plan(
+        audience, Recipient.id > run.planned_through, Recipient.id <= ids[-1]
+    )
+    run.planned_through = ids[-1]
+    run.planned_count += len(pending) + skipped
+    run.planner_heartbeat_at = rows.now
+    if pending:
+        enqueue_batch(
+            session=session,
+            run=run,
+            campaign=campaign,
+            ids=pending,
+            batch_id=rows.batch_id,
+            settings=settings,
+        )
+    return len(pending) + skipped
+
+
+def enqueue_batch(
+    *,
+    session: Session,
+    run: Run,
+    campaign: Campaign,
+    ids: list[int],
+    batch_id: str,
+    settings: Settings,
+    delay: float = 0.0,
+) -> None:
+    queue = queue_for(campaign, settings)
+    enqueue_after_commit(
+        session,
+        Job(
+            actor_name(SEND_BATCH, queue),
+            queue,
+            (run.id, ids, batch_id),
+            delay_ms=math.ceil(delay * 1000) if delay > 0 else None,
+            batch_id=batch_id,
+        ),
+    )
+
+
+def unplanned(*, db: Database, run_id: int) -> bool:
+    """Whether the run waits for its first page: planning, and nothing planned yet."""
+    with db.reading() as session:
+        state = session.execute(
+            select(Run.status, Run.planned_through).where(Run.id == run_id)
+        ).first()
+    return state is not None and state[0] == "planning" and not state[1]
+
+
+def plan_run(*, db: Database, run_id: int, settings: Settings) -> int:
+    """Plan every remaining page of a run; returns the deliveries made by this call."""
+    made = 0
+    turns = write_turns(db)
+    while True:
+        with turns.transaction(first=True) as session:
+            run = session.scalar(select(Run).where(Run.id == run_id).with_for_update())
+            if run is None or run.status != "planning":
+                return made
+            campaign = session.get(Campaign, run.campaign_id)
+            assert campaign is not None
+            count = plan_page(session=session, run=run, campaign=campaign, settings=settings)
+            if count is None:
+                now = utcnow()
+                run.status = "running"
+                run.planned_at = run.planner_heartbeat_at = now
+                session.flush()
+                if complete_if_done(session=session, run=run):
+                    return made
+            else:
+                made += count
+                continue
+        # Planned, but rows were still open a moment ago. A batch that closed the last of them
+        # since may have looked at the run before this commit, seen it still planning and left
+        # it: look once more now that it is running (whoever looks last sees everything).
+        with turns.transaction(first=True) as session:
+            run = session.get(Run, run_id)
+            if run is not None:
+                complete_if_done(session=session, run=run)
+        return made
+
+
+def complete_if_done(*, session: Session, run: Run) -> bool:
+    """Mark a fully planned run (and its one-shot campaign) completed when nothing is open."""
+    if run.status != "running" or run.planned_at is None:
+        return False
+    still_open = session.scalar(
+        select(Delivery.id)
+        .where(Delivery.run_id == run.id, Delivery.status.in_(OPEN_STATUSES))
+        .limit(1)
+    )
+    if still_open is not None:
+        return False
+    now = utcnow()
+    run.status = "completed"
+    run.finished_at = now
+    campaign = session.get(Campaign, run.campaign_id)
+    # A recurring campaign lives on between runs; only a one-shot campaign completes.
+    if (
+        campaign is not None
+        and campaign.schedule is None
+        and campaign.kind != "transactional"
+        and campaign.status == "running"
+    ):
+        active = session.scalar(
+            select(Run.id)
+            .where(
+                Run.campaign_id == campaign.id,
+                Run.id != run.id,
+                Run.status.in_(("planning", "running", "paused")),
+            )
+            .limit(1)
+        )
+        if active is None:
+            campaign.status = "completed"
+            campaign.completed_at = campaign.updated_at = now
+    return True

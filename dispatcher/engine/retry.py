@@ -1,0 +1,76 @@
+"""The one retry policy: quick in-call retries for blips, then backoff through the broker.
+
+- transient: up to ``quick_retries`` immediate retries (tenacity, short jittered waits), then
+  a delayed re-delivery with exponential backoff and jitter, until ``max_attempts`` failed
+  attempts have been spent;
+- rate limited: no quick retry; wait the provider's ``retry_after`` (or the first backoff step)
+  without spending the retry budget;
+- auth: a channel-wide fault; backs off like a transient error, and is logged loudly;
+- permanent: stop at once with the reason.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from channels.base import TransientError
+from dispatcher.observability.metrics import count_quick_retry
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    max_attempts: int = 10
+    quick_retries: int = 2
+    quick_wait: float = 0.2
+    base_delay: float = 30.0
+    max_delay: float = 3600.0
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> RetryPolicy:
+        return cls(
+            max_attempts=settings.max_attempts,
+            quick_retries=settings.quick_retries,
+            quick_wait=settings.quick_retry_seconds,
+            base_delay=settings.retry_base_seconds,
+            max_delay=settings.retry_max_seconds,
+        )
+
+    def quick_after_failure(self, failures: int) -> AsyncRetrying | None:
+        """Tenacity loop for the quick retries after a first transient failure, never past the
+        delivery's attempt budget; None when no quick retry is left."""
+        tries = min(self.quick_retries, self.max_attempts - failures)
+        if tries <= 0:
+            return None
+        return AsyncRetrying(
+            stop=stop_after_attempt(tries),
+            wait=wait_exponential_jitter(
+                multiplier=self.quick_wait * 2,
+                max=max(self.quick_wait * 8, 0.001),
+                jitter=self.quick_wait,
+            ),
+            retry=retry_if_exception_type(TransientError),
+            reraise=True,
+            # The first try went out before this loop: each attempt here is a quick retry.
+            before=count_quick_retry,
+        )
+
+    def first_quick_wait(self) -> float:
+        """The pause before the first quick retry (the loop waits between the later ones)."""
+        return self.quick_wait + random.uniform(0, self.quick_wait)
+
+    def backoff(self, failures: int) -> float:
+        """Seconds before the next round after ``failures`` failed attempts (equal jitter)."""
+        step = min(self.max_delay, self.base_delay * (2 ** max(0, failures - 1)))
+        return step / 2 + random.uniform(0, step / 2)
+
+    def exhausted(self, failures: int) -> bool:
+        return failures >= self.max_attempts

@@ -1,0 +1,40 @@
+"""Every table of the service, imported in one place for Alembic and the tests."""
+
+from dispatcher.core.db import Base
+from dispatcher.core.secrets import ServiceSecret
+from dispatcher.engine.channel_state import ChannelState
+from dispatcher.tables.audiences import AudienceVersion, SavedAudience
+from dispatcher.tables.audit import AuditEntry, AuditHead, AuditSeal
+from dispatcher.tables.auth import ApiKey, Principal
+from dispatcher.tables.campaigns import Campaign, Run
+from dispatcher.tables.consent import OptOut
+from dispatcher.tables.content import Template, TemplateVersion, Variant
+from dispatcher.tables.deliveries import Attempt, Delivery, Lease
+from dispatcher.tables.inbox import Device, InboxItem
+from dispatcher.tables.recipients import Address, Recipient
+
+__all__ = [
+    "Address",
+    "ApiKey",
+    "Attempt",
+    "AudienceVersion",
+    "AuditEntry",
+    "AuditHead",
+    "AuditSeal",
+    "Base",
+    "Campaign",
+    "ChannelState",
+    "Delivery",
+    "Device",
+    "InboxItem",
+    "Lease",
+    "OptOut",
+    "Principal",
+    "Recipient",
+    "Run",
+    "SavedAudience",
+    "ServiceSecret",
+    "Template",
+    "TemplateVersion",
+    "Variant",
+]

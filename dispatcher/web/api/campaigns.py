@@ -1,0 +1,204 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Response
+from pydantic import AfterValidator
+from sqlalchemy import select
+
+from dispatcher.campaigns import service
+from dispatcher.campaigns.schemas import (
+    IDEMPOTENCY_KEY_PATTERN,
+    CampaignIn,
+    CampaignOut,
+    ChannelPreviewOut,
+    MessageIn,
+    MessageOut,
+    ReasonIn,
+    ScheduleIn,
+    idempotency_key,
+)
+from dispatcher.tables.campaigns import Campaign
+from dispatcher.web.callers import (
+    Approver,
+    Editor,
+    Operator,
+    RateLimitedSender,
+    SenderOrOperator,
+    Staff,
+)
+from dispatcher.web.deps import AppSettings, DbSession, PathId, ReadSession
+
+router = APIRouter(prefix="/v1/campaigns", tags=["campaigns"])
+messages = APIRouter(prefix="/v1/messages", tags=["messages"])
+
+
+@router.post("", status_code=201, response_model=CampaignOut)
+def create_campaign(data: CampaignIn, session: DbSession, caller: Editor) -> CampaignOut:
+    campaign = service.create(session=session, data=data, caller=caller)
+    return service.to_out(session=session, campaign=campaign)
+
+
+@router.get("", response_model=list[CampaignOut])
+def list_campaigns(
+    session: DbSession,
+    caller: Staff,
+    status: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> list[CampaignOut]:
+    query = select(Campaign).order_by(Campaign.id.desc()).limit(limit)
+    if status:
+        query = query.where(Campaign.status == status)
+    return [service.to_out(session=session, campaign=c) for c in session.scalars(query)]
+
+
+@router.get("/{campaign_id}", response_model=CampaignOut, summary="Status and live counts")
+def get_campaign(campaign_id: PathId, session: DbSession, caller: Staff) -> CampaignOut:
+    campaign = service.get_campaign(session=session, campaign_id=campaign_id)
+    return service.to_out(session=session, campaign=campaign)
+
+
+@router.post("/{campaign_id}/submit", response_model=CampaignOut)
+def submit_campaign(campaign_id: PathId, session: DbSession, caller: Editor) -> CampaignOut:
+    campaign = service.submit(session=session, campaign_id=campaign_id, caller=caller)
+    return service.to_out(session=session, campaign=campaign)
+
+
+@router.post(
+    "/{campaign_id}/approve",
+    response_model=CampaignOut,
+    summary="Approve (a person other than its author and submitter); freezes what was approved",
+)
+def approve_campaign(
+    campaign_id: PathId, session: DbSession, settings: AppSettings, caller: Approver
+) -> CampaignOut:
+    campaign = service.approve(
+        session=session, campaign_id=campaign_id, settings=settings, caller=caller
+    )
+    return service.to_out(session=session, campaign=campaign)
+
+
+@router.post(
+    "/{campaign_id}/reject", response_model=CampaignOut, summary="Back to draft, saying why"
+)
+def reject_campaign(
+    campaign_id: PathId, data: ReasonIn, session: DbSession, caller: Approver
+) -> CampaignOut:
+    campaign = service.reject(
+        session=session, campaign_id=campaign_id, reason=data.reason, caller=caller
+    )
+    return service.to_out(session=session, campaign=campaign)
+
+
+@router.get(
+    "/{campaign_id}/preview",
+    response_model=list[ChannelPreviewOut],
+    summary="Every channel's message for a sample person, as the approver sees it",
+)
+def preview_campaign(
+    campaign_id: PathId, session: DbSession, caller: Staff
+) -> list[ChannelPreviewOut]:
+    campaign = service.get_campaign(session=session, campaign_id=campaign_id)
+    return service.preview_out(session=session, campaign=campaign)
+
+
+@router.put(
+    "/{campaign_id}/schedule",
+    response_model=CampaignOut,
+    summary="Change a recurring rule (an approved campaign needs a new approval)",
+)
+def reschedule_campaign(
+    campaign_id: PathId, data: ScheduleIn, session: DbSession, caller: Editor
+) -> CampaignOut:
+    campaign = service.reschedule(
+        session=session,
+        campaign_id=campaign_id,
+        schedule=data.schedule.model_dump(mode="json"),
+        caller=caller,
+    )
+    return service.to_out(session=session, campaign=campaign)
+
+
+@router.post("/{campaign_id}/pause", response_model=CampaignOut)
+def pause_campaign(campaign_id: PathId, session: DbSession, caller: Operator) -> CampaignOut:
+    campaign = service.pause(session=session, campaign_id=campaign_id, caller=caller)
+    return service.to_out(session=session, campaign=campaign)
+
+
+@router.post("/{campaign_id}/resume", response_model=CampaignOut)
+def resume_campaign(
+    campaign_id: PathId, session: DbSession, settings: AppSettings, caller: Operator
+) -> CampaignOut:
+    campaign = service.resume(
+        session=session, campaign_id=campaign_id, settings=settings, caller=caller
+    )
+    return service.to_out(session=session, campaign=campaign)
+
+
+@router.post("/{campaign_id}/cancel", response_model=CampaignOut)
+def cancel_campaign(
+    campaign_id: PathId, session: DbSession, caller: Operator, data: ReasonIn | None = None
+) -> CampaignOut:
+    campaign = service.cancel(
+        session=session,
+        campaign_id=campaign_id,
+        reason=data.reason if data else None,
+        caller=caller,
+    )
+    return service.to_out(session=session, campaign=campaign)
+
+
+IdempotencyKey = Annotated[
+    Annotated[str, AfterValidator(idempotency_key)] | None,
+    Header(
+        alias="Idempotency-Key",
+        description="Up to 255 letters, digits and - _ . : ~ + / =, optionally in double "
+        "quotes. The same key from the same API key sends once while the key lives.",
+        json_schema_extra={"pattern": IDEMPOTENCY_KEY_PATTERN},
+    ),
+]
+
+
+@messages.post(
+    "",
+    status_code=202,
+    response_model=MessageOut,
+    summary="Send one transactional message (Idempotency-Key: the same key sends once)",
+)
+def send_message(
+    data: MessageIn,
+    session: DbSession,
+    settings: AppSettings,
+    response: Response,
+    caller: RateLimitedSender,
+    idempotency_key: IdempotencyKey = None,
+) -> MessageOut:
+    """Queue one message to one recipient on the urgent queue.
+
+    With an `Idempotency-Key`, a retry of the same request (same recipient, template, channels
+    and variables) from the same API key returns the first message with the header
+    `Idempotent-Replayed: true` and sends nothing again; the same key with another request
+    answers 422. A key is remembered for `DISPATCHER_IDEMPOTENCY_KEY_HOURS` (24) after its first
+    use; after that it sends a new message. Another API key's keys never meet this one's.
+    """
+    run, new = service.send_message(
+        session=session,
+        data=data,
+        settings=settings,
+        caller=caller,
+        idempotency_key=idempotency_key,
+    )
+    if not new:
+        response.headers["Idempotent-Replayed"] = "true"
+    return service.message_out(session=session, run=run)
+
+
+@messages.get(
+    "/{message_id}",
+    response_model=MessageOut,
+    summary="A message and its deliveries (a sender key sees only its own: others are 404)",
+    responses={404: {"description": "No such message, or another sender key's"}},
+)
+def get_message(message_id: PathId, session: ReadSession, caller: SenderOrOperator) -> MessageOut:
+    run = service.find_message(session=session, message_id=message_id, caller=caller)
+    return service.message_out(session=session, run=run)

@@ -1,0 +1,42 @@
+"""Request dependencies: one database session per request, committed before the response."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Path, Query
+from sqlalchemy.orm import Session
+
+from dispatcher.core.config import Settings, get_settings
+from dispatcher.core.db import get_database
+
+
+def get_session() -> Iterator[Session]:
+    """Commit when the endpoint returns (jobs it buffered go out after that), else roll back."""
+    with get_database().transaction() as session:
+        yield session
+
+
+DbSession = Annotated[Session, Depends(get_session, scope="function")]
+
+
+def get_reading_session() -> Iterator[Session]:
+    """A read-only session: on SQLite it reads beside the workers instead of queueing for the
+    write lock (pages that only read, and the dashboard's polls)."""
+    with get_database().reading() as session:
+        yield session
+
+
+ReadSession = Annotated[Session, Depends(get_reading_session, scope="function")]
+
+# Ids are 64-bit in the database: anything larger is a 422, never a driver overflow.
+MAX_ID = 2**63 - 1
+PathId = Annotated[int, Path(ge=1, le=MAX_ID)]
+QueryId = Annotated[int | None, Query(ge=1, le=MAX_ID)]
+# A page's next_cursor, given back for the page after it.
+CURSOR = r"^[0-9]{1,18}$"
+Cursor = Annotated[
+    str | None, Query(pattern=CURSOR, description="The next_cursor of the previous page.")
+]
+AppSettings = Annotated[Settings, Depends(get_settings)]
