@@ -12,7 +12,6 @@ provider's reply or an error reason quotes one.
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from sqlalchemy import ColumnElement, Select, and_, or_, select
 from sqlalchemy.orm import Session
 
 from dispatcher.deliveries.schemas import AttemptOut, DeliveryOut, DeliveryPage
+from dispatcher.kit.cursors import decode_cursor, encode_cursor
 from dispatcher.kit.errors import Invalid, NotFound
 from dispatcher.recipients.masking import (
     AddressLookup,
@@ -36,18 +36,6 @@ from dispatcher.recipients.schemas import known_channels
 from dispatcher.tables.campaigns import Campaign
 from dispatcher.tables.deliveries import OPEN_STATUSES, Attempt, Delivery, DeliveryStatus
 from dispatcher.tables.recipients import Address, Recipient
-from dispatcher.web.deps import CURSOR
-
-
-def encode_cursor(last_id: int) -> str:
-    """The cursor of the page after the row ``last_id``: its id, as ``deps.CURSOR`` says."""
-    return str(last_id)
-
-
-def decode_cursor(cursor: str) -> int:
-    if not re.fullmatch(CURSOR, cursor):
-        raise Invalid("not a cursor this API returned", loc=["query", "cursor"])
-    return int(cursor)
 
 
 def check_status(status: str) -> None:

@@ -3,22 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
 
-from sqlalchemy import String, Text, select
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy import select
 
-from dispatcher.core.db import Base, Database, UTCDateTime
+from dispatcher.core.db import Database
 from dispatcher.kit.clock import utcnow
 from dispatcher.kit.sql import insert_for
-
-
-class ChannelState(Base):
-    __tablename__ = "channel_state"
-
-    key: Mapped[str] = mapped_column(String(200), primary_key=True)
-    value: Mapped[str] = mapped_column(Text)
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+from dispatcher.tables.channel_state import ChannelState
 
 
 class DatabaseState:

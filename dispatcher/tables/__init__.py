@@ -2,11 +2,11 @@
 
 from dispatcher.core.db import Base
 from dispatcher.core.secrets import ServiceSecret
-from dispatcher.engine.channel_state import ChannelState
 from dispatcher.tables.audiences import AudienceVersion, SavedAudience
 from dispatcher.tables.audit import AuditEntry, AuditHead, AuditSeal
 from dispatcher.tables.auth import ApiKey, Principal
 from dispatcher.tables.campaigns import Campaign, Run
+from dispatcher.tables.channel_state import ChannelState
 from dispatcher.tables.consent import OptOut
 from dispatcher.tables.content import Template, TemplateVersion, Variant
 from dispatcher.tables.deliveries import Attempt, Delivery, Lease

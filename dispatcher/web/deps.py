@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from dispatcher.core.config import Settings, get_settings
 from dispatcher.core.db import get_database
+from dispatcher.kit.cursors import CURSOR
 
 
 def get_session() -> Iterator[Session]:
@@ -34,8 +35,6 @@ ReadSession = Annotated[Session, Depends(get_reading_session, scope="function")]
 MAX_ID = 2**63 - 1
 PathId = Annotated[int, Path(ge=1, le=MAX_ID)]
 QueryId = Annotated[int | None, Query(ge=1, le=MAX_ID)]
-# A page's next_cursor, given back for the page after it.
-CURSOR = r"^[0-9]{1,18}$"
 Cursor = Annotated[
     str | None, Query(pattern=CURSOR, description="The next_cursor of the previous page.")
 ]

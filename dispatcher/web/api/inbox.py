@@ -7,9 +7,9 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from sqlalchemy import func, select, update
 
-from dispatcher.deliveries.service import decode_cursor, encode_cursor
 from dispatcher.inbox.schemas import DeviceIn, DeviceOut, InboxItemOut, InboxPage
 from dispatcher.kit.clock import utcnow
+from dispatcher.kit.cursors import decode_cursor, encode_cursor
 from dispatcher.kit.errors import NotFound
 from dispatcher.kit.sql import insert_for
 from dispatcher.tables.inbox import Device, InboxItem
