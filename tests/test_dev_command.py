@@ -77,7 +77,7 @@ def test_dev_runs_a_first_campaign_without_redis(tmp_path: Path) -> None:
 def test_dev_links_follow_its_port_unless_a_public_url_is_set(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from dispatcher.cli import dev_public_url
+    from dispatcher.cli.processes import dev_public_url
     from dispatcher.core.config import Settings
 
     monkeypatch.delenv("DISPATCHER_PUBLIC_URL", raising=False)

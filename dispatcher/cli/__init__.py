@@ -1,0 +1,23 @@
+"""The ``dispatcher`` command: serve, worker, scheduler, migrate, dev, config, import, keys,
+audit."""
+
+from __future__ import annotations
+
+from dispatcher.cli.common import app
+
+# Importing a command group's module adds its commands to the app, in this order in --help.
+# isort: off
+from dispatcher.cli import setup, processes, keys, audit, imports
+# isort: on
+
+
+@app.callback()
+def _main() -> None:
+    """Every command reads DISPATCHER_* settings; see `dispatcher config`."""
+
+
+def main() -> None:
+    app()
+
+
+__all__ = ["app", "audit", "imports", "keys", "main", "processes", "setup"]
