@@ -231,7 +231,7 @@ def _database(kind: str, postgres_url: str, keep: bool) -> Iterator[str]:
 
     if kind == "sqlite":
         directory = tempfile.mkdtemp(prefix="dispatcher-bench-import-")
-        url = f"sqlite:///{directory}/dispatcher.core.db"
+        url = f"sqlite:///{directory}/dispatcher.db"
         try:
             migrate.upgrade(url)
             yield url

@@ -117,7 +117,7 @@ def database_url(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
     if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'dispatcher.core.db'}"
+        url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'dispatcher.db'}"
         migrations.upgrade(url)
         yield url
         return

@@ -24,7 +24,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.usefixtures("clean_env")
 def test_defaults_run_on_a_bare_machine() -> None:
     settings = load_settings()
-    assert settings.database_url == "sqlite:///dispatcher.core.db"
+    assert settings.database_url == "sqlite:///dispatcher.db"
     assert (settings.batch_size, settings.worker_threads) == (1000, 2)
     assert (settings.queue_urgent, settings.queue_bulk) == ("urgent", "bulk")
 

@@ -44,7 +44,7 @@ def test_dev_runs_a_first_campaign_without_redis(tmp_path: Path) -> None:
         assert (
             httpx.get(f"{base}/readyz").json()["checks"]["redis"] == "not used (in-process broker)"
         )
-        assert (tmp_path / "dispatcher.core.db").exists(), (
+        assert (tmp_path / "dispatcher.db").exists(), (
             "the SQLite file lives in the working directory"
         )
         admin = cli_key("admin", env=env, cwd=tmp_path)

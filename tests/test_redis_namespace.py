@@ -40,10 +40,10 @@ def test_each_database_has_its_own_namespace(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    here = load_settings(database_url="sqlite:///dispatcher.core.db")
+    here = load_settings(database_url="sqlite:///dispatcher.db")
     assert here.redis_namespace.startswith("dispatcher-")
     assert (
-        load_settings(database_url=f"sqlite:///{tmp_path / 'dispatcher.core.db'}").redis_namespace
+        load_settings(database_url=f"sqlite:///{tmp_path / 'dispatcher.db'}").redis_namespace
         == here.redis_namespace
     ), "the same file, spelled relative or absolute, is the same service"
     assert (

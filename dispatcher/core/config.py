@@ -38,7 +38,7 @@ class Settings(BaseSettings):
     )
 
     database_url: str = Field(
-        default="sqlite:///dispatcher.core.db",
+        default="sqlite:///dispatcher.db",
         description="SQLAlchemy URL. Default: a SQLite file in the working directory.",
     )
     redis_url: str = Field(
@@ -338,7 +338,7 @@ _NAMESPACE = re.compile(r"[A-Za-z][A-Za-z0-9._-]*")
 
 def derived_namespace(database_url: str) -> str:
     """``dispatcher-`` and a hash of which database this is: its server and name, or the
-    SQLite file's real path (so ``sqlite:///dispatcher.core.db`` names the same file from any
+    SQLite file's real path (so ``sqlite:///dispatcher.db`` names the same file from any
     process started in that directory). Neither the password nor the user take part."""
     url = make_url(database_url)
     if url.get_backend_name() == "sqlite":
