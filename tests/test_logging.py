@@ -20,6 +20,7 @@ from sqlalchemy import select
 from structlog.contextvars import bound_contextvars
 
 from channels import redact
+from channels.emulators.telegram import TelegramEmulator, server_error
 from dispatcher.consent import service as consent
 from dispatcher.core import secrets
 from dispatcher.core.config import Settings, get_settings
@@ -29,7 +30,6 @@ from dispatcher.observability.logging import QUIET_LIBRARIES, configure_logging
 from dispatcher.tables.recipients import Recipient
 from tests.conftest import make_key
 from tests.deliveries.conftest import TEMPLATE, configure
-from tests.emulators.telegram import TelegramEmulator, server_error
 from tests.support import SmtpServer, approve, dispatcher_process, free_port, wait_for
 from tests.test_end_to_end import all_deliveries, campaign_status
 

@@ -29,13 +29,13 @@ from channels.base import (
     SendResult,
     TransientError,
 )
+from channels.emulators.base import Delay, Disconnect, ManualClock, Reply
+from channels.emulators.messenger import MessengerEmulator, error
 from channels.facebook import TOKEN_LOGGERS, FacebookAdapter, classify_error, messaging_for
 from channels.limits import LIMITS
 from dispatcher.core.config import Settings
 from tests.channels.support import adapter_for, assert_no_secret, failure, run, send_one
-from tests.emulators.base import Delay, Disconnect, ManualClock, Reply
 from tests.emulators.conftest import START
-from tests.emulators.messenger import MessengerEmulator, error
 
 T = TypeVar("T")
 PSID = "6543210987654321"

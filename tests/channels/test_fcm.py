@@ -31,19 +31,8 @@ from channels.base import (
     RateLimitedError,
     TransientError,
 )
-from channels.fcm import (
-    FCM_SCOPE,
-    MAX_PAYLOAD,
-    FcmClient,
-    FcmConfig,
-    build_message,
-    fit_body,
-    payload_size,
-    retry_after_seconds,
-)
-from dispatcher.core.config import Settings
-from tests.emulators.base import Delay, Disconnect, ManualClock, Reply
-from tests.emulators.fcm import (
+from channels.emulators.base import Delay, Disconnect, ManualClock, Reply
+from channels.emulators.fcm import (
     GOOGLE_TOKEN_URI,
     FcmEmulator,
     fcm_error,
@@ -56,7 +45,18 @@ from tests.emulators.fcm import (
     unavailable,
     unregistered,
 )
-from tests.emulators.fcm import payload_size as emulator_payload_size
+from channels.emulators.fcm import payload_size as emulator_payload_size
+from channels.fcm import (
+    FCM_SCOPE,
+    MAX_PAYLOAD,
+    FcmClient,
+    FcmConfig,
+    build_message,
+    fit_body,
+    payload_size,
+    retry_after_seconds,
+)
+from dispatcher.core.config import Settings
 from tests.support import free_port
 
 # A Monday, 10:00 in Vietnam: any fixed instant will do, as long as it is not "today".

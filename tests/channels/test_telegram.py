@@ -27,13 +27,8 @@ from channels.base import (
     SendResult,
     TransientError,
 )
-from channels.limits import LIMITS
-from channels.telegram import TOKEN_LOGGERS, TelegramAdapter
-from dispatcher.core.config import Settings
-from tests.channels.support import adapter_for, assert_no_secret, failure, run, send_one
-from tests.emulators.base import Delay, Disconnect, ManualClock, Reply
-from tests.emulators.conftest import START
-from tests.emulators.telegram import (
+from channels.emulators.base import Delay, Disconnect, ManualClock, Reply
+from channels.emulators.telegram import (
     TelegramEmulator,
     bad_entities,
     bad_gateway,
@@ -50,6 +45,11 @@ from tests.emulators.telegram import (
     unauthorized,
     user_deactivated,
 )
+from channels.limits import LIMITS
+from channels.telegram import TOKEN_LOGGERS, TelegramAdapter
+from dispatcher.core.config import Settings
+from tests.channels.support import adapter_for, assert_no_secret, failure, run, send_one
+from tests.emulators.conftest import START
 
 T = TypeVar("T")
 CHAT = "42"

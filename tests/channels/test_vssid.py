@@ -26,20 +26,20 @@ from channels.base import (
     SendResult,
     TransientError,
 )
-from channels.fcm import MAX_PAYLOAD, payload_size
-from channels.limits import LIMITS
-from channels.vssid import Devices, Inbox, VssidAdapter, token_fingerprint
-from dispatcher.core.config import Settings
-from tests.channels import support as channel_support
-from tests.channels import test_fcm as support
-from tests.emulators.base import ManualClock
-from tests.emulators.fcm import (
+from channels.emulators.base import ManualClock
+from channels.emulators.fcm import (
     FcmEmulator,
     quota_exceeded,
     sender_id_mismatch,
     unauthenticated,
     unavailable,
 )
+from channels.fcm import MAX_PAYLOAD, payload_size
+from channels.limits import LIMITS
+from channels.vssid import Devices, Inbox, VssidAdapter, token_fingerprint
+from dispatcher.core.config import Settings
+from tests.channels import support as channel_support
+from tests.channels import test_fcm as support
 
 T = TypeVar("T")
 

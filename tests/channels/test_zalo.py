@@ -28,10 +28,10 @@ from channels.base import (
     StateStore,
     TransientError,
 )
+from channels.emulators.base import Delay, Disconnect, ManualClock, Reply
+from channels.emulators.zalo import ERRORS, VIETNAM, ZaloEmulator, error, server_error
 from channels.zalo import ACCESS_KEY, MESSAGE_TYPES, REFRESH_KEY, ZaloAdapter
 from dispatcher.core.config import Settings
-from tests.emulators.base import Delay, Disconnect, ManualClock, Reply
-from tests.emulators.zalo import ERRORS, VIETNAM, ZaloEmulator, error, server_error
 
 # A Monday, 10:00 in Vietnam (03:00 UTC): daytime, so promotions are allowed.
 START = datetime(2025, 3, 10, 3, 0, tzinfo=UTC)

@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
+from channels.emulators.fcm import FcmEmulator
+from channels.emulators.telegram import TelegramEmulator
+from channels.emulators.zalo import ZaloEmulator
 from dispatcher.core.config import Settings, get_settings
 from dispatcher.kit.clock import clock
 from tests.channels.test_fcm import generate_key_pem, service_account_info
-from tests.emulators.fcm import FcmEmulator
-from tests.emulators.telegram import TelegramEmulator
-from tests.emulators.zalo import ZaloEmulator
 from tests.support import approve
 
 # 10:00 in Vietnam on an ordinary Tuesday: promotions may go out.

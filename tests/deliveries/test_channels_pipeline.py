@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 
+from channels.emulators.fcm import FcmEmulator
+from channels.emulators.telegram import TelegramEmulator, flood
+from channels.emulators.zalo import ZaloEmulator
 from dispatcher.observability.metrics import AUTH_FAILURES
-from tests.emulators.fcm import FcmEmulator
-from tests.emulators.telegram import TelegramEmulator, flood
-from tests.emulators.zalo import ZaloEmulator
 from tests.support import wait_for
 from tests.test_end_to_end import all_deliveries, campaign_status
 

@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from channels.emulators.zalo import ZaloEmulator
 from dispatcher.core.config import get_settings
 from dispatcher.core.db import Database
 from dispatcher.kit.clock import clock
 from dispatcher.tables.channel_state import ChannelState
-from tests.emulators.zalo import ZaloEmulator
 from tests.support import approve, wait_for
 from tests.test_end_to_end import all_deliveries, campaign_status
 

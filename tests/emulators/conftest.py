@@ -12,11 +12,11 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
-from .base import ManualClock
-from .fcm import FcmEmulator
-from .messenger import MessengerEmulator
-from .telegram import TelegramEmulator
-from .zalo import ZaloEmulator
+from channels.emulators.base import ManualClock
+from channels.emulators.fcm import FcmEmulator
+from channels.emulators.messenger import MessengerEmulator
+from channels.emulators.telegram import TelegramEmulator
+from channels.emulators.zalo import ZaloEmulator
 
 # A Monday, 10:00 in Vietnam (03:00 UTC): daytime, so promotion messages are allowed.
 START = datetime(2025, 3, 10, 3, 0, tzinfo=UTC)

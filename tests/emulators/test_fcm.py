@@ -11,9 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
-from .base import ANY, Delay, Disconnect, ManualClock, Reply
-from .conftest import START
-from .fcm import (
+from channels.emulators.base import ANY, Delay, Disconnect, ManualClock, Reply
+from channels.emulators.fcm import (
     CLOUD_PLATFORM_SCOPE,
     FCM_SCOPE,
     GOOGLE_TOKEN_URI,
@@ -30,6 +29,8 @@ from .fcm import (
     unavailable,
     unregistered,
 )
+
+from .conftest import START
 
 DEVICE = "fGx1:APA91bHtestDeviceTokenForTheLocalEmulator"
 SERVICE_ACCOUNT = "push@vssid-push-test.iam.gserviceaccount.com"

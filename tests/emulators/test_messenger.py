@@ -9,8 +9,8 @@ from typing import Any
 import httpx
 import pytest
 
-from .base import ANY, Delay, Disconnect, ManualClock
-from .messenger import ERRORS, MessengerEmulator, error, rate_limited
+from channels.emulators.base import ANY, Delay, Disconnect, ManualClock
+from channels.emulators.messenger import ERRORS, MessengerEmulator, error, rate_limited
 
 PSID = "6543210987654321"
 

@@ -12,9 +12,8 @@ import pytest
 import telegram
 from telegram import error as tg_errors
 
-from .base import ANY, OK, Delay, Disconnect, ManualClock, Reply, TokenBucket
-from .conftest import START
-from .telegram import (
+from channels.emulators.base import ANY, OK, Delay, Disconnect, ManualClock, Reply, TokenBucket
+from channels.emulators.telegram import (
     DEFAULT_TOKEN,
     TelegramEmulator,
     bad_entities,
@@ -31,6 +30,8 @@ from .telegram import (
     unauthorized,
     user_deactivated,
 )
+
+from .conftest import START
 
 
 def api(emulator: TelegramEmulator, method: str, token: str = DEFAULT_TOKEN) -> str:

@@ -9,9 +9,10 @@ from typing import Any
 import httpx
 import pytest
 
-from .base import ANY, Delay, Disconnect, ManualClock
+from channels.emulators.base import ANY, Delay, Disconnect, ManualClock
+from channels.emulators.zalo import ERRORS, VIETNAM, ZaloEmulator, error, server_error
+
 from .conftest import START
-from .zalo import ERRORS, VIETNAM, ZaloEmulator, error, server_error
 
 
 def send(

@@ -1,9 +1,9 @@
 """Run one provider emulator standalone, for ``dispatcher dev`` and the benchmarks.
 
-    python -m tests.emulators telegram --port 8081
-    python -m tests.emulators zalo --port 8082
-    python -m tests.emulators messenger --port 8083
-    python -m tests.emulators fcm --port 8084
+    python -m channels.emulators telegram --port 8081
+    python -m channels.emulators zalo --port 8082
+    python -m channels.emulators messenger --port 8083
+    python -m channels.emulators fcm --port 8084
 
 It prints the settings that point the service at it, then serves until interrupted.
 ``GET <base>/_emulator/stats`` answers request counts by status and accepted messages (for
@@ -16,11 +16,11 @@ import argparse
 import signal
 import threading
 
-from tests.emulators.base import Emulator
-from tests.emulators.fcm import FcmEmulator
-from tests.emulators.messenger import MessengerEmulator
-from tests.emulators.telegram import TelegramEmulator
-from tests.emulators.zalo import ZaloEmulator
+from channels.emulators.base import Emulator
+from channels.emulators.fcm import FcmEmulator
+from channels.emulators.messenger import MessengerEmulator
+from channels.emulators.telegram import TelegramEmulator
+from channels.emulators.zalo import ZaloEmulator
 
 
 def build(name: str, port: int, rate: float | None) -> tuple[Emulator, dict[str, str]]:
@@ -56,7 +56,7 @@ def urls(name: str, base: str) -> dict[str, str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m tests.emulators", description=__doc__.split("\n")[0]
+        prog="python -m channels.emulators", description=__doc__.split("\n")[0]
     )
     parser.add_argument("provider", choices=["telegram", "zalo", "messenger", "fcm"])
     parser.add_argument("--port", type=int, default=0, help="default: any free port")
