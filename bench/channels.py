@@ -1,9 +1,9 @@
 """Channel throughput: Telegram against its rate limit, and email over SMTP.
 
-    python bench/channels.py                       # Telegram for 60 s, then 10,000 emails
-    python bench/channels.py --quick               # 10 s of Telegram, 1,000 emails (smoke run)
-    python bench/channels.py --only telegram --duration 120
-    python bench/channels.py --only email --emails 50000
+    python -m bench.channels                       # Telegram for 60 s, then 10,000 emails
+    python -m bench.channels --quick               # 10 s of Telegram, 1,000 emails (smoke run)
+    python -m bench.channels --only telegram --duration 120
+    python -m bench.channels --only email --emails 50000
 
 Each scenario builds the service from scratch, every part a real subprocess in its own session:
 a private ``redis-server`` (``--save "" --appendonly no``), a fresh SQLite file migrated with
@@ -20,7 +20,7 @@ window (the first ``--warmup`` seconds and the last, partial second left out), t
 every 429 it answered. The aim: at least 95% of the limit, and not one 429.
 
 *Email.* The provider is an aiosmtpd server in another process (the SMTP sink of
-``bench/common.py``) that accepts every message and reports its count to a file. The figure is
+``bench.common``) that accepts every message and reports its count to a file. The figure is
 messages/s from the approve call until the campaign reads ``completed``.
 
 Both scenarios also report the CPU seconds each role used during the campaign, and those used by
@@ -42,70 +42,50 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, TextIO
 
-# Run as a script, bench/ is first on sys.path and this file would shadow the project's
-# ``channels`` package: the project root goes there instead, for ``bench.common``. This file
-# imports no project code itself; the service runs in subprocesses.
-_BENCH_DIR = Path(__file__).resolve().parent
-if sys.path and Path(sys.path[0] or ".").resolve() == _BENCH_DIR:
-    sys.path[0] = str(_BENCH_DIR.parent)
+import httpx
+import psutil
+import redis
 
-try:
-    import psutil
-
-    from bench.common import (
-        HEARTBEATS_KEY,
-        OTHER_CPU_WARNING,
-        RESULTS_DIR,
-        ROOT,
-        BenchError,
-        Managed,
-        bearer,
-        dispatcher_command,
-        free_port,
-        machine,
-        make_api_keys,
-        migrate,
-        parse_env,
-        project_env,
-        read_json,
-        relative,
-        start_private_redis,
-        start_smtp_sink,
-        vietnamese_name,
-        wait_for_api,
-        wait_until,
-        write_json,
-    )
-    from bench.common import PROVINCES as COMMON_PROVINCES
-except ImportError as exc:
-    sys.exit(
-        f"bench/channels.py needs the project's virtualenv (psutil, httpx, redis, aiosmtpd): "
-        f"run it as .venv/bin/python bench/channels.py ({exc})"
-    )
-
-if TYPE_CHECKING:
-    import httpx
+from bench.common import (
+    OTHER_CPU_WARNING,
+    RESULTS_DIR,
+    BenchError,
+    Managed,
+    Service,
+    dispatcher_command,
+    free_port,
+    iso,
+    machine,
+    parse_env,
+    project_env,
+    read_json,
+    relative,
+    run_main,
+    server_seconds,
+    start_smtp_sink,
+    vietnamese_name,
+    wait_until,
+    write_json,
+)
+from bench.common import PROVINCES as COMMON_PROVINCES
 
 POLL_SECONDS = 0.5
 PROGRESS_SECONDS = 2.0
-RECIPIENTS_PER_REQUEST = 10_000  # the API's own limit per POST /v1/recipients
 AIM_SHARE = 0.95  # of the provider's limit, over the steady window
 TEMPLATE_KEY = "bench_channels_fraud_warning"
 
 TEMPLATE: dict[str, Any] = {
     "key": TEMPLATE_KEY,
     "kind": "fraud_warning",
-    "description": "Channel benchmark (bench/channels.py)",
+    "description": "Channel benchmark (bench.channels)",
     "defaults": {"hotline": "1900 9068"},
     "variants": [
         {
@@ -153,24 +133,6 @@ class Options:
     profile: bool = False
 
 
-def service_env(
-    options: Options, database_url: str, redis_url: str, api_port: int
-) -> dict[str, str]:
-    # Settings of the caller's shell must not leak into the measurement: only --env adds any.
-    env = project_env(
-        {
-            "DISPATCHER_DATABASE_URL": database_url,
-            "DISPATCHER_REDIS_URL": redis_url,
-            "DISPATCHER_PUBLIC_URL": f"http://127.0.0.1:{api_port}",
-            "DISPATCHER_WORKER_THREADS": str(options.threads),
-            "DISPATCHER_LOG_FORMAT": "json",
-        }
-    )
-    if options.batch_size is not None:
-        env["DISPATCHER_BATCH_SIZE"] = str(options.batch_size)
-    return env
-
-
 @dataclass
 class Audit:
     """What the service's own audit (GET /v1/deliveries) says about a campaign."""
@@ -190,65 +152,29 @@ class Audit:
         return counts
 
 
-class Service:
-    """Redis, the database, the provider, the API and the workers of one scenario."""
+@dataclass
+class Measured:
+    campaign: dict[str, Any]  # as the API shows it once completed
+    approved_wall: datetime
+    elapsed: float  # approve call → completed, s
+    cpu: dict[str, float]  # CPU seconds per role during the campaign
+    redis_calls: dict[str, int]  # per Redis command during the campaign
+    profiles: list[str]
+    audit: Audit
+
+
+class ChannelService(Service):
+    """The service of one scenario, with its provider in another process."""
 
     def __init__(self, options: Options, name: str, stack: contextlib.ExitStack) -> None:
+        super().__init__(name, stack, keep=options.keep)
         self.options = options
-        self.name = name
-        self.processes: list[Managed] = []
-        self.watched: list[Managed] = []
-        self.workdir = Path(tempfile.mkdtemp(prefix=f"dispatcher-bench-{name}-"))
-        if options.keep:
-            print(f"  logs and files kept in {self.workdir}")
-        else:
-            stack.callback(shutil.rmtree, self.workdir, ignore_errors=True)
-        stack.callback(self.stop_all)
-        self.api_port = free_port()
         self.provider_env: dict[str, str] = {}
-        self.env: dict[str, str] = {}
-        self.redis_url = ""
-        self.api: Managed | None = None
-        self.workers: Managed | None = None
         self.provider: Managed | None = None
-        self.redis: Managed | None = None
-        self.http: httpx.Client | None = None
-        # Two API keys: one creates and submits a campaign, the other approves it.
-        self.keys: list[str] = []
-
-    @property
-    def client(self) -> httpx.Client:
-        """The HTTP client of the API (once :meth:`up` has started it)."""
-        if self.http is None:
-            raise BenchError("the API is not running")
-        return self.http
-
-    def stop_all(self) -> None:
-        if self.http is not None:
-            self.http.close()
-        for process in reversed(self.processes):
-            process.stop()
-
-    def start(
-        self, name: str, argv: Sequence[str], env: dict[str, str], *, watch: bool = True
-    ) -> Managed:
-        """Start a process that is stopped with the scenario; a watched one must stay up."""
-        process = Managed(name, argv, env=env, log_path=self.workdir / f"{name}.log")
-        self.processes.append(process)
-        if watch:
-            self.watched.append(process)
-        return process
-
-    def start_redis(self) -> None:
-        process, self.redis_url = start_private_redis(self.workdir)
-        self.processes.append(process)
-        self.watched.append(process)
-        self.redis = process
+        self.workers: Managed | None = None
 
     def redis_calls(self) -> dict[str, int]:
         """Calls per Redis command so far (``INFO commandstats`` of the private Redis)."""
-        import redis
-
         client = redis.Redis.from_url(self.redis_url)
         try:
             stats = client.info("commandstats")
@@ -280,69 +206,22 @@ class Service:
 
     def up(self) -> None:
         """Migrate, then start the API and the workers (the provider is already running)."""
-        import httpx
-        import redis
-
-        database_url = f"sqlite:///{self.workdir / 'bench.db'}"
-        self.env = service_env(self.options, database_url, self.redis_url, self.api_port)
-        self.env.update({f"DISPATCHER_{k}": v for k, v in self.provider_env.items()})
-        self.env.update(self.options.extra_env)
-        migrate(self.env)
-        self.keys = make_api_keys(self.env, ["bench-channels-editor", "bench-channels-approver"])
-
-        serve = [*dispatcher_command(), "serve", "--host", "127.0.0.1"]
-        self.api = self.start("api", [*serve, "--port", str(self.api_port)], self.env)
-        self.http = httpx.Client(
-            base_url=f"http://127.0.0.1:{self.api_port}",
-            timeout=120,
-            headers=bearer(self.keys[0] if self.keys else None),
-        )
-        wait_for_api(self.client, self.api, timeout=60)
-
+        o = self.options
+        settings = {"DISPATCHER_WORKER_THREADS": str(o.threads)}
+        if o.batch_size is not None:
+            settings["DISPATCHER_BATCH_SIZE"] = str(o.batch_size)
+        settings.update({f"DISPATCHER_{k}": v for k, v in self.provider_env.items()})
+        self.configure(f"sqlite:///{self.workdir / 'bench.db'}", {**settings, **o.extra_env})
+        self.migrate()
+        self.start_api(timeout=60)
         worker = [*dispatcher_command(), "worker", "--queues", "urgent"]
-        worker += ["--processes", str(self.options.workers)]
-        worker += ["--threads", str(self.options.threads)]
-        self.workers = self.start("workers", worker, self.env)
-        client = redis.Redis.from_url(self.redis_url)
-        wait_until(
-            lambda: int(client.zcard(HEARTBEATS_KEY)) >= self.options.workers,
-            timeout=90,
-            what=f"{self.options.workers} dramatiq worker process(es) to poll Redis",
-            watch=[self.api, self.workers],
-        )
-        client.close()
-
-    def check_alive(self) -> None:
-        for process in self.watched:
-            if not process.alive():
-                raise process.dead_error()
-
-    def post(self, path: str, body: Any, expect: int, *, key: str | None = None) -> dict[str, Any]:
-        response = self.client.post(path, json=body, headers=bearer(key))
-        if response.status_code != expect:
-            raise BenchError(f"POST {path}: {response.status_code} {response.text[:500]}")
-        data: dict[str, Any] = response.json()
-        return data
-
-    def add_recipients(self, people: list[dict[str, Any]]) -> float:
-        """POST the recipients in arrays of up to 10,000; returns the seconds it took."""
-        t0 = time.perf_counter()
-        for start in range(0, len(people), RECIPIENTS_PER_REQUEST):
-            chunk = people[start : start + RECIPIENTS_PER_REQUEST]
-            answer = self.post("/v1/recipients", chunk, 200)
-            if answer.get("count") != len(chunk):
-                raise BenchError(
-                    f"POST /v1/recipients stored {answer.get('count')} of {len(chunk)}"
-                )
-        return time.perf_counter() - t0
-
-    def publish_template(self) -> None:
-        self.post("/v1/templates", TEMPLATE, 201)
+        worker += ["--processes", str(o.workers), "--threads", str(o.threads)]
+        self.workers = self.start("workers", worker)
+        self.wait_for_workers(o.workers, timeout=90)
 
     def launch(self, channel: str) -> tuple[int, float, datetime]:
         """Create, submit and approve; returns (campaign id, monotonic and wall time of approve)."""
-        created = self.post(
-            "/v1/campaigns",
+        campaign_id = self.submit(
             {
                 "name": f"Cảnh báo mạo danh BHXH ({channel} benchmark)",
                 "kind": "fraud_warning",
@@ -350,24 +229,58 @@ class Service:
                 "audience": {"all": True},
                 "channels": [channel],
             },
-            201,
+            priority="urgent",
         )
-        if created.get("priority") != "urgent":
-            raise BenchError(f"the campaign is not urgent: {created.get('priority')}")
-        campaign_id = int(created["id"])
-        self.post(f"/v1/campaigns/{campaign_id}/submit", None, 200)
         wall = datetime.now(UTC)
         t0 = time.monotonic()
-        approver = self.keys[1] if len(self.keys) > 1 else None
-        self.post(f"/v1/campaigns/{campaign_id}/approve", None, 200, key=approver)
+        self.approve(campaign_id)
         return campaign_id, t0, wall
 
-    def campaign(self, campaign_id: int) -> dict[str, Any]:
-        response = self.client.get(f"/v1/campaigns/{campaign_id}")
-        if response.status_code != 200:
-            raise BenchError(f"GET /v1/campaigns/{campaign_id}: {response.status_code}")
-        data: dict[str, Any] = response.json()
-        return data
+    def wait_completed(
+        self, campaign_id: int, t0: float, timeout: float, provider: Callable[[], tuple[int, str]]
+    ) -> dict[str, Any]:
+        """Poll the campaign until it completes, printing every 2 s what was sent and what the
+        provider counts (``provider()``: its count of messages, and a note)."""
+        last_progress, previous = t0, 0
+        while True:
+            time.sleep(POLL_SECONDS)
+            self.check_alive()
+            campaign = self.campaign(campaign_id)
+            now = time.monotonic()
+            completed = campaign["status"] == "completed"
+            if now - last_progress >= PROGRESS_SECONDS or completed:
+                count, note = provider()
+                sent = campaign["counts"]["by_status"].get("sent", 0)
+                rate = (count - previous) / max(1e-9, now - last_progress)
+                print(
+                    f"  t={now - t0:6.1f} s  sent {sent:>7,}  {note}  ({rate:6.1f}/s)", flush=True
+                )
+                last_progress, previous = now, count
+            if completed:
+                return campaign
+            if now - t0 > timeout:
+                raise BenchError(
+                    f"the campaign did not complete within {timeout:.0f} s: {campaign['counts']}"
+                )
+
+    def measure(
+        self, channel: str, timeout: float, provider: Callable[[], tuple[int, str]]
+    ) -> Measured:
+        """The campaign on ``channel``, approve → completed, with what it cost on the way."""
+        profiler = Profiler(self) if self.options.profile else None
+        if profiler is not None:
+            profiler.start()
+        cpu_before = self.cpu()
+        redis_before = self.redis_calls()
+        campaign_id, t0, approved_wall = self.launch(channel)
+        campaign = self.wait_completed(campaign_id, t0, timeout, provider)
+        elapsed = time.monotonic() - t0
+        cpu = cpu_used(cpu_before, self.cpu())
+        redis_calls = calls_used(redis_before, self.redis_calls())
+        profiles = profiler.stop() if profiler is not None else []
+        return Measured(
+            campaign, approved_wall, elapsed, cpu, redis_calls, profiles, self.audit(campaign_id)
+        )
 
     def audit(self, campaign_id: int) -> Audit:
         """Deliveries by status, attempts by outcome, and when each attempt started."""
@@ -403,17 +316,6 @@ def _cmdline(process: psutil.Process) -> list[str]:
         return []
 
 
-def iso(value: str | None) -> datetime | None:
-    return datetime.fromisoformat(value) if value else None
-
-
-def server_seconds(campaign: dict[str, Any]) -> float | None:
-    approved, completed = iso(campaign.get("approved_at")), iso(campaign.get("completed_at"))
-    if approved is None or completed is None:
-        return None
-    return (completed - approved).total_seconds()
-
-
 def person(prefix: str, i: int) -> dict[str, Any]:
     return {
         "external_id": f"{prefix}{i:08d}",
@@ -428,7 +330,7 @@ def person(prefix: str, i: int) -> dict[str, Any]:
 class Profiler:
     """``py-spy record`` on each worker process while the campaign runs (``--profile``)."""
 
-    def __init__(self, service: Service) -> None:
+    def __init__(self, service: ChannelService) -> None:
         self.service = service
         self.outputs: list[Path] = []
         self.processes: list[Managed] = []
@@ -469,14 +371,11 @@ class Profiler:
 # -- Telegram ---------------------------------------------------------------------------------
 
 
-def start_telegram_emulator(service: Service, rate: float) -> str:
+def start_telegram_emulator(service: ChannelService, rate: float) -> str:
     port = free_port()
     argv = [sys.executable, "-m", "channels.emulators", "telegram", "--port", str(port)]
     argv += ["--rate", f"{rate:g}"]
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    env["PYTHONUNBUFFERED"] = "1"
-    emulator = service.start("telegram-emulator", argv, env)
+    emulator = service.start("telegram-emulator", argv, project_env())
     service.provider = emulator
     wait_until(
         lambda: "_emulator/stats" in emulator.text(),
@@ -503,8 +402,6 @@ def steady_rate(per_second: list[int], warmup: float) -> tuple[float | None, lis
 
 
 def run_telegram(options: Options) -> dict[str, Any]:
-    import httpx
-
     n = math.ceil(options.rate * options.duration)
     print(
         f"\n== Telegram: {n:,} chats (limit {options.rate:g}/s × {options.duration:g} s), "
@@ -512,7 +409,7 @@ def run_telegram(options: Options) -> dict[str, Any]:
         flush=True,
     )
     with contextlib.ExitStack() as stack:
-        service = Service(options, "telegram", stack)
+        service = ChannelService(options, "telegram", stack)
         setup_t0 = time.perf_counter()
         service.start_redis()
         emulator_url = start_telegram_emulator(service, options.rate)
@@ -524,11 +421,10 @@ def run_telegram(options: Options) -> dict[str, Any]:
             return data
 
         service.up()
-        people = [
-            {**person("TG", i), "addresses": {"telegram": str(100_000_000 + i)}} for i in range(n)
-        ]
-        insert_s = service.add_recipients(people)
-        service.publish_template()
+        insert_s = service.add_recipients(
+            n, lambda i: {**person("TG", i), "addresses": {"telegram": str(100_000_000 + i)}}
+        )
+        service.publish(TEMPLATE)
         if stats()["requests"] != 0:
             raise BenchError("the Telegram emulator was called before the campaign")
         setup_s = time.perf_counter() - setup_t0
@@ -541,47 +437,17 @@ def run_telegram(options: Options) -> dict[str, Any]:
             **{k: v for k, v in service.env.items() if k.startswith("DISPATCHER_")},
             "DISPATCHER_TELEGRAM_TOKEN": "***",
         }
-        profiler = Profiler(service) if options.profile else None
-        if profiler is not None:
-            profiler.start()
 
-        cpu_before = service.cpu()
-        redis_before = service.redis_calls()
-        campaign_id, t0, approved_wall = service.launch("telegram")
+        def accepted() -> tuple[int, str]:
+            current = stats()
+            count = int(current["accepted"])
+            return count, f"accepted {count:>6,}  429s {current['by_status'].get('429', 0):>3}"
+
         timeout = options.timeout or (n / (options.rate * 0.9) + 120)
-        last_progress = t0
-        previous_accepted = 0
-        campaign: dict[str, Any] = {}
-        while True:
-            time.sleep(POLL_SECONDS)
-            service.check_alive()
-            campaign = service.campaign(campaign_id)
-            now = time.monotonic()
-            if now - last_progress >= PROGRESS_SECONDS or campaign["status"] == "completed":
-                current = stats()
-                accepted = current["accepted"]
-                rate_now = (accepted - previous_accepted) / max(1e-9, now - last_progress)
-                sent = campaign["counts"]["by_status"].get("sent", 0)
-                print(
-                    f"  t={now - t0:6.1f} s  sent {sent:>6,}"
-                    f"  accepted {accepted:>6,}  429s {current['by_status'].get('429', 0):>3}"
-                    f"  ({rate_now:5.1f}/s)",
-                    flush=True,
-                )
-                previous_accepted, last_progress = accepted, now
-            if campaign["status"] == "completed":
-                break
-            if now - t0 > timeout:
-                raise BenchError(
-                    f"the campaign did not complete within {timeout:.0f} s: {campaign['counts']}"
-                )
-        elapsed = time.monotonic() - t0
-        cpu = cpu_used(cpu_before, service.cpu())
-        redis_calls = calls_used(redis_before, service.redis_calls())
-        profiles = profiler.stop() if profiler is not None else []
+        m = service.measure("telegram", timeout, accepted)
         final = stats()
-        audit = service.audit(campaign_id)
 
+    audit, campaign, approved_wall = m.audit, m.campaign, m.approved_wall
     statuses, outcomes = audit.statuses, audit.outcomes
     per_second: list[int] = final["accepted_per_second"]
     steady, window = steady_rate(per_second, options.warmup)
@@ -608,7 +474,7 @@ def run_telegram(options: Options) -> dict[str, Any]:
         "first_to_last_accepted_s": span,
         "overall_rate_per_s": (final["accepted"] - 1) / span if span > 0 else None,
         "approve_to_first_accepted_s": (first - approved_wall).total_seconds() if first else None,
-        "approve_to_completed_s": elapsed,
+        "approve_to_completed_s": m.elapsed,
         "server_approved_to_completed_s": server_seconds(campaign),
         "deliveries_by_status": statuses,
         "attempts_by_outcome": outcomes,
@@ -620,9 +486,9 @@ def run_telegram(options: Options) -> dict[str, Any]:
             "met_rate": share is not None and share >= AIM_SHARE,
             "met_no_429": too_many == 0,
         },
-        "cpu_seconds_during_campaign": cpu,
-        "redis_calls_during_campaign": redis_calls,
-        "profiles": profiles,
+        "cpu_seconds_during_campaign": m.cpu,
+        "redis_calls_during_campaign": m.redis_calls,
+        "profiles": m.profiles,
         "settings": settings,
         "options": options_summary(options),
         "machine": machine(),
@@ -681,7 +547,7 @@ def print_telegram(r: dict[str, Any], out: TextIO = sys.stdout) -> None:
 # -- email --------------------------------------------------------------------------------------
 
 
-def start_smtp_server(service: Service) -> tuple[Path, int]:
+def start_smtp_server(service: ChannelService) -> tuple[Path, int]:
     server, port, stats_path = start_smtp_sink(service.workdir)
     service.processes.append(server)
     service.watched.append(server)
@@ -706,17 +572,16 @@ def run_email(options: Options) -> dict[str, Any]:
         flush=True,
     )
     with contextlib.ExitStack() as stack:
-        service = Service(options, "email", stack)
+        service = ChannelService(options, "email", stack)
         setup_t0 = time.perf_counter()
         service.start_redis()
         stats_path, smtp_port = start_smtp_server(service)
         service.up()
-        people = [
-            {**person("EM", i), "addresses": {"email": f"nguoi.nhan{i:06d}@example.vn"}}
-            for i in range(n)
-        ]
-        insert_s = service.add_recipients(people)
-        service.publish_template()
+        insert_s = service.add_recipients(
+            n,
+            lambda i: {**person("EM", i), "addresses": {"email": f"nguoi.nhan{i:06d}@example.vn"}},
+        )
+        service.publish(TEMPLATE)
         setup_s = time.perf_counter() - setup_t0
         print(
             f"  setup {setup_s:.1f} s (recipients through the API: {insert_s:.1f} s); "
@@ -724,44 +589,15 @@ def run_email(options: Options) -> dict[str, Any]:
             flush=True,
         )
         settings = {k: v for k, v in service.env.items() if k.startswith("DISPATCHER_")}
-        profiler = Profiler(service) if options.profile else None
-        if profiler is not None:
-            profiler.start()
 
-        cpu_before = service.cpu()
-        redis_before = service.redis_calls()
-        campaign_id, t0, approved_wall = service.launch("email")
-        timeout = options.timeout or max(300.0, n / 20)
-        last_progress = t0
-        previous = 0
-        campaign: dict[str, Any] = {}
-        while True:
-            time.sleep(POLL_SECONDS)
-            service.check_alive()
-            campaign = service.campaign(campaign_id)
-            now = time.monotonic()
-            if now - last_progress >= PROGRESS_SECONDS or campaign["status"] == "completed":
-                received = (read_json(stats_path) or {}).get("messages", 0)
-                sent = campaign["counts"]["by_status"].get("sent", 0)
-                print(
-                    f"  t={now - t0:6.1f} s  sent {sent:>7,}"
-                    f"  received {received:>7,}"
-                    f"  ({(received - previous) / max(1e-9, now - last_progress):6.1f}/s)",
-                    flush=True,
-                )
-                previous, last_progress = received, now
-            if campaign["status"] == "completed":
-                break
-            if now - t0 > timeout:
-                raise BenchError(
-                    f"the campaign did not complete within {timeout:.0f} s: {campaign['counts']}"
-                )
-        elapsed = time.monotonic() - t0
-        cpu = cpu_used(cpu_before, service.cpu())
-        redis_calls = calls_used(redis_before, service.redis_calls())
-        profiles = profiler.stop() if profiler is not None else []
-        audit = service.audit(campaign_id)
+        def received() -> tuple[int, str]:
+            count = int((read_json(stats_path) or {}).get("messages", 0))
+            return count, f"received {count:>7,}"
+
+        m = service.measure("email", options.timeout or max(300.0, n / 20), received)
         smtp = read_json(stats_path) or {}
+
+    audit, campaign, approved_wall = m.audit, m.campaign, m.approved_wall
     statuses, outcomes = audit.statuses, audit.outcomes
 
     sent = int(campaign["counts"]["by_status"].get("sent", 0))
@@ -773,8 +609,8 @@ def run_email(options: Options) -> dict[str, Any]:
         "sent": sent,
         "smtp_received": smtp.get("messages"),
         "smtp_bytes": smtp.get("bytes"),
-        "approve_to_completed_s": elapsed,
-        "rate_per_s": sent / elapsed if elapsed > 0 else None,
+        "approve_to_completed_s": m.elapsed,
+        "rate_per_s": sent / m.elapsed if m.elapsed > 0 else None,
         "server_approved_to_completed_s": server_seconds(campaign),
         "smtp_first_to_last_s": span,
         "smtp_rate_per_s": (smtp.get("messages", 0) - 1) / span if span > 0 else None,
@@ -783,9 +619,9 @@ def run_email(options: Options) -> dict[str, Any]:
         ),
         "deliveries_by_status": statuses,
         "attempts_by_outcome": outcomes,
-        "cpu_seconds_during_campaign": cpu,
-        "redis_calls_during_campaign": redis_calls,
-        "profiles": profiles,
+        "cpu_seconds_during_campaign": m.cpu,
+        "redis_calls_during_campaign": m.redis_calls,
+        "profiles": m.profiles,
         "settings": settings,
         "options": options_summary(options),
         "machine": machine(),
@@ -887,7 +723,7 @@ def options_summary(options: Options) -> dict[str, Any]:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python bench/channels.py",
+        prog="python -m bench.channels",
         description="Channel throughput: Telegram against its rate limit, and email over SMTP.",
     )
     parser.add_argument(
@@ -968,32 +804,10 @@ def options_for(args: argparse.Namespace) -> Options:
     )
 
 
-def check_environment() -> None:
-    missing = []
-    for module in ("httpx", "redis", "psutil", "dramatiq", "uvicorn"):
-        try:
-            __import__(module)
-        except ImportError:
-            missing.append(module)
-    if missing:
-        raise BenchError(
-            f"missing Python packages: {', '.join(missing)}. Run this with the project's "
-            "virtualenv, e.g. .venv/bin/python bench/channels.py"
-        )
-
-
-def _terminate(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    # Ctrl-C and SIGTERM both end up in the finally blocks that stop every subprocess (SIGINT
-    # explicitly: a shell may start a background job with it ignored).
-    signal.signal(signal.SIGTERM, _terminate)
-    signal.signal(signal.SIGINT, _terminate)
-    try:
-        check_environment()
+
+    def run() -> int:
         options = options_for(args)
         for scenario in options.scenarios:
             if scenario == "telegram":
@@ -1007,13 +821,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             for profile in result["profiles"]:
                 print(f"  py-spy profile: {profile}")
             print(f"  written to {relative(path)}", flush=True)
-    except BenchError as exc:
-        print(f"\nbenchmark failed: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("\ninterrupted: every subprocess was stopped", file=sys.stderr)
-        return 130
-    return 0
+        return 0
+
+    return run_main(run)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 """Chaos run: one email campaign through worker kills, restarts and an SMTP outage, then proof.
 
-    python bench/chaos.py                                    # 20,000 recipients
-    python bench/chaos.py --recipients 2000 --batch-size 100 --smtp-down-seconds 3 \\
+    python -m bench.chaos                                    # 20,000 recipients
+    python -m bench.chaos --recipients 2000 --batch-size 100 --smtp-down-seconds 3 \\
         --lease-seconds 10 --retry-base-seconds 1            # the CI size (tests/test_chaos.py)
-    python bench/chaos.py --redis-persistence none           # Redis comes back empty
+    python -m bench.chaos --redis-persistence none           # Redis comes back empty
 
 The service runs production-shaped, every role its own process: a private ``redis-server``, a
 private PostgreSQL cluster (``initdb`` in a temporary directory, ``pg_ctl`` on a free port, so a
@@ -50,56 +50,39 @@ import json
 import os
 import random
 import re
-import shutil
 import signal
 import sys
-import tempfile
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
-# Run as a script, bench/ is first on sys.path, where bench/channels.py would shadow the
-# project's ``channels`` package: put the project root there instead.
-_BENCH_DIR = Path(__file__).resolve().parent
-if sys.path and Path(sys.path[0] or ".").resolve() == _BENCH_DIR:
-    sys.path[0] = str(_BENCH_DIR.parent)
-elif str(_BENCH_DIR.parent) not in sys.path:
-    sys.path.insert(0, str(_BENCH_DIR.parent))
+import httpx
+import psutil
+import redis
 
-import httpx  # noqa: E402
-import psutil  # noqa: E402
-import redis  # noqa: E402
-
-from bench.common import (  # noqa: E402
-    HEARTBEATS_KEY,
+from bench.common import (
     BenchError,
     Managed,
     PrivatePostgres,
-    bearer,
+    Service,
     dispatcher_command,
-    free_port,
+    email_recipient,
     machine,
-    make_api_keys,
-    migrate,
     parse_env,
     postgres_bindir,
-    project_env,
     read_json,
+    redis_up,
     relative,
-    start_private_redis,
+    run_main,
     start_smtp_sink,
-    vietnamese_name,
-    wait_for_api,
     wait_until,
     write_json,
 )
 
-RECIPIENTS_PER_REQUEST = 10_000  # the API's limit per POST /v1/recipients
 POLL_SECONDS = 0.5
 TICK_SECONDS = 0.05
 TEMPLATE_KEY = "bench_chaos_greeting"
@@ -113,7 +96,7 @@ AUDIT_SAMPLE = 20  # duplicated recipients whose audit is read back through the 
 TEMPLATE: dict[str, Any] = {
     "key": TEMPLATE_KEY,
     "kind": "greeting",
-    "description": "Chaos run (bench/chaos.py)",
+    "description": "Chaos run (bench.chaos)",
     "defaults": {"hotline": "1900 9068"},
     "variants": [
         {
@@ -159,7 +142,7 @@ class Options:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python bench/chaos.py",
+        prog="python -m bench.chaos",
         description="An email campaign through worker kills, Redis, SMTP and PostgreSQL "
         "restarts; then every invariant is checked.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -453,32 +436,18 @@ class Received:
         return len(self.by_delivery)
 
 
-class ChaosRun:
+class ChaosRun(Service):
     def __init__(self, options: Options, stack: contextlib.ExitStack) -> None:
+        super().__init__("chaos", stack, keep=options.keep)
         self.options = options
-        self.stack = stack
         self.rng = random.Random(options.seed)
-        self.workdir = Path(tempfile.mkdtemp(prefix="dispatcher-bench-chaos-"))
-        if options.keep:
-            print(f"  logs and files kept in {self.workdir}")
-        else:
-            stack.callback(shutil.rmtree, self.workdir, ignore_errors=True)
-        self.processes: list[Managed] = []
-        stack.callback(self.stop_all)
-        self.redis: Managed | None = None
-        self.redis_url = ""
         self.pg: PrivatePostgres | None = None
         self.database_url = ""
-        self.env: dict[str, str] = {}
-        self.api: Managed | None = None
-        self.api_port = free_port()
         self.scheduler: Managed | None = None
         self.slots: list[WorkerSlot] = []
         self.smtp: Managed | None = None
         self.smtp_port = 0
         self.received = Received()
-        self.keys: list[str] = []
-        self.http: httpx.Client | None = None
         self.engine: Any = None
         self.campaign_id = 0
         self.t0 = 0.0
@@ -509,28 +478,17 @@ class ChaosRun:
         )
 
     def stop_all(self) -> None:
-        if self.http is not None:
-            self.http.close()
         for slot in self.slots:
             slot.process.stop()
-        for process in reversed(self.processes):
-            process.stop()
+        super().stop_all()
         if self.engine is not None:
             self.engine.dispose()
         if self.pg is not None:
             self.pg.close()
 
-    def start(self, name: str, argv: Sequence[str]) -> Managed:
-        process = Managed(name, argv, env=self.env, log_path=self.workdir / f"{name}.log")
-        self.processes.append(process)
-        return process
-
     def setup(self) -> None:
         o = self.options
-        self.redis, self.redis_url = start_private_redis(
-            self.workdir, persistence=o.redis_persistence == "aof"
-        )
-        self.processes.append(self.redis)
+        self.start_redis(persistence=o.redis_persistence == "aof")
         if o.database == "postgresql":
             self.pg = PrivatePostgres(keep=o.keep).init()
             self.pg.start()
@@ -541,12 +499,10 @@ class ChaosRun:
             self.database_url = self.pg.admin_url.rsplit("/", 1)[0] + "/dispatcher_chaos"
         else:
             self.database_url = f"sqlite:///{self.workdir / 'chaos.db'}"
-        smtp, self.smtp_port, _ = self.start_smtp()
-        self.env = project_env(
+        _, self.smtp_port, _ = self.start_smtp()
+        self.configure(
+            self.database_url,
             {
-                "DISPATCHER_DATABASE_URL": self.database_url,
-                "DISPATCHER_REDIS_URL": self.redis_url,
-                "DISPATCHER_PUBLIC_URL": f"http://127.0.0.1:{self.api_port}",
                 "DISPATCHER_SMTP_HOST": "127.0.0.1",
                 "DISPATCHER_SMTP_PORT": str(self.smtp_port),
                 "DISPATCHER_SMTP_TLS": "none",
@@ -556,39 +512,19 @@ class ChaosRun:
                 "DISPATCHER_SWEEP_INTERVAL_SECONDS": str(o.sweep_interval),
                 "DISPATCHER_SWEEP_GRACE_SECONDS": str(max(2.0, 2 * o.sweep_interval)),
                 "DISPATCHER_RETRY_BASE_SECONDS": str(o.retry_base_seconds),
-                "DISPATCHER_LOG_FORMAT": "json",
                 **o.extra_env,
-            }
+            },
         )
         self.env["DISPATCHER_WORKER_THREADS"] = str(self.threads)
-        migrate(self.env)
-        self.keys = make_api_keys(self.env, ["bench-chaos-editor", "bench-chaos-approver"])
+        self.migrate()
         from dispatcher.core.db import create_db_engine
 
         self.engine = create_db_engine(self.database_url, pool_size=2, max_overflow=2)
-
-        serve = [*dispatcher_command(), "serve", "--host", "127.0.0.1"]
-        self.api = self.start("api", [*serve, "--port", str(self.api_port)])
-        self.http = httpx.Client(
-            base_url=f"http://127.0.0.1:{self.api_port}",
-            timeout=60,
-            headers=bearer(self.keys[0] if self.keys else None),
-        )
-        wait_for_api(self.client, self.api, timeout=90)
-        self.scheduler = self.start("scheduler", [*dispatcher_command(), "scheduler"])
+        api = self.start_api()
+        scheduler = self.scheduler = self.start("scheduler", [*dispatcher_command(), "scheduler"])
         for index in range(o.workers):
             self.slots.append(WorkerSlot(index, self.start_worker(index)))
-        client = redis.Redis.from_url(self.redis_url)
-        try:
-            wait_until(
-                lambda: int(client.zcard(HEARTBEATS_KEY)) >= o.workers,
-                timeout=120,
-                what=f"{o.workers} worker instances to poll Redis",
-                watch=[self.api, self.scheduler, *(s.process for s in self.slots)],
-            )
-        finally:
-            client.close()
-        del smtp
+        self.wait_for_workers(o.workers, watch=[api, scheduler, *(s.process for s in self.slots)])
 
     def start_smtp(self) -> tuple[Managed, int, Path]:
         server, port, stats = start_smtp_sink(self.workdir, port=self.smtp_port or None, log=True)
@@ -604,56 +540,20 @@ class ChaosRun:
             f"worker-{index}", argv, env=self.env, log_path=self.workdir / f"worker-{index}.log"
         )
 
-    @property
-    def client(self) -> httpx.Client:
-        if self.http is None:
-            raise BenchError("the API is not running")
-        return self.http
-
-    def post(self, path: str, body: Any, expect: int, key: str | None = None) -> dict[str, Any]:
-        response = self.client.post(path, json=body, headers=bearer(key))
-        if response.status_code != expect:
-            raise BenchError(f"POST {path}: {response.status_code} {response.text[:500]}")
-        data: dict[str, Any] = response.json()
-        return data
-
-    def add_recipients(self) -> None:
-        n = self.options.recipients
-        for start in range(0, n, RECIPIENTS_PER_REQUEST):
-            chunk = [
-                {
-                    "external_id": f"CH{i:08d}",
-                    "full_name": vietnamese_name(i),
-                    "addresses": {"email": f"nguoi.nhan.{i:06d}@example.vn"},
-                }
-                for i in range(start, min(n, start + RECIPIENTS_PER_REQUEST))
-            ]
-            answer = self.post("/v1/recipients", chunk, 200)
-            if answer.get("count") != len(chunk):
-                raise BenchError(f"POST /v1/recipients stored {answer.get('count')}")
-
     def launch(self) -> None:
-        self.post("/v1/templates", TEMPLATE, 201)
-        created = self.post(
-            "/v1/campaigns",
-            {
-                "name": "Chúc mừng năm mới (chaos run)",
-                "kind": "greeting",
-                "template": TEMPLATE_KEY,
-                "audience": {"all": True},
-                "channels": ["email"],
-            },
-            201,
-        )
-        if created.get("priority") != "bulk":
-            raise BenchError(f"the campaign is not on the bulk queue: {created.get('priority')}")
-        self.campaign_id = int(created["id"])
-        self.post(f"/v1/campaigns/{self.campaign_id}/submit", None, 200)
-        approver = self.keys[1] if len(self.keys) > 1 else None
+        self.publish(TEMPLATE)
+        campaign = {
+            "name": "Chúc mừng năm mới (chaos run)",
+            "kind": "greeting",
+            "template": TEMPLATE_KEY,
+            "audience": {"all": True},
+            "channels": ["email"],
+        }
+        self.campaign_id = self.submit(campaign, priority="bulk")
         self.t0 = time.monotonic()
-        self.post(f"/v1/campaigns/{self.campaign_id}/approve", None, 200, key=approver)
+        self.approve(self.campaign_id)
 
-    def campaign(self) -> dict[str, Any] | None:
+    def poll_campaign(self) -> dict[str, Any] | None:
         """The campaign as the API shows it; None while the API cannot answer (a restart)."""
         try:
             response = self.client.get(f"/v1/campaigns/{self.campaign_id}", timeout=10)
@@ -765,11 +665,14 @@ class ChaosRun:
             self.processes.remove(self.redis)
             self.redis = self.redis.respawn()
             self.processes.append(self.redis)
+            wait_until(
+                lambda: redis_up(self.redis_url),
+                timeout=30,
+                what="Redis to restart",
+                watch=[self.redis],
+            )
             client = redis.Redis.from_url(self.redis_url, socket_connect_timeout=1)
             try:
-                wait_until(
-                    lambda: _ping(client), timeout=30, what="Redis to restart", watch=[self.redis]
-                )
                 keys = int(client.dbsize())
             finally:
                 client.close()
@@ -893,7 +796,7 @@ class ChaosRun:
             now = time.monotonic()
             if now >= next_poll:
                 next_poll = now + POLL_SECONDS
-                polled = self.campaign()
+                polled = self.poll_campaign()
                 if polled is not None:
                     campaign = polled
                 if now - last_print >= 5:
@@ -1252,13 +1155,6 @@ class ChaosRun:
         return dict(totals)
 
 
-def _ping(client: redis.Redis) -> bool:
-    try:
-        return bool(client.ping())
-    except (redis.RedisError, OSError):
-        return False
-
-
 # -- output -------------------------------------------------------------------------------------
 
 
@@ -1308,50 +1204,38 @@ def print_summary(result: dict[str, Any]) -> None:
 # -- command line -------------------------------------------------------------------------------
 
 
-def _terminate(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
-@contextlib.contextmanager
-def _signals() -> Iterator[None]:
-    previous = signal.signal(signal.SIGTERM, _terminate)
-    signal.signal(signal.SIGINT, _terminate)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        with _signals():
-            options = options_for(args)
-            if options.database == "postgresql" and postgres_bindir() is None:
-                raise BenchError(
-                    "no PostgreSQL server binaries (initdb, pg_ctl) for the private cluster: "
-                    "install them, set PG_BINDIR, or run with --database sqlite"
-                )
-            print(
-                f"\n== chaos: {options.recipients:,} emails, {options.workers} worker instances"
-                f"{f' × {options.threads} threads' if options.threads else ''}, "
-                f"batches of {options.batch_size}, {options.database}, Redis "
-                f"{options.redis_persistence} ==",
-                flush=True,
+    outcome: dict[str, Any] = {}
+
+    def run() -> int:
+        options = outcome["options"] = options_for(args)
+        if options.database == "postgresql" and postgres_bindir() is None:
+            raise BenchError(
+                "no PostgreSQL server binaries (initdb, pg_ctl) for the private cluster: "
+                "install them, set PG_BINDIR, or run with --database sqlite"
             )
-            with contextlib.ExitStack() as stack:
-                chaos = ChaosRun(options, stack)
-                setup_t0 = time.perf_counter()
-                chaos.setup()
-                chaos.add_recipients()
-                print(f"  setup {time.perf_counter() - setup_t0:.1f} s", flush=True)
-                result = chaos.run()
-    except BenchError as exc:
-        print(f"\nchaos run failed: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted: every subprocess was stopped", file=sys.stderr)
-        return 130
+        print(
+            f"\n== chaos: {options.recipients:,} emails, {options.workers} worker instances"
+            f"{f' × {options.threads} threads' if options.threads else ''}, "
+            f"batches of {options.batch_size}, {options.database}, Redis "
+            f"{options.redis_persistence} ==",
+            flush=True,
+        )
+        with contextlib.ExitStack() as stack:
+            chaos = ChaosRun(options, stack)
+            setup_t0 = time.perf_counter()
+            chaos.setup()
+            chaos.add_recipients(options.recipients, lambda i: email_recipient("CH", i))
+            print(f"  setup {time.perf_counter() - setup_t0:.1f} s", flush=True)
+            outcome["result"] = chaos.run()
+        return 0
+
+    code = run_main(run, failed="chaos run failed", code=2)
+    if code != 0:
+        return code
+    options: Options = outcome["options"]
+    result: dict[str, Any] = outcome["result"]
     print_summary(result)
     name = f"chaos-{options.recipients}.json"
     path = options.json_path or None

@@ -1,7 +1,7 @@
 """What the benchmarks share: their processes, Redis, PostgreSQL, an SMTP sink, names, results.
 
-Importable without the project's own packages (``bench/channels.py`` imports nothing of the
-project), so every project import here is local to the function that needs it.
+The project's own packages are imported by the functions that need them: the SMTP sink's child
+process imports nothing of the service.
 
 - :class:`Managed` runs a subprocess in its own session, logging to a file, and ends its whole
   tree; :func:`wait_until` polls a condition while watching processes that must stay up.
@@ -15,11 +15,13 @@ project), so every project import here is local to the function that needs it.
   one line per message with its ``Message-ID``, and stops gracefully: on SIGTERM it answers
   ``421`` to new mail before it closes, so no message it counted goes unacknowledged.
 - :class:`RssSampler` and :func:`cpu_snapshot` / :func:`cpu_share` measure memory and CPU.
-- Vietnamese names (:func:`vietnamese_name`, :func:`person`) and result files.
+- :class:`Service` is the service of one run: its processes in a temporary directory, the API
+  with two keys (one submits a campaign, the other approves it), recipients and campaigns over
+  HTTP, every process stopped when the run ends.
+- Vietnamese names (:func:`vietnamese_name`, :func:`person`), result files and :func:`run_main`
+  (Ctrl-C and SIGTERM stop every process a benchmark started).
 
-Run as a script, Python puts ``bench/`` first on ``sys.path``, where ``bench/channels.py``
-shadows the project's ``channels`` package: a benchmark puts the project root there instead
-(:func:`use_project_root`) before it imports ``bench.common``.
+The benchmarks run as modules from the project root (``python -m bench.pipeline``).
 """
 
 from __future__ import annotations
@@ -46,7 +48,12 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
-import psutil
+try:
+    import psutil
+except ImportError:  # pragma: no cover - a message instead of a traceback
+    raise SystemExit(
+        "the benchmarks need the bench extra: pip install -e '.[bench]' (aiosmtpd, psutil)"
+    ) from None
 
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
@@ -65,14 +72,6 @@ OTHER_CPU_WARNING = 0.25  # cores used by other processes above which figures ar
 
 class BenchError(Exception):
     """The benchmark cannot go on; the message says why and what to do."""
-
-
-def use_project_root() -> None:
-    """Put the project root where a script's own directory (``bench/``) is on ``sys.path``."""
-    if sys.path and Path(sys.path[0] or ".").resolve() == BENCH_DIR:
-        sys.path[0] = str(ROOT)
-    elif str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
 
 
 # -- processes ----------------------------------------------------------------------------------
@@ -560,19 +559,209 @@ def create_api_keys(database_url: str, names: Sequence[str], role: str = "admin"
         db.dispose()
 
 
-def make_api_keys(env: dict[str, str], names: Sequence[str]) -> list[str]:
-    """:func:`create_api_keys` in a child process with the service's environment, so that the
-    calling benchmark imports no project code; [] when the service has no keys."""
-    argv = [sys.executable, "-m", "bench.common", "api-keys", *names]
-    done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise BenchError(f"creating API keys failed:\n{done.stdout}{done.stderr}")
-    keys: list[str] = json.loads(done.stdout.strip().splitlines()[-1])
-    return keys
-
-
 def bearer(key: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+RECIPIENTS_PER_REQUEST = 10_000  # the API's own limit per POST /v1/recipients
+
+
+class Service:
+    """The service of one benchmark run, every part a process of its own.
+
+    Its files and logs live in a temporary directory (removed at the end unless ``keep``);
+    every process started here is stopped, last first, when ``stack`` closes. The API gets two
+    keys: the first creates and submits campaigns, the second approves them (the key that
+    submitted a campaign may not approve it).
+    """
+
+    def __init__(self, name: str, stack: contextlib.ExitStack, *, keep: bool = False) -> None:
+        self.name = name
+        self.workdir = Path(tempfile.mkdtemp(prefix=f"dispatcher-bench-{name}-"))
+        if keep:
+            print(f"  logs and files kept in {self.workdir}")
+        else:
+            stack.callback(shutil.rmtree, self.workdir, ignore_errors=True)
+        stack.callback(self.stop_all)
+        self.processes: list[Managed] = []
+        self.watched: list[Managed] = []  # processes that must stay up (check_alive)
+        self.env: dict[str, str] = {}
+        self.api_port = free_port()
+        self.redis: Managed | None = None
+        self.redis_url = ""
+        self.api: Managed | None = None
+        self.http: Any = None  # the API's httpx.Client, once start_api has run
+        self.keys: list[str] = []
+
+    def start(
+        self,
+        name: str,
+        argv: Sequence[str],
+        env: dict[str, str] | None = None,
+        *,
+        watch: bool = True,
+    ) -> Managed:
+        """Start a process (with the service's environment unless ``env``), logging to
+        ``<name>.log``; a watched one must stay up."""
+        env = self.env if env is None else env
+        process = Managed(name, argv, env=env, log_path=self.workdir / f"{name}.log")
+        self.processes.append(process)
+        if watch:
+            self.watched.append(process)
+        return process
+
+    def start_redis(self, *, persistence: bool = False) -> Managed:
+        process, self.redis_url = start_private_redis(self.workdir, persistence=persistence)
+        self.processes.append(process)
+        self.watched.append(process)
+        self.redis = process
+        return process
+
+    def configure(self, database_url: str, settings: dict[str, str]) -> dict[str, str]:
+        """The service's environment (:func:`project_env`): the database, this run's Redis,
+        the API's public URL, JSON logs, then ``settings``."""
+        self.env = project_env(
+            {
+                "DISPATCHER_DATABASE_URL": database_url,
+                "DISPATCHER_REDIS_URL": self.redis_url,
+                "DISPATCHER_PUBLIC_URL": f"http://127.0.0.1:{self.api_port}",
+                "DISPATCHER_LOG_FORMAT": "json",
+                **settings,
+            }
+        )
+        return self.env
+
+    def migrate(self) -> None:
+        """``dispatcher migrate``, then the two API keys, written in the database."""
+        migrate(self.env)
+        database_url = self.env["DISPATCHER_DATABASE_URL"]
+        self.keys = create_api_keys(database_url, [f"bench-{self.name}-{r}" for r in ROLES])
+
+    def start_api(self, *, name: str = "api", timeout: float = 90.0, wait: bool = True) -> Managed:
+        """``dispatcher serve`` and its client; until it is ready unless not ``wait``."""
+        import httpx
+
+        serve = [*dispatcher_command(), "serve", "--host", "127.0.0.1"]
+        self.api = self.start(name, [*serve, "--port", str(self.api_port)])
+        self.http = httpx.Client(
+            base_url=f"http://127.0.0.1:{self.api_port}",
+            timeout=120,
+            headers=bearer(self.keys[0] if self.keys else None),
+        )
+        if wait:
+            wait_for_api(self.http, self.api, timeout=timeout)
+        return self.api
+
+    def wait_for_workers(
+        self,
+        count: int,
+        *,
+        timeout: float = 120.0,
+        already: int = 0,
+        watch: Sequence[Managed] | None = None,
+    ) -> None:
+        """Until ``count`` more dramatiq worker processes than ``already`` poll Redis; fail at
+        once when one of ``watch`` (default: the watched processes) exits."""
+        import redis
+
+        client = redis.Redis.from_url(self.redis_url)
+        try:
+            wait_until(
+                lambda: int(client.zcard(HEARTBEATS_KEY)) >= already + count,
+                timeout=timeout,
+                what=f"{count} dramatiq worker process(es) to poll Redis",
+                watch=self.watched if watch is None else watch,
+            )
+        finally:
+            client.close()
+
+    def heartbeats(self) -> int:
+        """The dramatiq worker processes polling Redis now."""
+        import redis
+
+        client = redis.Redis.from_url(self.redis_url)
+        try:
+            return int(client.zcard(HEARTBEATS_KEY))
+        finally:
+            client.close()
+
+    @property
+    def client(self) -> Any:
+        """The API's ``httpx.Client`` (with the first key)."""
+        if self.http is None:
+            raise BenchError("the API is not running")
+        return self.http
+
+    def check_alive(self) -> None:
+        for process in self.watched:
+            if not process.alive():
+                raise process.dead_error()
+
+    def stop_all(self) -> None:
+        if self.http is not None:
+            self.http.close()
+        for process in reversed(self.processes):
+            process.stop()
+
+    def post(self, path: str, body: Any, expect: int, *, key: str | None = None) -> dict[str, Any]:
+        response = self.client.post(path, json=body, headers=bearer(key))
+        if response.status_code != expect:
+            raise BenchError(f"POST {path}: {response.status_code} {response.text[:500]}")
+        data: dict[str, Any] = response.json()
+        return data
+
+    def add_recipients(self, n: int, recipient: Callable[[int], dict[str, Any]]) -> float:
+        """POST ``recipient(i)`` for i in 0..n-1, in arrays of up to 10,000; returns seconds."""
+        t0 = time.perf_counter()
+        for start in range(0, n, RECIPIENTS_PER_REQUEST):
+            chunk = [recipient(i) for i in range(start, min(n, start + RECIPIENTS_PER_REQUEST))]
+            answer = self.post("/v1/recipients", chunk, 200)
+            if answer.get("count") != len(chunk):
+                raise BenchError(
+                    f"POST /v1/recipients stored {answer.get('count')} of {len(chunk)}"
+                )
+        return time.perf_counter() - t0
+
+    def publish(self, template: dict[str, Any]) -> None:
+        self.post("/v1/templates", template, 201)
+
+    def submit(self, campaign: dict[str, Any], *, priority: str | None = None) -> int:
+        """Create and submit ``campaign`` (checking its queue, when ``priority`` is given)."""
+        created = self.post("/v1/campaigns", campaign, 201)
+        if priority is not None and created.get("priority") != priority:
+            raise BenchError(f"the campaign is not {priority}: {created.get('priority')}")
+        campaign_id = int(created["id"])
+        self.post(f"/v1/campaigns/{campaign_id}/submit", None, 200)
+        return campaign_id
+
+    def approve(self, campaign_id: int) -> None:
+        """Approve with the second key: the one that submitted may not."""
+        approver = self.keys[1] if len(self.keys) > 1 else None
+        self.post(f"/v1/campaigns/{campaign_id}/approve", None, 200, key=approver)
+
+    def campaign(self, campaign_id: int) -> dict[str, Any]:
+        response = self.client.get(f"/v1/campaigns/{campaign_id}")
+        if response.status_code != 200:
+            raise BenchError(
+                f"GET /v1/campaigns/{campaign_id}: {response.status_code} {response.text[:500]}"
+            )
+        data: dict[str, Any] = response.json()
+        return data
+
+
+ROLES = ("editor", "approver")
+
+
+def iso(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+def server_seconds(campaign: dict[str, Any]) -> float | None:
+    """The campaign's ``approved_at → completed_at`` on the server's clock."""
+    approved, completed = iso(campaign.get("approved_at")), iso(campaign.get("completed_at"))
+    if approved is None or completed is None:
+        return None
+    return (completed - approved).total_seconds()
 
 
 # -- the SMTP sink (a child process: python -m bench.common smtp-sink) ---------------------------
@@ -971,26 +1160,35 @@ def person(i: int, surnames: Sequence[str] = SURNAMES) -> Person:
     return Person(f"{i:010d}", name, kind, province, born)
 
 
+def email_address(i: int) -> str:
+    return f"nguoi.nhan.{i:06d}@example.vn"
+
+
+def email_recipient(prefix: str, i: int) -> dict[str, Any]:
+    """The i-th recipient with an email address, as ``POST /v1/recipients`` takes it."""
+    return {
+        "external_id": f"{prefix}{i:08d}",
+        "full_name": vietnamese_name(i),
+        "addresses": {"email": email_address(i)},
+    }
+
+
 # -- results ------------------------------------------------------------------------------------
 
 
 def git_commit() -> str | None:
-    """The checked-out commit, read from ``.git`` (short form); None outside a checkout."""
-    git = ROOT / ".git"
+    """The checked-out commit (short form); None outside a checkout or without git."""
     try:
-        head = (git / "HEAD").read_text().strip()
-        if not head.startswith("ref: "):
-            return head[:7] or None
-        ref = head.removeprefix("ref: ")
-        loose = git / ref
-        if loose.exists():
-            return loose.read_text().strip()[:7] or None
-        for line in (git / "packed-refs").read_text().splitlines():
-            if line.endswith(" " + ref):
-                return line.split()[0][:7]
+        done = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
     except OSError:
         return None
-    return None
+    return done.stdout.strip() or None
 
 
 def machine() -> dict[str, Any]:
@@ -1020,15 +1218,41 @@ def write_json(name: str, payload: dict[str, Any]) -> Path:
     return path
 
 
-def parse_env(pairs: Sequence[str]) -> dict[str, str]:
-    """``KEY=VALUE`` pairs as ``DISPATCHER_KEY`` settings (the prefix is optional)."""
+def parse_env(
+    pairs: Sequence[str], *, option: str = "--env", prefix: str = "DISPATCHER_"
+) -> dict[str, str]:
+    """``KEY=VALUE`` pairs as ``DISPATCHER_KEY`` settings (the prefix is optional); with
+    ``prefix=""``, as they are (any environment variable, e.g. ``dramatiq_worker_timeout``)."""
     out: dict[str, str] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise BenchError(f"--env takes KEY=VALUE, got {pair!r}")
-        out[key if key.startswith("DISPATCHER_") else f"DISPATCHER_{key}"] = value
+            raise BenchError(f"{option} takes KEY=VALUE, got {pair!r}")
+        out[key if key.startswith(prefix) else f"{prefix}{key}"] = value
     return out
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def run_main(body: Callable[[], int], *, failed: str = "benchmark failed", code: int = 1) -> int:
+    """Run a benchmark's ``body``: SIGTERM and Ctrl-C (SIGINT explicitly: a shell may start a
+    background job with it ignored) unwind into the blocks that stop every process it started.
+    A :class:`BenchError` is printed and exits with ``code``; an interruption with 130."""
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
+    try:
+        return body()
+    except BenchError as exc:
+        print(f"\n{failed}: {exc}", file=sys.stderr)
+        return code
+    except KeyboardInterrupt:
+        print("\ninterrupted: every subprocess was stopped", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
@@ -1038,14 +1262,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
     sink.add_argument("--port", type=int, required=True)
     sink.add_argument("--stats", type=Path, required=True, help="counts, rewritten every 0.2 s")
     sink.add_argument("--log", type=Path, default=None, help="one line per message")
-    keys = commands.add_parser(
-        "api-keys", help="print a JSON list of new admin keys ($DISPATCHER_DATABASE_URL)"
-    )
-    keys.add_argument("names", nargs="+")
     args = parser.parse_args(argv)
-    if args.command == "api-keys":
-        print(json.dumps(create_api_keys(os.environ["DISPATCHER_DATABASE_URL"], args.names)))
-        return 0
     return smtp_sink(args.port, args.stats, args.log)
 
 

@@ -1,9 +1,9 @@
 """The same N emails through the service and through a plain loop over Apprise, in one run.
 
-    python bench/email_vs_apprise.py                      # 2,000 emails each way
-    python bench/email_vs_apprise.py --emails 5000 --workers 2
+    python -m bench.email_vs_apprise                      # 2,000 emails each way
+    python -m bench.email_vs_apprise --emails 5000 --workers 2
 
-One SMTP server takes both: an aiosmtpd sink in another process (``bench/common.py``) that
+One SMTP server takes both: an aiosmtpd sink in another process (``bench.common``) that
 accepts and counts every message.
 
 (a) *The service.* A private ``redis-server``, a SQLite file, the API and ``--workers`` worker
@@ -25,45 +25,29 @@ from __future__ import annotations
 import argparse
 import contextlib
 import shutil
-import signal
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from types import FrameType
 from typing import Any
 from urllib.parse import quote
 
-_BENCH_DIR = Path(__file__).resolve().parent
-if sys.path and Path(sys.path[0] or ".").resolve() == _BENCH_DIR:
-    sys.path[0] = str(_BENCH_DIR.parent)
-elif str(_BENCH_DIR.parent) not in sys.path:
-    sys.path.insert(0, str(_BENCH_DIR.parent))
-
-import httpx  # noqa: E402
-import redis  # noqa: E402
-
-from bench.common import (  # noqa: E402
-    HEARTBEATS_KEY,
+from bench.common import (
     BenchError,
-    Managed,
-    bearer,
+    Service,
     cpu_share,
     cpu_snapshot,
     dispatcher_command,
-    free_port,
+    email_address,
+    email_recipient,
     machine,
-    make_api_keys,
-    migrate,
     parse_env,
-    project_env,
     read_json,
     relative,
-    start_private_redis,
+    run_main,
     start_smtp_sink,
     vietnamese_name,
-    wait_for_api,
     wait_until,
     write_json,
 )
@@ -81,7 +65,7 @@ BODY = (
 TEMPLATE: dict[str, Any] = {
     "key": TEMPLATE_KEY,
     "kind": "greeting",
-    "description": "Email against Apprise (bench/email_vs_apprise.py)",
+    "description": "Email against Apprise (bench.email_vs_apprise)",
     "variants": [
         {
             "channel": "email",
@@ -95,10 +79,6 @@ TEMPLATE: dict[str, Any] = {
 }
 
 
-def address(i: int) -> str:
-    return f"nguoi.nhan.{i:06d}@example.vn"
-
-
 def external_id(i: int) -> str:
     return f"AP{i:08d}"
 
@@ -107,118 +87,54 @@ def smtp_count(stats: Path) -> int:
     return int((read_json(stats) or {}).get("messages", 0))
 
 
-def run_service(args: argparse.Namespace, workdir: Path, smtp_port: int, stats: Path) -> dict:
+def run_service(args: argparse.Namespace, smtp_port: int, stats: Path) -> dict[str, Any]:
     """(a): the campaign, approve → completed; every process stopped before it returns."""
     n = args.emails
-    processes: list[Managed] = []
-    http: httpx.Client | None = None
-    try:
-        redis_process, redis_url = start_private_redis(workdir)
-        processes.append(redis_process)
-        api_port = free_port()
-        env = project_env(
+    with contextlib.ExitStack() as stack:
+        service = Service("apprise", stack, keep=args.keep)
+        service.start_redis()
+        service.configure(
+            f"sqlite:///{service.workdir / 'bench.db'}",
             {
-                "DISPATCHER_DATABASE_URL": f"sqlite:///{workdir / 'bench.db'}",
-                "DISPATCHER_REDIS_URL": redis_url,
-                "DISPATCHER_PUBLIC_URL": f"http://127.0.0.1:{api_port}",
                 "DISPATCHER_SMTP_HOST": "127.0.0.1",
                 "DISPATCHER_SMTP_PORT": str(smtp_port),
                 "DISPATCHER_SMTP_TLS": "none",
                 "DISPATCHER_SMTP_SENDER": f"{SENDER_NAME} <{SENDER}>",
                 "DISPATCHER_SMTP_POOL_SIZE": str(args.smtp_pool_size),
-                "DISPATCHER_LOG_FORMAT": "json",
                 **parse_env(args.env),
-            }
+            },
         )
-        migrate(env)
-        keys = make_api_keys(env, ["bench-apprise-editor", "bench-apprise-approver"])
-        serve = [*dispatcher_command(), "serve", "--host", "127.0.0.1", "--port", str(api_port)]
-        api = Managed("api", serve, env=env, log_path=workdir / "api.log")
-        processes.append(api)
-        http = httpx.Client(
-            base_url=f"http://127.0.0.1:{api_port}",
-            timeout=120,
-            headers=bearer(keys[0] if keys else None),
-        )
-        client = http
-        wait_for_api(client, api, timeout=90)
+        service.migrate()
+        service.start_api()
         worker = [*dispatcher_command(), "worker", "--queues", "bulk"]
-        worker += ["--processes", str(args.workers)]
-        workers = Managed("workers", worker, env=env, log_path=workdir / "workers.log")
-        processes.append(workers)
-        broker = redis.Redis.from_url(redis_url)
-        try:
-            wait_until(
-                lambda: int(broker.zcard(HEARTBEATS_KEY)) >= args.workers,
-                timeout=120,
-                what="the worker processes to poll Redis",
-                watch=[api, workers],
-            )
-        finally:
-            broker.close()
-
-        def post(path: str, body: Any, expect: int, key: str | None = None) -> dict[str, Any]:
-            response = client.post(path, json=body, headers=bearer(key))
-            if response.status_code != expect:
-                raise BenchError(f"POST {path}: {response.status_code} {response.text[:300]}")
-            data: dict[str, Any] = response.json()
-            return data
-
-        for start in range(0, n, 10_000):
-            people = [
-                {
-                    "external_id": external_id(i),
-                    "full_name": vietnamese_name(i),
-                    "addresses": {"email": address(i)},
-                }
-                for i in range(start, min(n, start + 10_000))
-            ]
-            post("/v1/recipients", people, 200)
-        post("/v1/templates", TEMPLATE, 201)
-        created = post(
-            "/v1/campaigns",
+        service.start("workers", [*worker, "--processes", str(args.workers)])
+        service.wait_for_workers(args.workers)
+        service.add_recipients(n, lambda i: email_recipient("AP", i))
+        service.publish(TEMPLATE)
+        campaign_id = service.submit(
             {
                 "name": "Chúc mừng năm mới (email against Apprise)",
                 "kind": "greeting",
                 "template": TEMPLATE_KEY,
                 "audience": {"all": True},
                 "channels": ["email"],
-            },
-            201,
+            }
         )
-        campaign_id = int(created["id"])
-        post(f"/v1/campaigns/{campaign_id}/submit", None, 200)
         before = smtp_count(stats)
-        cpu_before = cpu_snapshot(processes)
+        cpu_before = cpu_snapshot(service.processes)
         t0 = time.perf_counter()
-        post(
-            f"/v1/campaigns/{campaign_id}/approve",
-            None,
-            200,
-            key=keys[1] if len(keys) > 1 else None,
-        )
+        service.approve(campaign_id)
         deadline = time.monotonic() + args.timeout
-        campaign: dict[str, Any] = {}
-        while True:
-            campaign = client.get(f"/v1/campaigns/{campaign_id}").json()
-            if campaign.get("status") == "completed":
-                break
-            for process in processes:
-                if not process.alive():
-                    raise process.dead_error()
+        while (campaign := service.campaign(campaign_id)).get("status") != "completed":
+            service.check_alive()
             if time.monotonic() > deadline:
                 raise BenchError(f"the campaign did not complete: {campaign.get('counts')}")
             time.sleep(0.1)
         elapsed = time.perf_counter() - t0
-        cpu = cpu_share(cpu_before, cpu_snapshot(processes))
+        cpu = cpu_share(cpu_before, cpu_snapshot(service.processes))
         sent = int(campaign["counts"]["by_status"].get("sent", 0))
         wait_until(lambda: smtp_count(stats) - before >= sent, timeout=10, what="the SMTP count")
         received = smtp_count(stats) - before
-    finally:
-        if http is not None:
-            http.close()
-        for process in reversed(processes):
-            process.stop()
     if sent != n or received != n:
         raise BenchError(f"the service sent {sent} and the server received {received} of {n}")
     return {
@@ -248,7 +164,7 @@ def run_apprise(args: argparse.Namespace, smtp_port: int, stats: Path) -> dict[s
     t0 = time.perf_counter()
     for i in range(n):
         notifier = apprise.Apprise()
-        notifier.add(f"{base}&to={quote(address(i), safe='@')}")
+        notifier.add(f"{base}&to={quote(email_address(i), safe='@')}")
         name = vietnamese_name(i)
         ok = notifier.notify(
             title=SUBJECT.format(name=name),
@@ -273,7 +189,7 @@ def run_apprise(args: argparse.Namespace, smtp_port: int, stats: Path) -> dict[s
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python bench/email_vs_apprise.py",
+        prog="python -m bench.email_vs_apprise",
         description="The same N emails through the service and through a loop over Apprise.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -290,33 +206,25 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _terminate(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.emails < 1 or args.workers < 1:
         print("--emails and --workers must be at least 1", file=sys.stderr)
         return 2
-    signal.signal(signal.SIGTERM, _terminate)
-    signal.signal(signal.SIGINT, _terminate)
     n = args.emails
     print(
         f"\n== {n:,} emails through the service ({args.workers} worker processes) and through "
         "Apprise, to one aiosmtpd server in another process ==",
         flush=True,
     )
-    try:
+
+    def run() -> int:
         with contextlib.ExitStack() as stack:
-            workdir = Path(tempfile.mkdtemp(prefix="dispatcher-bench-apprise-"))
-            if args.keep:
-                print(f"  logs and files kept in {workdir}")
-            else:
-                stack.callback(shutil.rmtree, workdir, ignore_errors=True)
+            workdir = Path(tempfile.mkdtemp(prefix="dispatcher-bench-apprise-smtp-"))
+            stack.callback(shutil.rmtree, workdir, ignore_errors=True)
             smtp, smtp_port, stats = start_smtp_sink(workdir)
             stack.callback(smtp.stop)
-            service = run_service(args, workdir, smtp_port, stats)
+            service = run_service(args, smtp_port, stats)
             print(
                 f"  (a) the service: {n:,} in {service['seconds']:.2f} s = "
                 f"{service['per_second']:,.1f} emails/s",
@@ -328,32 +236,28 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{looped['per_second']:,.1f} emails/s",
                 flush=True,
             )
-    except BenchError as exc:
-        print(f"\nbenchmark failed: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("\ninterrupted: every subprocess was stopped", file=sys.stderr)
-        return 130
-    ratio = service["per_second"] / looped["per_second"]
-    verdict = "meets" if ratio >= AIM_RATIO else "BELOW"
-    print(
-        f"\n  ratio service / Apprise: {ratio:.1f}× ({verdict} the {AIM_RATIO:g}× aim)\n"
-        f"  CPU (cores busy): service run {service['cpu']}, Apprise loop {looped['cpu']}"
-    )
-    result = {
-        "benchmark": "email_vs_apprise",
-        "emails": n,
-        "workers": args.workers,
-        "smtp_pool_size": args.smtp_pool_size,
-        "service": service,
-        "apprise": looped,
-        "ratio": round(ratio, 2),
-        "aim_ratio": AIM_RATIO,
-        "machine": machine(),
-    }
-    path = write_json(f"email-vs-apprise-{n}.json", result)
-    print(f"  written to {relative(path)}")
-    return 0
+        ratio = service["per_second"] / looped["per_second"]
+        verdict = "meets" if ratio >= AIM_RATIO else "BELOW"
+        print(
+            f"\n  ratio service / Apprise: {ratio:.1f}× ({verdict} the {AIM_RATIO:g}× aim)\n"
+            f"  CPU (cores busy): service run {service['cpu']}, Apprise loop {looped['cpu']}"
+        )
+        result = {
+            "benchmark": "email_vs_apprise",
+            "emails": n,
+            "workers": args.workers,
+            "smtp_pool_size": args.smtp_pool_size,
+            "service": service,
+            "apprise": looped,
+            "ratio": round(ratio, 2),
+            "aim_ratio": AIM_RATIO,
+            "machine": machine(),
+        }
+        path = write_json(f"email-vs-apprise-{n}.json", result)
+        print(f"  written to {relative(path)}")
+        return 0
+
+    return run_main(run)
 
 
 if __name__ == "__main__":

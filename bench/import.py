@@ -1,10 +1,10 @@
 """Benchmark of the recipient import: rows per second, and whether memory grows with the file.
 
-    python bench/import.py                                # 1,000,000 recipients, SQLite
-    python bench/import.py --recipients 100000
-    python bench/import.py --database postgresql          # a throwaway database, dropped after
-    python bench/import.py --compare 100000,1000000       # does peak memory grow with N?
-    python bench/import.py --email-share 1                # every row has an email address
+    python -m bench.import                                # 1,000,000 recipients, SQLite
+    python -m bench.import --recipients 100000
+    python -m bench.import --database postgresql          # a throwaway database, dropped after
+    python -m bench.import --compare 100000,1000000       # does peak memory grow with N?
+    python -m bench.import --email-share 1                # every row has an email address
 
 One measurement, from scratch, in a child process of its own, so that its peak RSS is its own:
 
@@ -51,18 +51,9 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
-# Run as a script, Python puts bench/ first on the path. There, the other benchmarks' modules
-# (bench/channels.py) would shadow the project's packages (channels): put the project first.
-_BENCH_DIR = Path(__file__).resolve().parent
-if sys.path and Path(sys.path[0] or ".").resolve() == _BENCH_DIR:
-    sys.path[0] = str(_BENCH_DIR.parent)
-elif str(_BENCH_DIR.parent) not in sys.path:
-    sys.path.insert(0, str(_BENCH_DIR.parent))
-
-from bench.common import (  # noqa: E402 - needs the path above
+from bench.common import (
     DEFAULT_POSTGRES_URL,
     GIVENS,
     MIDDLES,
@@ -73,9 +64,10 @@ from bench.common import (  # noqa: E402 - needs the path above
     BenchError,
     MiB,
     postgres_database,
+    relative,
     write_json,
 )
-from bench.common import machine as common_machine  # noqa: E402
+from bench.common import machine as common_machine
 
 TARGET_ROWS_PER_SECOND = 20_000
 # Rows are cut from a pool of pre-rendered rows: generating must cost little next to importing.
@@ -329,7 +321,7 @@ def _write_profile(profiler: cProfile.Profile, args: argparse.Namespace, mix: Mi
         stats = pstats.Stats(profiler, stream=handle)
         stats.sort_stats("cumulative").print_stats(40)
         stats.sort_stats("tottime").print_stats(40)
-    print(f"profile written to {path.relative_to(ROOT)}", file=sys.stderr)
+    print(f"profile written to {relative(path)}", file=sys.stderr)
 
 
 # -- the parent: runs children, prints, writes JSON ---------------------------------------------
@@ -354,7 +346,8 @@ def run_child(args: argparse.Namespace, recipients: int) -> dict[str, Any]:
     """One measurement in a fresh process; its peak RSS is then its own."""
     command = [
         sys.executable,
-        str(Path(__file__).resolve()),
+        "-m",
+        "bench.import",
         "--child",
         "--recipients",
         str(recipients),
@@ -378,11 +371,8 @@ def run_child(args: argparse.Namespace, recipients: int) -> dict[str, Any]:
         *(["--profile"] if args.profile else []),
         *(["--reimport"] if args.reimport else []),
     ]
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-    }
-    process = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    # From the project root, the child imports this tree's packages (``-m`` puts it first).
+    process = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=False)
     sys.stderr.write(process.stderr)
     for line in process.stdout.splitlines():
         if line.startswith(RESULT_TAG):
@@ -426,6 +416,7 @@ def print_measurement(result: dict[str, Any]) -> None:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
+        prog="python -m bench.import",
         description="Throughput and memory of the recipient import (CSV, streamed).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -483,7 +474,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print_measurement(result)
             name = f"import-{args.database}-{args.recipients}{_label(mix)}{_suffix(args)}.json"
             path = write_json(name, result)
-            print(f"\nwritten to {path.relative_to(ROOT)}")
+            print(f"\nwritten to {relative(path)}")
             return 0
         sizes = [int(size) for size in args.compare.split(",")]
         if len(sizes) != 2 or sizes[0] >= sizes[1]:
@@ -516,10 +507,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
         name = f"import-compare-{args.database}-{sizes[0]}-{sizes[1]}{_label(mix)}{_suffix(args)}"
         path = write_json(f"{name}.json", payload)
-        print(f"written to {path.relative_to(ROOT)}")
+        print(f"written to {relative(path)}")
         return 0
     except BenchError as exc:
-        print(f"bench/import.py: {exc}", file=sys.stderr)
+        print(f"bench.import: {exc}", file=sys.stderr)
         return 1
 
 

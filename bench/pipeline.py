@@ -1,10 +1,10 @@
 """End-to-end benchmark of the delivery pipeline, with its peak memory and a raw floor.
 
-    python bench/pipeline.py                          # 100,000 recipients, SQLite
-    python bench/pipeline.py --recipients 1000000     # a million
-    python bench/pipeline.py --database postgresql
-    python bench/pipeline.py --compare 100000,1000000 # does peak memory grow with N?
-    python bench/pipeline.py --recipients 1000000 --urgent 1000   # does urgent beat bulk?
+    python -m bench.pipeline                          # 100,000 recipients, SQLite
+    python -m bench.pipeline --recipients 1000000     # a million
+    python -m bench.pipeline --database postgresql
+    python -m bench.pipeline --compare 100000,1000000 # does peak memory grow with N?
+    python -m bench.pipeline --recipients 1000000 --urgent 1000   # does urgent beat bulk?
 
 One measurement, from scratch each time:
 
@@ -43,64 +43,48 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import re
 import resource
-import shutil
-import signal
 import sqlite3
-import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
 from typing import Any, TextIO
 
 import httpx
 import psutil
-import redis
 
-# Run as a script, sys.path[0] is bench/: a module there (bench/channels.py) would shadow the
-# project's packages of the same name. Put the project root in its place.
-_BENCH_DIR = Path(__file__).resolve().parent
-if sys.path and Path(sys.path[0] or ".").resolve() == _BENCH_DIR:
-    sys.path[0] = str(_BENCH_DIR.parent)
-elif str(_BENCH_DIR.parent) not in sys.path:
-    sys.path.insert(0, str(_BENCH_DIR.parent))
-
-from bench.common import (  # noqa: E402 - after the project root is on sys.path
+from bench.common import (
     DEFAULT_POSTGRES_URL,
-    HEARTBEATS_KEY,
-    NAMESPACE,
     RESULT_TAG,
-    ROOT,
     BenchError,
     Managed,
     MiB,
     Person,
     RssSampler,
+    Service,
     check_redis,
     cpu_by_process,
     cpu_share,
     cpu_snapshot,
-    create_api_keys,
     create_postgres_database,
     dispatcher_command,
     drop_postgres_database,
-    free_port,
+    iso,
+    machine,
+    parse_env,
     relative,
-    start_private_redis,
+    run_main,
     wait_for_api,
     wait_until,
     write_json,
 )
-from bench.common import SURNAMES as COMMON_SURNAMES  # noqa: E402
-from bench.common import person as common_person  # noqa: E402
+from bench.common import SURNAMES as COMMON_SURNAMES
+from bench.common import person as common_person
 
 POLL_SECONDS = 0.5
 PROGRESS_SECONDS = 2.0
@@ -118,7 +102,7 @@ BODY = (
 TEMPLATE: dict[str, Any] = {
     "key": TEMPLATE_KEY,
     "kind": "greeting",
-    "description": "Benchmark greeting (bench/pipeline.py)",
+    "description": "Benchmark greeting (bench.pipeline)",
     "defaults": {"year": "2026", "hotline": "1900 9068"},
     "variants": [{"channel": "default", "locale": "vi", "subject": SUBJECT, "body": BODY}],
 }
@@ -127,7 +111,7 @@ URGENT_TEMPLATE_KEY = "bench_fraud_warning"
 URGENT_TEMPLATE: dict[str, Any] = {
     "key": URGENT_TEMPLATE_KEY,
     "kind": "fraud_warning",
-    "description": "Benchmark fraud warning (bench/pipeline.py --urgent)",
+    "description": "Benchmark fraud warning (bench.pipeline --urgent)",
     "defaults": {"hotline": "1900 9068"},
     "variants": [
         {
@@ -471,14 +455,14 @@ def planner_child(raw: str) -> int:
     from dispatcher.tables.campaigns import Run
     from dispatcher.tables.deliveries import Delivery
 
-    config = json.loads(raw)
+    campaign = json.loads(raw)
     configure_logging()
     settings = get_settings()
     jobs.configure(settings)
     db = Database(settings.database_url)
     set_database(db)
     with db.transaction() as session:
-        campaign_id = service.create(session=session, data=CampaignIn(**config["campaign"])).id
+        campaign_id = service.create(session=session, data=CampaignIn(**campaign)).id
     with db.transaction() as session:
         service.submit(session=session, campaign_id=campaign_id)
     with db.transaction() as session:
@@ -556,10 +540,6 @@ class Outcome:
     server_elapsed_s: float | None  # campaigns.approved_at -> campaigns.completed_at
     planned_s: float | None  # campaigns.approved_at -> runs.planned_at
     final: dict[str, Any] = field(default_factory=dict)
-
-
-def iso(value: str | None) -> datetime | None:
-    return datetime.fromisoformat(value) if value else None
 
 
 def wait_for_campaign(
@@ -674,39 +654,8 @@ def log_problems(path: Path) -> dict[str, Any]:
     return {"errors": count, "first": first}
 
 
-def subprocess_env(
-    options: Options, database_url: str, redis_url: str, queues: tuple[str, str]
-) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        {
-            "DISPATCHER_DATABASE_URL": database_url,
-            "DISPATCHER_REDIS_URL": redis_url,
-            "DISPATCHER_BATCH_SIZE": str(options.batch_size),
-            "DISPATCHER_WORKER_THREADS": str(options.threads),
-            "DISPATCHER_QUEUE_BULK": queues[0],
-            "DISPATCHER_QUEUE_URGENT": queues[1],
-            "DISPATCHER_LOG_FORMAT": "json",
-            # Greetings otherwise wait for 07:00-21:00 Vietnam time; a benchmark sends now.
-            "DISPATCHER_SEND_WINDOWS": "{}",
-            "DISPATCHER_REDIS_NAMESPACE": NAMESPACE,
-            "PYTHONUNBUFFERED": "1",
-        }
-    )
-    # Measure the tree this file lives in, even when another checkout is installed.
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    if options.prefetch is not None:
-        env["dramatiq_queue_prefetch"] = str(options.prefetch)
-    env.update(options.extra_env)
-    return env
-
-
-def api_client(port: int, key: str) -> httpx.Client:
-    return httpx.Client(
-        base_url=f"http://127.0.0.1:{port}",
-        timeout=60,
-        headers={"Authorization": f"Bearer {key}"},
-    )
+def queue_settings(queues: tuple[str, str]) -> dict[str, str]:
+    return {"DISPATCHER_QUEUE_BULK": queues[0], "DISPATCHER_QUEUE_URGENT": queues[1]}
 
 
 def worker_command(queue: str, processes: int, threads: int) -> list[str]:
@@ -722,40 +671,14 @@ def worker_command(queue: str, processes: int, threads: int) -> list[str]:
     ]
 
 
-def create_and_submit(client: httpx.Client, campaign: dict[str, Any]) -> int:
-    response = client.post("/v1/campaigns", json=campaign)
-    if response.status_code != 201:
-        raise BenchError(f"POST /v1/campaigns: {response.status_code} {response.text}")
-    campaign_id = int(response.json()["id"])
-    response = client.post(f"/v1/campaigns/{campaign_id}/submit")
-    if response.status_code != 200:
-        raise BenchError(f"submit: {response.status_code} {response.text}")
-    return campaign_id
-
-
-def approve(approver: httpx.Client, campaign_id: int) -> None:
-    response = approver.post(f"/v1/campaigns/{campaign_id}/approve")
-    if response.status_code != 200:
-        raise BenchError(f"approve {campaign_id}: {response.status_code} {response.text}")
-
-
 class UrgentProbe:
     """Launches the urgent campaign once ``threshold`` bulk deliveries are sent (called at each
     poll of the bulk campaign), then watches it until it completes."""
 
-    def __init__(
-        self,
-        client: httpx.Client,
-        approver: httpx.Client,
-        *,
-        size: int,
-        population: int,
-        threshold: int,
-    ) -> None:
+    def __init__(self, service: Service, *, size: int, population: int, threshold: int) -> None:
         if size > population:
             raise BenchError(f"--urgent {size} needs at least as many recipients")
-        self.client = client
-        self.approver = approver
+        self.service = service
         self.size = size
         self.threshold = threshold
         # Recipients spread over the whole population, by external id.
@@ -780,8 +703,8 @@ class UrgentProbe:
             "audience": {"external_ids": self.external_ids},
             "channels": ["null"],
         }
-        campaign_id = create_and_submit(self.client, campaign)
-        approve(self.approver, campaign_id)
+        campaign_id = self.service.submit(campaign)
+        self.service.approve(campaign_id)
         self.campaign_id, self.bulk_sent_at_launch = campaign_id, bulk_sent
         print(
             f"  urgent campaign {campaign_id} ({self.size:,} recipients) approved with "
@@ -790,10 +713,8 @@ class UrgentProbe:
         )
 
     def poll(self) -> None:
-        response = self.client.get(f"/v1/campaigns/{self.campaign_id}")
-        if response.status_code != 200:
-            raise BenchError(f"GET urgent campaign: {response.status_code} {response.text}")
-        status = response.json()["status"]
+        assert self.campaign_id is not None
+        status = self.service.campaign(self.campaign_id)["status"]
         if status in ("cancelled", "paused"):
             raise BenchError(f"the urgent campaign ended {status}")
         self.completed = status == "completed"
@@ -875,114 +796,73 @@ def run_once(options: Options) -> dict[str, Any]:
         flush=True,
     )
     sampler = RssSampler()
-    processes: list[Managed] = []
     with contextlib.ExitStack() as cleanup:
-        workdir = Path(tempfile.mkdtemp(prefix="dispatcher-bench-pipeline-"))
-        if options.keep:
-            print(f"  logs and files kept in {workdir}")
-        else:
-            cleanup.callback(shutil.rmtree, workdir, ignore_errors=True)
-
-        def stop_all() -> None:
-            sampler.stop()
-            for process in reversed(processes):
-                process.stop()
-
-        cleanup.callback(stop_all)
+        service = Service("pipeline", cleanup, keep=options.keep)
+        cleanup.callback(sampler.stop)
 
         # -- Redis ------------------------------------------------------------------------------
         if options.redis_url:
             check_redis(options.redis_url)
-            redis_url = options.redis_url
+            service.redis_url = options.redis_url
             # A shared Redis: queues of our own, so no other worker takes our jobs.
             tag = uuid.uuid4().hex[:8]
             queues = (f"bench_{tag}", f"bench_{tag}_urgent")
         else:
-            redis_process, redis_url = start_private_redis(workdir)
-            processes.append(redis_process)
+            service.start_redis()
             queues = ("bulk", "urgent")
-        redis_client = redis.Redis.from_url(redis_url)
 
         # -- the database -----------------------------------------------------------------------
         setup_started = time.perf_counter()
         backends: Callable[[], list[int]] | None = None
         if options.database == "sqlite":
-            database_url = f"sqlite:///{workdir / 'bench.db'}"
+            database_url = f"sqlite:///{service.workdir / 'bench.db'}"
         else:
             pg_name, database_url = create_postgres_database(options.postgres_url)
             if not options.keep:
                 cleanup.callback(drop_postgres_database, options.postgres_url, pg_name)
             print(f"  throwaway PostgreSQL database {pg_name}")
             backends = postgres_backends(options.postgres_url, pg_name)
-        env = subprocess_env(options, database_url, redis_url, queues)
-        migrate = subprocess.run(
-            [*dispatcher_command(), "migrate"], cwd=ROOT, env=env, capture_output=True, text=True
-        )
-        if migrate.returncode != 0:
-            raise BenchError(f"dispatcher migrate failed:\n{migrate.stdout}{migrate.stderr}")
+        settings = {
+            "DISPATCHER_BATCH_SIZE": str(options.batch_size),
+            "DISPATCHER_WORKER_THREADS": str(options.threads),
+            **queue_settings(queues),
+        }
+        if options.prefetch is not None:
+            settings["dramatiq_queue_prefetch"] = str(options.prefetch)
+        service.configure(database_url, {**settings, **options.extra_env})
+        service.migrate()
+        if len(service.keys) != 2:
+            raise BenchError("the service has no API keys (dispatcher.auth, table api_keys)")
         t0 = time.perf_counter()
         insert_recipients(database_url, n)
         insert_s = time.perf_counter() - t0
         print(f"  setup: migrated, {n:,} recipients inserted in {insert_s:.1f} s", flush=True)
 
-        # -- keys, the API and the workers ------------------------------------------------------
-        # Two keys, written before the API starts: the key that submits a campaign may not
-        # approve it.
-        keys = create_api_keys(database_url, ["bench submitter", "bench approver"])
-        if len(keys) != 2:
-            raise BenchError("the service has no API keys (dispatcher.auth, table api_keys)")
-        submitter_key, approver_key = keys
-        port = free_port()
-        public = {"DISPATCHER_PUBLIC_URL": f"http://127.0.0.1:{port}"}
-        api = Managed(
-            "API",
-            [*dispatcher_command(), "serve", "--host", "127.0.0.1", "--port", str(port)],
-            env={**env, **public},
-            log_path=workdir / "api.log",
-        )
-        processes.append(api)
+        # -- the API and the workers ------------------------------------------------------------
+        api = service.start_api(name="API", timeout=60, wait=False)
         sampler.watch("api", api)
         sampler.start()
-        client = api_client(port, submitter_key)
-        cleanup.callback(client.close)
-        approver = api_client(port, approver_key)
-        cleanup.callback(approver.close)
-        wait_for_api(client, api, timeout=60)
+        wait_for_api(service.client, api, timeout=60)
         for template in [TEMPLATE] + ([URGENT_TEMPLATE] if options.urgent else []):
-            response = client.post("/v1/templates", json=template)
-            if response.status_code != 201:
-                raise BenchError(
-                    f"publishing {template['key']}: {response.status_code} {response.text}"
-                )
+            service.publish(template)
 
-        already = int(redis_client.zcard(HEARTBEATS_KEY))
-        workers = Managed(
-            "workers",
-            worker_command(queues[0], options.workers, options.threads),
-            env={**env, **public},
-            log_path=workdir / "workers.log",
+        already = service.heartbeats()
+        workers = service.start(
+            "workers", worker_command(queues[0], options.workers, options.threads)
         )
-        processes.append(workers)
         sampler.watch("workers", workers)
         serving = [api, workers]
         expected = options.workers
         if options.urgent:
-            urgent_workers = Managed(
+            urgent_workers = service.start(
                 "urgent workers",
                 worker_command(queues[1], options.urgent_processes, options.urgent_threads),
-                env={**env, **public, **options.urgent_env},
-                log_path=workdir / "urgent-workers.log",
+                {**service.env, **options.urgent_env},
             )
-            processes.append(urgent_workers)
             sampler.watch("urgent_workers", urgent_workers)
             serving.append(urgent_workers)
             expected += options.urgent_processes
-        wait_until(
-            lambda: int(redis_client.zcard(HEARTBEATS_KEY)) >= already + expected,
-            timeout=90,
-            what=f"{expected} dramatiq worker process(es) to poll Redis",
-            watch=serving,
-        )
+        service.wait_for_workers(expected, timeout=90, already=already, watch=serving)
         setup_s = time.perf_counter() - setup_started
         print(f"  setup done in {setup_s:.1f} s; API pid {api.pid}, workers pid {workers.pid}")
 
@@ -995,11 +875,10 @@ def run_once(options: Options) -> dict[str, Any]:
             "channels": ["null"],
             "variables": CAMPAIGN_VARIABLES,
         }
-        campaign_id = create_and_submit(client, campaign)
+        campaign_id = service.submit(campaign)
         probe = (
             UrgentProbe(
-                client,
-                approver,
+                service,
                 size=options.urgent,
                 population=n,
                 threshold=max(1, int(n * URGENT_AFTER)),
@@ -1007,12 +886,12 @@ def run_once(options: Options) -> dict[str, Any]:
             if options.urgent
             else None
         )
-        cpu_before = cpu_snapshot(processes, backends)
+        cpu_before = cpu_snapshot(service.processes, backends)
         started = time.perf_counter()
-        approve(approver, campaign_id)
+        service.approve(campaign_id)
         print(f"  campaign {campaign_id} approved; waiting for {n:,} sent", flush=True)
         outcome = wait_for_campaign(
-            client,
+            service.client,
             campaign_id,
             n,
             started=started,
@@ -1022,7 +901,7 @@ def run_once(options: Options) -> dict[str, Any]:
             on_poll=probe,
         )
         sampler.sample()
-        cpu_after = cpu_snapshot(processes, backends)
+        cpu_after = cpu_snapshot(service.processes, backends)
         cpu: dict[str, Any] = {
             **cpu_share(cpu_before, cpu_after),
             "ours_by_process": cpu_by_process(cpu_before, cpu_after),
@@ -1047,21 +926,12 @@ def run_once(options: Options) -> dict[str, Any]:
         # -- the planner alone -------------------------------------------------------------------
         print("  planner alone: a second, identical campaign in its own process ...", flush=True)
         tag = uuid.uuid4().hex[:8]
-        planner_env = subprocess_env(
-            options, database_url, redis_url, (f"bench_plan_{tag}", f"bench_plan_{tag}_urgent")
-        )
-        planner = Managed(
+        planner = service.start(
             "planner",
-            [
-                sys.executable,
-                str(Path(__file__).resolve()),
-                "--planner-child",
-                json.dumps({"campaign": campaign}),
-            ],
-            env=planner_env,
-            log_path=workdir / "planner.log",
+            [sys.executable, "-m", "bench.pipeline", "--planner-child", json.dumps(campaign)],
+            {**service.env, **queue_settings((f"bench_plan_{tag}", f"bench_plan_{tag}_urgent"))},
+            watch=False,
         )
-        processes.append(planner)
         sampler.watch("planner", planner)
         wait_until(
             lambda: not planner.alive(), timeout=options.timeout, what="the planner", watch=[]
@@ -1137,26 +1007,11 @@ def run_once(options: Options) -> dict[str, Any]:
             "final": outcome.final,
             "database_checks": checks,
             "log_problems": problems,
-            "machine": {
-                "cpus": os.cpu_count(),
-                "python": platform.python_version(),
-                "platform": platform.platform(),
-                "commit": git_commit(),
-            },
+            "machine": machine(),
         }
         if options.keep:
-            result["workdir"] = str(workdir)
+            result["workdir"] = str(service.workdir)
     return result
-
-
-def git_commit() -> str | None:
-    try:
-        done = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-        )
-    except OSError:
-        return None
-    return done.stdout.strip() or None
 
 
 # -- output ----------------------------------------------------------------------------------------
@@ -1344,6 +1199,7 @@ def compare(results: list[dict[str, Any]], threshold: float) -> dict[str, Any]:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
+        prog="python -m bench.pipeline",
         description="End-to-end throughput and peak memory of the delivery pipeline "
         "(API → planner → Redis → workers → database), against a raw floor.",
     )
@@ -1454,8 +1310,8 @@ def options_for(args: argparse.Namespace, n: int) -> Options:
     defaults = Settings.model_fields
     threads = args.threads or int(defaults["worker_threads"].default)
     batch_size = args.batch_size or int(defaults["batch_size"].default)
-    extra_env = key_values(args.env, "--env")
-    urgent_env = key_values(args.urgent_env, "--urgent-env")
+    extra_env = parse_env(args.env, prefix="")
+    urgent_env = parse_env(args.urgent_env, option="--urgent-env", prefix="")
     if n < 1 or args.workers < 1 or threads < 1 or batch_size < 1:
         raise BenchError("--recipients, --workers, --threads and --batch-size must be positive")
     return Options(
@@ -1479,28 +1335,12 @@ def options_for(args: argparse.Namespace, n: int) -> Options:
     )
 
 
-def key_values(items: Sequence[str], option: str) -> dict[str, str]:
-    found = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise BenchError(f"{option} takes KEY=VALUE, not {item!r}")
-        found[key] = value
-    return found
-
-
-def _terminate(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.planner_child is not None:
         return planner_child(args.planner_child)
-    signal.signal(signal.SIGTERM, _terminate)
-    # Started in the background by a shell, SIGINT may come ignored: Ctrl-C must still clean up.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
+
+    def run() -> int:
         if args.compare:
             try:
                 sizes = [int(x.replace("_", "")) for x in args.compare.split(",")]
@@ -1527,13 +1367,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             suffix = f"-urgent{args.urgent}" if args.urgent else ""
             path = write_json(f"pipeline-{args.database}-{args.recipients}{suffix}.json", result)
             print(f"  written to {relative(path, Path.cwd())}")
-    except BenchError as exc:
-        print(f"\nbenchmark failed: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("\ninterrupted: every subprocess was stopped", file=sys.stderr)
-        return 130
-    return 0
+        return 0
+
+    return run_main(run)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""The chaos run (bench/chaos.py) at a small size: the service keeps its promises under failure.
+"""The chaos run (``python -m bench.chaos``) at a small size: the service keeps its promises
+under failure.
 
 2,000 emails in batches of 100, while a worker process is killed with -9 three times, Redis is
 restarted (with its append-only file), the SMTP server is down for 3 s and PostgreSQL (a
@@ -59,7 +60,8 @@ def chaos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out = tmp_path_factory.mktemp("chaos") / "chaos.json"
     argv = [
         sys.executable,
-        str(ROOT / "bench" / "chaos.py"),
+        "-m",
+        "bench.chaos",
         "--recipients",
         "2000",
         "--batch-size",
@@ -100,7 +102,7 @@ def chaos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 def _run_chaos(argv: list[str]) -> tuple[int, str, str]:
-    """Run bench/chaos.py; past ``RUN_SECONDS`` stop it with SIGTERM, on which it stops every
+    """Run the chaos benchmark; past ``RUN_SECONDS`` stop it with SIGTERM, on which it stops every
     process it started (a SIGKILL would leave its service running on the machine)."""
     process = subprocess.Popen(
         argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
