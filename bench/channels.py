@@ -64,6 +64,7 @@ from bench.common import (
     free_port,
     iso,
     machine,
+    machine_busy_seconds,
     parse_env,
     project_env,
     read_json,
@@ -199,9 +200,7 @@ class ChannelService(Service):
         used["this script"] = own.user + own.system
         # Everything else on the machine (other benchmarks, test suites...) is the busy time of
         # all CPUs minus ours: cpu_used() reports it as "other processes".
-        machine = psutil.cpu_times()
-        busy = ("user", "nice", "system", "irq", "softirq")
-        used["machine busy"] = sum(getattr(machine, name, 0.0) for name in busy)
+        used["machine busy"] = machine_busy_seconds()
         return used
 
     def up(self) -> None:

@@ -6,7 +6,7 @@ process imports nothing of the service.
 - :class:`Managed` runs a subprocess in its own session, logging to a file, and ends its whole
   tree; :func:`wait_until` polls a condition while watching processes that must stay up.
 - :func:`start_private_redis` starts a ``redis-server`` on a free port in a directory of ours,
-  with or without AOF persistence, and :func:`restart_redis` brings it back on the same port.
+  with or without AOF persistence.
 - :class:`PrivatePostgres` is a throwaway PostgreSQL cluster (``initdb`` in a temporary
   directory, ``pg_ctl`` on a free port) that can be stopped and started mid-run without
   touching a shared server; :func:`create_postgres_database` makes a throwaway database on any
@@ -81,13 +81,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def port_open(port: int, host: str = "127.0.0.1") -> bool:
-    """Something accepts connections on ``host:port``."""
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex((host, port)) == 0
 
 
 def dispatcher_command() -> list[str]:
@@ -309,16 +302,6 @@ def start_private_redis(
     url = f"redis://127.0.0.1:{port}/0"
     wait_until(lambda: redis_up(url), timeout=15, what="the private redis-server", watch=[process])
     return process, url
-
-
-def restart_redis(process: Managed, url: str, *, down_seconds: float = 0.0) -> Managed:
-    """Stop ``process`` (SIGTERM: with AOF it syncs its file first), then start it again."""
-    process.stop()
-    if down_seconds > 0:
-        time.sleep(down_seconds)
-    fresh = process.respawn()
-    wait_until(lambda: redis_up(url), timeout=30, what="redis-server to restart", watch=[fresh])
-    return fresh
 
 
 # -- PostgreSQL ---------------------------------------------------------------------------------
