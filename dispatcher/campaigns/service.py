@@ -898,7 +898,7 @@ def send_message(
         action=audit.PLANNED,
         subject=f"run:{run.id}",
     )
-    # Transactional messages are urgent work, whatever their stream says.
+    # Transactional messages are urgent work.
     enqueue_after_commit(
         session,
         jobs.send_batch(

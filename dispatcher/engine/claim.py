@@ -36,6 +36,7 @@ from dispatcher.tables.recipients import Address, Recipient
 
 log = structlog.get_logger(__name__)
 
+# Runs whose rows may be claimed (and so recovered when their work is lost).
 ACTIVE_RUN = ("planning", "running")
 # What a template may see of a recipient, in the order the claim reads them.
 PERSON_FIELDS = (

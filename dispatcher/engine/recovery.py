@@ -28,6 +28,7 @@ from dispatcher.core.config import Settings
 from dispatcher.core.db import Database
 from dispatcher.engine import jobs
 from dispatcher.engine.backends import Markers
+from dispatcher.engine.claim import ACTIVE_RUN
 from dispatcher.engine.jobs import enqueue_after_commit, new_batch_id
 from dispatcher.engine.leases import LeaseWatch
 from dispatcher.engine.planner import complete_if_done
@@ -37,7 +38,6 @@ from dispatcher.tables.deliveries import CLAIMABLE_STATUSES, Delivery, DeliveryS
 
 log = structlog.get_logger(__name__)
 
-ACTIVE_RUN = ("planning", "running")
 MAX_REQUEUE_PER_SWEEP = 200_000
 # A lease taken over is kept this long, marked lost, so that its holder, should it come back,
 # learns why it must write nothing.
