@@ -449,7 +449,7 @@ def planner_child(raw: str) -> int:
     from dispatcher.campaigns.schemas import CampaignIn
     from dispatcher.core.config import get_settings
     from dispatcher.core.db import Database, set_database
-    from dispatcher.engine import jobs
+    from dispatcher.engine import backends, jobs
     from dispatcher.engine.planner import plan_run
     from dispatcher.observability.logging import configure_logging
     from dispatcher.tables.campaigns import Run
@@ -458,7 +458,7 @@ def planner_child(raw: str) -> int:
     campaign = json.loads(raw)
     configure_logging()
     settings = get_settings()
-    jobs.configure(settings)
+    backends.configure(settings)
     db = Database(settings.database_url)
     set_database(db)
     with db.transaction() as session:
@@ -488,7 +488,7 @@ def planner_child(raw: str) -> int:
             if b
         ]
     # Nobody serves these queues: remove their messages and the batch markers, nothing else.
-    client = jobs.redis_client(settings)
+    client = backends.redis_client(settings)
     for start in range(0, len(batch_ids), 1000):
         chunk = batch_ids[start : start + 1000]
         client.delete(*(jobs.redis_key(settings.redis_namespace, "batch", b) for b in chunk))

@@ -24,7 +24,7 @@ from sqlalchemy import text
 from dispatcher.core import migrate as migrations
 from dispatcher.core.config import Settings, get_settings
 from dispatcher.core.db import Database, set_database
-from dispatcher.engine import jobs
+from dispatcher.engine import backends, jobs
 from dispatcher.kit.clock import clock
 from dispatcher.tables import Base
 from tests.support import SmtpServer, free_port, wait_for
@@ -217,15 +217,15 @@ def settings(
 
 
 @pytest.fixture()
-def job_queue(settings: Settings, redis_client: redis.Redis) -> Iterator[jobs.JobQueue]:
-    queue = jobs.configure(settings)
+def job_queue(settings: Settings, redis_client: redis.Redis) -> Iterator[backends.Backends]:
+    queue = backends.configure(settings)
     yield queue
     queue.broker.close()
     jobs.set_job_queue(None)
 
 
 @pytest.fixture()
-def worker(job_queue: jobs.JobQueue, settings: Settings, db: Database) -> Iterator[object]:
+def worker(job_queue: backends.Backends, settings: Settings, db: Database) -> Iterator[object]:
     import dramatiq
 
     from workers import actors
@@ -268,7 +268,7 @@ def approver(db: Database) -> dict[str, str]:
 
 @pytest.fixture()
 def client(
-    settings: Settings, db: Database, job_queue: jobs.JobQueue, admin_key: str
+    settings: Settings, db: Database, job_queue: backends.Backends, admin_key: str
 ) -> Iterator[object]:
     from fastapi.testclient import TestClient
 

@@ -214,8 +214,8 @@ def test_outcomes_are_written_once_the_database_is_back(
     monkeypatch,
     failures: int,
 ) -> None:
+    from dispatcher.engine.batch import BatchProcessor
     from dispatcher.engine.loop import get_loop
-    from dispatcher.engine.pipeline import BatchProcessor
     from dispatcher.kit.clock import clock
 
     run_id, ids, batch_id = _planned(client, db, settings)
@@ -234,7 +234,7 @@ def test_outcomes_are_written_once_the_database_is_back(
         return record(*args, **kwargs)
 
     monkeypatch.setattr(processor, "_record", unreachable)
-    monkeypatch.setattr("dispatcher.engine.pipeline.time.sleep", lambda seconds: None)
+    monkeypatch.setattr("dispatcher.engine.batch.time.sleep", lambda seconds: None)
     report = processor.process(run_id, ids, batch_id)
     assert report.sent == len(PEOPLE) and calls == ["record"] * (failures + 1)
     assert smtp.mailbox.count() == len(PEOPLE), "sent once: not again after the lease"
@@ -248,8 +248,8 @@ def test_outcomes_are_written_once_the_database_is_back(
 def test_a_commit_whose_answer_was_lost_is_not_written_twice(
     client, smtp: SmtpServer, db: Database, settings: Settings, job_queue, monkeypatch
 ) -> None:
+    from dispatcher.engine.batch import BatchProcessor
     from dispatcher.engine.loop import get_loop
-    from dispatcher.engine.pipeline import BatchProcessor
 
     run_id, ids, batch_id = _planned(client, db, settings)
     processor = BatchProcessor(db=db, settings=settings, queue=job_queue, loop=get_loop())
@@ -264,7 +264,7 @@ def test_a_commit_whose_answer_was_lost_is_not_written_twice(
         return result
 
     monkeypatch.setattr(processor, "_record", committed_then_lost)
-    monkeypatch.setattr("dispatcher.engine.pipeline.time.sleep", lambda seconds: None)
+    monkeypatch.setattr("dispatcher.engine.batch.time.sleep", lambda seconds: None)
     report = processor.process(run_id, ids, batch_id)
     assert report.sent == len(PEOPLE) and calls == ["record"]
     with db.transaction() as session:

@@ -16,8 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from dispatcher.core.config import Settings
 from dispatcher.core.db import Database
-from dispatcher.engine import jobs
-from dispatcher.engine.pipeline import BatchProcessor
+from dispatcher.engine import backends, jobs
+from dispatcher.engine.batch import BatchProcessor
 from tests.conftest import make_key
 from tests.scheduling.test_scheduler import recurring, vn
 from tests.support import SmtpServer, free_port, wait_for
@@ -118,7 +118,7 @@ def test_quick_and_delayed_retries_are_counted(client, worker, smtp: SmtpServer)
 
 
 def test_broker_retries_and_dead_letters_are_counted(
-    client, worker, job_queue: jobs.JobQueue, monkeypatch: pytest.MonkeyPatch
+    client, worker, job_queue: backends.Backends, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def crash(self: BatchProcessor, *args: Any, **kwargs: Any) -> None:
         raise RuntimeError("the database went away")
@@ -152,7 +152,7 @@ def test_broker_retries_and_dead_letters_are_counted(
     assert value(after, "dispatcher_queue_dead_letters", queue="bulk") == 0
 
 
-def test_queue_depths_are_read_from_redis(client, job_queue: jobs.JobQueue) -> None:
+def test_queue_depths_are_read_from_redis(client, job_queue: backends.Backends) -> None:
     """No worker runs: what was queued waits, and the scrape sees it."""
     add_people(client)
     publish_template(client)
@@ -177,7 +177,7 @@ def test_queue_depths_are_read_from_redis(client, job_queue: jobs.JobQueue) -> N
 
 
 def test_redis_away_is_reported_not_an_error(
-    client, job_queue: jobs.JobQueue, monkeypatch: pytest.MonkeyPatch
+    client, job_queue: backends.Backends, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     assert isinstance(job_queue.broker, RedisBroker)
     nowhere = redis.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=1)
@@ -189,7 +189,7 @@ def test_redis_away_is_reported_not_an_error(
 
 
 def test_scheduler_firings_are_counted(
-    client, db: Database, settings: Settings, job_queue: jobs.JobQueue
+    client, db: Database, settings: Settings, job_queue: backends.Backends
 ) -> None:
     from dispatcher.kit.clock import clock
 

@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from dispatcher.core.config import Settings, get_settings, load_settings
-from dispatcher.engine import jobs
+from dispatcher.engine import backends, jobs
 from dispatcher.engine.ratelimit import RedisLimiter, limits_for, take_now
 from workers.scheduler import Leadership, leader_key
 
@@ -26,11 +26,11 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     get_settings.cache_clear()
 
 
-def service(settings: Settings) -> jobs.JobQueue:
+def service(settings: Settings) -> backends.Backends:
     """One service's job queue, as ``dispatcher worker`` or ``serve`` builds it."""
-    return jobs.JobQueue(
-        jobs.create_redis_broker(settings),
-        jobs.RedisMarkers(jobs.redis_client(settings), settings.redis_namespace),
+    return backends.Backends(
+        backends.create_redis_broker(settings),
+        backends.RedisMarkers(backends.redis_client(settings), settings.redis_namespace),
         settings,
     )
 
@@ -91,7 +91,7 @@ def test_two_services_on_one_redis_see_nothing_of_each_other(
         ours.close()
 
         # Rate limits: the first service's budget and pauses are not the second's.
-        client = jobs.redis_client(one)
+        client = backends.redis_client(one)
         assert take_now(client, one.redis_namespace, "api-key:1", 1.0, 1) == 0.0
         assert take_now(client, one.redis_namespace, "api-key:1", 1.0, 1) > 0.0
         assert take_now(client, two.redis_namespace, "api-key:1", 1.0, 1) == 0.0

@@ -1,4 +1,4 @@
-"""The actors: thin wrappers that call the pipeline and the planner.
+"""The actors: thin wrappers that call the engine's batch processor and planner.
 
 Each verb exists once per queue (a dramatiq actor has exactly one queue), so urgent work is
 served by ``--queues urgent`` workers and never waits behind bulk batches.
@@ -18,12 +18,11 @@ from structlog.contextvars import bound_contextvars
 
 from dispatcher.core.config import Settings, get_settings
 from dispatcher.core.db import get_database
-from dispatcher.engine import jobs, planner
+from dispatcher.engine import jobs, planner, recovery
+from dispatcher.engine.batch import BatchProcessor
 from dispatcher.engine.loop import get_loop
-from dispatcher.engine.pipeline import BatchProcessor
 from dispatcher.observability.metrics import JobMetrics
 from dispatcher.tables.campaigns import Run
-from workers import sweeper
 
 SWITCH_INTERVAL = 0.0005
 _processor: BatchProcessor | None = None
@@ -83,7 +82,7 @@ def plan_run(run_id: int) -> None:
             # row of a big run.
             return
         # After a resume (or a planner restart) rows may wait with no live batch: queue them.
-        sweeper.requeue_orphans(
+        recovery.requeue_orphans(
             db=db, settings=settings, markers=jobs.get_job_queue().markers, run_id=run_id, grace=0
         )
 

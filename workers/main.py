@@ -6,12 +6,12 @@
 from __future__ import annotations
 
 from dispatcher.core.config import get_settings
-from dispatcher.engine import jobs
+from dispatcher.engine import backends
 from dispatcher.observability.logging import configure_logging
 from workers import actors
 
 configure_logging()
 settings = get_settings()
-queue = jobs.configure(settings)
+queue = backends.configure(settings)
 broker = queue.broker
 actors.declare(broker, settings)

@@ -23,6 +23,7 @@ from dispatcher.core import secrets
 from dispatcher.core.config import Settings
 from dispatcher.core.db import Database
 from dispatcher.engine import jobs
+from dispatcher.engine.backends import Backends
 from dispatcher.engine.leases import LeaseWatch
 from workers.sweeper import sweep
 
@@ -85,12 +86,12 @@ def run_scheduler(
     *,
     db: Database,
     settings: Settings,
-    queue: jobs.JobQueue,
+    queue: Backends,
     stop: threading.Event,
     leader_ttl: float | None = None,
 ) -> None:
     """Loop until ``stop`` is set: while leading, sweep every ``sweep_interval_seconds``."""
-    client = None if isinstance(queue.markers, jobs.MemoryMarkers) else jobs.redis_client(settings)
+    client = queue.redis
     ttl = leader_ttl or max(3 * settings.sweep_interval_seconds, 10.0)
     leadership = Leadership(client, ttl, key=leader_key(settings.redis_namespace))
     # What this process has seen of the workers' leases, sweep after sweep.

@@ -36,14 +36,8 @@ from dispatcher.campaigns.schemas import (
 from dispatcher.content import service as content
 from dispatcher.content.render import Rendered, choose_variant
 from dispatcher.core.config import Settings
-from dispatcher.engine.jobs import (
-    PLAN_RUN,
-    SEND_BATCH,
-    Job,
-    actor_name,
-    enqueue_after_commit,
-    new_batch_id,
-)
+from dispatcher.engine import jobs
+from dispatcher.engine.jobs import enqueue_after_commit, new_batch_id
 from dispatcher.kit.clock import utcnow
 from dispatcher.kit.errors import Conflict, Forbidden, Invalid, NotFound
 from dispatcher.scheduling import rules
@@ -78,10 +72,6 @@ HINTS = {
     ("submit", "submitted"): "it is already waiting for approval",
     ("resume", "running"): "it is not paused",
 }
-
-
-def queue_for(campaign: Campaign, settings: Settings) -> str:
-    return settings.queue_urgent if campaign.priority == "urgent" else settings.queue_bulk
 
 
 def get_campaign(*, session: Session, campaign_id: int, lock: bool = False) -> Campaign:
@@ -487,8 +477,9 @@ def launch(
 
 
 def enqueue_plan(*, session: Session, run: Run, campaign: Campaign, settings: Settings) -> None:
-    queue = queue_for(campaign, settings)
-    enqueue_after_commit(session, Job(actor_name(PLAN_RUN, queue), queue, (run.id,)))
+    enqueue_after_commit(
+        session, jobs.plan_run(run_id=run.id, priority=campaign.priority, settings=settings)
+    )
 
 
 def launch_due(*, session: Session, settings: Settings, now: datetime | None = None) -> list[Run]:
@@ -907,14 +898,15 @@ def send_message(
         action=audit.PLANNED,
         subject=f"run:{run.id}",
     )
-    queue = settings.queue_urgent
+    # Transactional messages are urgent work.
     enqueue_after_commit(
         session,
-        Job(
-            actor_name(SEND_BATCH, queue),
-            queue,
-            (run.id, [d.id for d in deliveries], batch_id),
+        jobs.send_batch(
+            run_id=run.id,
+            ids=[d.id for d in deliveries],
             batch_id=batch_id,
+            priority="urgent",
+            settings=settings,
         ),
     )
     return run, True

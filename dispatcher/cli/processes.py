@@ -99,12 +99,12 @@ def scheduler() -> None:
     share_metrics(settings)
 
     from dispatcher.core.db import get_database
-    from dispatcher.engine import jobs
+    from dispatcher.engine import backends
     from dispatcher.observability.logging import configure_logging
     from workers.scheduler import run_scheduler
 
     configure_logging()
-    queue = jobs.configure(settings)
+    queue = backends.configure(settings)
     stop = threading.Event()
     _stop_on_signals(stop)
     run_scheduler(db=get_database(), settings=settings, queue=queue, stop=stop)
@@ -182,7 +182,7 @@ def dev(
 
     from dispatcher.core import migrate as migrations
     from dispatcher.core.db import get_database
-    from dispatcher.engine import jobs
+    from dispatcher.engine import backends
     from dispatcher.observability.logging import configure_logging
     from dispatcher.web.app import create_app
     from workers import actors
@@ -190,8 +190,8 @@ def dev(
 
     configure_logging()
     migrations.upgrade(settings.database_url)
-    queue = jobs.configure(settings, allow_stub=True)
-    if isinstance(queue.markers, jobs.MemoryMarkers):
+    queue = backends.configure(settings, allow_stub=True)
+    if queue.in_process:
         console.print(
             f"[yellow]Redis is not reachable at {settings.masked()['redis_url']}: using dramatiq's "
             "in-process broker. Queued work lives in this process only.[/yellow]"

@@ -44,7 +44,7 @@ def check(
 
     from dispatcher.core import migrate as migrations
     from dispatcher.core.db import get_database
-    from dispatcher.engine import jobs
+    from dispatcher.engine import backends
 
     settings = load_settings()
     problems = []
@@ -55,7 +55,7 @@ def check(
             problems.append("the database has no schema: run dispatcher migrate")
     except Exception as exc:
         problems.append(f"database unreachable: {type(exc).__name__}")
-    if redis_required and not jobs.redis_reachable(settings):
+    if redis_required and not backends.redis_reachable(settings):
         problems.append(f"Redis unreachable at {settings.masked()['redis_url']}")
     for problem in problems:
         error(problem)

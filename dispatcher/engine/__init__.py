@@ -1,0 +1,28 @@
+"""The delivery engine: how a message goes from an API call to an audited attempt.
+
+Read the modules in the order a message travels through them:
+
+1. **API → rows.** A use case (launching a run, a transactional message) commits its rows and
+   asks for a job through :mod:`.jobs` (``jobs.plan_run``, ``jobs.send_batch``: the queue comes
+   from the work's priority), which goes to the broker only once that transaction commits.
+   :mod:`.planner` turns a run's audience into delivery rows, one keyset page per
+   transaction, each page snapshotted into a *batch* and queued as one job carrying its id.
+2. **Rows → batch.** A worker's actor hands the job to :mod:`.batch`, which takes the batch
+   top to bottom: :mod:`.claim` takes its rows with a conditional UPDATE and a lease
+   (:mod:`.leases` renews it while the worker lives), :mod:`.render` makes each message from
+   the run's frozen template version. :mod:`.work` holds what the batch carries between steps.
+3. **Batch → adapter.** :mod:`.send` sends the messages concurrently on the process's event
+   loop (:mod:`.loop`) through the channel adapters, each behind a slot of the shared rate
+   limit (:mod:`.ratelimit`), with the quick retries of :mod:`.retry`; adapters keep their
+   state in :mod:`.channel_state`.
+4. **Adapter → attempt.** :mod:`.record` writes every outcome and one attempt row per try in
+   one transaction (bulk statements from :mod:`.bulk`), the retry decision of :mod:`.retry`
+   applied, retries and fallback hops queued after its commit, one audit entry per batch.
+5. **Recovery.** :mod:`.recovery` holds the sweeper's queries: work whose job Redis lost, a
+   dead worker's lease, a stalled planner, a run nobody closed.
+
+:mod:`.backends` makes, once per process, the broker, the batch markers and the rate limiter
+(in Redis, or in the process for ``dispatcher dev``). The engine is used by the domain
+packages (campaigns launch runs through it) and by ``workers`` (thin actors, the sweeper and
+scheduler loops); it imports neither.
+"""

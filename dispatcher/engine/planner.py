@@ -9,9 +9,8 @@ makes a repeated page harmless.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     Boolean,
@@ -31,12 +30,12 @@ from sqlalchemy.orm import Session, aliased
 
 from dispatcher import audit
 from dispatcher.audiences import service as audiences
-from dispatcher.campaigns.service import queue_for
 from dispatcher.consent import service as consent
 from dispatcher.core.config import Settings
 from dispatcher.core.db import Database, UTCDateTime
+from dispatcher.engine import jobs
 from dispatcher.engine.bulk import write_turns
-from dispatcher.engine.jobs import SEND_BATCH, Job, actor_name, enqueue_after_commit, new_batch_id
+from dispatcher.engine.jobs import new_batch_id
 from dispatcher.kit.clock import utcnow
 from dispatcher.kit.sql import insert_for
 from dispatcher.recipients.audience import compile_audience
@@ -44,6 +43,9 @@ from dispatcher.scheduling import windows
 from dispatcher.tables.campaigns import Campaign, Run
 from dispatcher.tables.deliveries import OPEN_STATUSES, Delivery, DeliveryStatus
 from dispatcher.tables.recipients import Address, Recipient
+
+if TYPE_CHECKING:
+    from dispatcher.engine.work import Work
 
 deliveries_t: Table = Delivery.__table__  # type: ignore[assignment]
 COLUMNS = (
@@ -243,17 +245,53 @@ def enqueue_batch(
     settings: Settings,
     delay: float = 0.0,
 ) -> None:
-    queue = queue_for(campaign, settings)
-    enqueue_after_commit(
+    """Queue the send of a batch just planned, once the session commits."""
+    jobs.enqueue_after_commit(
         session,
-        Job(
-            actor_name(SEND_BATCH, queue),
-            queue,
-            (run.id, ids, batch_id),
-            delay_ms=math.ceil(delay * 1000) if delay > 0 else None,
+        jobs.send_batch(
+            run_id=run.id,
+            ids=ids,
             batch_id=batch_id,
+            priority=campaign.priority,
+            settings=settings,
+            delay=delay,
         ),
     )
+
+
+def plan_next_hops(
+    *, session: Session, work: Sequence[Work], campaign: Campaign, run: Run, settings: Settings
+) -> None:
+    """Fallback: the next channel in the campaign's order, for every delivery of a batch that
+    ended without reaching its recipient; each hop is its own delivery row (planned in the
+    batch's record transaction)."""
+    fresh_run = session.get(Run, run.id)
+    if fresh_run is None:
+        return
+    ended = [
+        (w.recipient_id, w.channel)
+        for w in work
+        if w.status in (DeliveryStatus.failed, DeliveryStatus.skipped)
+    ]
+    rows = Rows(
+        session=session,
+        run=fresh_run,
+        campaign=campaign,
+        batch_id=new_batch_id(),
+        settings=settings,
+    )
+    hops = rows.next_hops(ended)
+    fresh_run.planned_count += len(hops)
+    if hops:
+        enqueue_batch(
+            session=session,
+            run=fresh_run,
+            campaign=campaign,
+            ids=hops,
+            batch_id=rows.batch_id,
+            settings=settings,
+            delay=rows.wait(),
+        )
 
 
 def unplanned(*, db: Database, run_id: int) -> bool:

@@ -7,12 +7,16 @@
   without spending the retry budget;
 - auth: a channel-wide fault; backs off like a transient error, and is logged loudly;
 - permanent: stop at once with the reason.
+
+A delivery that meets a closed send window or a paused channel was not tried: it waits for the
+window or the pause, also without spending its budget (:meth:`RetryPolicy.next_delay`).
 """
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from tenacity import (
@@ -24,6 +28,9 @@ from tenacity import (
 
 from channels.base import TransientError
 from dispatcher.observability.metrics import count_quick_retry
+
+# Retries for these wait as asked and do not count against the delivery's attempt budget.
+NO_BUDGET = ("rate_limited", "auth", "deferred", "send_window")
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,3 +81,23 @@ class RetryPolicy:
 
     def exhausted(self, failures: int) -> bool:
         return failures >= self.max_attempts
+
+    def next_delay(
+        self,
+        *,
+        failures: int,
+        error_class: str | None,
+        retry_after: float | None,
+        not_before: datetime | None,
+        now: datetime,
+    ) -> float | None:
+        """Seconds until a retrying delivery's next round; None when its budget is spent and
+        it fails. An instant to wait for (``not_before``, a send window's opening) comes first,
+        then a wait the provider or a pause asked for, then the backoff."""
+        if not_before is not None:
+            return max(0.0, (not_before - now).total_seconds())
+        if error_class in NO_BUDGET:
+            return retry_after or self.backoff(1)
+        if self.exhausted(failures):
+            return None
+        return self.backoff(failures)

@@ -21,7 +21,7 @@ from dispatcher.content import service as content
 from dispatcher.content.render import TemplateProblem
 from dispatcher.core.config import Settings, get_settings
 from dispatcher.core.db import get_database
-from dispatcher.engine import jobs
+from dispatcher.engine import backends, jobs
 from dispatcher.kit.errors import Invalid, ServiceError
 from dispatcher.kit.json_depth import JsonDepthGuard
 from dispatcher.web.api.audiences import router as audiences_router
@@ -64,7 +64,7 @@ def create_app(settings: Settings | None = None, *, configure_jobs: bool = True)
             try:
                 jobs.get_job_queue()
             except RuntimeError:
-                jobs.configure(settings)
+                backends.configure(settings)
         _load_builtins()
         content_checks.start_in_background()
         yield
@@ -152,9 +152,9 @@ def create_app(settings: Settings | None = None, *, configure_jobs: bool = True)
             queue = jobs.get_job_queue()
         except RuntimeError:
             queue = None
-        if queue is not None and isinstance(queue.markers, jobs.MemoryMarkers):
+        if queue is not None and queue.in_process:
             checks["redis"] = "not used (in-process broker)"
-        elif jobs.redis_reachable(settings):
+        elif backends.redis_reachable(settings):
             checks["redis"] = "ok"
         else:
             ok = False

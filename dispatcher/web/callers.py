@@ -112,8 +112,8 @@ def sender_within_rate(caller: Sender) -> Caller:
     key = f"api-key:{caller.key_id}"
     rate = queue.settings.messages_per_second_per_key
     burst = queue.settings.messages_burst_per_key
-    if isinstance(queue.markers, jobs.RedisMarkers):
-        wait = take_now(queue.markers.client, queue.markers.namespace, key, rate, burst)
+    if queue.redis is not None:
+        wait = take_now(queue.redis, queue.settings.redis_namespace, key, rate, burst)
     else:
         wait = _memory_bucket.take_now(key, rate, burst)
     if wait > 0:

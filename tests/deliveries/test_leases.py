@@ -17,10 +17,12 @@ from sqlalchemy import func, inspect, select
 from dispatcher.core import migrate
 from dispatcher.core.config import Settings
 from dispatcher.core.db import Database, create_db_engine
+from dispatcher.engine.batch import BatchProcessor
 from dispatcher.engine.bulk import BulkWrites
+from dispatcher.engine.claim import lease_stamp
 from dispatcher.engine.leases import LeaseWatch, new_token
 from dispatcher.engine.loop import get_loop
-from dispatcher.engine.pipeline import BatchProcessor, Work, lease_stamp
+from dispatcher.engine.work import Work
 from dispatcher.kit.clock import clock, utcnow
 from dispatcher.tables.deliveries import Attempt, Delivery, Lease
 from tests.support import SmtpServer, wait_for

@@ -13,9 +13,10 @@ from sqlalchemy import select
 
 from dispatcher.core.config import Settings
 from dispatcher.core.db import Database
+from dispatcher.engine.batch import BatchProcessor
 from dispatcher.engine.jobs import redis_key
 from dispatcher.engine.loop import get_loop
-from dispatcher.engine.pipeline import BatchProcessor, Work
+from dispatcher.engine.work import Work
 from dispatcher.tables.deliveries import Delivery
 from tests.support import SmtpServer, wait_for
 from tests.test_end_to_end import plan_campaign

@@ -12,8 +12,8 @@ from sqlalchemy import select
 
 from dispatcher.core.config import Settings, get_settings
 from dispatcher.core.db import Database
+from dispatcher.engine.batch import BatchProcessor
 from dispatcher.engine.loop import get_loop
-from dispatcher.engine.pipeline import BatchProcessor
 from dispatcher.engine.planner import plan_run
 from dispatcher.kit.clock import clock
 from dispatcher.scheduling.windows import next_open

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import cast
 
 import structlog
 from dramatiq.brokers.redis import RedisBroker
@@ -28,6 +29,7 @@ from sqlalchemy import func, select
 from dispatcher.auth.service import Role
 from dispatcher.core.db import get_database
 from dispatcher.engine import jobs
+from dispatcher.engine.backends import Backends
 from dispatcher.observability.metrics import clean_dead_processes, multiprocess_dir
 from dispatcher.tables.campaigns import Campaign, Run
 from dispatcher.web.callers import require
@@ -61,7 +63,7 @@ class QueueCollector(Collector):
     letters (a sorted set ``<queue>.XQ``).
     """
 
-    def __init__(self, queue: jobs.JobQueue) -> None:
+    def __init__(self, queue: Backends) -> None:
         self.queue = queue
 
     def collect(self) -> Iterator[Metric]:
@@ -90,12 +92,10 @@ class QueueCollector(Collector):
         up = _source_up()
         broker = self.queue.broker
         try:
-            if isinstance(broker, RedisBroker):
-                depths = self._redis(broker, names)
-            elif isinstance(broker, StubBroker):
-                depths = self._stub(broker, names)
+            if self.queue.in_process:
+                depths = self._stub(cast(StubBroker, broker), names)
             else:
-                return
+                depths = self._redis(cast(RedisBroker, broker), names)
         except Exception as exc:
             log.warning("metrics_redis_unreadable", error=f"{type(exc).__name__}: {exc}"[:200])
             up.add_metric(["redis"], 0)

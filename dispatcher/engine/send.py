@@ -1,0 +1,285 @@
+"""Send: the batch's messages go out concurrently on the process's event loop, through the
+channel adapters, each behind a slot of the channel's shared rate limit.
+
+Each delivery gets one *round*: a first try, then the retry policy's quick in-call retries after
+a blip (:mod:`dispatcher.engine.retry`). What the adapter raises decides the outcome:
+
+- rate limited: the channel is paused for everyone when the provider says so; a short pause is
+  waited out in the batch, a long one puts the row back until it ends;
+- auth: the channel is paused for ``auth_pause_seconds``, loudly once;
+- permanent: failed, with its reason (and the address marked dead when it is);
+- transient: retried later by the record's backoff.
+
+A message that meets a closed send window, or a paused channel, is put back without a try.
+Every try is kept on its :class:`~dispatcher.engine.work.Work` for the record to audit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import datetime
+from typing import Any
+
+import structlog
+
+from channels import registry
+from channels.base import (
+    Adapter,
+    AdapterContext,
+    AuthError,
+    DeliveryError,
+    PermanentError,
+    RateLimitedError,
+    TransientError,
+)
+from channels.pool import AdapterPool
+from dispatcher.core.config import Settings
+from dispatcher.core.db import Database
+from dispatcher.engine import ratelimit
+from dispatcher.engine.channel_state import DatabaseState
+from dispatcher.engine.retry import RetryPolicy
+from dispatcher.engine.work import AttemptRecord, Work
+from dispatcher.inbox.stores import DatabaseDevices, DatabaseInbox
+from dispatcher.kit.clock import utcnow
+from dispatcher.observability.metrics import (
+    AUTH_FAILURES,
+    CHANNEL_PAUSES,
+    DELIVERY_OUTCOMES,
+    RATE_LIMIT_WAIT_SECONDS,
+    SEND_SECONDS,
+)
+from dispatcher.scheduling import windows
+from dispatcher.tables.deliveries import DeliveryStatus, Outcome
+
+log = structlog.get_logger(__name__)
+
+MAX_RATE_ROUNDS = 5
+
+
+def adapter_pool(db: Database, settings: Settings) -> AdapterPool:
+    """The process's channel adapters, with what they are given: their state in the database,
+    the clock, and the services an adapter asks for by name (VssID's inbox and devices)."""
+    return AdapterPool(
+        settings,
+        AdapterContext(
+            state=DatabaseState(db),
+            now=utcnow,
+            services={"vssid.inbox": DatabaseInbox(db), "vssid.devices": DatabaseDevices(db)},
+        ),
+    )
+
+
+class Sender:
+    """Sends batches' messages for one worker process (on its event loop)."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        adapters: AdapterPool,
+        policy: RetryPolicy,
+        limiter: ratelimit.Limiter,
+    ) -> None:
+        self.settings = settings
+        self.adapters = adapters
+        self.policy = policy
+        self.limiter = limiter
+        # The labelled children of the per-send metrics, by channel.
+        self._sent_metrics: dict[str, tuple[Any, Any]] = {}
+
+    async def _send_one(self, item: Work) -> None:
+        assert item.message is not None
+        channel = item.channel
+        now = utcnow()
+        opening = windows.next_open(
+            now, item.message.kind.value, channel, self.settings.send_windows
+        )
+        if opening is not None:
+            # The window closed while the batch was on its way: wait for the morning.
+            item.status = DeliveryStatus.retrying
+            item.error_class = "send_window"
+            item.error_reason = f"outside the send window; opens {opening.isoformat()}"
+            item.not_before = opening
+            return
+        try:
+            rules = registry.get(channel).rate_limits
+        except registry.UnknownChannel as exc:
+            # The campaign named a plugin that is no longer installed.
+            item.status = DeliveryStatus.failed
+            item.error_class, item.error_reason = "permanent", str(exc)
+            return
+        limits = ratelimit.limits_for(
+            channel, item.message.address, rules, self.settings.rate_limits
+        )
+        for _ in range(MAX_RATE_ROUNDS):
+            try:
+                await self._send_round(item, limits)
+                return
+            except ratelimit.Deferred as deferred:
+                # Nothing was sent: no attempt to record, no budget spent.
+                item.status = DeliveryStatus.retrying
+                item.error_class = "deferred"
+                item.error_reason = f"{channel} paused; waiting {deferred.seconds:.0f}s"
+                item.retry_after = deferred.seconds
+                return
+            except RateLimitedError as exc:
+                wait = exc.retry_after if exc.retry_after is not None else 1.0
+                self._note_failure(item, exc)
+                item.status = DeliveryStatus.retrying
+                if exc.scope == "channel" and await self.limiter.pause(channel, wait):
+                    CHANNEL_PAUSES.labels(channel, "rate_limited").inc()
+                    log.warning("channel_paused", channel=channel, seconds=wait)
+                if exc.scope != "channel" or wait > self.settings.rate_wait_seconds:
+                    item.retry_after = wait
+                    return
+                # A short pause: wait it out in the batch and try again.
+            except AuthError as exc:
+                self._note_failure(item, exc)
+                item.status = DeliveryStatus.retrying
+                item.retry_after = self.settings.auth_pause_seconds
+                if await self.limiter.pause(channel, self.settings.auth_pause_seconds):
+                    # Loud once per pause, not once per delivery.
+                    AUTH_FAILURES.labels(channel).inc()
+                    CHANNEL_PAUSES.labels(channel, "auth").inc()
+                    log.error(
+                        "channel_auth_failed",
+                        channel=channel,
+                        reason=exc.reason,
+                        paused_seconds=self.settings.auth_pause_seconds,
+                    )
+                return
+            except PermanentError as exc:
+                self._note_failure(item, exc)
+                item.status = DeliveryStatus.failed
+                item.address_dead = exc.address_dead
+                return
+            except TransientError as exc:
+                self._note_failure(item, exc)
+                item.status = DeliveryStatus.retrying
+                return
+        item.retry_after = item.retry_after or 1.0
+
+    async def _adapter(self, channel: str) -> Adapter:
+        """The open adapter; opening fails by the same classes as a send (a getMe blip is
+        transient), and a channel that cannot be built at all is a permanent failure."""
+        try:
+            return await self.adapters.get(channel)
+        except DeliveryError:
+            raise
+        except Exception as exc:
+            log.error("adapter_unavailable", channel=channel, error=str(exc))
+            raise PermanentError(f"channel {channel} unavailable: {exc}") from None
+
+    @staticmethod
+    def _note_failure(item: Work, exc: DeliveryError) -> None:
+        item.error_class = exc.error_class.value
+        item.error_reason = exc.reason
+        item.retry_after = exc.retry_after
+
+    async def _send_round(self, item: Work, limits: list[ratelimit.Limit]) -> None:
+        """One round of tries: the first goes straight out; after a blip, the policy's quick
+        retries (tenacity), each behind a rate slot like the first."""
+        try:
+            await self._try_once(item, limits)
+            return
+        except TransientError:
+            retrying = self.policy.quick_after_failure(item.failures)
+            if retrying is None:
+                raise
+        await asyncio.sleep(self.policy.first_quick_wait())
+        async for attempt in retrying:
+            with attempt:
+                await self._try_once(item, limits)
+
+    async def _try_once(self, item: Work, limits: list[ratelimit.Limit]) -> None:
+        """One try, audited. The adapter is opened behind the rate slot: opening calls the
+        provider (getMe, a token grant), and a refused credential must pause the channel before
+        others pile in."""
+        assert item.message is not None
+        channel = item.channel
+        waited = await ratelimit.acquire(
+            self.limiter, channel, limits, max_wait=self.settings.rate_wait_seconds
+        )
+        if waited:
+            RATE_LIMIT_WAIT_SECONDS.labels(channel).inc(waited)
+        number = item.attempts + len(item.tries) + 1
+        started = utcnow()
+        t0 = time.perf_counter()
+        try:
+            # Opening counts as part of the try: a refused token at getMe is audited.
+            adapter = await self._adapter(channel)
+            result = await adapter.send(item.message)
+        except DeliveryError as exc:
+            item.tries.append(_failed_try(number, started, t0, exc))
+            DELIVERY_OUTCOMES.labels(channel, exc.error_class.value).inc()
+            if isinstance(exc, TransientError):
+                item.failures += 1
+            raise
+        except Exception as exc:
+            # An adapter bug is not the citizen's fault: treat it as a blip.
+            log.exception("adapter_crashed", channel=channel)
+            error = TransientError(f"adapter error: {exc!r}")
+            item.tries.append(_failed_try(number, started, t0, error))
+            item.failures += 1
+            raise error from None
+        elapsed = time.perf_counter() - t0
+        metrics = self._sent_metrics.get(channel)
+        if metrics is None:
+            metrics = self._sent_metrics[channel] = (
+                SEND_SECONDS.labels(channel),
+                DELIVERY_OUTCOMES.labels(channel, "sent"),
+            )
+        metrics[0].observe(elapsed)
+        metrics[1].inc()
+        item.tries.append(
+            AttemptRecord(
+                number=number,
+                started_at=started,
+                duration_ms=int(elapsed * 1000),
+                outcome=Outcome.sent,
+                provider_code=result.provider_code,
+                provider_reply=result.provider_reply,
+                provider_message_id=result.provider_message_id,
+            )
+        )
+        item.status = DeliveryStatus.sent
+        item.provider_message_id = result.provider_message_id
+        item.error_class = item.error_reason = None
+
+    async def send_all(self, work: list[Work]) -> None:
+        """Send every rendered message of the batch, ``send_concurrency`` at a time."""
+        ready = [w for w in work if w.message]
+        # Once per batch and channel: is it paused? (Rate-limited channels ask per send.)
+        for channel in {w.channel for w in ready}:
+            await self.limiter.refresh(channel)
+        # At most send_concurrency sends in flight: that many senders share one queue of
+        # messages (no task, no semaphore per message).
+        queue = iter(ready)
+
+        async def sender() -> None:
+            for item in queue:
+                structlog.contextvars.bind_contextvars(delivery_id=item.delivery_id)
+                await self._send_one(item)
+
+        senders = min(self.settings.send_concurrency, len(ready))
+        await asyncio.gather(*(sender() for _ in range(senders)))
+
+
+def _ms(t0: float) -> int:
+    return int((time.perf_counter() - t0) * 1000)
+
+
+def _failed_try(
+    number: int, started: datetime, t0: float, exc: DeliveryError, error_class: str | None = None
+) -> AttemptRecord:
+    cls = error_class or exc.error_class.value
+    return AttemptRecord(
+        number=number,
+        started_at=started,
+        duration_ms=_ms(t0),
+        outcome=Outcome(cls),
+        error_class="address_dead" if exc.address_dead else cls,
+        provider_code=exc.code,
+        provider_reply=exc.reply or exc.reason,
+    )
