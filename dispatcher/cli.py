@@ -25,11 +25,16 @@ console = Console(stderr=True, soft_wrap=True)
 
 
 def _settings() -> Settings:
+    """The settings, once they and every installed channel's own are known to be good."""
+    from channels import registry
+
     try:
-        return get_settings()
+        settings = get_settings()
+        registry.check_settings(settings)
     except ConfigError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
+    return settings
 
 
 def _share_metrics(settings: Settings) -> None:
@@ -54,9 +59,11 @@ def _main() -> None:
 
 @app.command()
 def config() -> None:
-    """Print the effective settings, secrets masked."""
-    settings = _settings()
-    for name, value in settings.masked().items():
+    """Print the effective settings, every installed channel's too, secrets masked."""
+    from channels import registry
+
+    _settings()
+    for name, value in registry.load_settings().masked().items():
         typer.echo(f"DISPATCHER_{name.upper()}={'' if value is None else value}")
 
 

@@ -43,7 +43,6 @@ from sqlalchemy.orm import Session
 from channels import registry
 from channels.base import (
     Adapter,
-    AdapterContext,
     AuthError,
     Category,
     DeliveryError,
@@ -67,8 +66,8 @@ from dispatcher.core import secrets
 from dispatcher.core.config import Settings
 from dispatcher.core.db import Database
 from dispatcher.engine import leases, ratelimit
+from dispatcher.engine.adapters import adapter_pool
 from dispatcher.engine.bulk import BulkWrites, write_turns
-from dispatcher.engine.channel_state import DatabaseState
 from dispatcher.engine.jobs import (
     SEND_BATCH,
     Job,
@@ -82,7 +81,6 @@ from dispatcher.engine.leases import LeaseLost, LeaseState
 from dispatcher.engine.loop import LoopThread
 from dispatcher.engine.planner import Rows, complete_if_done, enqueue_batch
 from dispatcher.engine.retry import RetryPolicy
-from dispatcher.inbox.stores import DatabaseDevices, DatabaseInbox
 from dispatcher.kit.clock import utcnow
 from dispatcher.observability.metrics import (
     AUTH_FAILURES,
@@ -227,14 +225,7 @@ class BatchProcessor:
         self.settings = settings
         self.queue = queue
         self.loop = loop
-        self.adapters = adapters or AdapterPool(
-            settings,
-            AdapterContext(
-                state=DatabaseState(db),
-                now=utcnow,
-                services={"vssid.inbox": DatabaseInbox(db), "vssid.devices": DatabaseDevices(db)},
-            ),
-        )
+        self.adapters = adapters or adapter_pool(settings, db)
         self.policy = policy or RetryPolicy.from_settings(settings)
         self.limiter: ratelimit.Limiter = limiter or (
             ratelimit.MemoryLimiter()

@@ -27,7 +27,7 @@ from channels.base import (
     SendResult,
     TransientError,
 )
-from channels.limits import LIMITS
+from channels.registry import declared_limits as LIMITS
 from channels.telegram import TOKEN_LOGGERS, TelegramAdapter
 from dispatcher.core.config import Settings
 from tests.channels.support import adapter_for, assert_no_secret, failure, run, send_one
