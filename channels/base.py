@@ -12,16 +12,34 @@ or raises a :class:`DeliveryError` subclass that says what the pipeline should d
 Adapters are created once per worker process and kept open across batches, so they hold
 their connections (an SMTP pool, one HTTP client) between :meth:`Adapter.open` and
 :meth:`Adapter.close`.
+
+Besides ``send``, an adapter declares on its class everything the service needs to know of it:
+
+- ``limits`` (:class:`ChannelLimits`): what a rendered message may be, and whether its body
+  is an HTML dialect (autoescaped); the renderer and the template preview read them;
+- ``rate_limits`` (:class:`RateRule`): the provider's published limits, which the pipeline
+  enforces across every worker;
+- ``settings_model`` (:class:`channels.settings.ChannelSettings`): its own settings, read from
+  ``DISPATCHER_<NAME>_*`` and checked when a process starts;
+- ``needs``: the services it must be lent (``{"vssid.inbox": Inbox}``: a name and the
+  runtime-checkable protocol the service's object must implement).
+
+The service builds it with :meth:`Adapter.from_settings`, which reads those settings, checks
+and lends the declared services, and calls the adapter's :meth:`Adapter.create`. A third party
+ships an adapter through an entry point (:mod:`channels.registry`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, Self
+
+from channels.settings import ChannelSettings
 
 
 class ErrorClass(StrEnum):
@@ -126,6 +144,11 @@ class ChannelLimits:
     html_body: bool = False  # the body is an HTML dialect (Telegram), autoescaped when rendered
 
 
+def utf16_length(text: str) -> int:
+    """Length as providers count it (JavaScript / UTF-16 code units)."""
+    return len(text.encode("utf-16-le")) // 2
+
+
 @dataclass(frozen=True, slots=True)
 class RateRule:
     """A provider's published limit, enforced by the pipeline across every worker (Redis).
@@ -176,16 +199,19 @@ class AdapterContext:
     state: StateStore = field(default_factory=MemoryState)
     # The service's clock (aware UTC); adapters never read the wall clock themselves.
     now: Callable[[], datetime] = _utcnow
-    # Per-channel services an adapter may need (e.g. "inbox" and "devices" for VssID).
+    # The services adapters may be lent, by name ("vssid.inbox"); each adapter is handed only
+    # those its class declares in ``Adapter.needs``.
     services: dict[str, Any] = field(default_factory=dict)
 
 
 class Adapter(ABC):
-    """One provider. Subclasses set ``name`` and implement :meth:`send`."""
+    """One provider. Subclasses set ``name`` and implement :meth:`send` and :meth:`create`."""
 
     name: ClassVar[str]
     limits: ClassVar[ChannelLimits] = ChannelLimits()
     rate_limits: ClassVar[tuple[RateRule, ...]] = ()
+    settings_model: ClassVar[type[ChannelSettings]] = ChannelSettings
+    needs: ClassVar[Mapping[str, type]] = {}
 
     async def open(self) -> None:  # noqa: B027 - optional hook
         """Open connections; called once before the first send."""
@@ -198,6 +224,36 @@ class Adapter(ABC):
         """Send one message, or raise a :class:`DeliveryError` subclass."""
 
     @classmethod
+    def from_settings(cls, settings: Any, context: AdapterContext) -> Self:
+        """Build the adapter: its own settings read (values given in code taken from the
+        service's ``settings``), the services it declares checked and lent, then
+        :meth:`create`. A bad setting raises a ``ConfigError`` naming the variable; a missing
+        service a :class:`LookupError`, one of the wrong shape a :class:`TypeError`."""
+        own = cls.settings_model.load(settings)
+        return cls.create(own, dataclasses.replace(context, services=cls._lent(context)))
+
+    @classmethod
+    def _lent(cls, context: AdapterContext) -> dict[str, Any]:
+        lent = {}
+        for key, protocol in cls.needs.items():
+            service = context.services.get(key)
+            kind = f"{protocol.__module__}.{protocol.__qualname__}"
+            if service is None:
+                raise LookupError(
+                    f"the {cls.name} channel needs context.services[{key!r}] (an object "
+                    f"implementing {kind}); the service lends it when it builds the worker's "
+                    "AdapterContext"
+                )
+            if not isinstance(service, protocol):
+                raise TypeError(
+                    f"context.services[{key!r}] is a {type(service).__name__}, which does not "
+                    f"implement {kind}"
+                )
+            lent[key] = service
+        return lent
+
+    @classmethod
     @abstractmethod
-    def from_settings(cls, settings: Any, context: AdapterContext) -> Adapter:
-        """Build the adapter from the service's settings."""
+    def create(cls, settings: Any, context: AdapterContext) -> Self:
+        """Build the adapter from its own settings (an instance of ``settings_model``) and
+        the context, holding the services it declared."""

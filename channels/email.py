@@ -15,24 +15,48 @@ from email.headerregistry import Address as HeaderAddress
 from email.mime.base import MIMEBase
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
-from typing import Any
+from enum import StrEnum
 
 import aiosmtplib
+from pydantic import Field, SecretStr
+from pydantic_settings import SettingsConfigDict
 
 from channels.base import (
     Adapter,
     AdapterContext,
     AuthError,
     Category,
+    ChannelLimits,
     DeliveryError,
     Message,
     PermanentError,
     SendResult,
     TransientError,
 )
-from channels.limits import LIMITS
+from channels.settings import ChannelSettings
 
 DEAD_MAILBOX_MARKERS = ("5.1.1", "5.1.10", "user unknown", "no such user", "does not exist")
+
+
+class SmtpTls(StrEnum):
+    none = "none"
+    starttls = "starttls"
+    tls = "tls"
+
+
+class SmtpSettings(ChannelSettings):
+    """The SMTP relay: ``DISPATCHER_SMTP_*``."""
+
+    model_config = SettingsConfigDict(env_prefix="DISPATCHER_SMTP_")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=25, ge=1, le=65535)
+    username: str | None = None
+    password: SecretStr | None = None
+    tls: SmtpTls = SmtpTls.none
+    sender: str = "Bảo hiểm xã hội Việt Nam <thongbao@baohiemxahoi.gov.vn>"
+    pool_size: int = Field(default=4, ge=1, le=100, description="Open SMTP connections.")
+    timeout: float = Field(default=30.0, gt=0)
 
 
 def classify_reply(code: int, reply: str) -> DeliveryError:
@@ -48,7 +72,8 @@ def classify_reply(code: int, reply: str) -> DeliveryError:
 
 class EmailAdapter(Adapter):
     name = "email"
-    limits = LIMITS["email"]
+    limits = ChannelLimits(max_subject=200, needs_subject=True)
+    settings_model = SmtpSettings
 
     def __init__(
         self,
@@ -82,18 +107,16 @@ class EmailAdapter(Adapter):
         self._clients: set[aiosmtplib.SMTP] = set()
 
     @classmethod
-    def from_settings(cls, settings: Any, context: AdapterContext) -> EmailAdapter:
+    def create(cls, settings: SmtpSettings, context: AdapterContext) -> EmailAdapter:
         return cls(
-            host=settings.smtp_host,
-            port=settings.smtp_port,
-            sender=settings.smtp_sender,
-            username=settings.smtp_username,
-            password=(
-                settings.smtp_password.get_secret_value() if settings.smtp_password else None
-            ),
-            tls=str(settings.smtp_tls),
-            pool_size=settings.smtp_pool_size,
-            timeout=settings.smtp_timeout,
+            host=settings.host,
+            port=settings.port,
+            sender=settings.sender,
+            username=settings.username,
+            password=settings.password.get_secret_value() if settings.password else None,
+            tls=str(settings.tls),
+            pool_size=settings.pool_size,
+            timeout=settings.timeout,
         )
 
     async def open(self) -> None:

@@ -42,12 +42,16 @@ from typing import Any
 from urllib.parse import quote, quote_plus
 
 import httpx
+from pydantic import SecretStr
+from pydantic_settings import SettingsConfigDict
 
+from channels import http
 from channels.base import (
     Adapter,
     AdapterContext,
     AuthError,
     Category,
+    ChannelLimits,
     DeliveryError,
     Message,
     PermanentError,
@@ -56,7 +60,6 @@ from channels.base import (
     SendResult,
     TransientError,
 )
-from channels.limits import LIMITS
 from channels.redact import RedactSecrets, scrub
 
 # kind → (messaging_type, tag). Kinds missing here (a future category) go as UPDATE: never
@@ -79,8 +82,19 @@ POLICY_BLOCK_CODE = 368
 POLICY_BLOCK_RETRY_AFTER = 3600.0
 TRANSIENT_CODES = frozenset({1, 2, 1200})
 
-CONNECTION_POOL_SIZE = 64
+CONNECTION_POOL_SIZE = http.POOL_SIZE
 TOKEN_LOGGERS = ("httpx",)
+
+
+class FacebookSettings(http.HttpSettings):
+    """The Page: ``DISPATCHER_FACEBOOK_*``."""
+
+    model_config = SettingsConfigDict(env_prefix="DISPATCHER_FACEBOOK_")
+
+    page_id: str | None = None
+    page_token: SecretStr | None = None
+    graph_url: http.HttpUrl = "https://graph.facebook.com"
+    api_version: str = "v21.0"
 
 
 def messaging_for(kind: Category | str) -> tuple[str, str | None]:
@@ -157,7 +171,8 @@ class FacebookAdapter(Adapter):
     """Sends text messages from one Facebook Page to people by their Page-scoped id."""
 
     name = "facebook"
-    limits = LIMITS["facebook"]
+    limits = ChannelLimits(max_body=2000)
+    settings_model = FacebookSettings
     # The Send API allows ~300 calls/s per Page; keep a margin below it.
     rate_limits = (RateRule(per_second=250, burst=50),)
 
@@ -192,9 +207,9 @@ class FacebookAdapter(Adapter):
         return f"FacebookAdapter(page_id={self.page_id!r}, open={self.is_open})"
 
     @classmethod
-    def from_settings(cls, settings: Any, context: AdapterContext) -> FacebookAdapter:
-        page_id = (settings.facebook_page_id or "").strip()
-        secret = settings.facebook_page_token
+    def create(cls, settings: FacebookSettings, context: AdapterContext) -> FacebookAdapter:
+        page_id = (settings.page_id or "").strip()
+        secret = settings.page_token
         token = (secret.get_secret_value() if secret is not None else "").strip()
         missing = [
             name
@@ -209,8 +224,8 @@ class FacebookAdapter(Adapter):
         return cls(
             page_id=page_id,
             page_token=token,
-            graph_url=settings.facebook_graph_url,
-            api_version=settings.facebook_api_version,
+            graph_url=settings.graph_url,
+            api_version=settings.api_version,
             timeout=settings.http_timeout,
         )
 
@@ -230,12 +245,8 @@ class FacebookAdapter(Adapter):
             return
         for name in TOKEN_LOGGERS:
             logging.getLogger(name).addFilter(self._log_filter)
-        self._client = httpx.AsyncClient(
-            timeout=httpx.Timeout(self.timeout),
-            limits=httpx.Limits(
-                max_connections=self.pool_size, max_keepalive_connections=self.pool_size
-            ),
-            headers={"Accept": "application/json"},
+        self._client = http.client(
+            timeout=self.timeout, pool_size=self.pool_size, headers={"Accept": "application/json"}
         )
 
     async def close(self) -> None:
@@ -265,27 +276,19 @@ class FacebookAdapter(Adapter):
             await self.open()  # a send before open(), or after close(), opens lazily
         client = self._client
         assert client is not None
-        failure: DeliveryError
-        try:
-            response = await client.post(
-                self.url, params={"access_token": self._token}, json=self.payload(message)
-            )
-        except httpx.TimeoutException as exc:
-            failure = TransientError(
-                f"messenger timed out: {self.scrub(type(exc).__name__)}", code="timeout"
-            )
-        except (httpx.HTTPError, OSError) as exc:
-            # httpx errors can quote the request URL, and with it the token.
-            failure = TransientError(
-                f"messenger request failed: {self.scrub(f'{type(exc).__name__}: {exc}')}",
-                code="network",
-            )
-        else:
-            if response.is_success:
-                return self._result(response)
-            failure = self._error(response)
-        # Raised outside the except block, so no httpx exception (and no URL) is chained to it.
-        raise failure
+        # httpx errors can quote the request URL, and with it the token: scrubbed.
+        response = await http.request(
+            client,
+            "POST",
+            self.url,
+            provider="messenger",
+            scrub=self.scrub,
+            params={"access_token": self._token},
+            json=self.payload(message),
+        )
+        if response.is_success:
+            return self._result(response)
+        raise self._error(response)
 
     # -- answers ----------------------------------------------------------------------------
 

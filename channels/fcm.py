@@ -53,7 +53,10 @@ import google.auth.transport.requests
 import httpx
 import structlog
 from google.oauth2 import service_account
+from pydantic import Field, SecretStr
+from pydantic_settings import SettingsConfigDict
 
+from channels import http
 from channels.base import (
     AuthError,
     DeliveryError,
@@ -89,6 +92,22 @@ def _utcnow() -> datetime:
 # -- configuration ------------------------------------------------------------------------------
 
 
+class FcmSettings(http.HttpSettings):
+    """Firebase Cloud Messaging, for pushes to the VssID app: ``DISPATCHER_FCM_*``."""
+
+    model_config = SettingsConfigDict(env_prefix="DISPATCHER_FCM_")
+
+    project_id: str | None = None
+    service_account: SecretStr | None = Field(
+        default=None, description="The service account's JSON key (or use ..._FILE)."
+    )
+    service_account_file: str | None = None
+    endpoint: http.HttpUrl = "https://fcm.googleapis.com"
+    token_uri: str | None = Field(
+        default=None, description="Override the key's token_uri (a test emulator)."
+    )
+
+
 @dataclass(frozen=True)
 class FcmConfig:
     """What an :class:`FcmClient` needs, checked once. The key is kept out of the repr."""
@@ -104,14 +123,16 @@ class FcmConfig:
 
     @classmethod
     def from_settings(cls, settings: Any) -> FcmConfig:
-        """Read the service account (inline JSON, else a file) and the project.
+        """Read the service account (inline JSON, else a file) and the project, from
+        :class:`FcmSettings` or the service's settings (their ``fcm_*`` values given in code).
 
         Raises a :class:`ValueError` naming the ``DISPATCHER_*`` variable to fix; the message
         never quotes the key. The project falls back to the key's own ``project_id`` (as the
         Firebase Admin SDK does), since a Firebase service-account key always carries it.
         """
-        secret = getattr(settings, "fcm_service_account", None)
-        path = getattr(settings, "fcm_service_account_file", None)
+        own = FcmSettings.load(settings)
+        secret = own.service_account
+        path = own.service_account_file
         if secret is not None and secret.get_secret_value().strip():
             info = _parse_account(secret.get_secret_value(), ACCOUNT_VAR)
             source = ACCOUNT_VAR
@@ -130,10 +151,9 @@ class FcmConfig:
                 f"the vssid channel needs an FCM service-account key: set {ACCOUNT_VAR} "
                 f"(the key's JSON) or {ACCOUNT_FILE_VAR} (a path to it)"
             )
-        token_uri = getattr(settings, "fcm_token_uri", None)
-        if token_uri:
-            info["token_uri"] = token_uri
-        project = getattr(settings, "fcm_project_id", None) or info.get("project_id")
+        if own.token_uri:
+            info["token_uri"] = own.token_uri
+        project = own.project_id or info.get("project_id")
         if not isinstance(project, str) or not project.strip():
             raise ValueError(
                 f"{PROJECT_VAR} is not set and the service-account key names no project_id"
@@ -141,8 +161,8 @@ class FcmConfig:
         config = cls(
             project_id=project.strip(),
             service_account=info,
-            endpoint=str(getattr(settings, "fcm_endpoint", cls.endpoint)).rstrip("/"),
-            timeout=float(getattr(settings, "http_timeout", cls.timeout)),
+            endpoint=own.endpoint,
+            timeout=own.http_timeout,
         )
         build_credentials(config.service_account, source)  # fail now, not at the first send
         return config
@@ -369,8 +389,8 @@ class FcmClient:
         self._now = now
         self._credentials = build_credentials(config.service_account)
         self._request = _TimedRequest(config.timeout)
-        self._http = httpx.AsyncClient(
-            timeout=httpx.Timeout(config.timeout),
+        self._http = http.client(
+            timeout=config.timeout,
             transport=transport,
             headers={"Content-Type": "application/json; charset=UTF-8"},
         )
@@ -464,16 +484,14 @@ class FcmClient:
     # -- sending --------------------------------------------------------------------------------
 
     async def _post(self, access_token: str, content: bytes) -> httpx.Response:
-        try:
-            return await self._http.post(
-                self.url, content=content, headers={"Authorization": f"Bearer {access_token}"}
-            )
-        except httpx.TimeoutException as exc:
-            raise TransientError(f"fcm timed out ({type(exc).__name__})", code="timeout") from None
-        except httpx.HTTPError as exc:
-            raise TransientError(
-                f"fcm unreachable ({type(exc).__name__})", code="network"
-            ) from None
+        return await http.request(
+            self._http,
+            "POST",
+            self.url,
+            provider="fcm",
+            content=content,
+            headers={"Authorization": f"Bearer {access_token}"},
+        )
 
     @staticmethod
     def _json(response: httpx.Response) -> Any:

@@ -1,6 +1,6 @@
 """Telegram Bot API through python-telegram-bot 22: one ``Bot`` per adapter, kept open.
 
-The body is Telegram's HTML dialect (``LIMITS["telegram"].html_body``), so every message goes
+The body is Telegram's HTML dialect (``TelegramAdapter.limits.html_body``), so every message goes
 out with ``parse_mode="HTML"``. python-telegram-bot's exceptions map onto our classes as the
 table in CHANNELS.md says:
 
@@ -42,6 +42,8 @@ from typing import Any
 from urllib.parse import quote
 
 import telegram
+from pydantic import SecretStr
+from pydantic_settings import SettingsConfigDict
 from telegram import error as tg_error
 from telegram.request import HTTPXRequest
 
@@ -49,6 +51,7 @@ from channels.base import (
     Adapter,
     AdapterContext,
     AuthError,
+    ChannelLimits,
     DeliveryError,
     Message,
     PermanentError,
@@ -57,7 +60,7 @@ from channels.base import (
     SendResult,
     TransientError,
 )
-from channels.limits import LIMITS
+from channels.http import POOL_SIZE, HttpSettings, HttpUrl
 from channels.redact import RedactSecrets, scrub
 
 # Descriptions of a 400 that mean the chat itself is gone, not just this message.
@@ -67,7 +70,7 @@ DEAD_CHAT_MARKERS = ("chat not found",)
 TOKEN_LOGGERS = ("httpx", "telegram.Bot", "telegram.BaseRequest", "telegram.HTTPXRequest")
 
 # Concurrent sends share one connection pool; the pipeline runs up to send_concurrency at once.
-CONNECTION_POOL_SIZE = 64
+CONNECTION_POOL_SIZE = POOL_SIZE
 
 # The last HTTP answer (status, body) seen by the current task's request: each send runs in its
 # own task (or resets it first), so concurrent sends never read each other's answers.
@@ -108,11 +111,22 @@ def _retry_seconds(exc: tg_error.RetryAfter, parameters: dict[str, Any]) -> floa
     return value.total_seconds() if isinstance(value, timedelta) else float(value)
 
 
+class TelegramSettings(HttpSettings):
+    """The bot: ``DISPATCHER_TELEGRAM_*``."""
+
+    model_config = SettingsConfigDict(env_prefix="DISPATCHER_TELEGRAM_")
+
+    token: SecretStr | None = None
+    base_url: HttpUrl = "https://api.telegram.org/bot"
+
+
 class TelegramAdapter(Adapter):
     """Sends HTML messages to Telegram chats (``message.address`` is a chat id or @channel)."""
 
     name = "telegram"
-    limits = LIMITS["telegram"]
+    # Text up to 4096 characters after entity parsing (UTF-16 code units), in Telegram's HTML.
+    limits = ChannelLimits(max_body=4096, html_body=True)
+    settings_model = TelegramSettings
     # ~30 messages/s per bot, 1 message/s per chat (CHANNELS.md).
     rate_limits = (
         # Telegram allows about 30 a second per bot; 29, evenly spaced, keeps every one-second
@@ -148,19 +162,15 @@ class TelegramAdapter(Adapter):
         return f"TelegramAdapter(base_url={self.scrub(self.base_url)!r}, open={self.is_open})"
 
     @classmethod
-    def from_settings(cls, settings: Any, context: AdapterContext) -> TelegramAdapter:
-        secret = settings.telegram_token
+    def create(cls, settings: TelegramSettings, context: AdapterContext) -> TelegramAdapter:
+        secret = settings.token
         token = secret.get_secret_value() if secret is not None else ""
         if not token.strip():
             raise ValueError(
                 "the telegram channel needs a bot token: set DISPATCHER_TELEGRAM_TOKEN "
                 "(from @BotFather)"
             )
-        return cls(
-            token=token.strip(),
-            base_url=settings.telegram_base_url,
-            timeout=settings.http_timeout,
-        )
+        return cls(token=token.strip(), base_url=settings.base_url, timeout=settings.http_timeout)
 
     # -- lifecycle ----------------------------------------------------------------------------
 

@@ -8,8 +8,9 @@ VssID is the agency's own app. A delivery is two things (CHANNELS.md, "VssID"):
    the app to open that item: ``notification {title, body}`` and
    ``data {"inbox_item", "kind", "delivery"}``.
 
-The service implements both protocols (on its own tables) and lends them to the adapter as
-``context.services["vssid.inbox"]`` and ``context.services["vssid.devices"]``.
+The service implements both protocols (on its own tables); the adapter declares them in
+``VssidAdapter.needs`` and is lent them as ``context.services["vssid.inbox"]`` and
+``context.services["vssid.devices"]``.
 
 Outcome of :meth:`VssidAdapter.send`, the inbox item having been written:
 
@@ -36,8 +37,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import ClassVar, Protocol, runtime_checkable
 
 import structlog
 
@@ -45,6 +47,7 @@ from channels.base import (
     Adapter,
     AdapterContext,
     AuthError,
+    ChannelLimits,
     DeliveryError,
     Message,
     PermanentError,
@@ -53,8 +56,7 @@ from channels.base import (
     SendResult,
     TransientError,
 )
-from channels.fcm import FcmClient, FcmConfig, fit_body
-from channels.limits import LIMITS
+from channels.fcm import FcmClient, FcmConfig, FcmSettings, fit_body
 
 log = structlog.get_logger(__name__)
 
@@ -112,27 +114,14 @@ class _Push:
     drop_failed: bool = False
 
 
-def _service(context: AdapterContext, key: str, protocol: type[Any]) -> Any:
-    service = context.services.get(key)
-    if service is None:
-        raise LookupError(
-            f"the vssid channel needs context.services[{key!r}] "
-            f"(an object implementing channels.vssid.{protocol.__name__}); the service "
-            "registers it when it builds the worker's AdapterContext"
-        )
-    if not isinstance(service, protocol):
-        raise TypeError(
-            f"context.services[{key!r}] is a {type(service).__name__}, which does not "
-            f"implement channels.vssid.{protocol.__name__}"
-        )
-    return service
-
-
 class VssidAdapter(Adapter):
     """Inbox item plus FCM pushes. The FCM client is built in :meth:`open`, once."""
 
     name = "vssid"
-    limits = LIMITS["vssid"]
+    # An FCM push (payload <= 4 KB) whose title and body also fill the in-app inbox.
+    limits = ChannelLimits(max_subject=100, max_payload_bytes=4096, needs_subject=True)
+    settings_model = FcmSettings
+    needs: ClassVar[Mapping[str, type]] = {INBOX_SERVICE: Inbox, DEVICES_SERVICE: Devices}
     # FCM allows 600,000 messages a minute per project (10,000/s). A delivery pushes to every
     # device of the account (often two: a phone and a tablet), so the channel is held to half
     # of that in deliveries; bursts of 1,000 are far below the per-minute bucket.
@@ -153,10 +142,10 @@ class VssidAdapter(Adapter):
         self._fcm: FcmClient | None = None
 
     @classmethod
-    def from_settings(cls, settings: Any, context: AdapterContext) -> VssidAdapter:
+    def create(cls, settings: FcmSettings, context: AdapterContext) -> VssidAdapter:
         return cls(
-            inbox=_service(context, INBOX_SERVICE, Inbox),
-            devices=_service(context, DEVICES_SERVICE, Devices),
+            inbox=context.services[INBOX_SERVICE],
+            devices=context.services[DEVICES_SERVICE],
             fcm=FcmConfig.from_settings(settings),
             context=context,
         )

@@ -53,12 +53,16 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import httpx
 import structlog
+from pydantic import SecretStr
+from pydantic_settings import SettingsConfigDict
 
+from channels import http
 from channels.base import (
     Adapter,
     AdapterContext,
     AuthError,
     Category,
+    ChannelLimits,
     DeliveryError,
     Message,
     PermanentError,
@@ -67,7 +71,6 @@ from channels.base import (
     SendResult,
     TransientError,
 )
-from channels.limits import LIMITS
 
 log = structlog.get_logger(__name__)
 
@@ -107,12 +110,22 @@ AUTH_CODES = frozenset({-216, -220, -124})
 WINDOW_CODES = frozenset({-230, -232})
 DEAD_CODES = frozenset({-213, -217, -227})
 
-SETTING_NAMES = {
-    "zalo_app_id": "DISPATCHER_ZALO_APP_ID",
-    "zalo_secret_key": "DISPATCHER_ZALO_SECRET_KEY",
-    "zalo_access_token": "DISPATCHER_ZALO_ACCESS_TOKEN",
-    "zalo_refresh_token": "DISPATCHER_ZALO_REFRESH_TOKEN",
-}
+# The settings every send needs.
+REQUIRED = ("app_id", "secret_key", "access_token", "refresh_token")
+
+
+class ZaloSettings(http.HttpSettings):
+    """The Official Account: ``DISPATCHER_ZALO_*``. The access/refresh pair rotates; after the
+    first refresh the current pair lives in the database, and these only seed it."""
+
+    model_config = SettingsConfigDict(env_prefix="DISPATCHER_ZALO_")
+
+    app_id: str | None = None
+    secret_key: SecretStr | None = None
+    access_token: SecretStr | None = None
+    refresh_token: SecretStr | None = None
+    api_url: http.HttpUrl = "https://openapi.zalo.me"
+    oauth_url: http.HttpUrl = "https://oauth.zaloapp.com"
 
 
 # -- time ---------------------------------------------------------------------------------------
@@ -196,7 +209,8 @@ def _fingerprint(token: str) -> str:
 
 class ZaloAdapter(Adapter):
     name = "zalo"
-    limits = LIMITS["zalo"]
+    limits = ChannelLimits(max_body=2000)
+    settings_model = ZaloSettings
     # Zalo publishes no numeric rate limit (CHANNELS.md). 20/s with a burst of 20 is a
     # conservative guess that still clears a province-sized campaign in hours; the app-wide
     # -32 answer remains the backstop (classified as rate limited). DISPATCHER_RATE_LIMITS
@@ -231,33 +245,34 @@ class ZaloAdapter(Adapter):
         return f"ZaloAdapter(app_id={self.app_id!r}, api_url={self.api_url!r})"
 
     @classmethod
-    def from_settings(cls, settings: Any, context: AdapterContext) -> ZaloAdapter:
+    def create(cls, settings: ZaloSettings, context: AdapterContext) -> ZaloAdapter:
         values: dict[str, str] = {}
         missing: list[str] = []
-        for field, variable in SETTING_NAMES.items():
-            value = getattr(settings, field, None)
-            if value is not None and hasattr(value, "get_secret_value"):
+        variables = settings.variables()
+        for field in REQUIRED:
+            value = getattr(settings, field)
+            if isinstance(value, SecretStr):
                 value = value.get_secret_value()
             if not value:
-                missing.append(variable)
+                missing.append(variables[field])
             else:
                 values[field] = str(value)
         if missing:
             raise ValueError(f"the zalo channel needs {', '.join(missing)} to be set")
         return cls(
-            app_id=values["zalo_app_id"],
-            secret_key=values["zalo_secret_key"],
-            access_token=values["zalo_access_token"],
-            refresh_token=values["zalo_refresh_token"],
+            app_id=values["app_id"],
+            secret_key=values["secret_key"],
+            access_token=values["access_token"],
+            refresh_token=values["refresh_token"],
             context=context,
-            api_url=settings.zalo_api_url,
-            oauth_url=settings.zalo_oauth_url,
+            api_url=settings.api_url,
+            oauth_url=settings.oauth_url,
             timeout=settings.http_timeout,
         )
 
     async def open(self) -> None:
         if self._client is None:
-            self._client = httpx.AsyncClient(timeout=httpx.Timeout(self.timeout))
+            self._client = http.client(timeout=self.timeout)
         if self._refresh_lock is None:
             self._refresh_lock = asyncio.Lock()
 
@@ -310,19 +325,19 @@ class ZaloAdapter(Adapter):
     async def _refresh(self, refresh_token: str) -> tuple[str, str]:
         """Spend the single-use refresh token for a new (access, refresh) pair."""
         assert self._client is not None
-        try:
-            response = await self._client.post(
-                f"{self.oauth_url}/v4/oa/access_token",
-                headers={"secret_key": self._secret_key},
-                data={
-                    "app_id": self.app_id,
-                    "grant_type": "refresh_token",
-                    "refresh_token": refresh_token,
-                },
-            )
-        except httpx.HTTPError as exc:
-            # The credential was not refused; the OAuth server was unreachable.
-            raise TransientError(f"zalo token refresh failed: {type(exc).__name__}") from None
+        # Unreachable, the OAuth server refused nothing: a TransientError.
+        response = await http.request(
+            self._client,
+            "POST",
+            f"{self.oauth_url}/v4/oa/access_token",
+            provider="zalo token refresh",
+            headers={"secret_key": self._secret_key},
+            data={
+                "app_id": self.app_id,
+                "grant_type": "refresh_token",
+                "refresh_token": refresh_token,
+            },
+        )
         if response.status_code >= 500:
             raise TransientError(
                 f"zalo token refresh failed: HTTP {response.status_code}",
@@ -354,16 +369,14 @@ class ZaloAdapter(Adapter):
     async def _post(self, message_type: str, token: str, message: Message) -> dict[str, Any]:
         """One send call; the decoded Zalo body, or a TransientError when there is none."""
         assert self._client is not None
-        try:
-            response = await self._client.post(
-                f"{self.api_url}/v3.0/oa/message/{message_type}",
-                headers={"access_token": token},
-                json={"recipient": {"user_id": message.address}, "message": {"text": message.body}},
-            )
-        except httpx.TimeoutException as exc:
-            raise TransientError(f"zalo timed out: {type(exc).__name__}") from None
-        except httpx.HTTPError as exc:
-            raise TransientError(f"zalo unreachable: {type(exc).__name__}") from None
+        response = await http.request(
+            self._client,
+            "POST",
+            f"{self.api_url}/v3.0/oa/message/{message_type}",
+            provider="zalo",
+            headers={"access_token": token},
+            json={"recipient": {"user_id": message.address}, "message": {"text": message.body}},
+        )
         try:
             body = response.json()
         except ValueError:

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from channels.registry import load_settings
 from dispatcher.cli import app
-from dispatcher.core.config import ConfigError, get_settings, load_settings
+from dispatcher.core.config import ConfigError, get_settings
 
 
 @pytest.fixture()

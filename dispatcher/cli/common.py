@@ -18,11 +18,16 @@ console = Console(stderr=True, soft_wrap=True)
 
 
 def load_settings() -> Settings:
+    """The settings, once they and every installed channel's own are known to be good."""
+    from channels import registry
+
     try:
-        return get_settings()
+        settings = get_settings()
+        registry.check_settings(settings)
     except ConfigError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
+    return settings
 
 
 def share_metrics(settings: Settings) -> None:

@@ -11,9 +11,11 @@ from dispatcher.cli.common import app, console, error, load_settings
 
 @app.command()
 def config() -> None:
-    """Print the effective settings, secrets masked."""
-    settings = load_settings()
-    for name, value in settings.masked().items():
+    """Print the effective settings, every installed channel's too, secrets masked."""
+    from channels import registry
+
+    load_settings()
+    for name, value in registry.load_settings().masked().items():
         typer.echo(f"DISPATCHER_{name.upper()}={'' if value is None else value}")
 
 

@@ -36,6 +36,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import IO, Any
 
+from channels.base import ChannelLimits
 from dispatcher.content.render import Rendered, Renderer, TemplateProblem, VariantData
 from dispatcher.content.render import limit_problems as channel_problems
 from dispatcher.content.sandbox import TemplateLimits
@@ -54,11 +55,14 @@ _HEADER = struct.Struct("!Q")
 
 
 def check_all(
-    jobs: Sequence[tuple[VariantData, Mapping[str, Any]]], limits: TemplateLimits
+    jobs: Sequence[tuple[VariantData, Mapping[str, Any]]],
+    limits: TemplateLimits,
+    channels: Mapping[str, ChannelLimits] | None = None,
 ) -> list[list[str]]:
-    """Compile and render each (variant, context); how each breaks its channel's limits. The
+    """Compile and render each (variant, context); how each breaks its channel's limits (those
+    in ``channels``, which the caller read from the adapters, else the adapters' own). The
     first variant that cannot render raises its :class:`TemplateProblem`."""
-    renderer = Renderer(limits=limits)
+    renderer = Renderer(limits=limits, channels=channels)
     found = []
     # Each variant is checked for several sample people: compile it once, under a stand-in id
     # that only this renderer's cache knows.
@@ -68,16 +72,21 @@ def check_all(
         if keyed is None:
             renderer.check_syntax(variant)
             keyed = cached[id(variant)] = dataclasses.replace(variant, id=-1 - len(cached))
-        found.append(channel_problems(renderer.render(keyed, context)))
+        rendered = renderer.render(keyed, context)
+        found.append(channel_problems(rendered, renderer.channel_limits(variant.channel)))
     return found
 
 
 def render_one(
-    variant: VariantData, context: Mapping[str, Any], limits: TemplateLimits
+    variant: VariantData,
+    context: Mapping[str, Any],
+    limits: TemplateLimits,
+    channels: Mapping[str, ChannelLimits] | None = None,
 ) -> tuple[Rendered, list[str]]:
-    """``variant`` rendered, and how it breaks its channel's limits."""
-    rendered = Renderer(limits=limits).render(variant, context)
-    return rendered, channel_problems(rendered)
+    """``variant`` rendered, and how it breaks its channel's limits (as in :func:`check_all`)."""
+    renderer = Renderer(limits=limits, channels=channels)
+    rendered = renderer.render(variant, context)
+    return rendered, channel_problems(rendered, renderer.channel_limits(variant.channel))
 
 
 FUNCTIONS: dict[str, Callable[..., Any]] = {"check_all": check_all, "render_one": render_one}

@@ -1,9 +1,11 @@
 """The one renderer: sandboxed Jinja with StrictUndefined, compiled templates cached.
 
 Subjects and text bodies render without escaping; HTML parts (and the body of channels whose
-body is an HTML dialect, such as Telegram) are autoescaped. The sandbox refuses attribute
-access that could reach Python internals (``__class__``, ``mro`` ...), and every render has a
-budget of time, size and steps (:mod:`dispatcher.content.sandbox`).
+body is an HTML dialect, such as Telegram) are autoescaped: what a channel's messages may be
+is what its adapter declares (``Adapter.limits``, :func:`channels.registry.limits_for`). The
+sandbox refuses attribute access that could reach Python internals (``__class__``, ``mro``
+...), and every render has a budget of time, size and steps
+(:mod:`dispatcher.content.sandbox`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from typing import Any
 import jinja2
 from jinja2.sandbox import SecurityError
 
-from channels.limits import limits_for, utf16_length
+from channels import registry
+from channels.base import ChannelLimits, utf16_length
 from dispatcher.content.sandbox import BoundedSandbox, BudgetExceeded, TemplateLimits, current
 from dispatcher.core.config import get_settings
 
@@ -175,12 +178,26 @@ def choose_variant(
     return None
 
 
+def declared_limits(channels: Iterable[str]) -> dict[str, ChannelLimits]:
+    """Each channel's limits as its adapter declares them."""
+    return {channel: registry.limits_for(channel) for channel in channels}
+
+
 class Renderer:
     """Compiles and renders variants. Its budget is ``limits`` when given, otherwise the
-    process's settings (read again when they change)."""
+    process's settings (read again when they change). A channel's limits are those in
+    ``channels`` when given (a check's child process is handed them), otherwise its adapter's.
+    """
 
-    def __init__(self, cache_size: int = 4096, *, limits: TemplateLimits | None = None) -> None:
+    def __init__(
+        self,
+        cache_size: int = 4096,
+        *,
+        limits: TemplateLimits | None = None,
+        channels: Mapping[str, ChannelLimits] | None = None,
+    ) -> None:
         self._limits = limits
+        self._channels = channels or {}
         self._settings: object = None
         self._settings_limits = TemplateLimits()
         self._text = Sandbox(
@@ -219,6 +236,10 @@ class Renderer:
         with self._lock:
             self._cache.clear()
 
+    def channel_limits(self, channel: str) -> ChannelLimits:
+        found = self._channels.get(channel)
+        return found if found is not None else registry.limits_for(channel)
+
     @property
     def limits(self) -> TemplateLimits:
         if self._limits is not None:
@@ -239,7 +260,7 @@ class Renderer:
             meter.stop()
 
     def _render(self, variant: VariantData, context: Mapping[str, Any]) -> Rendered:
-        limits = limits_for(variant.channel)
+        limits = self.channel_limits(variant.channel)
         parts: dict[str, str | None] = {}
         for part in PARTS:
             source = getattr(variant, part)
@@ -305,7 +326,7 @@ class Renderer:
 
     def check_syntax(self, variant: VariantData) -> None:
         """Compile every part; raise the first syntax error with its line."""
-        limits = limits_for(variant.channel)
+        limits = self.channel_limits(variant.channel)
         for part in PARTS:
             source = getattr(variant, part)
             if source is None:
@@ -323,9 +344,11 @@ class Renderer:
                 ) from None
 
 
-def limit_problems(rendered: Rendered) -> list[str]:
-    """Every way a rendered message breaks its channel's limits (empty when it fits)."""
-    limits = limits_for(rendered.channel)
+def limit_problems(rendered: Rendered, limits: ChannelLimits | None = None) -> list[str]:
+    """Every way a rendered message breaks its channel's limits (empty when it fits): those
+    given, or those its channel's adapter declares."""
+    if limits is None:
+        limits = registry.limits_for(rendered.channel)
     problems = []
     if limits.needs_subject and not rendered.subject:
         problems.append(f"{rendered.channel} needs a subject")

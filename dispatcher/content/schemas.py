@@ -8,7 +8,6 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from channels import registry
-from channels.limits import PLAN_CHANNELS
 from dispatcher.content.render import GENERIC_CHANNEL
 from dispatcher.kit.fields import StrictInt, one_of
 from dispatcher.recipients.schemas import EXTERNAL_ID, LANGUAGE, language_tag
@@ -18,7 +17,7 @@ KEY = r"^[a-z0-9][a-z0-9_.-]{0,99}$"
 
 def variant_channels() -> set[str]:
     """What a variant may be for: a channel of the plan or with an adapter, or any channel."""
-    return set(PLAN_CHANNELS) | set(registry.available()) | {GENERIC_CHANNEL}
+    return set(registry.PLAN_CHANNELS) | set(registry.available()) | {GENERIC_CHANNEL}
 
 
 def _variant_channel(value: str) -> str:

@@ -22,6 +22,7 @@ from dispatcher.content.render import (
     TemplateProblem,
     VariantData,
     choose_variant,
+    declared_limits,
     honorific,
     locale_chain,
     renderer,
@@ -177,11 +178,13 @@ def validate(template: TemplateIn, *, isolated: bool = True) -> None:
             )
             jobs.append((data, context))
     limits = renderer.limits
+    # Read here, where the adapters are loaded once, and handed to the check's child process.
+    channels = declared_limits({variant.channel for variant, _ in jobs})
     try:
         if isolated:
-            found = isolation.run("check_all", jobs, limits, limits=limits)
+            found = isolation.run("check_all", jobs, limits, channels, limits=limits)
         else:
-            found = isolation.check_all(jobs, limits)
+            found = isolation.check_all(jobs, limits, channels)
     except TemplateProblem as problem:
         where = index_of.get((problem.channel or "", problem.locale or ""))
         loc: list[str | int] = ["body", "variants"]
@@ -323,7 +326,10 @@ def preview(
     try:
         # The variables and context come from the request: rendered in a child process.
         limits = renderer.limits
-        rendered, problems = isolation.run("render_one", variant, context, limits, limits=limits)
+        channels = declared_limits([variant.channel])
+        rendered, problems = isolation.run(
+            "render_one", variant, context, limits, channels, limits=limits
+        )
     except TemplateProblem as problem:
         raise Invalid(str(problem), loc=["template", problem.part or "body"]) from None
     return version, rendered, problems

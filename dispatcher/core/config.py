@@ -1,5 +1,10 @@
 """One settings object for every process, read from ``DISPATCHER_*`` environment variables.
 
+These are the service's own settings. Each channel adapter declares its own model, read from
+``DISPATCHER_<NAME>_*`` (:mod:`channels.settings`): this module knows no channel's variables.
+Values for those given in code (``Settings(telegram_token=...)``) are kept here as extra keys,
+for the adapter's model to read.
+
 A secrets directory (``DISPATCHER_SECRETS_DIR``)
 (one file per setting, named like its variable, e.g. ``DISPATCHER_SMTP_PASSWORD``) is read
 too, so that passwords and tokens never need to sit in the environment or a file
@@ -23,17 +28,13 @@ from sqlalchemy.exc import ArgumentError
 ENV_PREFIX = "DISPATCHER_"
 
 
-class SmtpTls(StrEnum):
-    none = "none"
-    starttls = "starttls"
-    tls = "tls"
-
-
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
         env_file=None,
-        extra="ignore",
+        # A channel's settings given in code are kept (its adapter's model reads them); the
+        # environment only ever fills the fields below.
+        extra="allow",
         validate_default=True,
     )
 
@@ -75,42 +76,6 @@ class Settings(BaseSettings):
         description="How long an unsubscribe link stays valid after the message was sent.",
     )
 
-    smtp_host: str = "127.0.0.1"
-    smtp_port: int = Field(default=25, ge=1, le=65535)
-    smtp_username: str | None = None
-    smtp_password: SecretStr | None = None
-    smtp_tls: SmtpTls = SmtpTls.none
-    smtp_sender: str = "Bảo hiểm xã hội Việt Nam <thongbao@baohiemxahoi.gov.vn>"
-    smtp_pool_size: int = Field(default=4, ge=1, le=100, description="Open SMTP connections.")
-    smtp_timeout: float = Field(default=30.0, gt=0)
-
-    # Telegram Bot API
-    telegram_token: SecretStr | None = None
-    telegram_base_url: str = "https://api.telegram.org/bot"
-    # Zalo Official Account. The access/refresh pair rotates; after the first refresh the
-    # current pair lives in the database, and these only seed it.
-    zalo_app_id: str | None = None
-    zalo_secret_key: SecretStr | None = None
-    zalo_access_token: SecretStr | None = None
-    zalo_refresh_token: SecretStr | None = None
-    zalo_api_url: str = "https://openapi.zalo.me"
-    zalo_oauth_url: str = "https://oauth.zaloapp.com"
-    # Facebook Messenger (a Page)
-    facebook_page_id: str | None = None
-    facebook_page_token: SecretStr | None = None
-    facebook_graph_url: str = "https://graph.facebook.com"
-    facebook_api_version: str = "v21.0"
-    # Firebase Cloud Messaging, for pushes to the VssID app
-    fcm_project_id: str | None = None
-    fcm_service_account: SecretStr | None = Field(
-        default=None, description="The service account's JSON key (or use ..._FILE)."
-    )
-    fcm_service_account_file: str | None = None
-    fcm_endpoint: str = "https://fcm.googleapis.com"
-    fcm_token_uri: str | None = Field(
-        default=None, description="Override the key's token_uri (a test emulator)."
-    )
-    http_timeout: float = Field(default=15.0, gt=0, description="Provider HTTP timeout.")
     rate_limits: dict[str, float] = Field(
         default_factory=dict,
         description='Messages per second per channel account, e.g. {"telegram": 25}.',
@@ -269,19 +234,6 @@ class Settings(BaseSettings):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value
 
-    @field_validator(
-        "telegram_base_url",
-        "zalo_api_url",
-        "zalo_oauth_url",
-        "facebook_graph_url",
-        "fcm_endpoint",
-    )
-    @classmethod
-    def _http_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
-        return value.rstrip("/")
-
     @field_validator("rate_limits")
     @classmethod
     def _rates(cls, value: dict[str, float]) -> dict[str, float]:
@@ -319,9 +271,11 @@ class Settings(BaseSettings):
         return value
 
     def masked(self) -> dict[str, Any]:
-        """The effective settings with every secret hidden, for display."""
+        """The effective settings with every secret hidden, for display (a channel's values
+        given as extra keys too)."""
         shown: dict[str, Any] = {}
-        for name in type(self).model_fields:
+        names = [*type(self).model_fields, *(self.model_extra or {})]
+        for name in names:
             value = getattr(self, name)
             if isinstance(value, SecretStr):
                 value = "********"

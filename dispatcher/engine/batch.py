@@ -33,6 +33,7 @@ from channels.pool import AdapterPool
 from dispatcher.core.config import Settings
 from dispatcher.core.db import Database
 from dispatcher.engine import jobs, leases, ratelimit
+from dispatcher.engine.adapters import adapter_pool
 from dispatcher.engine.backends import Backends
 from dispatcher.engine.bulk import write_turns
 from dispatcher.engine.claim import Claim, Claims, lease_stamp
@@ -41,7 +42,7 @@ from dispatcher.engine.loop import LoopThread
 from dispatcher.engine.record import Recorder
 from dispatcher.engine.render import render
 from dispatcher.engine.retry import RetryPolicy
-from dispatcher.engine.send import Sender, adapter_pool
+from dispatcher.engine.send import Sender
 from dispatcher.engine.work import BatchReport, Work
 from dispatcher.kit.clock import utcnow
 from dispatcher.tables.campaigns import Campaign, Run
@@ -71,7 +72,7 @@ class BatchProcessor:
         self.settings = settings
         self.queue = queue
         self.loop = loop
-        self.adapters = adapters or adapter_pool(db, settings)
+        self.adapters = adapters or adapter_pool(settings, db)
         self.policy = policy or RetryPolicy.from_settings(settings)
         self.limiter = limiter or queue.limiter
         self.turns = write_turns(db)

@@ -26,7 +26,6 @@ import structlog
 from channels import registry
 from channels.base import (
     Adapter,
-    AdapterContext,
     AuthError,
     DeliveryError,
     PermanentError,
@@ -35,12 +34,9 @@ from channels.base import (
 )
 from channels.pool import AdapterPool
 from dispatcher.core.config import Settings
-from dispatcher.core.db import Database
 from dispatcher.engine import ratelimit
-from dispatcher.engine.channel_state import DatabaseState
 from dispatcher.engine.retry import RetryPolicy
 from dispatcher.engine.work import AttemptRecord, Work
-from dispatcher.inbox.stores import DatabaseDevices, DatabaseInbox
 from dispatcher.kit.clock import utcnow
 from dispatcher.observability.metrics import (
     AUTH_FAILURES,
@@ -55,19 +51,6 @@ from dispatcher.tables.deliveries import DeliveryStatus, Outcome
 log = structlog.get_logger(__name__)
 
 MAX_RATE_ROUNDS = 5
-
-
-def adapter_pool(db: Database, settings: Settings) -> AdapterPool:
-    """The process's channel adapters, with what they are given: their state in the database,
-    the clock, and the services an adapter asks for by name (VssID's inbox and devices)."""
-    return AdapterPool(
-        settings,
-        AdapterContext(
-            state=DatabaseState(db),
-            now=utcnow,
-            services={"vssid.inbox": DatabaseInbox(db), "vssid.devices": DatabaseDevices(db)},
-        ),
-    )
 
 
 class Sender:

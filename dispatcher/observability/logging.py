@@ -96,18 +96,27 @@ def redact_event(logger: Any, method_name: str, event_dict: Any) -> Any:
 
 
 def remember_settings_secrets() -> None:
-    """The credentials in the settings are scrubbed from every line, whoever logs them."""
+    """The credentials in the settings, the service's and every installed channel's, are
+    scrubbed from every line, whoever logs them."""
+    from channels import registry
     from dispatcher.core.config import ConfigError, get_settings
 
     try:
         settings = get_settings()
     except ConfigError:
         return
+    models: list[Any] = [settings]
+    for name in registry.available():
+        try:
+            models.append(registry.get(name).settings_model.load(settings))
+        except Exception:  # noqa: S112 - a channel that cannot start is reported at start-up
+            continue
     found = []
-    for name in type(settings).model_fields:
-        value = getattr(settings, name)
-        if isinstance(value, SecretStr):
-            found.append(value.get_secret_value())
+    for model in models:
+        for name in type(model).model_fields:
+            value = getattr(model, name)
+            if isinstance(value, SecretStr):
+                found.append(value.get_secret_value())
     redact.remember(found)
 
 

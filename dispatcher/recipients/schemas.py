@@ -22,7 +22,6 @@ from pydantic_core import CoreSchema
 from typing_extensions import TypedDict
 
 from channels import registry
-from channels.limits import PLAN_CHANNELS
 from dispatcher.kit.fields import NOT_BLANK, Day, Name, Text, case_insensitive, padded
 from dispatcher.recipients.audience import AudienceError, compile_audience
 
@@ -34,7 +33,7 @@ MAX_ADDRESS = 320
 
 
 def known_channels() -> set[str]:
-    return set(PLAN_CHANNELS) | set(registry.available())
+    return set(registry.PLAN_CHANNELS) | set(registry.available())
 
 
 def language_tag(value: Any) -> Any:

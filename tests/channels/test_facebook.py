@@ -32,7 +32,7 @@ from channels.base import (
 from channels.emulators.base import Delay, Disconnect, ManualClock, Reply
 from channels.emulators.messenger import MessengerEmulator, error
 from channels.facebook import TOKEN_LOGGERS, FacebookAdapter, classify_error, messaging_for
-from channels.limits import LIMITS
+from channels.registry import declared_limits as LIMITS
 from dispatcher.core.config import Settings
 from tests.channels.support import adapter_for, assert_no_secret, failure, run, send_one
 from tests.emulators.conftest import START

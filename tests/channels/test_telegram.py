@@ -45,7 +45,7 @@ from channels.emulators.telegram import (
     unauthorized,
     user_deactivated,
 )
-from channels.limits import LIMITS
+from channels.registry import declared_limits as LIMITS
 from channels.telegram import TOKEN_LOGGERS, TelegramAdapter
 from dispatcher.core.config import Settings
 from tests.channels.support import adapter_for, assert_no_secret, failure, run, send_one

@@ -35,7 +35,7 @@ from channels.emulators.fcm import (
     unavailable,
 )
 from channels.fcm import MAX_PAYLOAD, payload_size
-from channels.limits import LIMITS
+from channels.registry import declared_limits as LIMITS
 from channels.vssid import Devices, Inbox, VssidAdapter, token_fingerprint
 from dispatcher.core.config import Settings
 from tests.channels import support as channel_support

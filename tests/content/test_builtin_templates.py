@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from channels.limits import PLAN_CHANNELS
+from channels.registry import PLAN_CHANNELS
 from dispatcher.content.render import Renderer, VariantData, limit_problems
 from dispatcher.content.service import (
     build_context,
