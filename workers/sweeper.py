@@ -23,7 +23,7 @@ import structlog
 from sqlalchemy import ColumnElement, delete, select, update
 from sqlalchemy.orm import Session
 
-from dispatcher.campaigns import service as campaigns
+from dispatcher.campaigns import firing, launching
 from dispatcher.core.config import Settings
 from dispatcher.core.db import Database
 from dispatcher.engine.jobs import (
@@ -39,7 +39,6 @@ from dispatcher.engine.leases import LeaseWatch
 from dispatcher.engine.planner import complete_if_done
 from dispatcher.kit.clock import utcnow
 from dispatcher.observability.metrics import SCHEDULE_FIRINGS, SWEEPER_ACTIONS
-from dispatcher.scheduling import service as scheduling
 from dispatcher.tables.campaigns import Campaign, Run
 from dispatcher.tables.deliveries import CLAIMABLE_STATUSES, Delivery, DeliveryStatus, Lease
 
@@ -73,7 +72,7 @@ def restart_stalled_planners(*, db: Database, settings: Settings, now: datetime)
             campaign = session.get(Campaign, run.campaign_id)
             assert campaign is not None
             run.planner_heartbeat_at = now
-            queue = campaigns.queue_for(campaign, settings)
+            queue = launching.queue_for(campaign, settings)
             enqueue_after_commit(session, Job(actor_name(PLAN_RUN, queue), queue, (run.id,)))
         return len(runs)
 
@@ -335,10 +334,10 @@ def sweep(
     report.requeued = requeue_orphans(db=db, settings=settings, markers=markers, now=now)
     with db.transaction() as session:
         report.campaigns_launched = len(
-            campaigns.launch_due(session=session, settings=settings, now=now)
+            firing.launch_due(session=session, settings=settings, now=now)
         )
     with db.transaction() as session:
-        fired = scheduling.fire_due(session=session, settings=settings, now=now)
+        fired = firing.fire_due(session=session, settings=settings, now=now)
         report.firings, report.firings_skipped = fired.fired, fired.skipped
     # Counted once committed: a firing rolled back never happened.
     for outcome, n in (

@@ -54,7 +54,7 @@ from channels.base import (
 )
 from channels.pool import AdapterPool
 from dispatcher import audit
-from dispatcher.campaigns.service import queue_for
+from dispatcher.campaigns.launching import queue_for
 from dispatcher.consent import service as consent
 from dispatcher.content import service as content
 from dispatcher.content.render import (

@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session, aliased
 
 from dispatcher import audit
 from dispatcher.audiences import service as audiences
-from dispatcher.campaigns.service import queue_for
+from dispatcher.campaigns.launching import queue_for
 from dispatcher.consent import service as consent
 from dispatcher.core.config import Settings
 from dispatcher.core.db import Database, UTCDateTime

@@ -118,7 +118,7 @@ class Run(Base):
     variables: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     # Transactional messages only. The API key that sent it: it may read the message back.
     created_by: Mapped[int | None] = mapped_column(BigId, nullable=True)
-    # A digest of the sender's scope and its Idempotency-Key (campaigns.service.idempotency_token),
+    # A digest of the sender's scope and its Idempotency-Key (campaigns.messages.idempotency_token),
     # unique while the key lives; cleared when an expired key is used again. Rows written before
     # revision 0013 hold the bare key, which no longer matches anything.
     idempotency_key: Mapped[str | None] = mapped_column(String(200), nullable=True, unique=True)

@@ -1,4 +1,6 @@
-"""Firing recurring campaigns: each firing is a run whose slot is unique in the database.
+"""What the scheduler starts: one-shot campaigns whose ``send_at`` came, and the firings of
+recurring campaigns; and changing a recurring rule. Each firing is a run whose slot is unique
+in the database.
 
 The scheduler keeps ``next_fire_at`` on each recurring campaign. When it comes, the firing
 becomes a run; firings the scheduler missed (it was down) run late if they are within
@@ -18,8 +20,13 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from dispatcher.auth.service import Caller
+from dispatcher.campaigns.approval import still_approved, withdraw
+from dispatcher.campaigns.launching import launch
+from dispatcher.campaigns.lifecycle import audit_event, get_campaign
 from dispatcher.core.config import Settings
 from dispatcher.kit.clock import utcnow
+from dispatcher.kit.errors import Conflict
 from dispatcher.scheduling import rules
 from dispatcher.tables.campaigns import Campaign, Run
 
@@ -35,12 +42,6 @@ class FireReport:
     fired: int = 0
     late: int = 0
     skipped: int = 0
-
-
-def first_firing(campaign: Campaign, now: datetime) -> datetime | None:
-    if campaign.schedule is None:
-        return None
-    return rules.next_after(rules.parse(campaign.schedule), now)
 
 
 def _skip(session: Session, campaign: Campaign, slot: datetime, now: datetime) -> bool:
@@ -65,8 +66,6 @@ def _skip(session: Session, campaign: Campaign, slot: datetime, now: datetime) -
 
 def fire_due(*, session: Session, settings: Settings, now: datetime | None = None) -> FireReport:
     """Fire every recurring campaign whose next firing has come (run by the scheduler)."""
-    from dispatcher.campaigns.service import launch, still_approved
-
     now = now or utcnow()
     grace = timedelta(seconds=settings.schedule_grace_seconds)
     report = FireReport()
@@ -116,6 +115,51 @@ def fire_due(*, session: Session, settings: Settings, now: datetime | None = Non
             slot = rules.next_after(rule, slot)
         campaign.next_fire_at = slot
     return report
+
+
+def launch_due(*, session: Session, settings: Settings, now: datetime | None = None) -> list[Run]:
+    """Start every scheduled campaign whose ``send_at`` has come (run by the scheduler)."""
+    now = now or utcnow()
+    due = session.scalars(
+        select(Campaign)
+        .where(Campaign.status == "scheduled", Campaign.send_at <= now)
+        .where(Campaign.schedule.is_(None))
+        .order_by(Campaign.send_at)
+        .limit(100)
+        .with_for_update(skip_locked=True)
+    ).all()
+    runs = []
+    for campaign in due:
+        assert campaign.send_at is not None
+        if not still_approved(session=session, campaign=campaign, now=now):
+            continue
+        run = launch(session=session, campaign=campaign, settings=settings, at=campaign.send_at)
+        if run is not None:
+            runs.append(run)
+    return runs
+
+
+def reschedule(
+    *,
+    session: Session,
+    campaign_id: int,
+    schedule: dict[str, Any],
+    caller: Caller | None = None,
+) -> Campaign:
+    """Change a recurring rule. An approved rule must be approved again before it fires."""
+    campaign = get_campaign(session=session, campaign_id=campaign_id, lock=True)
+    if campaign.status not in ("draft", "submitted", "approved", "scheduled", "paused"):
+        raise Conflict(f"cannot change the schedule of a campaign that is {campaign.status}")
+    if campaign.schedule is None:
+        raise Conflict("this campaign has no schedule; it sends once (send_at)")
+    campaign.schedule = schedule
+    campaign.next_fire_at = None
+    actor = caller.label if caller else "system"
+    if campaign.status != "draft":
+        withdraw(session=session, campaign=campaign, reason="the schedule changed", actor=actor)
+    campaign.updated_at = utcnow()
+    audit_event(session, campaign, actor, "reschedule", schedule=schedule)
+    return campaign
 
 
 @dataclass(frozen=True, slots=True)
