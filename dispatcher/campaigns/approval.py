@@ -30,7 +30,7 @@ from dispatcher.core.config import Settings
 from dispatcher.kit.clock import utcnow
 from dispatcher.kit.errors import Forbidden, Invalid
 from dispatcher.tables.audiences import AudienceVersion, SavedAudience
-from dispatcher.tables.campaigns import Campaign, Run
+from dispatcher.tables.campaigns import WAITING_STATUSES, Campaign, CampaignStatus, Run
 from dispatcher.tables.content import Template, TemplateVersion
 
 log = structlog.get_logger(__name__)
@@ -80,12 +80,12 @@ def approve(
     campaign.approved_audience_count = audience_count(session=session, campaign=campaign)
     campaign.status_reason = None
     if campaign.schedule is not None:
-        campaign.status = "scheduled"
+        campaign.status = CampaignStatus.scheduled
         campaign.next_fire_at = first
     elif campaign.send_at is not None and campaign.send_at > now:
-        campaign.status = "scheduled"
+        campaign.status = CampaignStatus.scheduled
     else:
-        campaign.status = "approved"
+        campaign.status = CampaignStatus.approved
     start = campaign.next_fire_at or campaign.send_at or now
     campaign.approval_expires_at = max(start, now) + timedelta(
         seconds=settings.approval_ttl_seconds
@@ -102,7 +102,7 @@ def approve(
         audience_count=campaign.approved_audience_count,
         expires_at=campaign.approval_expires_at,
     )
-    if campaign.status == "approved":
+    if campaign.status == CampaignStatus.approved:
         launch(session=session, campaign=campaign, settings=settings, at=campaign.send_at or now)
     return campaign
 
@@ -122,7 +122,7 @@ def reject(
 
 def withdraw(*, session: Session, campaign: Campaign, reason: str, actor: str = "system") -> None:
     """Take an approval back: the campaign waits for a new approval, saying why."""
-    campaign.status = "submitted"
+    campaign.status = CampaignStatus.submitted
     campaign.status_reason = f"approval withdrawn: {reason}"
     campaign.approved_at = campaign.approved_by = campaign.approval_expires_at = None
     campaign.approver_id = campaign.approved_audience_versions = None
@@ -197,7 +197,7 @@ def _withdraw_waiting(session: Session, ids: list[int], reason: str) -> list[int
     waiting = session.scalars(
         select(Campaign)
         .where(Campaign.id.in_(ids))
-        .where(Campaign.status.in_(("approved", "scheduled")))
+        .where(Campaign.status.in_(WAITING_STATUSES))
         .where(Campaign.approved_preview_hash.is_not(None))
         .order_by(Campaign.id)
         .with_for_update()
@@ -212,7 +212,7 @@ def withdraw_for_template(*, session: Session, template_id: int, version: int) -
     ids = session.scalars(
         select(Campaign.id)
         .where(Campaign.template_id == template_id)
-        .where(Campaign.status.in_(("approved", "scheduled")))
+        .where(Campaign.status.in_(WAITING_STATUSES))
     ).all()
     return _withdraw_waiting(session, list(ids), f"the template has a new version (v{version})")
 
@@ -222,7 +222,7 @@ def withdraw_for_audience(*, session: Session, name: str, version: int) -> list[
     directly or through another saved audience."""
     rows = session.execute(
         select(Campaign.id, Campaign.approved_audience_versions)
-        .where(Campaign.status.in_(("approved", "scheduled")))
+        .where(Campaign.status.in_(WAITING_STATUSES))
         .where(Campaign.approved_audience_versions.is_not(None))
     ).all()
     ids = [cid for cid, pinned in rows if name in (pinned or {})]

@@ -28,13 +28,21 @@ from dispatcher.core.config import Settings
 from dispatcher.kit.clock import utcnow
 from dispatcher.kit.errors import Conflict
 from dispatcher.scheduling import rules
-from dispatcher.tables.campaigns import Campaign, Run
+from dispatcher.tables.campaigns import WAITING_STATUSES, Campaign, CampaignStatus, Run, RunStatus
 
 log = structlog.get_logger(__name__)
 
 MAX_SLOTS_PER_TICK = 500
 # A firing this close to its slot is on time, not "late".
 ON_TIME = timedelta(minutes=2)
+# Where a campaign's rule may still change.
+RESCHEDULABLE = (
+    CampaignStatus.draft,
+    CampaignStatus.submitted,
+    CampaignStatus.approved,
+    CampaignStatus.scheduled,
+    CampaignStatus.paused,
+)
 
 
 @dataclass(slots=True)
@@ -49,7 +57,7 @@ def _skip(session: Session, campaign: Campaign, slot: datetime, now: datetime) -
         campaign_id=campaign.id,
         scheduled_for=slot,
         slot=slot.isoformat(),
-        status="skipped",
+        status=RunStatus.skipped,
         template_version_id=campaign.template_version_id,
         created_at=now,
         finished_at=now,
@@ -71,7 +79,7 @@ def fire_due(*, session: Session, settings: Settings, now: datetime | None = Non
     report = FireReport()
     due = session.scalars(
         select(Campaign)
-        .where(Campaign.status == "scheduled", Campaign.next_fire_at <= now)
+        .where(Campaign.status == CampaignStatus.scheduled, Campaign.next_fire_at <= now)
         .where(Campaign.schedule.is_not(None))
         .order_by(Campaign.next_fire_at)
         .limit(100)
@@ -122,7 +130,7 @@ def launch_due(*, session: Session, settings: Settings, now: datetime | None = N
     now = now or utcnow()
     due = session.scalars(
         select(Campaign)
-        .where(Campaign.status == "scheduled", Campaign.send_at <= now)
+        .where(Campaign.status == CampaignStatus.scheduled, Campaign.send_at <= now)
         .where(Campaign.schedule.is_(None))
         .order_by(Campaign.send_at)
         .limit(100)
@@ -148,14 +156,14 @@ def reschedule(
 ) -> Campaign:
     """Change a recurring rule. An approved rule must be approved again before it fires."""
     campaign = get_campaign(session=session, campaign_id=campaign_id, lock=True)
-    if campaign.status not in ("draft", "submitted", "approved", "scheduled", "paused"):
+    if campaign.status not in RESCHEDULABLE:
         raise Conflict(f"cannot change the schedule of a campaign that is {campaign.status}")
     if campaign.schedule is None:
         raise Conflict("this campaign has no schedule; it sends once (send_at)")
     campaign.schedule = schedule
     campaign.next_fire_at = None
     actor = caller.label if caller else "system"
-    if campaign.status != "draft":
+    if campaign.status != CampaignStatus.draft:
         withdraw(session=session, campaign=campaign, reason="the schedule changed", actor=actor)
     campaign.updated_at = utcnow()
     audit_event(session, campaign, actor, "reschedule", schedule=schedule)
@@ -178,7 +186,7 @@ def upcoming(*, session: Session, days: int, now: datetime | None = None) -> lis
     end = now + timedelta(days=days)
     out: list[Upcoming] = []
     campaigns = session.scalars(
-        select(Campaign).where(Campaign.status.in_(("approved", "scheduled", "running")))
+        select(Campaign).where(Campaign.status.in_((*WAITING_STATUSES, CampaignStatus.running)))
     )
     for campaign in campaigns:
         if campaign.schedule is not None:
@@ -187,7 +195,11 @@ def upcoming(*, session: Session, days: int, now: datetime | None = None) -> lis
             instants = rules.firings(
                 rules.parse(campaign.schedule), start - timedelta(microseconds=1), end
             )
-        elif campaign.status == "scheduled" and campaign.send_at and campaign.send_at <= end:
+        elif (
+            campaign.status == CampaignStatus.scheduled
+            and campaign.send_at
+            and campaign.send_at <= end
+        ):
             instants = [campaign.send_at]
         else:
             continue

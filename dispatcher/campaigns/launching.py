@@ -12,7 +12,7 @@ from dispatcher.core.config import Settings
 from dispatcher.engine.jobs import PLAN_RUN, Job, actor_name, enqueue_after_commit
 from dispatcher.kit.clock import utcnow
 from dispatcher.scheduling import rules
-from dispatcher.tables.campaigns import Campaign, Run
+from dispatcher.tables.campaigns import Campaign, CampaignStatus, Run, RunStatus
 
 
 def queue_for(campaign: Campaign, settings: Settings) -> str:
@@ -41,7 +41,7 @@ def launch(
         campaign_id=campaign.id,
         scheduled_for=at,
         slot=at.isoformat(),
-        status="planning",
+        status=RunStatus.planning,
         late=late,
         audience=audience,
         audience_versions=campaign.approved_audience_versions,
@@ -59,7 +59,7 @@ def launch(
         return None
     if campaign.schedule is None:
         # A recurring campaign stays scheduled between its runs.
-        campaign.status = "running"
+        campaign.status = CampaignStatus.running
     campaign.updated_at = now
     enqueue_plan(session=session, run=run, campaign=campaign, settings=settings)
     return run

@@ -26,27 +26,40 @@ from dispatcher.core.config import Settings
 from dispatcher.kit.clock import utcnow
 from dispatcher.kit.errors import Conflict, Invalid, NotFound
 from dispatcher.tables.auth import Principal
-from dispatcher.tables.campaigns import Campaign, Run, is_stream
+from dispatcher.tables.campaigns import (
+    ACTIVE_RUN_STATUSES,
+    OPEN_RUN_STATUSES,
+    Campaign,
+    CampaignStatus,
+    Run,
+    RunStatus,
+    is_stream,
+)
 from dispatcher.tables.content import Template, TemplateVersion
 from dispatcher.tables.deliveries import CLAIMABLE_STATUSES, Delivery, DeliveryStatus
 
-TRANSITIONS: dict[str, dict[str, str]] = {
+TRANSITIONS: dict[str, dict[str, CampaignStatus]] = {
     # action: {from status: to status}
-    "submit": {"draft": "submitted"},
-    "approve": {"submitted": "approved"},
-    "reject": {"submitted": "draft"},
-    "pause": {"scheduled": "paused", "running": "paused"},
-    "resume": {"paused": "running"},
+    "submit": {CampaignStatus.draft: CampaignStatus.submitted},
+    "approve": {CampaignStatus.submitted: CampaignStatus.approved},
+    "reject": {CampaignStatus.submitted: CampaignStatus.draft},
+    "pause": {
+        CampaignStatus.scheduled: CampaignStatus.paused,
+        CampaignStatus.running: CampaignStatus.paused,
+    },
+    "resume": {CampaignStatus.paused: CampaignStatus.running},
     "cancel": {
-        s: "cancelled" for s in ("draft", "submitted", "approved", "scheduled", "running", "paused")
+        s: CampaignStatus.cancelled
+        for s in CampaignStatus
+        if s not in (CampaignStatus.completed, CampaignStatus.cancelled)
     },
 }
 
-HINTS = {
-    ("approve", "draft"): "submit it first",
-    ("reject", "draft"): "it is not submitted",
-    ("submit", "submitted"): "it is already waiting for approval",
-    ("resume", "running"): "it is not paused",
+HINTS: dict[tuple[str, str], str] = {
+    ("approve", CampaignStatus.draft): "submit it first",
+    ("reject", CampaignStatus.draft): "it is not submitted",
+    ("submit", CampaignStatus.submitted): "it is already waiting for approval",
+    ("resume", CampaignStatus.running): "it is not paused",
 }
 
 
@@ -95,7 +108,7 @@ def create(*, session: Session, data: CampaignIn, caller: Caller | None = None) 
         send_at=data.send_at,
         schedule=data.schedule.model_dump(mode="json") if data.schedule else None,
         variables=data.variables,
-        status="draft",
+        status=CampaignStatus.draft,
         created_at=now,
         updated_at=now,
         created_by=caller.key_id if caller else None,
@@ -106,7 +119,7 @@ def create(*, session: Session, data: CampaignIn, caller: Caller | None = None) 
     return campaign
 
 
-def transition(campaign: Campaign, action: str) -> str:
+def transition(campaign: Campaign, action: str) -> CampaignStatus:
     target = TRANSITIONS[action].get(campaign.status)
     if target is None:
         hint = HINTS.get((action, campaign.status))
@@ -145,8 +158,8 @@ def pause(*, session: Session, campaign_id: int, caller: Caller | None = None) -
     audit_event(session, campaign, caller.label if caller else "system", "pause")
     session.execute(
         update(Run)
-        .where(Run.campaign_id == campaign.id, Run.status.in_(("planning", "running")))
-        .values(status="paused")
+        .where(Run.campaign_id == campaign.id, Run.status.in_(ACTIVE_RUN_STATUSES))
+        .values(status=RunStatus.paused)
     )
     return campaign
 
@@ -159,19 +172,19 @@ def resume(
     now = utcnow()
     audit_event(session, campaign, caller.label if caller else "system", "resume")
     runs = session.scalars(
-        select(Run).where(Run.campaign_id == campaign.id, Run.status == "paused")
+        select(Run).where(Run.campaign_id == campaign.id, Run.status == RunStatus.paused)
     ).all()
     if campaign.schedule is not None:
         # Firings that fell while paused are not caught up: staff paused them on purpose.
-        campaign.status = "scheduled"
+        campaign.status = CampaignStatus.scheduled
         campaign.next_fire_at = first_firing(campaign, now)
     elif not runs and campaign.send_at is not None and campaign.send_at > now:
-        campaign.status = "scheduled"
+        campaign.status = CampaignStatus.scheduled
     else:
-        campaign.status = "running"
+        campaign.status = CampaignStatus.running
     campaign.updated_at = now
     for run in runs:
-        run.status = "running" if run.planned_at is not None else "planning"
+        run.status = RunStatus.running if run.planned_at is not None else RunStatus.planning
         run.planner_heartbeat_at = now
         # The planner also re-queues whatever was left waiting while paused.
         enqueue_plan(session=session, run=run, campaign=campaign, settings=settings)
@@ -194,8 +207,8 @@ def cancel(
     campaign.status_reason = reason
     session.execute(
         update(Run)
-        .where(Run.campaign_id == campaign.id, Run.status.in_(("planning", "running", "paused")))
-        .values(status="cancelled", finished_at=now)
+        .where(Run.campaign_id == campaign.id, Run.status.in_(OPEN_RUN_STATUSES))
+        .values(status=RunStatus.cancelled, finished_at=now)
     )
     # Rows a worker holds right now finish their send and are recorded as they end.
     audit.change_deliveries(

@@ -23,7 +23,7 @@ from dispatcher.core.config import Settings
 from dispatcher.engine.jobs import SEND_BATCH, Job, actor_name, enqueue_after_commit, new_batch_id
 from dispatcher.kit.clock import utcnow
 from dispatcher.kit.errors import Conflict, Invalid, NotFound
-from dispatcher.tables.campaigns import STREAM_PREFIX, Campaign, Run
+from dispatcher.tables.campaigns import STREAM_PREFIX, Campaign, CampaignStatus, Run, RunStatus
 from dispatcher.tables.content import Template
 from dispatcher.tables.deliveries import Delivery, DeliveryStatus
 from dispatcher.tables.recipients import Recipient
@@ -48,7 +48,7 @@ def _standing_campaign(session: Session, template: Template) -> Campaign:
             channels=[],
             priority="urgent",
             variables={},
-            status="running",
+            status=CampaignStatus.running,
             created_at=now,
             updated_at=now,
             approved_at=now,
@@ -190,7 +190,7 @@ def send_message(
                 campaign_id=campaign.id,
                 scheduled_for=now,
                 slot=None,
-                status="running",
+                status=RunStatus.running,
                 template_version_id=version.id,
                 variables=data.variables,
                 created_by=caller.key_id,

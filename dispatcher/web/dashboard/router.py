@@ -30,7 +30,7 @@ from dispatcher.deliveries import service as deliveries
 from dispatcher.kit.errors import Conflict, Forbidden, Invalid, NotFound, ServiceError
 from dispatcher.scheduling.windows import VIETNAM
 from dispatcher.tables.auth import ApiKey, Principal
-from dispatcher.tables.campaigns import Campaign
+from dispatcher.tables.campaigns import Campaign, CampaignStatus
 from dispatcher.tables.content import Template
 from dispatcher.tables.deliveries import DeliveryStatus
 from dispatcher.web.callers import same_host
@@ -271,7 +271,7 @@ def _approval_queue(session: Session, caller: Caller) -> tuple[list[Pending], di
     found = session.execute(
         select(Campaign, Template.key)
         .join(Template, Template.id == Campaign.template_id)
-        .where(Campaign.status == "submitted")
+        .where(Campaign.status == CampaignStatus.submitted)
         .order_by(Campaign.submitted_at, Campaign.id)
         .limit(APPROVALS_PER_PAGE)
     ).all()
