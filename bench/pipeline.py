@@ -445,7 +445,7 @@ def planner_child(raw: str) -> int:
     """
     from sqlalchemy import distinct, select
 
-    from dispatcher.campaigns import service
+    from dispatcher.campaigns import approval, lifecycle
     from dispatcher.campaigns.schemas import CampaignIn
     from dispatcher.core.config import get_settings
     from dispatcher.core.db import Database, set_database
@@ -462,11 +462,11 @@ def planner_child(raw: str) -> int:
     db = Database(settings.database_url)
     set_database(db)
     with db.transaction() as session:
-        campaign_id = service.create(session=session, data=CampaignIn(**campaign)).id
+        campaign_id = lifecycle.create(session=session, data=CampaignIn(**campaign)).id
     with db.transaction() as session:
-        service.submit(session=session, campaign_id=campaign_id)
+        lifecycle.submit(session=session, campaign_id=campaign_id)
     with db.transaction() as session:
-        service.approve(session=session, campaign_id=campaign_id, settings=settings)
+        approval.approve(session=session, campaign_id=campaign_id, settings=settings)
     with db.transaction() as session:
         run_id = session.scalar(select(Run.id).where(Run.campaign_id == campaign_id))
     assert run_id is not None
@@ -478,7 +478,7 @@ def planner_child(raw: str) -> int:
     rss_after = me.memory_info().rss
     max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     with db.transaction() as session:
-        service.cancel(session=session, campaign_id=campaign_id, reason="benchmark: planner only")
+        lifecycle.cancel(session=session, campaign_id=campaign_id, reason="benchmark: planner only")
     with db.transaction() as session:
         batch_ids = [
             b

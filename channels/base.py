@@ -43,10 +43,26 @@ from channels.settings import ChannelSettings
 
 
 class ErrorClass(StrEnum):
+    """Why a delivery did not go: the one vocabulary of ``deliveries.error_class`` and
+    ``attempts.error_class``. It sits here, under the tables, because adapters name the first
+    four; the engine names the rest itself."""
+
+    # An adapter's failure (the DeliveryError classes below).
     transient = "transient"
     rate_limited = "rate_limited"
     auth = "auth"
     permanent = "permanent"
+    # The engine's: the address went dead at the provider (an attempt's class), or the row was
+    # skipped for a dead address or an opt-out when planned.
+    address_dead = "address_dead"
+    opted_out = "opted_out"
+    # The engine's: nothing to send (no live address, no variant or a template error) ...
+    no_address = "no_address"
+    template = "template"
+    # ... or not now: outside the send window, or the channel is paused (neither spends the
+    # delivery's attempt budget).
+    send_window = "send_window"
+    deferred = "deferred"
 
 
 class Category(StrEnum):

@@ -9,13 +9,13 @@ import pytest
 from sqlalchemy import select
 
 from dispatcher.auth.service import create_key, principal_named
-from dispatcher.campaigns import service as campaigns
+from dispatcher.campaigns import firing as campaigns
+from dispatcher.campaigns.firing import fire_due
 from dispatcher.core.config import Settings
 from dispatcher.core.db import Database
 from dispatcher.engine.planner import plan_run
 from dispatcher.kit.clock import clock
 from dispatcher.kit.errors import Invalid
-from dispatcher.scheduling.service import fire_due
 from dispatcher.scheduling.windows import VIETNAM
 from dispatcher.tables.audiences import AudienceVersion, SavedAudience
 from dispatcher.tables.audit import AuditEntry

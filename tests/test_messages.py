@@ -15,7 +15,7 @@ from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from dispatcher.auth.service import Caller, Role, create_key
-from dispatcher.campaigns import service
+from dispatcher.campaigns import messages as service
 from dispatcher.campaigns.schemas import MessageIn
 from dispatcher.core.config import Settings, get_settings
 from dispatcher.core.db import Database

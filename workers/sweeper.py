@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from dispatcher.campaigns import service as campaigns
+from dispatcher.campaigns import firing
 from dispatcher.core.config import Settings
 from dispatcher.core.db import Database
 from dispatcher.engine.backends import Markers
@@ -23,7 +23,6 @@ from dispatcher.engine.recovery import (
 )
 from dispatcher.kit.clock import utcnow
 from dispatcher.observability.metrics import SCHEDULE_FIRINGS, SWEEPER_ACTIONS
-from dispatcher.scheduling import service as scheduling
 
 
 @dataclass(slots=True)
@@ -59,10 +58,10 @@ def sweep(
     report.requeued = requeue_orphans(db=db, settings=settings, markers=markers, now=now)
     with db.transaction() as session:
         report.campaigns_launched = len(
-            campaigns.launch_due(session=session, settings=settings, now=now)
+            firing.launch_due(session=session, settings=settings, now=now)
         )
     with db.transaction() as session:
-        fired = scheduling.fire_due(session=session, settings=settings, now=now)
+        fired = firing.fire_due(session=session, settings=settings, now=now)
         report.firings, report.firings_skipped = fired.fired, fired.skipped
     # Counted once committed: a firing rolled back never happened.
     for outcome, n in (

@@ -15,6 +15,8 @@ from dispatcher.content.schemas import KEY
 from dispatcher.kit.fields import Instant, Name, Text, one_of
 from dispatcher.recipients.schemas import EXTERNAL_ID, Audience
 from dispatcher.scheduling.rules import Schedule
+from dispatcher.tables.campaigns import CampaignStatus, RunStatus
+from dispatcher.tables.deliveries import DeliveryStatus
 
 URGENT_KINDS = {Category.fraud_warning, Category.disaster_support, Category.transactional}
 Priority = Literal["urgent", "bulk"]
@@ -105,7 +107,7 @@ class ScheduleIn(BaseModel):
 
 class RunOut(BaseModel):
     id: int
-    status: str
+    status: RunStatus
     scheduled_for: datetime
     late: bool = False
     planned_count: int
@@ -140,7 +142,7 @@ class CampaignOut(BaseModel):
     schedule: dict[str, Any] | None = None
     next_fire_at: datetime | None = None
     variables: dict[str, Any]
-    status: str
+    status: CampaignStatus
     status_reason: str | None
     created_at: datetime
     updated_at: datetime
@@ -239,13 +241,13 @@ def idempotency_key(value: str) -> str:
 class MessageDelivery(BaseModel):
     id: int
     channel: str
-    status: str
+    status: DeliveryStatus
 
 
 class MessageOut(BaseModel):
     id: int
     campaign_id: int
-    status: str
+    status: RunStatus
     created_at: datetime
     created_by: int | None = Field(
         default=None, description="The API key that sent it (the only sender key that reads it)"

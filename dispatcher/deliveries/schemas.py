@@ -4,13 +4,15 @@ from datetime import datetime
 
 from pydantic import BaseModel, Field
 
+from dispatcher.tables.deliveries import DeliveryStatus, ErrorClass, Outcome
+
 
 class AttemptOut(BaseModel):
     number: int
     started_at: datetime
     duration_ms: int
-    outcome: str
-    error_class: str | None
+    outcome: Outcome
+    error_class: ErrorClass | None
     provider_code: str | None
     provider_reply: str | None = Field(description="Addresses in it are masked.")
     provider_message_id: str | None
@@ -29,11 +31,11 @@ class DeliveryOut(BaseModel):
         description="The recipient's current address on the channel, masked "
         "(ng***@gmail.com, +84 9** *** 678); null when there is none.",
     )
-    status: str
+    status: DeliveryStatus
     attempts_count: int
     locale: str | None
     provider_message_id: str | None
-    error_class: str | None
+    error_class: ErrorClass | None
     error_reason: str | None = Field(description="Addresses in it are masked.")
     created_at: datetime
     updated_at: datetime
@@ -53,7 +55,7 @@ class ChannelCounts(BaseModel):
 
 
 class ErrorReasonCount(BaseModel):
-    error_class: str | None
+    error_class: ErrorClass | None
     reason: str = Field(description="Addresses in it are masked.")
     count: int
 

@@ -30,14 +30,14 @@ from dispatcher.engine import leases
 from dispatcher.engine.bulk import WriteTurns
 from dispatcher.engine.work import WORKER_NAME, Work
 from dispatcher.kit.clock import utcnow
-from dispatcher.tables.campaigns import Campaign, Run
+from dispatcher.tables.campaigns import ACTIVE_RUN_STATUSES, Campaign, Run
 from dispatcher.tables.deliveries import CLAIMABLE_STATUSES, Delivery, DeliveryStatus
 from dispatcher.tables.recipients import Address, Recipient
 
 log = structlog.get_logger(__name__)
 
 # Runs whose rows may be claimed (and so recovered when their work is lost).
-ACTIVE_RUN = ("planning", "running")
+ACTIVE_RUN = ACTIVE_RUN_STATUSES
 # What a template may see of a recipient, in the order the claim reads them.
 PERSON_FIELDS = (
     "external_id",

@@ -28,6 +28,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session, aliased
 
+from channels.base import ErrorClass
 from dispatcher import audit
 from dispatcher.audiences import service as audiences
 from dispatcher.consent import service as consent
@@ -40,7 +41,7 @@ from dispatcher.kit.clock import utcnow
 from dispatcher.kit.sql import insert_for
 from dispatcher.recipients.audience import compile_audience
 from dispatcher.scheduling import windows
-from dispatcher.tables.campaigns import Campaign, Run
+from dispatcher.tables.campaigns import OPEN_RUN_STATUSES, Campaign, CampaignStatus, Run, RunStatus
 from dispatcher.tables.deliveries import OPEN_STATUSES, Delivery, DeliveryStatus
 from dispatcher.tables.recipients import Address, Recipient
 
@@ -162,14 +163,20 @@ class Rows:
         if self.campaign.channel_mode == "fallback":
             where = (*where, self.none_usable_before())
         dead = Address.dead_at.is_not(None)
-        dead_reason = literal("address_dead", String())
+        dead_reason = literal(ErrorClass.address_dead.value, String())
         if self.opted is None:
-            skipped = self.insert(self.select("skipped", dead_reason, dead, *where))
+            skipped = self.insert(
+                self.select(DeliveryStatus.skipped.value, dead_reason, dead, *where)
+            )
         else:
             # One statement for both reasons: a dead address, else an opt-out.
-            reason = case((dead, dead_reason), else_=literal("opted_out", String()))
-            skipped = self.insert(self.select("skipped", reason, or_(dead, self.opted), *where))
-        pending = self.insert(self.select("pending", None, self.usable(), *where))
+            reason = case((dead, dead_reason), else_=literal(ErrorClass.opted_out.value, String()))
+            skipped = self.insert(
+                self.select(DeliveryStatus.skipped.value, reason, or_(dead, self.opted), *where)
+            )
+        pending = self.insert(
+            self.select(DeliveryStatus.pending.value, None, self.usable(), *where)
+        )
         for entry in audit.deliveries_drafts(
             [*skipped, *pending],
             actor="planner",
@@ -300,7 +307,7 @@ def unplanned(*, db: Database, run_id: int) -> bool:
         state = session.execute(
             select(Run.status, Run.planned_through).where(Run.id == run_id)
         ).first()
-    return state is not None and state[0] == "planning" and not state[1]
+    return state is not None and state[0] == RunStatus.planning and not state[1]
 
 
 def plan_run(*, db: Database, run_id: int, settings: Settings) -> int:
@@ -310,14 +317,14 @@ def plan_run(*, db: Database, run_id: int, settings: Settings) -> int:
     while True:
         with turns.transaction(first=True) as session:
             run = session.scalar(select(Run).where(Run.id == run_id).with_for_update())
-            if run is None or run.status != "planning":
+            if run is None or run.status != RunStatus.planning:
                 return made
             campaign = session.get(Campaign, run.campaign_id)
             assert campaign is not None
             count = plan_page(session=session, run=run, campaign=campaign, settings=settings)
             if count is None:
                 now = utcnow()
-                run.status = "running"
+                run.status = RunStatus.running
                 run.planned_at = run.planner_heartbeat_at = now
                 session.flush()
                 if complete_if_done(session=session, run=run):
@@ -337,7 +344,7 @@ def plan_run(*, db: Database, run_id: int, settings: Settings) -> int:
 
 def complete_if_done(*, session: Session, run: Run) -> bool:
     """Mark a fully planned run (and its one-shot campaign) completed when nothing is open."""
-    if run.status != "running" or run.planned_at is None:
+    if run.status != RunStatus.running or run.planned_at is None:
         return False
     still_open = session.scalar(
         select(Delivery.id)
@@ -347,7 +354,7 @@ def complete_if_done(*, session: Session, run: Run) -> bool:
     if still_open is not None:
         return False
     now = utcnow()
-    run.status = "completed"
+    run.status = RunStatus.completed
     run.finished_at = now
     campaign = session.get(Campaign, run.campaign_id)
     # A recurring campaign lives on between runs; only a one-shot campaign completes.
@@ -355,18 +362,18 @@ def complete_if_done(*, session: Session, run: Run) -> bool:
         campaign is not None
         and campaign.schedule is None
         and campaign.kind != "transactional"
-        and campaign.status == "running"
+        and campaign.status == CampaignStatus.running
     ):
         active = session.scalar(
             select(Run.id)
             .where(
                 Run.campaign_id == campaign.id,
                 Run.id != run.id,
-                Run.status.in_(("planning", "running", "paused")),
+                Run.status.in_(OPEN_RUN_STATUSES),
             )
             .limit(1)
         )
         if active is None:
-            campaign.status = "completed"
+            campaign.status = CampaignStatus.completed
             campaign.completed_at = campaign.updated_at = now
     return True

@@ -38,7 +38,7 @@ from dispatcher.engine.retry import RetryPolicy
 from dispatcher.engine.work import WORKER_NAME, BatchReport, Work
 from dispatcher.kit.clock import utcnow
 from dispatcher.observability.metrics import record_outcomes
-from dispatcher.tables.campaigns import Campaign, Run
+from dispatcher.tables.campaigns import Campaign, Run, RunStatus
 from dispatcher.tables.deliveries import OPEN_STATUSES, Delivery, DeliveryStatus
 from dispatcher.tables.recipients import Address
 
@@ -296,7 +296,7 @@ class Recorder:
             state = session.execute(
                 select(runs_t.c.status, runs_t.c.planned_at).where(runs_t.c.id == run_id)
             ).first()
-            if state is None or state[0] != "running" or state[1] is None:
+            if state is None or state[0] != RunStatus.running or state[1] is None:
                 return
             still_open = session.scalar(
                 select(d.id)

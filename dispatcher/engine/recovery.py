@@ -33,7 +33,7 @@ from dispatcher.engine.jobs import enqueue_after_commit, new_batch_id
 from dispatcher.engine.leases import LeaseWatch
 from dispatcher.engine.planner import complete_if_done
 from dispatcher.kit.clock import utcnow
-from dispatcher.tables.campaigns import Campaign, Run
+from dispatcher.tables.campaigns import Campaign, Run, RunStatus
 from dispatcher.tables.deliveries import CLAIMABLE_STATUSES, Delivery, DeliveryStatus, Lease
 
 log = structlog.get_logger(__name__)
@@ -48,7 +48,9 @@ def restart_stalled_planners(*, db: Database, settings: Settings, now: datetime)
     stale = now - timedelta(seconds=settings.lease_seconds)
     with db.transaction() as session:
         runs = session.scalars(
-            select(Run).where(Run.status == "planning", Run.planner_heartbeat_at < stale).limit(100)
+            select(Run)
+            .where(Run.status == RunStatus.planning, Run.planner_heartbeat_at < stale)
+            .limit(100)
         ).all()
         for run in runs:
             campaign = session.get(Campaign, run.campaign_id)
@@ -286,7 +288,7 @@ def complete_finished_runs(*, db: Database) -> int:
     with db.transaction() as session:
         runs = session.scalars(
             select(Run)
-            .where(Run.status == "running", Run.planned_at.is_not(None))
+            .where(Run.status == RunStatus.running, Run.planned_at.is_not(None))
             .order_by(Run.id)
             .limit(200)
         ).all()

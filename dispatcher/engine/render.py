@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from channels.base import Category, Message
+from channels.base import Category, ErrorClass, Message
 from dispatcher.consent import service as consent
 from dispatcher.content import service as content
 from dispatcher.content.render import TemplateProblem, VariantData, choose_variant, renderer
@@ -43,7 +43,7 @@ def render(claim: Claim, *, settings: Settings, signing_key: bytes | None) -> No
         address = addresses.get(item.delivery_id)
         if person is None or address is None:
             item.status = DeliveryStatus.skipped
-            item.error_class = "no_address"
+            item.error_class = ErrorClass.no_address
             item.error_reason = f"no live {item.channel} address"
             continue
         language = person["language"]
@@ -54,7 +54,7 @@ def render(claim: Claim, *, settings: Settings, signing_key: bytes | None) -> No
             variant = chosen[key] = choose_variant(variants, item.channel, language)
         if variant is None:
             item.status = DeliveryStatus.failed
-            item.error_class = "template"
+            item.error_class = ErrorClass.template
             item.error_reason = f"no variant for {item.channel}"
             continue
         item.locale = locale = variant.locale
@@ -83,7 +83,7 @@ def render(claim: Claim, *, settings: Settings, signing_key: bytes | None) -> No
             rendered = renderer.render(variant, context)
         except TemplateProblem as problem:
             item.status = DeliveryStatus.failed
-            item.error_class = "template"
+            item.error_class = ErrorClass.template
             item.error_reason = str(problem)
             continue
         item.message = Message(

@@ -26,11 +26,16 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from channels.base import TransientError
+from channels.base import ErrorClass, TransientError
 from dispatcher.observability.metrics import count_quick_retry
 
 # Retries for these wait as asked and do not count against the delivery's attempt budget.
-NO_BUDGET = ("rate_limited", "auth", "deferred", "send_window")
+NO_BUDGET = (
+    ErrorClass.rate_limited,
+    ErrorClass.auth,
+    ErrorClass.deferred,
+    ErrorClass.send_window,
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,6 +28,7 @@ from channels.base import (
     Adapter,
     AuthError,
     DeliveryError,
+    ErrorClass,
     PermanentError,
     RateLimitedError,
     TransientError,
@@ -81,7 +82,7 @@ class Sender:
         if opening is not None:
             # The window closed while the batch was on its way: wait for the morning.
             item.status = DeliveryStatus.retrying
-            item.error_class = "send_window"
+            item.error_class = ErrorClass.send_window
             item.error_reason = f"outside the send window; opens {opening.isoformat()}"
             item.not_before = opening
             return
@@ -90,7 +91,7 @@ class Sender:
         except registry.UnknownChannel as exc:
             # The campaign named a plugin that is no longer installed.
             item.status = DeliveryStatus.failed
-            item.error_class, item.error_reason = "permanent", str(exc)
+            item.error_class, item.error_reason = ErrorClass.permanent, str(exc)
             return
         limits = ratelimit.limits_for(
             channel, item.message.address, rules, self.settings.rate_limits
@@ -102,7 +103,7 @@ class Sender:
             except ratelimit.Deferred as deferred:
                 # Nothing was sent: no attempt to record, no budget spent.
                 item.status = DeliveryStatus.retrying
-                item.error_class = "deferred"
+                item.error_class = ErrorClass.deferred
                 item.error_reason = f"{channel} paused; waiting {deferred.seconds:.0f}s"
                 item.retry_after = deferred.seconds
                 return
@@ -262,7 +263,7 @@ def _failed_try(
         started_at=started,
         duration_ms=_ms(t0),
         outcome=Outcome(cls),
-        error_class="address_dead" if exc.address_dead else cls,
+        error_class=ErrorClass.address_dead if exc.address_dead else cls,
         provider_code=exc.code,
         provider_reply=exc.reply or exc.reason,
     )

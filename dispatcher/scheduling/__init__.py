@@ -1,1 +1,3 @@
-"""Calendar helpers for scheduling campaigns (e.g. Tết greetings on the lunar calendar)."""
+"""Calendar arithmetic for campaigns' schedules: recurring rules, the lunar calendar (Tết
+greetings) and send windows. Pure: no database, settings or campaigns; firing the rules is a
+campaign use case (``dispatcher.campaigns.firing``)."""

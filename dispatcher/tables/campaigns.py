@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import ForeignKey, Index, String, UniqueConstraint, false
@@ -10,6 +11,39 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from dispatcher.core.db import Base, BigId, JSONType, NullableJSON, UTCDateTime
 from dispatcher.kit.clock import utcnow
+
+
+class CampaignStatus(StrEnum):
+    """Where a campaign is in its life (the moves: dispatcher.campaigns.lifecycle)."""
+
+    draft = "draft"
+    submitted = "submitted"  # waiting for an approver
+    approved = "approved"
+    scheduled = "scheduled"  # approved; its send_at or its rule's next firing is ahead
+    running = "running"
+    paused = "paused"
+    completed = "completed"
+    cancelled = "cancelled"
+
+
+# Approved but not sending yet: a change to what was approved withdraws the approval.
+WAITING_STATUSES = (CampaignStatus.approved, CampaignStatus.scheduled)
+
+
+class RunStatus(StrEnum):
+    """Where one run (a firing, a one-shot send, a transactional message) is."""
+
+    planning = "planning"  # the planner is turning the audience into deliveries
+    running = "running"
+    paused = "paused"
+    completed = "completed"
+    cancelled = "cancelled"
+    skipped = "skipped"  # a firing the scheduler missed beyond its grace period
+
+
+ACTIVE_RUN_STATUSES = (RunStatus.planning, RunStatus.running)
+# Runs not finished: a paused one may go on.
+OPEN_RUN_STATUSES = (RunStatus.planning, RunStatus.running, RunStatus.paused)
 
 # The name of a template's transactional stream: one standing campaign per template that holds
 # the one-off messages of POST /v1/messages, each its own run. It never completes.
@@ -44,7 +78,7 @@ class Campaign(Base):
     schedule: Mapped[dict[str, Any] | None] = mapped_column(NullableJSON, nullable=True)
     next_fire_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     variables: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
-    status: Mapped[str] = mapped_column(String(16), default="draft")
+    status: Mapped[str] = mapped_column(String(16), default=CampaignStatus.draft)  # CampaignStatus
     # Why the campaign is in its state, for people (a cancellation reason, an error).
     status_reason: Mapped[str | None] = mapped_column(String(500), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -95,9 +129,9 @@ class Run(Base):
     # A scheduled firing's slot, unique per campaign so a slot never runs twice. NULL for
     # transactional messages, which are their own runs.
     slot: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    # planning -> running -> completed; or paused / cancelled; "skipped" for a firing the
-    # scheduler missed beyond its grace period (recorded, never silently lost).
-    status: Mapped[str] = mapped_column(String(16), default="planning")
+    # planning -> running -> completed; or paused / cancelled; skipped for a firing the
+    # scheduler missed beyond its grace period (recorded, never silently lost). RunStatus.
+    status: Mapped[str] = mapped_column(String(16), default=RunStatus.planning)
     # Fired after its time (the scheduler was down), within the grace period.
     late: Mapped[bool] = mapped_column(default=False, server_default=false())
     # Narrows the campaign's audience for this run only (a birthday run: born on that day).
@@ -118,7 +152,7 @@ class Run(Base):
     variables: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     # Transactional messages only. The API key that sent it: it may read the message back.
     created_by: Mapped[int | None] = mapped_column(BigId, nullable=True)
-    # A digest of the sender's scope and its Idempotency-Key (campaigns.service.idempotency_token),
+    # A digest of the sender's scope and its Idempotency-Key (campaigns.messages.idempotency_token),
     # unique while the key lives; cleared when an expired key is used again. Rows written before
     # revision 0013 hold the bare key, which no longer matches anything.
     idempotency_key: Mapped[str | None] = mapped_column(String(200), nullable=True, unique=True)

@@ -8,6 +8,9 @@ from enum import StrEnum
 from sqlalchemy import ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
+# The error classes are defined with the adapter contract, below the tables (adapters raise
+# four of them); every error_class column here holds one. Import them from here.
+from channels.base import ErrorClass as ErrorClass
 from dispatcher.core.db import Base, BigId, UTCDateTime
 
 
@@ -65,7 +68,7 @@ class Delivery(Base):
     reclaimed: Mapped[bool] = mapped_column(default=False)
     locale: Mapped[str | None] = mapped_column(String(16), nullable=True)
     provider_message_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
-    error_class: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    error_class: Mapped[str | None] = mapped_column(String(32), nullable=True)  # ErrorClass
     error_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
@@ -97,7 +100,7 @@ class Attempt(Base):
     started_at: Mapped[datetime] = mapped_column(UTCDateTime)
     duration_ms: Mapped[int] = mapped_column(Integer)
     outcome: Mapped[str] = mapped_column(String(16))
-    error_class: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    error_class: Mapped[str | None] = mapped_column(String(64), nullable=True)  # ErrorClass
     provider_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
     provider_reply: Mapped[str | None] = mapped_column(Text, nullable=True)
     provider_message_id: Mapped[str | None] = mapped_column(String(200), nullable=True)

@@ -12,11 +12,11 @@ import pytest
 import redis
 from sqlalchemy import func, select
 
+from dispatcher.campaigns.firing import fire_due
 from dispatcher.core.config import Settings
 from dispatcher.core.db import Database
 from dispatcher.engine.planner import plan_run
 from dispatcher.kit.clock import clock
-from dispatcher.scheduling.service import fire_due
 from dispatcher.tables.campaigns import Run
 from dispatcher.tables.deliveries import Delivery
 from dispatcher.tables.recipients import Recipient

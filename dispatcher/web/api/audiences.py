@@ -8,10 +8,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from dispatcher import audit
 from dispatcher.audiences import service
 from dispatcher.auth.service import Role
-from dispatcher.campaigns.service import withdraw_for_audience
+from dispatcher.campaigns import approval
 from dispatcher.kit.fields import Name, Text
 from dispatcher.recipients.schemas import Audience, RecipientOut
 from dispatcher.recipients.service import to_out
@@ -92,24 +91,12 @@ def preview(
     summary="Save a named audience (a changed filter is a new version)",
 )
 def save(data: AudienceIn, session: DbSession, caller: Editor) -> AudienceOut:
-    row, version, new = service.save(
-        session=session, name=data.name, spec=data.filter, description=data.description
-    )
-    withdrawn = (
-        withdraw_for_audience(session=session, name=row.name, version=version.version)
-        if new
-        else []
-    )
-    audit.record(
-        session,
-        actor=caller.label,
-        action="audience.save",
-        subject=f"audience:{row.name}",
-        data={
-            "version": version.version,
-            "filter": version.filter,
-            "withdrew_approvals": withdrawn,
-        },
+    row, version, withdrawn = approval.save_audience(
+        session=session,
+        name=data.name,
+        spec=data.filter,
+        description=data.description,
+        caller=caller,
     )
     return _out(session, row, version, withdrawn)
 

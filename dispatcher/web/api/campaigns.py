@@ -6,7 +6,8 @@ from fastapi import APIRouter, Header, Query, Response
 from pydantic import AfterValidator
 from sqlalchemy import select
 
-from dispatcher.campaigns import service
+from dispatcher.campaigns import approval, firing, lifecycle, previews
+from dispatcher.campaigns import messages as transactional
 from dispatcher.campaigns.schemas import (
     IDEMPOTENCY_KEY_PATTERN,
     CampaignIn,
@@ -35,8 +36,8 @@ messages = APIRouter(prefix="/v1/messages", tags=["messages"])
 
 @router.post("", status_code=201, response_model=CampaignOut)
 def create_campaign(data: CampaignIn, session: DbSession, caller: Editor) -> CampaignOut:
-    campaign = service.create(session=session, data=data, caller=caller)
-    return service.to_out(session=session, campaign=campaign)
+    campaign = lifecycle.create(session=session, data=data, caller=caller)
+    return lifecycle.to_out(session=session, campaign=campaign)
 
 
 @router.get("", response_model=list[CampaignOut])
@@ -49,19 +50,19 @@ def list_campaigns(
     query = select(Campaign).order_by(Campaign.id.desc()).limit(limit)
     if status:
         query = query.where(Campaign.status == status)
-    return [service.to_out(session=session, campaign=c) for c in session.scalars(query)]
+    return [lifecycle.to_out(session=session, campaign=c) for c in session.scalars(query)]
 
 
 @router.get("/{campaign_id}", response_model=CampaignOut, summary="Status and live counts")
 def get_campaign(campaign_id: PathId, session: DbSession, caller: Staff) -> CampaignOut:
-    campaign = service.get_campaign(session=session, campaign_id=campaign_id)
-    return service.to_out(session=session, campaign=campaign)
+    campaign = lifecycle.get_campaign(session=session, campaign_id=campaign_id)
+    return lifecycle.to_out(session=session, campaign=campaign)
 
 
 @router.post("/{campaign_id}/submit", response_model=CampaignOut)
 def submit_campaign(campaign_id: PathId, session: DbSession, caller: Editor) -> CampaignOut:
-    campaign = service.submit(session=session, campaign_id=campaign_id, caller=caller)
-    return service.to_out(session=session, campaign=campaign)
+    campaign = lifecycle.submit(session=session, campaign_id=campaign_id, caller=caller)
+    return lifecycle.to_out(session=session, campaign=campaign)
 
 
 @router.post(
@@ -72,10 +73,10 @@ def submit_campaign(campaign_id: PathId, session: DbSession, caller: Editor) -> 
 def approve_campaign(
     campaign_id: PathId, session: DbSession, settings: AppSettings, caller: Approver
 ) -> CampaignOut:
-    campaign = service.approve(
+    campaign = approval.approve(
         session=session, campaign_id=campaign_id, settings=settings, caller=caller
     )
-    return service.to_out(session=session, campaign=campaign)
+    return lifecycle.to_out(session=session, campaign=campaign)
 
 
 @router.post(
@@ -84,10 +85,10 @@ def approve_campaign(
 def reject_campaign(
     campaign_id: PathId, data: ReasonIn, session: DbSession, caller: Approver
 ) -> CampaignOut:
-    campaign = service.reject(
+    campaign = approval.reject(
         session=session, campaign_id=campaign_id, reason=data.reason, caller=caller
     )
-    return service.to_out(session=session, campaign=campaign)
+    return lifecycle.to_out(session=session, campaign=campaign)
 
 
 @router.get(
@@ -98,8 +99,8 @@ def reject_campaign(
 def preview_campaign(
     campaign_id: PathId, session: DbSession, caller: Staff
 ) -> list[ChannelPreviewOut]:
-    campaign = service.get_campaign(session=session, campaign_id=campaign_id)
-    return service.preview_out(session=session, campaign=campaign)
+    campaign = lifecycle.get_campaign(session=session, campaign_id=campaign_id)
+    return previews.preview_out(session=session, campaign=campaign)
 
 
 @router.put(
@@ -110,42 +111,42 @@ def preview_campaign(
 def reschedule_campaign(
     campaign_id: PathId, data: ScheduleIn, session: DbSession, caller: Editor
 ) -> CampaignOut:
-    campaign = service.reschedule(
+    campaign = firing.reschedule(
         session=session,
         campaign_id=campaign_id,
         schedule=data.schedule.model_dump(mode="json"),
         caller=caller,
     )
-    return service.to_out(session=session, campaign=campaign)
+    return lifecycle.to_out(session=session, campaign=campaign)
 
 
 @router.post("/{campaign_id}/pause", response_model=CampaignOut)
 def pause_campaign(campaign_id: PathId, session: DbSession, caller: Operator) -> CampaignOut:
-    campaign = service.pause(session=session, campaign_id=campaign_id, caller=caller)
-    return service.to_out(session=session, campaign=campaign)
+    campaign = lifecycle.pause(session=session, campaign_id=campaign_id, caller=caller)
+    return lifecycle.to_out(session=session, campaign=campaign)
 
 
 @router.post("/{campaign_id}/resume", response_model=CampaignOut)
 def resume_campaign(
     campaign_id: PathId, session: DbSession, settings: AppSettings, caller: Operator
 ) -> CampaignOut:
-    campaign = service.resume(
+    campaign = lifecycle.resume(
         session=session, campaign_id=campaign_id, settings=settings, caller=caller
     )
-    return service.to_out(session=session, campaign=campaign)
+    return lifecycle.to_out(session=session, campaign=campaign)
 
 
 @router.post("/{campaign_id}/cancel", response_model=CampaignOut)
 def cancel_campaign(
     campaign_id: PathId, session: DbSession, caller: Operator, data: ReasonIn | None = None
 ) -> CampaignOut:
-    campaign = service.cancel(
+    campaign = lifecycle.cancel(
         session=session,
         campaign_id=campaign_id,
         reason=data.reason if data else None,
         caller=caller,
     )
-    return service.to_out(session=session, campaign=campaign)
+    return lifecycle.to_out(session=session, campaign=campaign)
 
 
 IdempotencyKey = Annotated[
@@ -181,7 +182,7 @@ def send_message(
     answers 422. A key is remembered for `DISPATCHER_IDEMPOTENCY_KEY_HOURS` (24) after its first
     use; after that it sends a new message. Another API key's keys never meet this one's.
     """
-    run, new = service.send_message(
+    run, new = transactional.send_message(
         session=session,
         data=data,
         settings=settings,
@@ -190,7 +191,7 @@ def send_message(
     )
     if not new:
         response.headers["Idempotent-Replayed"] = "true"
-    return service.message_out(session=session, run=run)
+    return transactional.message_out(session=session, run=run)
 
 
 @messages.get(
@@ -200,5 +201,5 @@ def send_message(
     responses={404: {"description": "No such message, or another sender key's"}},
 )
 def get_message(message_id: PathId, session: ReadSession, caller: SenderOrOperator) -> MessageOut:
-    run = service.find_message(session=session, message_id=message_id, caller=caller)
-    return service.message_out(session=session, run=run)
+    run = transactional.find_message(session=session, message_id=message_id, caller=caller)
+    return transactional.message_out(session=session, run=run)

@@ -3,8 +3,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from sqlalchemy import select
 
-from dispatcher import audit
-from dispatcher.campaigns.service import withdraw_for_template
+from dispatcher.campaigns import approval
 from dispatcher.content import service
 from dispatcher.content.schemas import PreviewIn, PreviewOut, TemplateIn, TemplateOut
 from dispatcher.tables.content import Template
@@ -16,18 +15,8 @@ router = APIRouter(prefix="/v1/templates", tags=["templates"])
 
 @router.post("", status_code=201, response_model=TemplateOut, summary="Publish a new version")
 def publish_template(data: TemplateIn, session: DbSession, caller: Editor) -> TemplateOut:
-    version = service.publish(session=session, template=data)
+    version, _ = approval.publish_template(session=session, data=data, caller=caller)
     template = version.template
-    withdrawn = withdraw_for_template(
-        session=session, template_id=template.id, version=version.version
-    )
-    audit.record(
-        session,
-        actor=caller.label,
-        action="template.publish",
-        subject=f"template:{template.key}",
-        data={"version": version.version, "withdrew_approvals": withdrawn},
-    )
     return service.to_out(
         template, version, service.version_count(session=session, template=template)
     )

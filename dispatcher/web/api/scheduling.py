@@ -9,8 +9,9 @@ from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel
 
 from dispatcher.auth.service import STAFF
+from dispatcher.campaigns import firing
 from dispatcher.kit.clock import utcnow
-from dispatcher.scheduling import rules, service
+from dispatcher.scheduling import rules
 from dispatcher.scheduling.windows import VIETNAM
 from dispatcher.web.callers import require
 from dispatcher.web.deps import DbSession
@@ -54,7 +55,7 @@ def upcoming(session: DbSession, days: Annotated[int, Query(ge=1, le=800)] = 30)
             local_time=u.at.astimezone(VIETNAM).strftime("%Y-%m-%d %H:%M (giờ Việt Nam)"),
             schedule=u.schedule,
         )
-        for u in service.upcoming(session=session, days=days)
+        for u in firing.upcoming(session=session, days=days)
     ]
 
 

@@ -11,6 +11,8 @@ from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescap
 
 from dispatcher.auth.service import Caller, Role
 from dispatcher.scheduling.windows import VIETNAM
+from dispatcher.tables.campaigns import CampaignStatus, RunStatus
+from dispatcher.tables.deliveries import DeliveryStatus, ErrorClass
 
 ROLE_NAMES = {
     Role.editor: "Biên tập viên",
@@ -20,48 +22,48 @@ ROLE_NAMES = {
     Role.admin: "Quản trị viên",
 }
 
-CAMPAIGN_STATUS = {
-    "draft": "Bản nháp",
-    "submitted": "Chờ phê duyệt",
-    "approved": "Đã phê duyệt",
-    "scheduled": "Đã lên lịch",
-    "running": "Đang gửi",
-    "paused": "Tạm dừng",
-    "completed": "Hoàn thành",
-    "cancelled": "Đã hủy",
+CAMPAIGN_STATUS: dict[str, str] = {
+    CampaignStatus.draft: "Bản nháp",
+    CampaignStatus.submitted: "Chờ phê duyệt",
+    CampaignStatus.approved: "Đã phê duyệt",
+    CampaignStatus.scheduled: "Đã lên lịch",
+    CampaignStatus.running: "Đang gửi",
+    CampaignStatus.paused: "Tạm dừng",
+    CampaignStatus.completed: "Hoàn thành",
+    CampaignStatus.cancelled: "Đã hủy",
 }
 
 # A transactional stream is always open unless paused or closed: no "sending", no "done".
-STREAM_STATUS = {
-    "running": "Luồng tin giao dịch — đang mở",
-    "paused": "Luồng tin giao dịch — tạm dừng",
-    "cancelled": "Luồng tin giao dịch — đã đóng",
+STREAM_STATUS: dict[str, str] = {
+    CampaignStatus.running: "Luồng tin giao dịch — đang mở",
+    CampaignStatus.paused: "Luồng tin giao dịch — tạm dừng",
+    CampaignStatus.cancelled: "Luồng tin giao dịch — đã đóng",
 }
 
-RUN_STATUS = {
-    "planning": "Đang lập danh sách",
-    "running": "Đang gửi",
-    "paused": "Tạm dừng",
-    "completed": "Hoàn thành",
-    "cancelled": "Đã hủy",
-    "skipped": "Bị bỏ lỡ",
+RUN_STATUS: dict[str, str] = {
+    RunStatus.planning: "Đang lập danh sách",
+    RunStatus.running: "Đang gửi",
+    RunStatus.paused: "Tạm dừng",
+    RunStatus.completed: "Hoàn thành",
+    RunStatus.cancelled: "Đã hủy",
+    RunStatus.skipped: "Bị bỏ lỡ",
 }
 
-DELIVERY_STATUS = {
-    "pending": "Đang chờ",
-    "claimed": "Đang gửi",
-    "retrying": "Chờ thử lại",
-    "sent": "Đã gửi",
-    "failed": "Thất bại",
-    "skipped": "Bỏ qua",
-    "cancelled": "Đã hủy",
+DELIVERY_STATUS: dict[str, str] = {
+    DeliveryStatus.pending: "Đang chờ",
+    DeliveryStatus.claimed: "Đang gửi",
+    DeliveryStatus.retrying: "Chờ thử lại",
+    DeliveryStatus.sent: "Đã gửi",
+    DeliveryStatus.failed: "Thất bại",
+    DeliveryStatus.skipped: "Bỏ qua",
+    DeliveryStatus.cancelled: "Đã hủy",
 }
 
-ERROR_CLASSES = {
-    "transient": "Lỗi tạm thời",
-    "rate_limited": "Vượt giới hạn tốc độ",
-    "auth": "Lỗi xác thực với nhà cung cấp",
-    "permanent": "Lỗi vĩnh viễn",
+ERROR_CLASSES: dict[str, str] = {
+    ErrorClass.transient: "Lỗi tạm thời",
+    ErrorClass.rate_limited: "Vượt giới hạn tốc độ",
+    ErrorClass.auth: "Lỗi xác thực với nhà cung cấp",
+    ErrorClass.permanent: "Lỗi vĩnh viễn",
 }
 
 KINDS = {
@@ -84,7 +86,7 @@ CHANNELS = {
 }
 
 # Statuses after which a campaign's numbers no longer move: the page stops polling them.
-SETTLED = ("completed", "cancelled")
+SETTLED = (CampaignStatus.completed, CampaignStatus.cancelled)
 
 
 def label(names: dict[str, str], value: str | None) -> str:

@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
-from dispatcher.tables.campaigns import Campaign, Run, is_stream
+from dispatcher.tables.campaigns import Campaign, CampaignStatus, Run, RunStatus, is_stream
 from dispatcher.tables.deliveries import OPEN_STATUSES, Delivery, DeliveryStatus
 from dispatcher.web.dashboard.pages import SETTLED, campaign_status_label
 
@@ -43,7 +43,7 @@ class Progress:
         if self.stream:
             return None
         if self.planned <= 0:
-            return 100 if self.status == "completed" else 0
+            return 100 if self.status == CampaignStatus.completed else 0
         return min(99 if self.planning else 100, self.done * 100 // self.planned)
 
     def share(self, part: int) -> float:
@@ -88,7 +88,7 @@ def progress_of(*, session: Session, campaign_ids: Sequence[int]) -> dict[int, P
         select(
             Run.campaign_id,
             func.coalesce(func.sum(Run.planned_count), 0),
-            func.coalesce(func.sum(case((Run.status == "planning", 1), else_=0)), 0),
+            func.coalesce(func.sum(case((Run.status == RunStatus.planning, 1), else_=0)), 0),
         )
         .where(Run.campaign_id.in_(ids))
         .group_by(Run.campaign_id)

@@ -22,7 +22,7 @@ from starlette.routing import NoMatchFound
 
 from channels import registry
 from dispatcher.auth.service import Caller, Role, Unauthenticated, authenticate
-from dispatcher.campaigns import service as campaigns
+from dispatcher.campaigns import approval, lifecycle, previews
 from dispatcher.campaigns.schemas import ChannelPreviewOut, ReasonIn
 from dispatcher.content.render import TemplateProblem
 from dispatcher.deliveries import report as reports
@@ -30,7 +30,7 @@ from dispatcher.deliveries import service as deliveries
 from dispatcher.kit.errors import Conflict, Forbidden, Invalid, NotFound, ServiceError
 from dispatcher.scheduling.windows import VIETNAM
 from dispatcher.tables.auth import ApiKey, Principal
-from dispatcher.tables.campaigns import Campaign
+from dispatcher.tables.campaigns import Campaign, CampaignStatus
 from dispatcher.tables.content import Template
 from dispatcher.tables.deliveries import DeliveryStatus
 from dispatcher.web.callers import same_host
@@ -201,8 +201,8 @@ def campaign_progress(
 def campaign_detail(
     request: Request, campaign_id: PathId, session: ReadSession, caller: StaffPage
 ) -> Response:
-    campaign = campaigns.get_campaign(session=session, campaign_id=campaign_id)
-    out = campaigns.to_out(session=session, campaign=campaign)
+    campaign = lifecycle.get_campaign(session=session, campaign_id=campaign_id)
+    out = lifecycle.to_out(session=session, campaign=campaign)
     progress = progress_of(session=session, campaign_ids=[campaign.id])[campaign.id]
     # The report (error reasons, throughput) and the CSV export are operators' views in the
     # API; the page shows them to the same roles.
@@ -271,25 +271,25 @@ def _approval_queue(session: Session, caller: Caller) -> tuple[list[Pending], di
     found = session.execute(
         select(Campaign, Template.key)
         .join(Template, Template.id == Campaign.template_id)
-        .where(Campaign.status == "submitted")
+        .where(Campaign.status == CampaignStatus.submitted)
         .order_by(Campaign.submitted_at, Campaign.id)
         .limit(APPROVALS_PER_PAGE)
     ).all()
     queue = []
     for campaign, key in found:
-        previews: list[ChannelPreviewOut] = []
+        shown: list[ChannelPreviewOut] = []
         audience: int | None = None
         problem = None
         try:
-            previews = campaigns.preview_out(session=session, campaign=campaign)
-            audience = campaigns.audience_count(session=session, campaign=campaign)
+            shown = previews.preview_out(session=session, campaign=campaign)
+            audience = previews.audience_count(session=session, campaign=campaign)
         except (ServiceError, TemplateProblem) as exc:
             problem = str(exc)
         queue.append(
             Pending(
                 campaign=campaign,
                 template=key,
-                previews=previews,
+                previews=shown,
                 audience=audience,
                 problem=problem,
                 own=caller.principal_id in (campaign.author_id, campaign.submitter_id),
@@ -391,9 +391,7 @@ def approve(
     settings: AppSettings,
 ) -> Response:
     try:
-        campaigns.approve(
-            session=session, campaign_id=campaign_id, settings=settings, caller=caller
-        )
+        approval.approve(session=session, campaign_id=campaign_id, settings=settings, caller=caller)
     except ServiceError as exc:
         session.rollback()
         error = _refusal(exc, session, campaign_id, "phê duyệt")
@@ -419,7 +417,7 @@ def reject(
         error = "Hãy ghi lý do từ chối (tối đa 500 ký tự) để người soạn biết cần sửa gì."
         return _refused(request, session, campaign_id, error)
     try:
-        campaigns.reject(session=session, campaign_id=campaign_id, reason=reason, caller=caller)
+        approval.reject(session=session, campaign_id=campaign_id, reason=reason, caller=caller)
     except ServiceError as exc:
         session.rollback()
         return _refused(

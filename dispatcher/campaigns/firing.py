@@ -1,4 +1,6 @@
-"""Firing recurring campaigns: each firing is a run whose slot is unique in the database.
+"""What the scheduler starts: one-shot campaigns whose ``send_at`` came, and the firings of
+recurring campaigns; and changing a recurring rule. Each firing is a run whose slot is unique
+in the database.
 
 The scheduler keeps ``next_fire_at`` on each recurring campaign. When it comes, the firing
 becomes a run; firings the scheduler missed (it was down) run late if they are within
@@ -18,16 +20,29 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from dispatcher.auth.service import Caller
+from dispatcher.campaigns.approval import still_approved, withdraw
+from dispatcher.campaigns.launching import launch
+from dispatcher.campaigns.lifecycle import audit_event, get_campaign
 from dispatcher.core.config import Settings
 from dispatcher.kit.clock import utcnow
+from dispatcher.kit.errors import Conflict
 from dispatcher.scheduling import rules
-from dispatcher.tables.campaigns import Campaign, Run
+from dispatcher.tables.campaigns import WAITING_STATUSES, Campaign, CampaignStatus, Run, RunStatus
 
 log = structlog.get_logger(__name__)
 
 MAX_SLOTS_PER_TICK = 500
 # A firing this close to its slot is on time, not "late".
 ON_TIME = timedelta(minutes=2)
+# Where a campaign's rule may still change.
+RESCHEDULABLE = (
+    CampaignStatus.draft,
+    CampaignStatus.submitted,
+    CampaignStatus.approved,
+    CampaignStatus.scheduled,
+    CampaignStatus.paused,
+)
 
 
 @dataclass(slots=True)
@@ -37,18 +52,12 @@ class FireReport:
     skipped: int = 0
 
 
-def first_firing(campaign: Campaign, now: datetime) -> datetime | None:
-    if campaign.schedule is None:
-        return None
-    return rules.next_after(rules.parse(campaign.schedule), now)
-
-
 def _skip(session: Session, campaign: Campaign, slot: datetime, now: datetime) -> bool:
     run = Run(
         campaign_id=campaign.id,
         scheduled_for=slot,
         slot=slot.isoformat(),
-        status="skipped",
+        status=RunStatus.skipped,
         template_version_id=campaign.template_version_id,
         created_at=now,
         finished_at=now,
@@ -65,14 +74,12 @@ def _skip(session: Session, campaign: Campaign, slot: datetime, now: datetime) -
 
 def fire_due(*, session: Session, settings: Settings, now: datetime | None = None) -> FireReport:
     """Fire every recurring campaign whose next firing has come (run by the scheduler)."""
-    from dispatcher.campaigns.service import launch, still_approved
-
     now = now or utcnow()
     grace = timedelta(seconds=settings.schedule_grace_seconds)
     report = FireReport()
     due = session.scalars(
         select(Campaign)
-        .where(Campaign.status == "scheduled", Campaign.next_fire_at <= now)
+        .where(Campaign.status == CampaignStatus.scheduled, Campaign.next_fire_at <= now)
         .where(Campaign.schedule.is_not(None))
         .order_by(Campaign.next_fire_at)
         .limit(100)
@@ -118,6 +125,51 @@ def fire_due(*, session: Session, settings: Settings, now: datetime | None = Non
     return report
 
 
+def launch_due(*, session: Session, settings: Settings, now: datetime | None = None) -> list[Run]:
+    """Start every scheduled campaign whose ``send_at`` has come (run by the scheduler)."""
+    now = now or utcnow()
+    due = session.scalars(
+        select(Campaign)
+        .where(Campaign.status == CampaignStatus.scheduled, Campaign.send_at <= now)
+        .where(Campaign.schedule.is_(None))
+        .order_by(Campaign.send_at)
+        .limit(100)
+        .with_for_update(skip_locked=True)
+    ).all()
+    runs = []
+    for campaign in due:
+        assert campaign.send_at is not None
+        if not still_approved(session=session, campaign=campaign, now=now):
+            continue
+        run = launch(session=session, campaign=campaign, settings=settings, at=campaign.send_at)
+        if run is not None:
+            runs.append(run)
+    return runs
+
+
+def reschedule(
+    *,
+    session: Session,
+    campaign_id: int,
+    schedule: dict[str, Any],
+    caller: Caller | None = None,
+) -> Campaign:
+    """Change a recurring rule. An approved rule must be approved again before it fires."""
+    campaign = get_campaign(session=session, campaign_id=campaign_id, lock=True)
+    if campaign.status not in RESCHEDULABLE:
+        raise Conflict(f"cannot change the schedule of a campaign that is {campaign.status}")
+    if campaign.schedule is None:
+        raise Conflict("this campaign has no schedule; it sends once (send_at)")
+    campaign.schedule = schedule
+    campaign.next_fire_at = None
+    actor = caller.label if caller else "system"
+    if campaign.status != CampaignStatus.draft:
+        withdraw(session=session, campaign=campaign, reason="the schedule changed", actor=actor)
+    campaign.updated_at = utcnow()
+    audit_event(session, campaign, actor, "reschedule", schedule=schedule)
+    return campaign
+
+
 @dataclass(frozen=True, slots=True)
 class Upcoming:
     campaign_id: int
@@ -134,7 +186,7 @@ def upcoming(*, session: Session, days: int, now: datetime | None = None) -> lis
     end = now + timedelta(days=days)
     out: list[Upcoming] = []
     campaigns = session.scalars(
-        select(Campaign).where(Campaign.status.in_(("approved", "scheduled", "running")))
+        select(Campaign).where(Campaign.status.in_((*WAITING_STATUSES, CampaignStatus.running)))
     )
     for campaign in campaigns:
         if campaign.schedule is not None:
@@ -143,7 +195,11 @@ def upcoming(*, session: Session, days: int, now: datetime | None = None) -> lis
             instants = rules.firings(
                 rules.parse(campaign.schedule), start - timedelta(microseconds=1), end
             )
-        elif campaign.status == "scheduled" and campaign.send_at and campaign.send_at <= end:
+        elif (
+            campaign.status == CampaignStatus.scheduled
+            and campaign.send_at
+            and campaign.send_at <= end
+        ):
             instants = [campaign.send_at]
         else:
             continue

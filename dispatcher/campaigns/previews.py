@@ -1,0 +1,102 @@
+"""What an approver reads: each channel's message as the run standing for an instant sends it."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from dispatcher.audiences import service as audiences
+from dispatcher.campaigns.launching import first_firing
+from dispatcher.campaigns.schemas import ChannelPreviewOut
+from dispatcher.content import service as content
+from dispatcher.content.render import Rendered
+from dispatcher.kit.clock import utcnow
+from dispatcher.scheduling import rules
+from dispatcher.scheduling.rules import calendar_variables
+from dispatcher.tables.campaigns import Campaign
+from dispatcher.tables.content import Template
+from dispatcher.tables.recipients import Recipient
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelPreview:
+    channel: str
+    rendered: Rendered | None
+
+
+def send_moment(campaign: Campaign, now: datetime) -> datetime:
+    """The instant the campaign's next run stands for, whose calendar its messages carry: the
+    next firing of its rule, its ``send_at``, or now (it sends when approved)."""
+    if campaign.schedule is not None:
+        return campaign.next_fire_at or first_firing(campaign, now) or now
+    return campaign.send_at or campaign.approved_preview_for or now
+
+
+def run_variables(campaign: Campaign, at: datetime) -> dict[str, Any]:
+    """The variables a run standing for ``at`` gives its templates, merged as the sending
+    pipeline merges them: the calendar of ``at``, the campaign's, then a firing's own."""
+    firing = rules.firing_variables(rules.parse(campaign.schedule), at) if campaign.schedule else {}
+    return {**calendar_variables(at), **(campaign.variables or {}), **firing}
+
+
+def previews(
+    *, session: Session, campaign: Campaign, version_id: int, at: datetime
+) -> list[ChannelPreview]:
+    """Each channel's message as the sample person would get it from the run standing for
+    ``at``: what an approver reads."""
+    variables = run_variables(campaign, at)
+    return [
+        ChannelPreview(
+            channel,
+            content.render_sample(
+                session=session, version_id=version_id, channel=channel, variables=variables
+            ),
+        )
+        for channel in campaign.channels
+    ]
+
+
+def preview_out(
+    *, session: Session, campaign: Campaign, now: datetime | None = None
+) -> list[ChannelPreviewOut]:
+    """The preview of the campaign's next run (its frozen template version once approved)."""
+    version_id = campaign.template_version_id
+    if version_id is None:
+        template = session.get(Template, campaign.template_id)
+        assert template is not None
+        version_id = content.get_version(session=session, template=template).id
+    at = send_moment(campaign, now or utcnow())
+    out = []
+    for item in previews(session=session, campaign=campaign, version_id=version_id, at=at):
+        r = item.rendered
+        out.append(
+            ChannelPreviewOut(
+                channel=item.channel,
+                rendered_for=at,
+                locale=r.locale if r else None,
+                subject=r.subject if r else None,
+                body=r.body if r else None,
+                html=r.html if r else None,
+                problem=None if r else "the template has no variant for this channel",
+            )
+        )
+    return out
+
+
+def preview_hash(*, session: Session, campaign: Campaign, version_id: int, at: datetime) -> str:
+    digest = hashlib.sha256()
+    for item in previews(session=session, campaign=campaign, version_id=version_id, at=at):
+        r = item.rendered
+        parts = [item.channel] + ([r.subject or "", r.body, r.html or ""] if r else ["-"])
+        digest.update("\x1f".join(parts).encode() + b"\x1e")
+    return digest.hexdigest()
+
+
+def audience_count(*, session: Session, campaign: Campaign) -> int:
+    where = audiences.compile_for(session, campaign.audience)
+    return session.scalar(select(func.count()).select_from(Recipient).where(where)) or 0
