@@ -13,5 +13,6 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 echo "==> ruff check";        .venv/bin/ruff check .
 echo "==> ruff format";       .venv/bin/ruff format --check .
 echo "==> mypy";              .venv/bin/mypy .
+echo "==> import layers";     .venv/bin/lint-imports --no-cache
 echo "==> pytest"
 exec .venv/bin/python -m pytest -q "$@"

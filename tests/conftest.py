@@ -24,7 +24,7 @@ from sqlalchemy import text
 from dispatcher.core import migrate as migrations
 from dispatcher.core.config import Settings, get_settings
 from dispatcher.core.db import Database, set_database
-from dispatcher.engine import backends, jobs
+from dispatcher.engine import backends
 from dispatcher.kit.clock import clock
 from dispatcher.tables import Base
 from tests.support import SmtpServer, free_port, wait_for
@@ -221,7 +221,7 @@ def job_queue(settings: Settings, redis_client: redis.Redis) -> Iterator[backend
     queue = backends.configure(settings)
     yield queue
     queue.broker.close()
-    jobs.set_job_queue(None)
+    backends.set_current(None)
 
 
 @pytest.fixture()

@@ -14,7 +14,7 @@ from dispatcher.core.db import Database
 from dispatcher.tables.campaigns import Campaign
 from dispatcher.tables.content import TemplateVersion
 from dispatcher.tables.recipients import Recipient
-from dispatcher.web.callers import Editor, require
+from dispatcher.web.http.callers import Editor, require
 from tests.support import approve
 from tests.test_end_to_end import TEMPLATE, add_people, publish_template
 

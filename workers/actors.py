@@ -18,7 +18,7 @@ from structlog.contextvars import bound_contextvars
 
 from dispatcher.core.config import Settings, get_settings
 from dispatcher.core.db import get_database
-from dispatcher.engine import jobs, planner, recovery
+from dispatcher.engine import backends, jobs, planner, recovery
 from dispatcher.engine.batch import BatchProcessor
 from dispatcher.engine.loop import get_loop
 from dispatcher.observability.metrics import JobMetrics
@@ -39,7 +39,7 @@ def get_processor() -> BatchProcessor:
             _processor = BatchProcessor(
                 db=get_database(),
                 settings=get_settings(),
-                queue=jobs.get_job_queue(),
+                queue=backends.current(),
                 loop=get_loop(),
             )
         return _processor
@@ -83,7 +83,7 @@ def plan_run(run_id: int) -> None:
             return
         # After a resume (or a planner restart) rows may wait with no live batch: queue them.
         recovery.requeue_orphans(
-            db=db, settings=settings, markers=jobs.get_job_queue().markers, run_id=run_id, grace=0
+            db=db, settings=settings, markers=backends.current().markers, run_id=run_id, grace=0
         )
 
 

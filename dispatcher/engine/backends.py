@@ -19,7 +19,7 @@ from dramatiq.brokers.stub import StubBroker
 
 from dispatcher.core.config import Settings
 from dispatcher.engine import ratelimit
-from dispatcher.engine.jobs import Job, redis_key, set_job_queue
+from dispatcher.engine.jobs import Job, redis_key, set_enqueuer
 
 
 class Markers(Protocol):
@@ -182,5 +182,22 @@ def configure(settings: Settings, *, allow_stub: bool = False) -> Backends:
             client=client,
         )
     dramatiq.set_broker(backends.broker)
-    set_job_queue(backends)
+    set_current(backends)
     return backends
+
+
+_current: Backends | None = None
+
+
+def set_current(backends: Backends | None) -> None:
+    """Make ``backends`` this process's: committed jobs go to its broker."""
+    global _current
+    _current = backends
+    set_enqueuer(backends)
+
+
+def current() -> Backends:
+    """This process's backends (:func:`configure` made them)."""
+    if _current is None:
+        raise RuntimeError("no job queue configured in this process")
+    return _current

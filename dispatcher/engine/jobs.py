@@ -24,16 +24,13 @@ import math
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import structlog
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
 from dispatcher.core.config import Settings
-
-if TYPE_CHECKING:
-    from dispatcher.engine.backends import Backends
 
 log = structlog.get_logger(__name__)
 
@@ -97,19 +94,24 @@ def plan_run(*, run_id: int, priority: str, settings: Settings) -> Job:
     return Job(actor_name(PLAN_RUN, queue), queue, (run_id,))
 
 
-_queue: Backends | None = None
+class Enqueuer(Protocol):
+    """Where committed jobs go: this process's backends (:mod:`dispatcher.engine.backends`)."""
+
+    def enqueue(self, jobs: Sequence[Job]) -> None: ...
 
 
-def set_job_queue(queue: Backends | None) -> None:
-    global _queue
-    _queue = queue
+_enqueuer: Enqueuer | None = None
 
 
-def get_job_queue() -> Backends:
-    """This process's backends (:func:`dispatcher.engine.backends.configure` made them)."""
-    if _queue is None:
+def set_enqueuer(enqueuer: Enqueuer | None) -> None:
+    global _enqueuer
+    _enqueuer = enqueuer
+
+
+def _get_enqueuer() -> Enqueuer:
+    if _enqueuer is None:
         raise RuntimeError("no job queue configured in this process")
-    return _queue
+    return _enqueuer
 
 
 def enqueue_after_commit(session: Session, job: Job) -> None:
@@ -122,7 +124,7 @@ def _flush_jobs(session: Session) -> None:
     if not jobs:
         return
     try:
-        get_job_queue().enqueue(jobs)
+        _get_enqueuer().enqueue(jobs)
     except Exception:
         # The rows are committed: the sweeper finds them without a live batch and re-enqueues.
         log.exception("enqueue_failed", jobs=len(jobs))

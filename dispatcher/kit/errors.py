@@ -52,7 +52,7 @@ Answers = dict[int, str]
 
 def answers(status: int, description: str) -> Callable[[F], F]:
     """Marks a request dependency as one that can answer ``status``: every route depending on
-    it, however indirectly, documents that answer (see ``dispatcher.web.openapi``)."""
+    it, however indirectly, documents that answer (see ``dispatcher.web.http.openapi``)."""
 
     def mark(dependency: F) -> F:
         declared: Answers = {**getattr(dependency, "__answers__", {}), status: description}

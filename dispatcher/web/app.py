@@ -21,7 +21,7 @@ from dispatcher.content import service as content
 from dispatcher.content.render import TemplateProblem
 from dispatcher.core.config import Settings, get_settings
 from dispatcher.core.db import get_database
-from dispatcher.engine import backends, jobs
+from dispatcher.engine import backends
 from dispatcher.kit.errors import Invalid, ServiceError
 from dispatcher.kit.json_depth import JsonDepthGuard
 from dispatcher.web.api.audiences import router as audiences_router
@@ -38,7 +38,7 @@ from dispatcher.web.api.metrics import router as metrics_router
 from dispatcher.web.api.recipients import router as recipients_router
 from dispatcher.web.api.scheduling import router as schedules_router
 from dispatcher.web.dashboard.router import router as dashboard_router
-from dispatcher.web.openapi import document_errors
+from dispatcher.web.http.openapi import document_errors
 
 log = structlog.get_logger(__name__)
 
@@ -62,7 +62,7 @@ def create_app(settings: Settings | None = None, *, configure_jobs: bool = True)
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if configure_jobs:
             try:
-                jobs.get_job_queue()
+                backends.current()
             except RuntimeError:
                 backends.configure(settings)
         _load_builtins()
@@ -149,7 +149,7 @@ def create_app(settings: Settings | None = None, *, configure_jobs: bool = True)
             ok = False
             checks["database"] = f"unreachable: {type(exc).__name__}"
         try:
-            queue = jobs.get_job_queue()
+            queue = backends.current()
         except RuntimeError:
             queue = None
         if queue is not None and queue.in_process:

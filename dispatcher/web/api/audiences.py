@@ -15,8 +15,8 @@ from dispatcher.kit.fields import Name, Text
 from dispatcher.recipients.schemas import Audience, RecipientOut
 from dispatcher.recipients.service import to_out
 from dispatcher.tables.audiences import AudienceVersion, SavedAudience
-from dispatcher.web.callers import Editor, require
-from dispatcher.web.deps import DbSession
+from dispatcher.web.http.callers import Editor, require
+from dispatcher.web.http.deps import DbSession
 
 router = APIRouter(
     prefix="/v1/audiences", tags=["audiences"], dependencies=[Depends(require(Role.editor))]

@@ -15,8 +15,8 @@ from dispatcher.auth import service
 from dispatcher.auth.schemas import KeyIn, KeyOut, NewKeyOut, PrincipalOut
 from dispatcher.kit.errors import Conflict
 from dispatcher.tables.auth import ApiKey
-from dispatcher.web.callers import Admin
-from dispatcher.web.deps import DbSession, PathId
+from dispatcher.web.http.callers import Admin
+from dispatcher.web.http.deps import DbSession, PathId
 
 router = APIRouter(prefix="/v1/keys", tags=["keys"])
 

@@ -20,7 +20,7 @@ from dispatcher.campaigns.schemas import (
     idempotency_key,
 )
 from dispatcher.tables.campaigns import Campaign
-from dispatcher.web.callers import (
+from dispatcher.web.http.callers import (
     Approver,
     Editor,
     Operator,
@@ -28,7 +28,7 @@ from dispatcher.web.callers import (
     SenderOrOperator,
     Staff,
 )
-from dispatcher.web.deps import AppSettings, DbSession, PathId, ReadSession
+from dispatcher.web.http.deps import AppSettings, DbSession, PathId, ReadSession
 
 router = APIRouter(prefix="/v1/campaigns", tags=["campaigns"])
 messages = APIRouter(prefix="/v1/messages", tags=["messages"])

@@ -17,7 +17,7 @@ from fastapi.responses import HTMLResponse
 from dispatcher.consent import service
 from dispatcher.core.config import get_settings
 from dispatcher.core.secrets import signing_key
-from dispatcher.web.deps import DbSession
+from dispatcher.web.http.deps import DbSession
 
 router = APIRouter(tags=["unsubscribe"])
 

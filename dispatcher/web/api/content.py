@@ -7,8 +7,8 @@ from dispatcher.campaigns import approval
 from dispatcher.content import service
 from dispatcher.content.schemas import PreviewIn, PreviewOut, TemplateIn, TemplateOut
 from dispatcher.tables.content import Template
-from dispatcher.web.callers import Editor, Staff
-from dispatcher.web.deps import DbSession, QueryId
+from dispatcher.web.http.callers import Editor, Staff
+from dispatcher.web.http.deps import DbSession, QueryId
 
 router = APIRouter(prefix="/v1/templates", tags=["templates"])
 

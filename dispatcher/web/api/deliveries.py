@@ -12,8 +12,8 @@ from dispatcher.deliveries.schemas import CampaignReport, DeliveryPage
 from dispatcher.kit.fields import Instant, one_of
 from dispatcher.recipients.schemas import known_channels
 from dispatcher.tables.deliveries import DeliveryStatus
-from dispatcher.web.callers import require
-from dispatcher.web.deps import Cursor, PathId, QueryId, ReadSession
+from dispatcher.web.http.callers import require
+from dispatcher.web.http.deps import Cursor, PathId, QueryId, ReadSession
 
 router = APIRouter(
     prefix="/v1/deliveries", tags=["deliveries"], dependencies=[Depends(require(Role.operator))]

@@ -31,7 +31,7 @@ from dispatcher.recipients.importer import (
 __all__ = ["ImportReport", "RejectedRow", "router"]
 
 from dispatcher.auth.service import Role
-from dispatcher.web.callers import require
+from dispatcher.web.http.callers import require
 
 router = APIRouter(
     prefix="/v1/recipients", tags=["recipients"], dependencies=[Depends(require(Role.editor))]

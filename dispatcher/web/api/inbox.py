@@ -14,8 +14,8 @@ from dispatcher.kit.errors import NotFound
 from dispatcher.kit.sql import insert_for
 from dispatcher.tables.inbox import Device, InboxItem
 from dispatcher.tables.recipients import Address, Recipient
-from dispatcher.web.callers import Sender, SenderOrOperator
-from dispatcher.web.deps import Cursor, DbSession, PathId
+from dispatcher.web.http.callers import Sender, SenderOrOperator
+from dispatcher.web.http.deps import Cursor, DbSession, PathId
 
 router = APIRouter(tags=["vssid inbox"])
 

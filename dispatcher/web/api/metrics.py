@@ -28,11 +28,11 @@ from sqlalchemy import func, select
 
 from dispatcher.auth.service import Role
 from dispatcher.core.db import get_database
-from dispatcher.engine import jobs
+from dispatcher.engine import backends
 from dispatcher.engine.backends import Backends
 from dispatcher.observability.metrics import clean_dead_processes, multiprocess_dir
 from dispatcher.tables.campaigns import Campaign, Run
-from dispatcher.web.callers import require
+from dispatcher.web.http.callers import require
 
 log = structlog.get_logger(__name__)
 
@@ -201,7 +201,7 @@ def registry() -> CollectorRegistry:
     readings: list[Collector] = [CampaignCollector()]
     # Without a broker configured in this process, there are no queue depths to read.
     with contextlib.suppress(RuntimeError):
-        readings.append(QueueCollector(jobs.get_job_queue()))
+        readings.append(QueueCollector(backends.current()))
     # One source_up family for both readings: a family may appear only once per scrape.
     out.register(_MergedSourceUp(*readings))
     return out

@@ -12,8 +12,8 @@ from dispatcher.kit import json_depth
 from dispatcher.kit.errors import NotFound
 from dispatcher.recipients import service
 from dispatcher.recipients.schemas import RecipientIn, RecipientOut, UpsertSummary
-from dispatcher.web.callers import Editor, EditorOrOperator
-from dispatcher.web.deps import AppSettings, DbSession
+from dispatcher.web.http.callers import Editor, EditorOrOperator
+from dispatcher.web.http.deps import AppSettings, DbSession
 
 router = APIRouter(prefix="/v1/recipients", tags=["recipients"])
 

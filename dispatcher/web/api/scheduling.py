@@ -13,8 +13,8 @@ from dispatcher.campaigns import firing
 from dispatcher.kit.clock import utcnow
 from dispatcher.scheduling import rules
 from dispatcher.scheduling.windows import VIETNAM
-from dispatcher.web.callers import require
-from dispatcher.web.deps import DbSession
+from dispatcher.web.http.callers import require
+from dispatcher.web.http.deps import DbSession
 
 router = APIRouter(prefix="/v1", tags=["schedules"], dependencies=[Depends(require(*STAFF))])
 

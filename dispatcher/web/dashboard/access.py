@@ -27,8 +27,8 @@ from dispatcher.auth.service import STAFF, Caller, Role
 from dispatcher.core.config import get_settings
 from dispatcher.core.secrets import existing_signing_key, signing_key
 from dispatcher.kit.errors import NotFound, ServiceError
-from dispatcher.web.callers import COOKIE, CrossSiteRequest, current_caller, require
 from dispatcher.web.dashboard.pages import ROLE_NAMES, SECURITY_HEADERS, render
+from dispatcher.web.http.callers import COOKIE, CrossSiteRequest, current_caller, require
 
 log = structlog.get_logger(__name__)
 

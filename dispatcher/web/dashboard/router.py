@@ -33,7 +33,6 @@ from dispatcher.tables.auth import ApiKey, Principal
 from dispatcher.tables.campaigns import Campaign, CampaignStatus
 from dispatcher.tables.content import Template
 from dispatcher.tables.deliveries import DeliveryStatus
-from dispatcher.web.callers import same_host
 from dispatcher.web.dashboard import pages
 from dispatcher.web.dashboard.access import (
     REASONS,
@@ -52,7 +51,8 @@ from dispatcher.web.dashboard.access import (
 )
 from dispatcher.web.dashboard.charts import Bucket, per_minute_chart
 from dispatcher.web.dashboard.progress import MAX_IDS, Progress, progress_of
-from dispatcher.web.deps import AppSettings, DbSession, PathId, QueryId, ReadSession
+from dispatcher.web.http.callers import same_host
+from dispatcher.web.http.deps import AppSettings, DbSession, PathId, QueryId, ReadSession
 
 PREFIX = "/ui"
 

@@ -21,7 +21,7 @@ from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBea
 
 from dispatcher.auth.service import STAFF, Caller, Role, Unauthenticated, authenticate
 from dispatcher.core.db import get_database
-from dispatcher.engine import jobs
+from dispatcher.engine import backends
 from dispatcher.engine.ratelimit import MemoryBucket, take_now
 from dispatcher.kit.errors import answers
 
@@ -108,7 +108,7 @@ _memory_bucket = MemoryBucket()
 @answers(429, "The sender key is over its rate; Retry-After says when to try again.")
 def sender_within_rate(caller: Sender) -> Caller:
     """A sender key may send ``messages_per_second_per_key`` (a burst of ``..._burst``)."""
-    queue = jobs.get_job_queue()
+    queue = backends.current()
     key = f"api-key:{caller.key_id}"
     rate = queue.settings.messages_per_second_per_key
     burst = queue.settings.messages_burst_per_key
