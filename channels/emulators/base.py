@@ -33,6 +33,7 @@ import json
 import socket
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -780,7 +781,7 @@ def _accepts(host: str, port: int) -> bool:
         return False
 
 
-class Emulator:
+class Emulator(ABC):
     """Base of the provider emulators: server lifecycle, request log, outbox, scripts, limits.
 
     Subclasses implement :meth:`build_app` (a Starlette app) and use :meth:`next_outcome`,
@@ -811,8 +812,9 @@ class Emulator:
 
     # -- lifecycle ------------------------------------------------------------------------
 
+    @abstractmethod
     def build_app(self) -> ASGIApp:
-        raise NotImplementedError
+        """The provider's HTTP API as an ASGI app."""
 
     @property
     def app(self) -> ASGIApp:
@@ -928,7 +930,7 @@ class Emulator:
 
     def _expire_credential(self, token: str | None) -> None:
         """Make ``token`` (None: the provider's current credential) fail as expired."""
-        raise NotImplementedError(f"{type(self).__name__} has no credential to expire")
+        raise TypeError(f"{type(self).__name__} has no credential to expire")
 
     # -- stats (not part of any provider's contract) ----------------------------------------
 
