@@ -25,8 +25,13 @@ quotas with Retry-After: 600,000/min per project (429 ``RESOURCE_EXHAUSTED`` wit
 (429 ``QUOTA_EXCEEDED`` with a ``QuotaFailure`` naming the target: :func:`target_quota_exceeded`).
 The bodies the emulator answers with are held to the providers' own material in
 ``tests/channels/contracts/fcm.json``.
-Per device token or topic: :meth:`FcmEmulator.unregister` & co., or ``script(token, ...)`` with
-:func:`fcm_error` / :func:`unavailable` / :func:`internal` / :func:`quota_exceeded`.
+Per device token or topic: :meth:`FcmEmulator.unregister` (404 UNREGISTERED),
+:meth:`~FcmEmulator.invalidate` (400 INVALID_ARGUMENT with the FcmError detail),
+:meth:`~FcmEmulator.mismatch`, :meth:`~FcmEmulator.break_apns` (the project's APNs key:
+THIRD_PARTY_AUTH_ERROR), or ``script(token, ...)`` with :func:`fcm_error` / :func:`unavailable`
+/ :func:`internal` / :func:`quota_exceeded` / :func:`target_quota_exceeded` /
+:func:`project_quota_exceeded`. A token with whitespace in it is refused as FCM refuses a string
+that is not a registration token.
 """
 
 from __future__ import annotations
