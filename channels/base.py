@@ -5,7 +5,10 @@ or raises a :class:`DeliveryError` subclass that says what the pipeline should d
 
 - :class:`TransientError` — a blip; retry with backoff.
 - :class:`RateLimitedError` — the provider asks us to slow down; wait ``retry_after``.
-- :class:`AuthError` — our credential is refused; a channel-wide fault.
+- :class:`AuthError` — an account-wide fault: our credential, the app, the account or one of
+  its permissions is refused, so every message would fail alike. The channel pauses, alerts
+  once and keeps its deliveries waiting until a probe succeeds or an operator resumes it. Each
+  adapter's docstring has a table of the provider codes it raises this for.
 - :class:`PermanentError` — this message will never go through; ``address_dead`` says the
   address itself is gone (later campaigns skip it).
 
@@ -142,6 +145,9 @@ class RateLimitedError(DeliveryError):
 
 
 class AuthError(DeliveryError):
+    """Account-wide: the channel account (credential, app, permissions) is broken, not this
+    message. Pauses the channel rather than failing the delivery."""
+
     error_class = ErrorClass.auth
 
 

@@ -21,11 +21,32 @@ account; broadcasts (fraud warnings, greetings, news) are not about one person's
 they must not borrow the tag (Meta answers misuse with 368 blocks).
 
 Graph errors are classified on ``(code, error_subcode)`` as the table in CHANNELS.md says
-(:func:`classify_error`): the 24-hour window is permanent for this message but says nothing of
-the address; "person not available" and "no matching user" mark the address dead; 190 is the
-Page token; 4/17/32/613/80001 and 368 are rate limits (368 with a long wait); 1/2/1200, other
+(:func:`classify_error`), never on the message text: the 24-hour window is permanent for this
+message but says nothing of the address; "person not available" and "no matching user" mark the
+address dead; 4/17/32/613/80001 and 368 are rate limits (368 with a long wait); 1/2/1200, other
 5xx, network errors and timeouts are transient; anything else is permanent. An answer with no
 Graph error object (a front proxy's page) is classified on its HTTP status alone.
+
+Account-wide faults (:func:`account_wide`) raise :class:`AuthError`: the Page, its token or the
+app is refused, every recipient would fail alike, so the channel pauses, alerts once and keeps
+the deliveries waiting (``dispatcher.engine.send``) instead of failing them one by one:
+
+=====================================  ==================================================
+code – subcode                         what is broken
+=====================================  ==================================================
+190 (any subcode)                      the Page token: invalid, expired, revoked
+10, 200–299, 230, 3                    a permission of the app or Page is missing or was
+(other than the per-recipient pairs)   removed (Graph API error handling: 10 and 200–299
+                                       "API Permission", 3 "API Method"), e.g.
+10 – 2018065                           page_messaging_subscriptions not granted
+200 – 2018028, 2018027                 the app is not reviewed / not live for
+                                       pages_messaging(_phone_number)
+200 – 2018021                          the phone-matching fee is unpaid
+230                                    pages_messaging not granted
+=====================================  ==================================================
+
+The per-recipient pairs in those code families stay per message: 10 – 2018278 (outside the
+window) and the "person not available" pairs of :data:`ADDRESS_DEAD`.
 
 The page token travels only as the ``access_token`` query parameter. It is scrubbed from every
 error we raise, and a logging filter redacts it from the ``httpx`` logger (which logs each
@@ -76,6 +97,9 @@ DEFAULT_MESSAGING: tuple[str, str | None] = ("UPDATE", None)
 OUTSIDE_WINDOW = (10, 2018278)
 ADDRESS_DEAD = frozenset({(551, 1545041), (200, 1545041), (10, 2018108), (100, 2018001)})
 AUTH_CODES = frozenset({190})
+# Graph's permission families (10, 200-299, 230 "requires pages_messaging", 3 "API method"):
+# account-wide unless the pair is one of the per-recipient ones above.
+PERMISSION_CODES = frozenset({3, 10, 230, *range(200, 300)})
 RATE_LIMIT_CODES = frozenset({4, 17, 32, 613, 80001})
 POLICY_BLOCK_CODE = 368
 # A policy block lasts hours to days and Graph gives no end time: wait long, not 30 s.
@@ -103,6 +127,13 @@ def messaging_for(kind: Category | str) -> tuple[str, str | None]:
         return MESSAGING.get(Category(kind), DEFAULT_MESSAGING)
     except ValueError:
         return DEFAULT_MESSAGING
+
+
+def account_wide(code: int | None, subcode: int | None) -> bool:
+    """The error says the Page, its token or the app is refused, not this recipient."""
+    if code is None or (code, subcode) == OUTSIDE_WINDOW or (code, subcode) in ADDRESS_DEAD:
+        return False
+    return code in AUTH_CODES or code in PERMISSION_CODES
 
 
 def classify_error(
@@ -146,6 +177,10 @@ def classify_error(
         )
     if code in AUTH_CODES:
         return AuthError(f"messenger: page token refused ({words})", code=recorded, reply=reply)
+    if account_wide(code, subcode):
+        return AuthError(
+            f"messenger: the page or app lacks a permission ({words})", code=recorded, reply=reply
+        )
     if code in RATE_LIMIT_CODES:
         return RateLimitedError(f"messenger: rate limited ({words})", code=recorded, reply=reply)
     if code == POLICY_BLOCK_CODE:

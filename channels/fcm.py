@@ -6,27 +6,42 @@ service account, cached until shortly before it expires (:data:`REFRESH_MARGIN`)
 signs an RS256 JWT assertion with google-auth and runs in a worker thread (google-auth's
 transport is blocking), one refresh at a time however many sends are waiting for it.
 
-Errors, per CHANNELS.md (classified on ``error.details[].errorCode`` first, then on
-``error.status`` / the HTTP status for answers without an FCM code):
+Errors, classified as the Firebase Admin SDK does (``firebase_admin/messaging.py``): on the
+``errorCode`` of the ``google.firebase.fcm.v1.FcmError`` detail first, then on the canonical
+``error.status``, then on the HTTP status; never on the message text. Requests carry
+``X-GOOG-API-FORMAT-VERSION: 2``, as the Admin SDK's do, for these detailed errors.
 
     errorCode / status                         HTTP     raised
     UNREGISTERED                               404      PermanentError(address_dead=True):
-                                                        the caller drops the device token
-    INVALID_ARGUMENT, SENDER_ID_MISMATCH,      400/403  PermanentError
-    THIRD_PARTY_AUTH_ERROR                     /401
+    INVALID_ARGUMENT (FcmError detail, no      400      the device token is dead and the
+      BadRequest naming another field)                  caller drops it (Firebase's
+    NOT_FOUND (status, no FcmError detail)     404      token-management guide)
+    INVALID_ARGUMENT (no FcmError detail:      400      PermanentError: the request was
+      the request, not the token)                       wrong, the token may be fine
+    SENDER_ID_MISMATCH                         403      PermanentError (kept: if every token
+                                                        says so, our project is wrong)
+    THIRD_PARTY_AUTH_ERROR, APNS_AUTH_ERROR    401      AuthError: account-wide (below)
     UNAUTHENTICATED (no FCM code)              401      refresh the token once, retry once;
                                                         then AuthError
-    PERMISSION_DENIED (no FCM code)            403      AuthError (wrong project, IAM role or
-                                                        scope: a channel-wide fault)
+    PERMISSION_DENIED (no FCM code)            403      AuthError: account-wide
     QUOTA_EXCEEDED / RESOURCE_EXHAUSTED        429      RateLimitedError, retry_after =
-                                                        Retry-After but at least 60 s; scope
-                                                        "message" for a device's own quota
-                                                        ("Device message rate exceeded"),
-                                                        else "channel" (the project's)
+                                                        Retry-After (or RetryInfo) but at
+                                                        least 60 s; scope from the details
+                                                        (:func:`quota_scope`)
     UNAVAILABLE, INTERNAL, other 5xx, 408      5xx      TransientError (retry_after =
                                                         Retry-After when given)
     network failure, timeout                   —        TransientError
     any other 4xx                              4xx      PermanentError
+
+Account-wide faults (:data:`ACCOUNT_WIDE`): the answer says the project's own set-up is broken,
+so every push would fail the same way. They raise :class:`AuthError`, which pauses the channel,
+alerts once and keeps the deliveries waiting (``dispatcher.engine.send``):
+
+    fault                              what is broken
+    THIRD_PARTY_AUTH_ERROR             the project's APNs certificate / key or web-push key:
+    (APNS_AUTH_ERROR, its old name)    every iOS or web device of the project
+    PERMISSION_DENIED (no FCM code)    the service account's IAM role, the project id, the scope
+    UNAUTHENTICATED after a refresh    the service account itself
 
 The payload (``notification`` + ``data``) is measured before sending, as compact UTF-8 JSON
 (:func:`payload_size`); over :data:`MAX_PAYLOAD` bytes is a PermanentError and no request is
@@ -76,8 +91,19 @@ REFRESH_MARGIN = timedelta(minutes=5)
 DEFAULT_TOKEN_LIFETIME = timedelta(hours=1)  # Google's tokens; used if expires_in is absent
 ELLIPSIS = "…"
 
-PERMANENT_CODES = frozenset({"INVALID_ARGUMENT", "SENDER_ID_MISMATCH", "THIRD_PARTY_AUTH_ERROR"})
+FCM_ERROR_TYPE = "type.googleapis.com/google.firebase.fcm.v1.FcmError"
+BAD_REQUEST_TYPE = "type.googleapis.com/google.rpc.BadRequest"
+QUOTA_FAILURE_TYPE = "type.googleapis.com/google.rpc.QuotaFailure"
+ERROR_INFO_TYPE = "type.googleapis.com/google.rpc.ErrorInfo"
+RETRY_INFO_TYPE = "type.googleapis.com/google.rpc.RetryInfo"
+# The header the Admin SDK sends so that errors carry their FcmError details.
+API_FORMAT_HEADERS = {"X-GOOG-API-FORMAT-VERSION": "2"}
+
+# FcmError codes that mean the project's own set-up is broken (see the module's table).
+ACCOUNT_WIDE = frozenset({"THIRD_PARTY_AUTH_ERROR", "APNS_AUTH_ERROR"})
+PERMANENT_CODES = frozenset({"INVALID_ARGUMENT", "SENDER_ID_MISMATCH"})
 TRANSIENT_CODES = frozenset({"UNAVAILABLE", "INTERNAL"})
+TOKEN_FIELD = "message.token"  # noqa: S105 - a field's name, not a secret
 
 ACCOUNT_VAR = "DISPATCHER_FCM_SERVICE_ACCOUNT"
 ACCOUNT_FILE_VAR = "DISPATCHER_FCM_SERVICE_ACCOUNT_FILE"
@@ -260,14 +286,87 @@ def _error_object(payload: Any) -> dict[str, Any]:
     return {}
 
 
-def fcm_error_code(payload: Any) -> str | None:
-    """The ``errorCode`` of the ``FcmError`` detail of a Google RPC error body, if any."""
+def error_details(payload: Any, kind: str) -> list[dict[str, Any]]:
+    """The details of a Google RPC error body whose ``@type`` is ``kind``."""
     details = _error_object(payload).get("details")
     if not isinstance(details, list):
-        return None
-    for detail in details:
-        if isinstance(detail, dict) and isinstance(detail.get("errorCode"), str):
-            return str(detail["errorCode"])
+        return []
+    return [d for d in details if isinstance(d, dict) and d.get("@type") == kind]
+
+
+def fcm_error_code(payload: Any) -> str | None:
+    """The ``errorCode`` of the ``FcmError`` detail, if any (found by its type, as the Admin SDK
+    does)."""
+    for detail in error_details(payload, FCM_ERROR_TYPE):
+        code = detail.get("errorCode")
+        if isinstance(code, str) and code:
+            return code
+    return None
+
+
+def _rpc_status(payload: Any) -> str | None:
+    status = _error_object(payload).get("status")
+    return status if isinstance(status, str) else None
+
+
+def token_is_dead(payload: Any) -> bool:
+    """FCM says the device token itself is dead: drop it (Firebase's token-management guide).
+
+    UNREGISTERED; INVALID_ARGUMENT *with* the FcmError detail (a malformed payload answers with a
+    ``BadRequest`` detail instead, or names a field other than the token); and the canonical
+    NOT_FOUND without an FCM code. A bare HTTP 404 (a proxy's page) is not enough.
+    """
+    code = fcm_error_code(payload)
+    if code == "UNREGISTERED":
+        return True
+    if code == "INVALID_ARGUMENT":
+        fields = {
+            str(v.get("field"))
+            for d in error_details(payload, BAD_REQUEST_TYPE)
+            for v in d.get("fieldViolations") or []
+            if isinstance(v, dict)
+        }
+        return fields <= {TOKEN_FIELD}
+    return code is None and _rpc_status(payload) == "NOT_FOUND"
+
+
+def quota_scope(payload: Any) -> str:
+    """Whose quota a 429 spent, from the structured details: ``"message"`` for the message's
+    target (one device or topic), ``"channel"`` for the project.
+
+    A ``google.rpc.QuotaFailure`` names each violated quota's subject (``project:<id>`` for a
+    project, by ``google/rpc/error_details.proto``); FCM returns one with QUOTA_EXCEEDED "to
+    specify which quota was exceeded". An ``ErrorInfo`` whose quota metadata is per project
+    (``quota_unit`` ``1/min/{project}``), any ``project:`` subject, or no scope at all, is the
+    project's: pausing everyone for a minute is the safe reading.
+    """
+    for info in error_details(payload, ERROR_INFO_TYPE):
+        metadata = info.get("metadata")
+        if isinstance(metadata, dict) and (
+            "{project}" in str(metadata.get("quota_unit", ""))
+            or "PerProject" in str(metadata.get("quota_limit", ""))
+        ):
+            return "channel"
+    subjects = [
+        str(v.get("subject") or "")
+        for d in error_details(payload, QUOTA_FAILURE_TYPE)
+        for v in d.get("violations") or []
+        if isinstance(v, dict)
+    ]
+    if subjects and not any(s.startswith("project:") for s in subjects):
+        return "message"
+    return "channel"
+
+
+def _retry_delay(payload: Any) -> float | None:
+    """A ``google.rpc.RetryInfo`` detail's ``retryDelay`` ("42s"), in seconds."""
+    for detail in error_details(payload, RETRY_INFO_TYPE):
+        delay = detail.get("retryDelay")
+        if isinstance(delay, str) and delay.endswith("s"):
+            with contextlib.suppress(ValueError):
+                seconds = float(delay[:-1])
+                if math.isfinite(seconds) and seconds >= 0:
+                    return seconds
     return None
 
 
@@ -294,8 +393,8 @@ def retry_after_seconds(value: str | None, now: datetime) -> float | None:
 def needs_refresh(status: int, payload: Any) -> bool:
     """Google refused the OAuth token itself (401 UNAUTHENTICATED without an FCM code)."""
     if fcm_error_code(payload) is not None:
-        return False  # e.g. THIRD_PARTY_AUTH_ERROR: 401, but the device's APNs key, not ours
-    return status == 401 or _error_object(payload).get("status") == "UNAUTHENTICATED"
+        return False  # e.g. THIRD_PARTY_AUTH_ERROR: 401, but the APNs key, not our token
+    return status == 401 or _rpc_status(payload) == "UNAUTHENTICATED"
 
 
 def classify(
@@ -309,29 +408,37 @@ def classify(
     """Turn an FCM error answer into our error classes (see the module's table)."""
     error = _error_object(payload)
     code = fcm_error_code(payload)
-    rpc_status = error.get("status") if isinstance(error.get("status"), str) else None
+    rpc_status = _rpc_status(payload)
     text = error.get("message") if isinstance(error.get("message"), str) else None
     label = code or rpc_status or f"HTTP {status}"
     reason = f"fcm {label}" + (f": {text}" if text else "")
     wait = retry_after_seconds(headers.get("retry-after"), now)
+    if wait is None:
+        wait = _retry_delay(payload)
     kwargs: dict[str, Any] = {"code": label, "reply": reply}
 
-    if code == "UNREGISTERED":
+    if token_is_dead(payload):
         return PermanentError(reason, address_dead=True, **kwargs)
+    if code in ACCOUNT_WIDE:
+        return AuthError(reason, **kwargs)
     if code in PERMANENT_CODES:
         return PermanentError(reason, **kwargs)
     if code == "QUOTA_EXCEEDED" or status == 429 or rpc_status == "RESOURCE_EXHAUSTED":
-        # FCM answers the project's quota and one device's quota (240/min) with the same code;
-        # only the message tells them apart. One busy phone must not pause the whole channel.
-        scope = "message" if text and "device" in text.lower() else "channel"
+        # The project's quota and one device's (or topic's) answer alike; only the structured
+        # details tell them apart. One busy phone must not pause the whole channel.
         return RateLimitedError(
-            reason, retry_after=max(MIN_QUOTA_WAIT, wait or 0.0), scope=scope, **kwargs
+            reason,
+            retry_after=max(MIN_QUOTA_WAIT, wait or 0.0),
+            scope=quota_scope(payload),
+            **kwargs,
         )
     if code in TRANSIENT_CODES or status >= 500 or status == 408:
         return TransientError(reason, retry_after=wait, **kwargs)
+    if code is None and rpc_status in TRANSIENT_CODES:
+        return TransientError(reason, retry_after=wait, **kwargs)
     if needs_refresh(status, payload):
         return AuthError(reason, **kwargs)
-    if status == 403 or rpc_status == "PERMISSION_DENIED":
+    if code is None and (status == 403 or rpc_status == "PERMISSION_DENIED"):
         # Wrong project, a missing IAM role, a token without the FCM scope: every message
         # would fail the same way, so this is the channel's credential, not this message.
         return AuthError(reason, **kwargs)
@@ -392,7 +499,7 @@ class FcmClient:
         self._http = http.client(
             timeout=config.timeout,
             transport=transport,
-            headers={"Content-Type": "application/json; charset=UTF-8"},
+            headers={"Content-Type": "application/json; charset=UTF-8", **API_FORMAT_HEADERS},
         )
         self._token: str | None = None
         self._fresh_until: datetime | None = None

@@ -19,18 +19,24 @@ Outcome of :meth:`VssidAdapter.send`, the inbox item having been written:
                                                   is the record, the app shows it when opened
     at least one push accepted                    sent ("inbox+{n}push"); failures on the
                                                   other devices are listed in the reply
-    none accepted; one was an auth fault          AuthError (a channel-wide fault)
+    none accepted; one was an account-wide fault  AuthError: the channel pauses, alerts once
+    (our OAuth token or IAM role refused, the     and keeps the delivery waiting (the APNs
+    project's APNs / web-push key broken)         key of an iOS-only account breaks them all)
     none accepted; one was rate limited           RateLimitedError (the longest retry_after;
                                                   scope "message" if only devices' own
                                                   quotas were hit, else "channel")
     none accepted; one failed transiently         TransientError: the retry runs send again,
                                                   and Inbox.add is idempotent per delivery
-    none accepted; all refused permanently        sent ("inbox+0push"), refusals listed
-    (bad token, sender mismatch, APNs auth)
+    none accepted; all refused permanently        PermanentError, refusals listed; the
+    (sender mismatch, a request FCM refused)      address stays alive
 
-An UNREGISTERED token is dropped through :meth:`Devices.drop` and is not an error for the
-delivery. Device tokens never appear in replies, errors or logs: they are named by
-:func:`token_fingerprint` (a short SHA-256), which the service can compute too.
+A token FCM reports dead (:func:`channels.fcm.token_is_dead`: UNREGISTERED, INVALID_ARGUMENT
+with the FcmError detail, NOT_FOUND) is dropped through :meth:`Devices.drop`, as Firebase's
+token-management guide says, and is not an error for the delivery. When some pushes went
+through, the delivery is sent even if another device met an account-wide fault: the nudge
+reached the person, and the next delivery that meets it alone pauses the channel. Device tokens
+never appear in replies, errors or logs: they are named by :func:`token_fingerprint` (a short
+SHA-256), which the service can compute too.
 """
 
 from __future__ import annotations
@@ -97,7 +103,8 @@ class Devices(Protocol):
         ...
 
     async def drop(self, token: str, reason: str) -> None:
-        """Forget a token FCM reported dead (the app was uninstalled, the token rotated)."""
+        """Forget a token FCM reported dead (the app was uninstalled, the token rotated or
+        was never valid)."""
         ...
 
 
@@ -261,7 +268,7 @@ class VssidAdapter(Adapter):
                 token_fingerprint(p.token) + (" (drop failed)" if p.drop_failed else "")
                 for p in dead
             )
-            parts.append(f"dropped {len(dead)} unregistered: {names}")
+            parts.append(f"dropped {len(dead)} dead: {names}")
         if failed:
             names = ", ".join(
                 f"{token_fingerprint(p.token)} {p.error.code or p.error.error_class.value}"
@@ -275,7 +282,7 @@ class VssidAdapter(Adapter):
             errors = [p.error for p in failed if p.error is not None]
             raised = _worst(errors)
             if raised is None:
-                # Every device refused for good (unregistered: dropped): the person cannot be
+                # Every device refused for good (dead tokens: dropped): the person cannot be
                 # reached on VssID; the inbox item stays for when the app is reinstalled.
                 raised = PermanentError(
                     f"no VssID device took the push (kept as inbox item {item})",

@@ -79,6 +79,24 @@ def test_a_pause_holds_the_channel_for_everyone(make_limiter) -> None:
     assert email == (True, 0.0)
 
 
+def test_an_operator_ends_a_pause_for_everyone(make_limiter) -> None:
+    async def go() -> tuple[bool, bool, tuple[bool, float], bool]:
+        one, two = make_limiter(), make_limiter()
+        await one.pause("vssid", 3600)
+        await two.refresh("vssid")
+        ended = await one.resume("vssid")
+        rules = limits_for("vssid", "a", (RateRule(100, 100),), {})
+        after = await two.reserve("vssid", rules, 0)
+        again = await one.resume("vssid")  # nothing left to end
+        await two.refresh("vssid")
+        return ended, again, after, two.paused_locally("vssid") == 0
+
+    ended, again, after, forgotten = asyncio.run(go())
+    assert ended and not again
+    assert after == (True, 0.0), "the channel takes sends again at once"
+    assert forgotten, "no worker remembers the pause after its next refresh"
+
+
 def test_a_slot_too_far_away_is_not_taken(make_limiter) -> None:
     async def go() -> list[tuple[bool, float]]:
         limiter = make_limiter()

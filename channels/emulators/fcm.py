@@ -20,9 +20,18 @@ Enforced: bearer token validity and expiry (:meth:`FcmEmulator.expire_tokens`, o
 sends with ``expire_token_after(n)``), its scope, the
 project, the message shape (one target; data values strings; no reserved data keys), the
 payload limit (4096 bytes, 2048 for topic/condition messages, measured by :func:`payload_size`),
-quotas (600,000/min per project, 240/min per device → 429 ``QUOTA_EXCEEDED`` with Retry-After).
-Per device token or topic: :meth:`FcmEmulator.unregister` & co., or ``script(token, ...)`` with
-:func:`fcm_error` / :func:`unavailable` / :func:`internal` / :func:`quota_exceeded`.
+quotas with Retry-After: 600,000/min per project (429 ``RESOURCE_EXHAUSTED`` with the quota's
+``ErrorInfo``, as Google answers it: :func:`project_quota_exceeded`) and 240/min per device
+(429 ``QUOTA_EXCEEDED`` with a ``QuotaFailure`` naming the target: :func:`target_quota_exceeded`).
+The bodies the emulator answers with are held to the providers' own material in
+``tests/channels/contracts/fcm.json``.
+Per device token or topic: :meth:`FcmEmulator.unregister` (404 UNREGISTERED),
+:meth:`~FcmEmulator.invalidate` (400 INVALID_ARGUMENT with the FcmError detail),
+:meth:`~FcmEmulator.mismatch`, :meth:`~FcmEmulator.break_apns` (the project's APNs key:
+THIRD_PARTY_AUTH_ERROR), or ``script(token, ...)`` with :func:`fcm_error` / :func:`unavailable`
+/ :func:`internal` / :func:`quota_exceeded` / :func:`target_quota_exceeded` /
+:func:`project_quota_exceeded`. A token with whitespace in it is refused as FCM refuses a string
+that is not a registration token.
 """
 
 from __future__ import annotations
@@ -66,6 +75,9 @@ TOKEN_TTL = timedelta(hours=1)
 _FCM_ERROR_TYPE = "type.googleapis.com/google.firebase.fcm.v1.FcmError"
 _ERROR_INFO_TYPE = "type.googleapis.com/google.rpc.ErrorInfo"
 _BAD_REQUEST_TYPE = "type.googleapis.com/google.rpc.BadRequest"
+_QUOTA_FAILURE_TYPE = "type.googleapis.com/google.rpc.QuotaFailure"
+_HELP_TYPE = "type.googleapis.com/google.rpc.Help"
+DEVICE_RATE_MESSAGE = "Device message rate exceeded."
 _MESSAGE_FIELDS = {
     "name",
     "data",
@@ -148,7 +160,58 @@ def third_party_auth_error() -> Reply:
 
 
 def quota_exceeded(retry_after: int = 60, message: str | None = None) -> Reply:
+    """QUOTA_EXCEEDED with no detail saying whose quota (as in the Admin SDK's own tests)."""
     return fcm_error("QUOTA_EXCEEDED", message, retry_after=retry_after)
+
+
+def target_quota_exceeded(
+    subject: str = "device", retry_after: int = 60, message: str = DEVICE_RATE_MESSAGE
+) -> Reply:
+    """The message's target (a device, a topic) is over its own rate: QUOTA_EXCEEDED with the
+    ``google.rpc.QuotaFailure`` FCM's ErrorCode reference promises "to specify which quota was
+    exceeded". FCM does not publish the subject it writes; ours names the kind of target."""
+    reply = fcm_error("QUOTA_EXCEEDED", message, retry_after=retry_after)
+    violation = {"subject": subject, "description": message}
+    reply.body["error"]["details"].append({"@type": _QUOTA_FAILURE_TYPE, "violations": [violation]})
+    return reply
+
+
+def project_quota_exceeded(retry_after: int = 60, project_number: str = "000000000000") -> Reply:
+    """The project's per-minute send quota, as Google's API front end answers it (a real answer
+    quoted in firebase/firebase-admin-go issue #719): an ``ErrorInfo`` with the quota's metadata,
+    no FcmError detail."""
+    details: list[dict[str, Any]] = [
+        {
+            "@type": _ERROR_INFO_TYPE,
+            "reason": "RATE_LIMIT_EXCEEDED",
+            "domain": "googleapis.com",
+            "metadata": {
+                "quota_limit_value": "600000",
+                "consumer": f"projects/{project_number}",
+                "quota_metric": "fcm.googleapis.com/send_requests",
+                "quota_unit": "1/min/{project}",
+                "service": "fcm.googleapis.com",
+                "quota_location": "global",
+                "quota_limit": "SendsPerMinutePerProject",
+            },
+        },
+        {
+            "@type": _HELP_TYPE,
+            "links": [
+                {
+                    "description": "Request a higher quota limit.",
+                    "url": "https://cloud.google.com/docs/quotas/help/request_increase",
+                }
+            ],
+        },
+    ]
+    message = (
+        "Quota exceeded for quota metric 'Send requests' and limit 'Send requests per minute' "
+        f"of service 'fcm.googleapis.com' for consumer 'project_number:{project_number}'."
+    )
+    return _rpc_error(
+        429, "RESOURCE_EXHAUSTED", message, details, {"Retry-After": str(retry_after)}
+    )
 
 
 def unavailable(retry_after: int | None = None) -> Reply:
@@ -209,6 +272,10 @@ def payload_size(message: Mapping[str, Any]) -> int:
     same function or stay well below the limit.)"""
     parts = {k: message[k] for k in ("notification", "data") if k in message}
     return len(json.dumps(parts, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
+
+
+def _has_space(token: str) -> bool:
+    return any(c.isspace() for c in token)
 
 
 def _b64json(part: str) -> Any:
@@ -295,6 +362,11 @@ class FcmEmulator(Emulator):
     def mismatch(self, token: str) -> None:
         """The token belongs to another sender: 403 SENDER_ID_MISMATCH."""
         self.scripts.stick(token, sender_id_mismatch())
+
+    def invalidate(self, token: str) -> None:
+        """The token is not (or no longer) a valid registration token: 400 INVALID_ARGUMENT with
+        the FcmError detail, which Firebase's token-management guide says to delete."""
+        self.scripts.stick(token, invalid_argument())
 
     def break_apns(self, token: str) -> None:
         """APNs / Web Push credentials rejected for this device: 401 THIRD_PARTY_AUTH_ERROR."""
@@ -449,8 +521,9 @@ class FcmEmulator(Emulator):
         limited = self.limits.acquire(*keys)
         if limited is not None:
             rule, wait = limited
-            text = "Device message rate exceeded." if rule == "device" else None
-            return quota_exceeded(ceil_seconds(wait), text).to_response()
+            if rule == "device":
+                return target_quota_exceeded("device", ceil_seconds(wait)).to_response()
+            return project_quota_exceeded(ceil_seconds(wait)).to_response()
 
         now = self.clock()
         if kind == "token":
@@ -490,8 +563,11 @@ class FcmEmulator(Emulator):
                 "message",
             )
         target = message[targets[0]]
-        if targets[0] == "token" and (not isinstance(target, str) or not target.strip()):
-            return invalid_argument(field="message.token")
+        if targets[0] == "token" and (
+            not isinstance(target, str) or not target.strip() or _has_space(target)
+        ):
+            # As FCM answers a token that is not one: the FcmError detail, no BadRequest.
+            return invalid_argument()
         if targets[0] == "topic" and (not isinstance(target, str) or not _TOPIC_RE.match(target)):
             return invalid_argument("Invalid topic name.", "message.topic")
         if targets[0] == "condition" and (not isinstance(target, str) or "in topics" not in target):

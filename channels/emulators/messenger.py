@@ -16,9 +16,13 @@ Enforced: the token (190; expired 190/463, also after n more calls with
 belongs to (100/33), ``messaging_type`` and tags, text ≤ 2000 characters (100), the 24 h window
 since the user's last message (10/2018278; ``MESSAGE_TAG`` with ``CONFIRMED_EVENT_UPDATE``,
 ``POST_PURCHASE_UPDATE``, ``ACCOUNT_UPDATE`` is allowed outside it, ``HUMAN_AGENT`` for 7 days),
-unknown PSIDs (100/2018001), unreachable people (551/1545041 & co.), and the call rates: per page
+unknown PSIDs (100/2018001), unreachable people (551/1545041 & co.), a permission the app or
+Page lacks (:meth:`MessengerEmulator.restrict`: 200/2018028, 10/2018065, 230 & co., for every
+recipient), and the call rates: per page
 (613, default 300/s) and per app (4, off by default: the real one depends on the app's users).
 Every row of the contract's table can be scripted per PSID: ``script(psid, error(1200))``.
+The error objects are held to the providers' material in
+``tests/channels/contracts/messenger.json``.
 """
 
 from __future__ import annotations
@@ -66,10 +70,49 @@ ERRORS: dict[tuple[int, int | None], tuple[int, str, str]] = {
     (200, 1545041): (
         403,
         "OAuthException",
-        "(#200) This person isn't receiving messages from you right now.",
+        "Message Not Sent: This person isn't receiving messages from you right now.",
     ),
-    (10, 2018108): (400, "OAuthException", "(#10) This person isn't available right now."),
-    (100, 2018001): (400, "OAuthException", "(#100) No matching user found"),
+    (10, 2018108): (
+        400,
+        "OAuthException",
+        "This Person Cannot Receive Messages: This person isn't receiving messages from you "
+        "right now.",
+    ),
+    # Account-wide permission faults: the app or the Page, not the recipient.
+    (10, None): (
+        403,
+        "OAuthException",
+        "(#10) Application does not have permission for this action",
+    ),
+    (10, 2018065): (
+        403,
+        "OAuthException",
+        "This message is sent outside of allowed window. You need page_messaging_subscriptions "
+        "permission to be able to do it.",
+    ),
+    (200, 2018028): (
+        403,
+        "OAuthException",
+        "Cannot message users who are not admins, developers or testers of the app until "
+        "pages_messaging permission is reviewed and the app is live.",
+    ),
+    (200, 2018027): (
+        403,
+        "OAuthException",
+        "Cannot message users who are not admins, developers or testers of the app until "
+        "pages_messaging_phone_number permission is reviewed and the app is live.",
+    ),
+    (200, 2018021): (
+        403,
+        "OAuthException",
+        "Requires phone matching access fee to be paid by this page unless the recipient user "
+        "is an admin, developer, or tester of the app.",
+    ),
+    (230, None): (
+        403,
+        "OAuthException",
+        "Requires pages_messaging permission to manage the object",
+    ),
     (190, None): (
         400,
         "OAuthException",
@@ -117,6 +160,7 @@ ERRORS: dict[tuple[int, int | None], tuple[int, str, str]] = {
         "(#368) The action attempted has been deemed abusive or is otherwise disallowed",
     ),
     (100, None): (400, "OAuthException", "(#100) Invalid parameter"),
+    (100, 2018001): (400, "OAuthException", "(#100) No matching user found"),
     (100, 33): (
         400,
         "GraphMethodException",
@@ -223,6 +267,7 @@ class MessengerEmulator(Emulator):
         self._forgotten: set[str] = set()
         self._unreachable: dict[str, tuple[int, int]] = {}
         self._last_inbound: dict[str, datetime] = {}
+        self._restriction: tuple[int, int | None] | None = None
         self.default_in_window = default_in_window
         self.limits.set_rule("page", page_rate, page_burst)
         self.limits.set_rule("app", app_rate, app_burst)
@@ -254,6 +299,18 @@ class MessengerEmulator(Emulator):
             self._tokens[token] = ("valid", None)
             self._current_token = token
         return token
+
+    # -- the app and the Page ----------------------------------------------------------------
+
+    def restrict(self, code: int = 200, subcode: int | None = 2018028) -> None:
+        """The app or the Page lost a permission (not reviewed, not live, removed): every send
+        answers ``(code, subcode)`` until :meth:`lift_restriction`, whoever the recipient."""
+        with self._lock:
+            self._restriction = (code, subcode)
+
+    def lift_restriction(self) -> None:
+        with self._lock:
+            self._restriction = None
 
     # -- per-user state ----------------------------------------------------------------------
 
@@ -403,6 +460,8 @@ class MessengerEmulator(Emulator):
     def _refusal(self, psid: str, messaging_type: str, tag: str | None) -> Reply | None:
         now = self.clock()
         with self._lock:
+            if self._restriction is not None:
+                return error(*self._restriction)
             if psid in self._forgotten or (self._users is not None and psid not in self._users):
                 return no_matching_user()
             if psid in self._unreachable:

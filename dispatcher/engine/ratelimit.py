@@ -109,12 +109,20 @@ class Limiter(Protocol):
         started it, so that a pause is reported once, not by every worker that hits it."""
         ...
 
+    async def resume(self, channel: str) -> bool:
+        """End the channel's pause now (an operator's word); True if it was paused."""
+        ...
+
     async def refresh(self, channel: str) -> None:
         """Learn whether the channel is paused now (once per batch, for rule-less channels)."""
         ...
 
     def paused_locally(self, channel: str) -> float:
         """Seconds the channel is known to be paused, from what this process last saw."""
+        ...
+
+    async def close(self) -> None:
+        """Release its connections."""
         ...
 
 
@@ -176,6 +184,10 @@ class RedisLimiter(_KnownPauses):
         )
         return bool(started)
 
+    async def resume(self, channel: str) -> bool:
+        self._saw(channel, 0.0)
+        return bool(await self._redis().delete(_rate_key(self.namespace, f"{channel}:pause")))
+
     async def refresh(self, channel: str) -> None:
         remaining = await self._redis().pttl(_rate_key(self.namespace, f"{channel}:pause"))
         self._saw(channel, max(0, remaining or 0) / 1000)
@@ -219,6 +231,13 @@ class MemoryLimiter(_KnownPauses):
             self._paused[channel] = max(current, until)
             self._saw(channel, (self._paused[channel] - now) / 1000)
             return current <= now
+
+    async def resume(self, channel: str) -> bool:
+        now = time.monotonic() * 1000
+        with self._lock:
+            until = self._paused.pop(channel, 0.0)
+            self._saw(channel, 0.0)
+            return until > now
 
     async def refresh(self, channel: str) -> None:
         now = time.monotonic() * 1000

@@ -6,7 +6,13 @@ a blip (:mod:`dispatcher.engine.retry`). What the adapter raises decides the out
 
 - rate limited: the channel is paused for everyone when the provider says so; a short pause is
   waited out in the batch, a long one puts the row back until it ends;
-- auth: the channel is paused for ``auth_pause_seconds``, loudly once;
+- auth: an account-wide fault (a refused credential, a permission the app or Page lost, a
+  broken APNs key: each adapter's table names them). The channel is paused for
+  ``auth_pause_seconds``, alerted once per pause (the ``channel_auth_failed`` log line and the
+  auth-failure metric), and the delivery waits without spending its attempts. When the pause
+  ends, the next send is the probe: it goes on, or pauses the channel again. An operator who
+  fixed the account ends the pause at once (``dispatcher channels resume NAME``,
+  :mod:`dispatcher.engine.pauses`);
 - permanent: failed, with its reason (and the address marked dead when it is);
 - transient: retried later by the record's backoff.
 
@@ -129,8 +135,10 @@ class Sender:
                     log.error(
                         "channel_auth_failed",
                         channel=channel,
+                        code=exc.code,
                         reason=exc.reason,
                         paused_seconds=self.settings.auth_pause_seconds,
+                        resume=f"dispatcher channels resume {channel}",
                     )
                 return
             except PermanentError as exc:

@@ -73,7 +73,12 @@ CHANNEL_PAUSES = Counter(
     "dispatcher_channel_pauses_total", "Channel-wide pauses started, by cause", ["channel", "cause"]
 )
 AUTH_FAILURES = Counter(
-    "dispatcher_channel_auth_failures_total", "Credentials a provider refused", ["channel"]
+    "dispatcher_channel_auth_failures_total",
+    "Account-wide faults (a refused credential, app or permission) that paused a channel",
+    ["channel"],
+)
+CHANNEL_RESUMES = Counter(
+    "dispatcher_channel_resumes_total", "Channel pauses an operator lifted", ["channel"]
 )
 
 # -- deliveries and retries ----------------------------------------------------------------------

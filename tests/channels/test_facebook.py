@@ -212,7 +212,14 @@ def test_close_is_idempotent_and_a_later_send_reopens(messenger: MessengerEmulat
         # Not in the table: any other 5xx is transient, anything else permanent.
         (error(99, status=502, message="Bad gateway"), TransientError, False, "99", None),
         (error(100), PermanentError, False, "100", None),
-        (error(10), PermanentError, False, "10", None),
+        # Account-wide: a permission of the app or Page is missing (pauses the channel).
+        (error(10), AuthError, False, "10", None),
+        (error(10, 2018065), AuthError, False, "10/2018065", None),
+        (error(200), AuthError, False, "200", None),
+        (error(200, 2018028), AuthError, False, "200/2018028", None),
+        (error(200, 2018027), AuthError, False, "200/2018027", None),
+        (error(200, 2018021), AuthError, False, "200/2018021", None),
+        (error(230), AuthError, False, "230", None),
         (PROXY_502, TransientError, False, "502", None),
         (PROXY_404, PermanentError, False, "404", None),
     ],

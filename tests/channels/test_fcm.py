@@ -298,9 +298,9 @@ BAD_GATEWAY = Reply(502, "<html>502 Bad Gateway</html>", media_type="text/html")
     ("reply", "kind", "code", "dead", "retry_after"),
     [
         (unregistered(), PermanentError, "UNREGISTERED", True, None),
-        (invalid_argument(), PermanentError, "INVALID_ARGUMENT", False, None),
+        (invalid_argument(), PermanentError, "INVALID_ARGUMENT", True, None),
         (sender_id_mismatch(), PermanentError, "SENDER_ID_MISMATCH", False, None),
-        (third_party_auth_error(), PermanentError, "THIRD_PARTY_AUTH_ERROR", False, None),
+        (third_party_auth_error(), AuthError, "THIRD_PARTY_AUTH_ERROR", False, None),
         (quota_exceeded(), RateLimitedError, "QUOTA_EXCEEDED", False, 60),
         (quota_exceeded(retry_after=5), RateLimitedError, "QUOTA_EXCEEDED", False, 60),
         (quota_exceeded(retry_after=300), RateLimitedError, "QUOTA_EXCEEDED", False, 300),

@@ -26,13 +26,17 @@ from channels.base import (
     SendResult,
     TransientError,
 )
-from channels.emulators.base import ManualClock
+from channels.emulators.base import ManualClock, Reply
 from channels.emulators.fcm import (
     FcmEmulator,
+    invalid_argument,
+    project_quota_exceeded,
     quota_exceeded,
     sender_id_mismatch,
+    target_quota_exceeded,
     unauthenticated,
     unavailable,
+    unregistered,
 )
 from channels.fcm import MAX_PAYLOAD, payload_size
 from channels.registry import declared_limits as LIMITS
@@ -45,6 +49,8 @@ T = TypeVar("T")
 
 ACCOUNT = "079085001234"  # a VssID account (the citizen's login)
 RECIPIENT = "7912345678"  # the social-insurance number: the recipient's external id
+# A 404 NOT_FOUND without an FCM code (the canonical status alone, as in the Admin SDK's tests).
+NOT_FOUND = Reply(404, {"error": {"code": 404, "message": "test error", "status": "NOT_FOUND"}})
 PHONE = "fGx1:APA91bHphoneTokenOfTheCitizen_aaaaaaaaaaaaaaaaaaaa"
 TABLET = "cQ9z:APA91bHtabletTokenOfTheCitizen_bbbbbbbbbbbbbbbbbbbb"
 
@@ -286,7 +292,7 @@ def test_unregistered_token_is_dropped_and_the_delivery_succeeds(
     assert devices.by_account[ACCOUNT] == [PHONE]
     reply = result.provider_reply or ""
     assert "1/2 pushes sent" in reply
-    assert f"dropped 1 unregistered: {token_fingerprint(TABLET)}" in reply
+    assert f"dropped 1 dead: {token_fingerprint(TABLET)}" in reply
     # Device tokens are named by fingerprint only, in the reply and in the logs.
     for token in (PHONE, TABLET):
         assert token not in reply and token not in str(logs)
@@ -393,11 +399,89 @@ def test_rate_limit_propagates(adapter: VssidAdapter, fcm: FcmEmulator) -> None:
 def test_only_device_quotas_defer_just_this_delivery(
     adapter: VssidAdapter, fcm: FcmEmulator
 ) -> None:
+    # FCM's QuotaFailure detail names the target whose quota was spent: not the project's.
+    for token in (PHONE, TABLET):
+        fcm.script(token, target_quota_exceeded("device"))
+    with pytest.raises(RateLimitedError) as caught:
+        send(adapter)
+    assert (caught.value.scope, caught.value.retry_after) == ("message", 60)
+
+
+def test_the_quota_scope_never_comes_from_the_wording(
+    adapter: VssidAdapter, fcm: FcmEmulator
+) -> None:
+    # The words say "device", the details say nothing: whose quota is unknown, so the project's.
     for token in (PHONE, TABLET):
         fcm.script(token, quota_exceeded(message="Device message rate exceeded."))
     with pytest.raises(RateLimitedError) as caught:
         send(adapter)
-    assert (caught.value.scope, caught.value.retry_after) == ("message", 60)
+    assert caught.value.scope == "channel"
+
+
+def test_the_projects_quota_pauses_the_channel(adapter: VssidAdapter, fcm: FcmEmulator) -> None:
+    for token in (PHONE, TABLET):
+        fcm.script(token, project_quota_exceeded(retry_after=75))
+    with pytest.raises(RateLimitedError) as caught:
+        send(adapter)
+    assert (caught.value.scope, caught.value.retry_after) == ("channel", 75)
+
+
+@pytest.mark.parametrize(
+    "dead",
+    [
+        pytest.param(invalid_argument(), id="INVALID_ARGUMENT with the FcmError detail"),
+        pytest.param(NOT_FOUND, id="NOT_FOUND without an FCM code"),
+        pytest.param(unregistered(), id="UNREGISTERED"),
+    ],
+)
+def test_tokens_fcm_calls_dead_are_dropped(
+    adapter: VssidAdapter, fcm: FcmEmulator, devices: MemoryDevices, dead: Reply
+) -> None:
+    fcm.script(TABLET, dead)
+    result = send(adapter)
+    assert result.provider_code == "inbox+1push"
+    assert [token for token, _ in devices.dropped] == [TABLET]
+    assert devices.by_account[ACCOUNT] == [PHONE]
+
+
+def test_a_request_fcm_refused_keeps_the_token(
+    adapter: VssidAdapter, fcm: FcmEmulator, devices: MemoryDevices
+) -> None:
+    # INVALID_ARGUMENT about the message (a BadRequest detail naming a field, no FcmError
+    # detail): the request was wrong, the device is fine.
+    bad_data = Reply(
+        400,
+        {
+            "error": {
+                "code": 400,
+                "message": "Invalid value at 'message.data[0].value' (TYPE_STRING), 12",
+                "status": "INVALID_ARGUMENT",
+                "details": [
+                    {
+                        "@type": "type.googleapis.com/google.rpc.BadRequest",
+                        "fieldViolations": [{"field": "message.data[0].value"}],
+                    }
+                ],
+            }
+        },
+    )
+    fcm.script(TABLET, bad_data)
+    result = send(adapter)
+    assert result.provider_code == "inbox+1push"
+    assert devices.dropped == []
+
+
+def test_a_broken_apns_key_is_account_wide(
+    adapter: VssidAdapter, fcm: FcmEmulator, devices: MemoryDevices
+) -> None:
+    # Every iOS device of the project fails alike: the channel pauses, the token is kept.
+    devices.by_account[ACCOUNT] = [TABLET]
+    fcm.break_apns(TABLET)
+    with pytest.raises(AuthError) as caught:
+        send(adapter)
+    assert caught.value.code == "THIRD_PARTY_AUTH_ERROR"
+    assert devices.dropped == []
+    assert fcm.tokens_issued == 1  # not our OAuth token: no refresh
 
 
 def test_auth_failure_propagates(

@@ -356,7 +356,11 @@ def test_project_quota_answers_429_with_retry_after(http: httpx.Client, clock: M
         limited = push(http, fcm, {"topic": "news"})
         assert limited.status_code == 429
         assert rpc_error(limited)["status"] == "RESOURCE_EXHAUSTED"
-        assert fcm_code(limited) == "QUOTA_EXCEEDED"
+        # Google's quota front end answers, not FCM: an ErrorInfo naming the project's quota.
+        assert fcm_code(limited) is None
+        (info,) = [d for d in rpc_error(limited)["details"] if d["@type"].endswith("ErrorInfo")]
+        assert info["reason"] == "RATE_LIMIT_EXCEEDED"
+        assert info["metadata"]["quota_unit"] == "1/min/{project}"
         assert limited.headers["retry-after"] == "30"
         clock.advance(30)
         assert push(http, fcm, {"topic": "news"}).status_code == 200
@@ -368,6 +372,9 @@ def test_device_quota(http: httpx.Client, clock: ManualClock) -> None:
         limited = push(http, fcm)
         assert (limited.status_code, fcm_code(limited)) == (429, "QUOTA_EXCEEDED")
         assert rpc_error(limited)["message"] == "Device message rate exceeded."
+        details = rpc_error(limited)["details"]
+        (failure,) = [d for d in details if d["@type"].endswith("QuotaFailure")]
+        assert [v["subject"] for v in failure["violations"]] == ["device"]
         assert limited.headers["retry-after"] == "60"
         assert push(http, fcm, {"token": "another-device"}).status_code == 200
 

@@ -298,6 +298,13 @@ CONTRACT_ROWS = [
     (1, None),
     (2, None),
     (368, None),
+    # Account-wide: a permission of the app or Page is missing.
+    (10, None),
+    (10, 2018065),
+    (200, 2018028),
+    (200, 2018027),
+    (200, 2018021),
+    (230, None),
 ]
 
 

@@ -1,0 +1,104 @@
+"""Lifting a channel's pause: an operator's word that the account is fixed.
+
+An account-wide fault (an :class:`~channels.base.AuthError`: a refused credential, a permission
+the app lost, a broken APNs key) pauses its channel for ``auth_pause_seconds`` and keeps its
+deliveries waiting without spending their attempts (:mod:`dispatcher.engine.send`). The pause
+ends by itself, and the next send is the probe: if the fault is still there it pauses again.
+Once the operator has fixed the account, :func:`resume_channel` ends the pause at once and sends
+the waiting deliveries now, in one audited step.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import structlog
+from sqlalchemy import select, update
+
+from dispatcher import audit
+from dispatcher.core.config import Settings
+from dispatcher.core.db import Database
+from dispatcher.engine import jobs
+from dispatcher.engine.claim import ACTIVE_RUN
+from dispatcher.engine.ratelimit import Limiter
+from dispatcher.kit.clock import utcnow
+from dispatcher.observability.metrics import CHANNEL_RESUMES
+from dispatcher.tables.campaigns import Campaign, Run
+from dispatcher.tables.deliveries import Delivery, DeliveryStatus
+
+log = structlog.get_logger(__name__)
+
+# What a paused channel's deliveries wait with: the fault itself, or the pause it started.
+WAITING_CLASSES = ("auth", "deferred")
+RESUMED = "channel.resumed"
+
+
+async def resume_channel(
+    *,
+    db: Database,
+    settings: Settings,
+    limiter: Limiter,
+    channel: str,
+    actor: str,
+    now: datetime | None = None,
+) -> int:
+    """End ``channel``'s pause and queue its waiting deliveries now; returns how many.
+
+    Audited as one ``channel.resumed`` entry (who, which channel, how many deliveries). The
+    rows get new batch ids, so the delayed jobs that held them claim nothing when they run.
+    """
+    was_paused = await limiter.resume(channel)
+    now = now or utcnow()
+    woken = 0
+    last_id = 0
+    while True:
+        with db.transaction() as session:
+            rows = session.execute(
+                select(Delivery.id, Delivery.run_id, Campaign.priority)
+                .join(Run, Run.id == Delivery.run_id)
+                .join(Campaign, Campaign.id == Run.campaign_id)
+                .where(
+                    Delivery.channel == channel,
+                    Delivery.status == DeliveryStatus.retrying,
+                    Delivery.error_class.in_(WAITING_CLASSES),
+                    Delivery.id > last_id,
+                    Run.status.in_(ACTIVE_RUN),
+                )
+                .order_by(Delivery.id)
+                .limit(settings.batch_size)
+            ).all()
+            if not rows:
+                audit.record(
+                    session,
+                    actor=actor,
+                    action=RESUMED,
+                    subject=f"channel:{channel}",
+                    data={"channel": channel, "deliveries": woken, "was_paused": was_paused},
+                )
+                break
+            last_id = rows[-1][0]
+            groups: dict[tuple[int, str], list[int]] = {}
+            for delivery_id, run_id, priority in rows:
+                groups.setdefault((run_id, str(priority)), []).append(delivery_id)
+            for (run_id, priority), ids in groups.items():
+                batch_id = jobs.new_batch_id()
+                session.execute(
+                    update(Delivery)
+                    .where(Delivery.id.in_(ids))
+                    .values(batch_id=batch_id, available_at=now),
+                    execution_options={"synchronize_session": False},
+                )
+                jobs.enqueue_after_commit(
+                    session,
+                    jobs.send_batch(
+                        run_id=run_id,
+                        ids=ids,
+                        batch_id=batch_id,
+                        priority=priority,
+                        settings=settings,
+                    ),
+                )
+            woken += len(rows)
+    CHANNEL_RESUMES.labels(channel).inc()
+    log.warning("channel_resumed", channel=channel, actor=actor, deliveries=woken)
+    return woken
