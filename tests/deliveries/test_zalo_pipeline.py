@@ -4,7 +4,7 @@ templates by user id, and the fallback from the OA to ZNS for people who follow 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -15,6 +15,7 @@ from channels.emulators.zns import ZnsEmulator
 from dispatcher.core.config import get_settings
 from dispatcher.core.db import Database
 from dispatcher.kit.clock import clock
+from dispatcher.observability.metrics import AUTH_FAILURES
 from dispatcher.tables.channel_state import ChannelState
 from tests.support import approve, wait_for
 from tests.test_end_to_end import all_deliveries, campaign_status
@@ -184,3 +185,32 @@ def test_people_who_follow_nothing_get_the_template_by_zns(
         if d["channel"] == "zns"
     )
     assert zns_delivery["provider_message_id"] == sent.message_id  # Zalo's msg_id, kept
+
+
+def test_an_account_wide_fault_pauses_the_channel_instead_of_failing_everyone(
+    client, worker, zalo: ZnsEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.deliveries.conftest import configure
+
+    configure(monkeypatch, {"AUTH_PAUSE_SECONDS": "3", "RATE_WAIT_SECONDS": "1"})
+    setup(client, users=6)
+    zalo.break_account(-223)  # "Official Account has not authorized this API"
+    before = AUTH_FAILURES.labels("zalo")._value.get()
+    campaign_id = launch(client, "fraud_warning")
+
+    def all_waiting() -> bool:
+        return campaign_status(client, campaign_id)["counts"]["by_status"] == {"retrying": 6}
+
+    wait_for(all_waiting)
+    assert AUTH_FAILURES.labels("zalo")._value.get() - before == 1, "one loud event"
+    deliveries = all_deliveries(client, campaign_id=campaign_id)
+    attempts = [a for d in deliveries for a in d["attempts"]]
+    # Those already on the wire met the same refusal; none failed, no address was marked.
+    assert attempts and {a["outcome"] for a in attempts} == {"auth"}
+    assert {a["provider_code"] for a in attempts} == {"-223"}
+    assert {d["error_class"] for d in deliveries} <= {"auth", "deferred"}
+    assert zalo.refresh_count == 0, "no token refresh for a set-up fault"
+    zalo.repair_account()
+    clock.shift(timedelta(hours=1))  # the service's clock is frozen here: let the retries come
+    done = finished(client, campaign_id)
+    assert done["counts"]["by_status"] == {"sent": 6}
