@@ -33,6 +33,7 @@ BUILTIN = {
     "zalo": "channels.zalo:ZaloAdapter",
     "facebook": "channels.facebook:FacebookAdapter",
     "vssid": "channels.vssid:VssidAdapter",
+    "zns": "channels.zns:ZnsAdapter",
 }
 
 # The channels of the agency's plan; templates may carry variants for any of them.

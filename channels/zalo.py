@@ -1,15 +1,43 @@
 """Zalo Official Account (OpenAPI v3), with the OAuth v4 single-use refresh-token rotation.
 
-Message type, chosen from :attr:`Message.kind` (:data:`MESSAGE_TYPES`):
+Which route, from what the Zalo variant of the template renders to (:func:`is_template`):
 
-    kind                               Zalo type     why
-    transactional                      transaction   the citizen's own file; costs OA quota
-    fraud_warning, disaster_support    cs            "consultation": free, but only inside the
-                                                     user's interaction window (-230/-232)
-    greeting, policy_news              promotion     broadcast content; never 22:00–06:00
+    rendered body                      route                          who can get it
+    a Zalo template description        POST /v3.0/oa/message/template followers, any time (a
+    (``template_id:`` + parameters)    {"user_id","template_id",      promotion-tagged one
+                                       "template_data"}               never 22:00–06:00)
+    plain text                         POST /v3.0/oa/message/cs       only people who wrote to
+                                       {"recipient":{"user_id"},      the OA in the last 7 days
+                                        "message":{"text"}}           (-230/-232 otherwise)
+
+Why the template route and not ``/message/transaction`` / ``/message/promotion``: Zalo's own
+Java SDK only ever sent structured templates there (zaloplatform/zalo-java-sdk
+``src/test/java/v3/SendTransactionMessage.java``: ``attachment.type = "template"``,
+``template_type = "transaction_order"``, banner/header/text/table elements and buttons), never
+text; and Zalo's notice on its transaction-message page, "Dịch vụ Tin UID Giao dịch (165 vnd)
+và UID Truyền thông cá nhân sẽ được dừng cung cấp từ 01/03/2026", retired those per-user
+services on 2026-03-01 in favour of ZBS Template Messages: templates Zalo approved beforehand,
+sent by user id to ``/v3.0/oa/message/template`` with ``template_id`` and ``template_data``
+(as quoted, with the request and answer bodies, by the "Zalo Platform API — Integration
+Specification" compilation of 2026-08-20, §1.2 and §5.4, citing
+docs.zaloplatforms.com/docs/ZBS/gui-tin-template-qua-uid/api-gui-tin-qua-uid). A structured
+payload composed at send time would be refused today, so the adapter never builds one; the
+contract fixtures (tests/channels/fixtures/zalo_contract.json) hold both bodies and say where
+each comes from.
+
+The template description is what the ``zalo`` (and ``zns``) variants of our templates are
+(:func:`parse_template`), one item a line, validated when the template is saved
+(:func:`template_problems`: parameter names, the types Zalo offers and the lengths it imposes
+on each)::
+
+    template_id: 312345
+    tag: transaction
+    customer_name (customer_name): {{ recipient.full_name }}
+    insurance_code (code): {{ recipient.external_id }}
 
 Zalo answers errors with **HTTP 200** and ``{"error": <negative int>, "message": ..}``, so the
-body's code is always what is classified (:func:`classify_error`), per CHANNELS.md:
+body's code is always what is classified (:func:`classify_error`), per CHANNELS.md and the
+error table of the same compilation (§14.2, §14.3):
 
     code              meaning                                raised
     -32               app reached its API call limit         RateLimitedError, no retry_after
@@ -20,10 +48,24 @@ body's code is always what is classified (:func:`classify_error`), per CHANNELS.
                                                              06:xx: the provider lags a bit)
     -216, -220, -124  access token invalid / expired         refresh once, retry once; then
                                                              AuthError
+    ACCOUNT_CODES     app, OA or permission set-up broken    AuthError: the channel account
+    (-204, -205,      (not activated, API not registered,    pauses and alerts once; the
+    -209, -212,       app removed, OA unverified, not        deliveries wait. No refresh:
+    -219, -221,       authorised, tier, v2 API shut, bad     a new token cures none of them
+    -223, -224,       appsecret_proof, no / unpaid Zalo
+    -235, -240,       Cloud Account)
+    -242, -320,
+    -321)
     -213              user does not follow the OA            PermanentError, address dead
-    -227, -217        user banned/inactive, blocked the OA   PermanentError, address dead
+    -227              user banned / inactive 45 days         PermanentError, address dead
+    -217              "user has blocked invitation from      PermanentError, address kept
+                      OA" (not "blocked the OA")
     -244              user restricted this message type      PermanentError
     -230, -232        outside the consultation window        PermanentError (another channel)
+    -109, -131,       template unknown, not approved, not    PermanentError (the template,
+    -249, -111,       sendable by user id; data empty,       not the address)
+    -112, -1121,      too long, missing, badly formatted
+    -1122, -1124
     -201, -210, -233  bad parameter, too long, bad type      PermanentError
     any other code    unknown refusal                        PermanentError
 
@@ -32,7 +74,9 @@ HTTP 5xx without a Zalo code, network failures, timeouts and non-JSON answers ar
 
 Promotions are also held back *before* calling the API during the night (judged on
 ``context.now()`` in Asia/Ho_Chi_Minh): a :class:`RateLimitedError` whose ``retry_after`` ends
-at 06:00 local, so the delivery is deferred rather than failed and no call is wasted.
+at 06:00 local, so the delivery is deferred rather than failed and no call is wasted. A
+template is a promotion when its ``tag`` says so or the campaign's kind is a greeting or policy
+news; consultation replies go out around the clock.
 
 Tokens. The access/refresh pair rotates on every refresh and the refresh token is single use,
 so the current pair lives in the shared :class:`~channels.base.StateStore` under
@@ -47,6 +91,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
+import unicodedata
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -86,13 +133,11 @@ def _vietnam_zone() -> tzinfo:
 
 VIETNAM = _vietnam_zone()
 
-MESSAGE_TYPES: dict[Category, str] = {
-    Category.transactional: "transaction",
-    Category.fraud_warning: "cs",
-    Category.disaster_support: "cs",
-    Category.greeting: "promotion",
-    Category.policy_news: "promotion",
-}
+# Kinds whose Zalo templates are promotional (Zalo tag 3): never sent 22:00–06:00.
+PROMOTION_KINDS = frozenset({Category.greeting, Category.policy_news})
+
+TEMPLATE_ROUTE = "/v3.0/oa/message/template"
+CS_ROUTE = "/v3.0/oa/message/cs"
 
 ACCESS_KEY = "zalo:access_token"
 REFRESH_KEY = "zalo:refresh_token"
@@ -108,7 +153,37 @@ QUOTA_CODES = frozenset({-211, -218})
 NIGHT_CODE = -234
 AUTH_CODES = frozenset({-216, -220, -124})
 WINDOW_CODES = frozenset({-230, -232})
-DEAD_CODES = frozenset({-213, -217, -227})
+DEAD_CODES = frozenset({-213, -227})
+# -217 reads "User has blocked invitation from OA": an invitation refused, not the OA blocked,
+# so the address stays alive (the compilation's §14.2 quotes Zalo's message verbatim).
+# Account-wide: the app, the OA or a permission is not set up; every recipient would get the
+# same answer, so the channel account pauses (AuthError) instead of failing message by message.
+ACCOUNT_CODES: dict[int, str] = {
+    -204: "the Official Account is disabled",
+    -205: "the Official Account does not exist",
+    -209: "the app is not activated for this API",
+    -212: "the app has not registered the Official Account API",
+    -219: "the app is removed or disabled",
+    -221: "the Official Account must be verified for this feature",
+    -223: "the Official Account has not authorised this API for the app",
+    -224: "the Official Account must upgrade its tier package",
+    -235: "this API does not support this type of Official Account",
+    -240: "the v2 message API is shut down",
+    -242: "the appsecret_proof is invalid",
+    -320: "the app must be connected to a Zalo Cloud Account",
+    -321: "the Zalo Cloud Account is out of money or cannot be charged",
+}
+# A template Zalo will not send, or data that breaks its parameters: the template's problem.
+TEMPLATE_CODES: dict[int, str] = {
+    -109: "unknown template id",
+    -111: "template data is empty",
+    -112: "template data type not defined",
+    -1121: "a parameter exceeds its maximum length",
+    -1122: "a template parameter is missing",
+    -1124: "a parameter has an invalid format",
+    -131: "the template is not approved",
+    -249: "the template cannot be sent by user id",
+}
 
 # The settings every send needs.
 REQUIRED = ("app_id", "secret_key", "access_token", "refresh_token")
@@ -126,6 +201,188 @@ class ZaloSettings(http.HttpSettings):
     refresh_token: SecretStr | None = None
     api_url: http.HttpUrl = "https://openapi.zalo.me"
     oauth_url: http.HttpUrl = "https://oauth.zaloapp.com"
+
+
+# -- Zalo templates ----------------------------------------------------------------------------
+
+# The parameter types Zalo's template editor offers ("cài đặt kỹ thuật" of a parameter, integer
+# codes 1-15 at template creation) and the longest value each accepts, in characters, with the
+# data formats Zalo documents for them: the compilation's §7.9 (ZBS Template Message, citing
+# the template-creation page), Zalo Cloud's guide to parameter formats
+# (zalo.cloud/blog/cac-dinh-dang-du-lieu-khi-truyen-vao-tham-so-tren-noi-dung-zns: "Tên khách
+# hàng (30)") and @warriorteam/redai-zalo-sdk ``types/zns.d.ts`` (ZNSParamType). Zalo refuses a
+# longer value with -1121 and a badly formatted one with -1124.
+PARAM_TYPES: dict[str, int] = {
+    "customer_name": 30,
+    "phone_number": 15,
+    "address": 200,
+    "code": 30,
+    "custom_label": 30,
+    "transaction_status": 30,
+    "contact_info": 50,
+    "gender_title": 5,
+    "product_brand": 200,
+    "quantity_amount": 20,
+    "time": 20,
+    "otp": 10,
+    "url": 200,
+    "currency": 12,
+    "bank_note": 90,
+}
+# Zalo's template tags: 1 transaction, 2 customer care, 3 promotion (the last never at night).
+TAGS = ("transaction", "customer_care", "promotion")
+PARAM_NAME = re.compile(r"^[a-z][a-z0-9_]{0,49}$")
+TEMPLATE_ID = re.compile(r"^[A-Za-z0-9]{1,40}$")
+_PARAM_LINE = re.compile(r"^([^\s(:]+)\s*\(\s*([^)]*?)\s*\)\s*:(.*)$")
+_NUMBER = re.compile(r"^[0-9][0-9.,]*$")
+_INTEGER = re.compile(r"^[1-9][0-9]*$")
+_PHONE = re.compile(r"^\+?[0-9][0-9 .]*$")
+# hh:mm:ss, hh:mm, hh:mm:ss dd/mm/yyyy, hh:mm dd/mm/yyyy, dd/mm/yyyy, mm/yyyy
+_TIME = re.compile(
+    r"^\d{2}:\d{2}(:\d{2})?$|^(\d{2}:\d{2}(:\d{2})? )?\d{2}/\d{2}/\d{4}$|^\d{2}/\d{4}$"
+)
+# The characters Zalo forbids in a bank transfer note.
+_BANK_NOTE = re.compile(r"^[^@\[\]^_!\"•#$%¥&'()*+,€\-./:;{|<}=~>?]*$")
+_FORMATS: dict[str, tuple[re.Pattern[str], str]] = {
+    "quantity_amount": (_NUMBER, "a number"),
+    "currency": (_INTEGER, "a positive whole number of đồng"),
+    "bank_note": (_BANK_NOTE, "free of @[]^_!\"•#$%¥&'()*+,€-./:;{|<}=~>?"),
+    "otp": (re.compile(r"^[0-9A-Za-z]+$"), "letters and digits"),
+    "phone_number": (_PHONE, "a phone number"),
+    "time": (_TIME, "hh:mm[:ss], [hh:mm[:ss] ]dd/mm/yyyy or mm/yyyy"),
+    "url": (re.compile(r"^https?://\S+$"), "an http(s) URL"),
+}
+
+
+class TemplateFormatError(ValueError):
+    """A Zalo template description that Zalo would refuse; ``problems`` lists every fault."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True, slots=True)
+class TemplateParam:
+    name: str
+    type: str
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
+class ZaloTemplate:
+    """A registered Zalo template and the values of its parameters for one recipient."""
+
+    template_id: str
+    tag: str | None
+    params: tuple[TemplateParam, ...]
+
+    def data(self) -> dict[str, str]:
+        """``template_data`` as Zalo takes it: every value a string, by parameter name."""
+        return {param.name: param.value for param in self.params}
+
+    @property
+    def promotional(self) -> bool:
+        return self.tag == "promotion"
+
+
+def _lines(body: str) -> list[str]:
+    return [
+        line.strip()
+        for line in body.splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+
+
+def is_template(body: str) -> bool:
+    """Whether a rendered body is a Zalo template description (else it is free text)."""
+    lines = _lines(body)
+    return bool(lines) and lines[0].lower().startswith("template_id:")
+
+
+def _param_problems(param: TemplateParam) -> list[str]:
+    problems = []
+    if not PARAM_NAME.match(param.name):
+        problems.append(
+            f"parameter name {param.name!r}: lowercase letters, digits and _ only, "
+            "starting with a letter, at most 50"
+        )
+    limit = PARAM_TYPES.get(param.type)
+    if limit is None:
+        problems.append(
+            f"parameter {param.name}: unknown type {param.type!r}; Zalo offers "
+            + ", ".join(PARAM_TYPES)
+        )
+        return problems
+    if not param.value:
+        problems.append(f"parameter {param.name} is empty")
+    elif len(param.value) > limit:
+        problems.append(
+            f"parameter {param.name} ({param.type}) is {len(param.value)} characters; "
+            f"Zalo allows {limit}"
+        )
+    found = _FORMATS.get(param.type)
+    if param.value and found is not None and not found[0].match(param.value):
+        problems.append(f"parameter {param.name} ({param.type}) must be {found[1]}")
+    return problems
+
+
+def parse_template(body: str) -> ZaloTemplate:
+    """The template description a ``zalo``/``zns`` variant rendered to; values are normalised
+    to NFC first (Zalo counts characters, and a decomposed Vietnamese name is longer).
+
+    Raises :class:`TemplateFormatError` listing every problem: a missing or malformed
+    ``template_id``, an unknown tag, a line that is not ``name (type): value``, a repeated or
+    badly named parameter, an unknown type, a value empty, too long or not in its type's
+    format.
+    """
+    problems: list[str] = []
+    template_id: str | None = None
+    tag: str | None = None
+    params: list[TemplateParam] = []
+    seen: set[str] = set()
+    for line in _lines(unicodedata.normalize("NFC", body)):
+        key, _, rest = line.partition(":")
+        if key.strip().lower() == "template_id" and template_id is None and not params:
+            template_id = rest.strip()
+            if not TEMPLATE_ID.match(template_id):
+                problems.append(f"template_id {template_id!r} is not a Zalo template id")
+            continue
+        if key.strip().lower() == "tag" and tag is None and not params:
+            tag = rest.strip().lower()
+            if tag not in TAGS:
+                problems.append(f"tag {tag!r}: one of {', '.join(TAGS)}")
+            continue
+        match = _PARAM_LINE.match(line)
+        if match is None:
+            problems.append(f"line {line[:40]!r} is not 'name (type): value'")
+            continue
+        param = TemplateParam(match[1], match[2].lower(), match[3].strip())
+        if param.name in seen:
+            problems.append(f"parameter {param.name} appears twice")
+        seen.add(param.name)
+        problems += _param_problems(param)
+        params.append(param)
+    if template_id is None:
+        problems.insert(0, "the first line must be 'template_id: <the id Zalo approved>'")
+    if not params:
+        problems.append("a Zalo template needs at least one parameter")
+    if problems:
+        raise TemplateFormatError(problems)
+    assert template_id is not None
+    return ZaloTemplate(template_id=template_id, tag=tag, params=tuple(params))
+
+
+def template_problems(body: str) -> list[str]:
+    """What stops a rendered ``zalo`` variant from being sent: nothing for free text (the
+    consultation route), every problem of a template description otherwise."""
+    if not is_template(body):
+        return []
+    try:
+        parse_template(body)
+    except TemplateFormatError as exc:
+        return exc.problems
+    return []
 
 
 # -- time ---------------------------------------------------------------------------------------
@@ -189,6 +446,15 @@ def classify_error(code: int, reply: str, now: datetime) -> DeliveryError:
         )
     if code in AUTH_CODES:
         return AuthError(f"{detail} (access token refused)", code=code, reply=reply)
+    if code in ACCOUNT_CODES:
+        return AuthError(
+            f"{detail} (account-wide: {ACCOUNT_CODES[code]}; the channel waits until an "
+            "operator fixes the Zalo set-up)",
+            code=code,
+            reply=reply,
+        )
+    if code in TEMPLATE_CODES:
+        return PermanentError(f"{detail} ({TEMPLATE_CODES[code]})", code=code, reply=reply)
     if code in WINDOW_CODES:
         return PermanentError(
             f"{detail} (outside the consultation window; use another channel)",
@@ -216,6 +482,9 @@ class ZaloAdapter(Adapter):
     # -32 answer remains the backstop (classified as rate limited). DISPATCHER_RATE_LIMITS
     # can raise or lower it without a release.
     rate_limits = (RateRule(per_second=20, burst=20),)
+    # Checked when a template is saved (dispatcher.content): a template description must be
+    # one Zalo would take; free text is for the consultation route.
+    body_problems = staticmethod(template_problems)
 
     def __init__(
         self,
@@ -366,16 +635,16 @@ class ZaloAdapter(Adapter):
 
     # -- sending --------------------------------------------------------------------------
 
-    async def _post(self, message_type: str, token: str, message: Message) -> dict[str, Any]:
+    async def _post(self, route: str, token: str, payload: dict[str, Any]) -> dict[str, Any]:
         """One send call; the decoded Zalo body, or a TransientError when there is none."""
         assert self._client is not None
         response = await http.request(
             self._client,
             "POST",
-            f"{self.api_url}/v3.0/oa/message/{message_type}",
-            provider="zalo",
+            f"{self.api_url}{route}",
+            provider=self.name,
             headers={"access_token": token},
-            json={"recipient": {"user_id": message.address}, "message": {"text": message.body}},
+            json=payload,
         )
         try:
             body = response.json()
@@ -395,27 +664,41 @@ class ZaloAdapter(Adapter):
             reply=response.text[:200] or None,
         )
 
-    async def send(self, message: Message) -> SendResult:
-        if self._client is None or self._refresh_lock is None:
-            await self.open()
-        message_type = MESSAGE_TYPES[message.kind]
-        now = self.context.now()
-        if message_type == "promotion" and is_night(now):
+    def request_for(self, message: Message) -> tuple[str, dict[str, Any]]:
+        """The route and JSON body for ``message`` (see the module's route table)."""
+        if is_template(message.body):
+            try:
+                template = parse_template(message.body)
+            except TemplateFormatError as exc:
+                raise PermanentError(f"zalo template description: {exc}") from None
+            return TEMPLATE_ROUTE, {
+                "user_id": message.address,
+                "template_id": template.template_id,
+                "template_data": template.data(),
+            }
+        # Free text: only the consultation route takes it, inside the 7-day window.
+        return CS_ROUTE, {
+            "recipient": {"user_id": message.address},
+            "message": {"text": message.body},
+        }
+
+    async def hold_back(self, message: Message, route: str, now: datetime) -> None:
+        """Raise to defer ``message`` without calling Zalo (promotions at night)."""
+        promotional = route == TEMPLATE_ROUTE and (
+            message.kind in PROMOTION_KINDS or parse_template(message.body).promotional
+        )
+        if promotional and is_night(now):
             # Checked here rather than left to -234: deferred, not failed, and no call spent.
             raise RateLimitedError(
                 "promotion messages are not sent 22:00–06:00 Vietnam time; deferred to 06:00",
                 retry_after=seconds_until_local(now, NIGHT_END_HOUR),
                 scope="message",
             )
-        token = await self._stored_access()
-        body = await self._post(message_type, token, message)
-        if body["error"] in AUTH_CODES:
-            # Expired or revoked: rotate once and try once more; a second refusal is ours.
-            token = await self._fresh_access_token(failed=token)
-            body = await self._post(message_type, token, message)
-        code: int = body["error"]
-        if code != 0:
-            raise classify_error(code, str(body.get("message") or ""), now)
+
+    def classify(self, code: int, reply: str, now: datetime) -> DeliveryError:
+        return classify_error(code, reply, now)
+
+    async def accepted(self, body: dict[str, Any], now: datetime) -> SendResult:
         data = body.get("data")
         message_id = data.get("message_id") if isinstance(data, dict) else None
         return SendResult(
@@ -423,3 +706,20 @@ class ZaloAdapter(Adapter):
             provider_code="0",
             provider_reply=str(body.get("message") or "Success"),
         )
+
+    async def send(self, message: Message) -> SendResult:
+        if self._client is None or self._refresh_lock is None:
+            await self.open()
+        route, payload = self.request_for(message)
+        now = self.context.now()
+        await self.hold_back(message, route, now)
+        token = await self._stored_access()
+        body = await self._post(route, token, payload)
+        if body["error"] in AUTH_CODES:
+            # Expired or revoked: rotate once and try once more; a second refusal is ours.
+            token = await self._fresh_access_token(failed=token)
+            body = await self._post(route, token, payload)
+        code: int = body["error"]
+        if code != 0:
+            raise self.classify(code, str(body.get("message") or ""), now)
+        return await self.accepted(body, now)

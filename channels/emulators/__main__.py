@@ -1,7 +1,7 @@
 """Run one provider emulator standalone, for ``dispatcher dev`` and the benchmarks.
 
     python -m channels.emulators telegram --port 8081
-    python -m channels.emulators zalo --port 8082
+    python -m channels.emulators zalo --port 8082      (the OA API and ZNS on one port)
     python -m channels.emulators messenger --port 8083
     python -m channels.emulators fcm --port 8084
 
@@ -20,7 +20,7 @@ from channels.emulators.base import Emulator
 from channels.emulators.fcm import FcmEmulator
 from channels.emulators.messenger import MessengerEmulator
 from channels.emulators.telegram import TelegramEmulator
-from channels.emulators.zalo import ZaloEmulator
+from channels.emulators.zns import ZnsEmulator
 
 
 def build(name: str, port: int, rate: float | None) -> tuple[Emulator, dict[str, str]]:
@@ -28,7 +28,8 @@ def build(name: str, port: int, rate: float | None) -> tuple[Emulator, dict[str,
         telegram = TelegramEmulator(port=port, global_rate=rate or 30.0)
         return telegram, {"TELEGRAM_TOKEN": telegram.token}
     if name == "zalo":
-        zalo = ZaloEmulator(port=port, api_rate=rate or 100.0)
+        # Templates are the OA's own (registered with Zalo): any id is taken here.
+        zalo = ZnsEmulator(port=port, api_rate=rate or 100.0, any_template=True)
         return zalo, {
             "ZALO_APP_ID": zalo.app_id,
             "ZALO_SECRET_KEY": zalo.secret_key,
@@ -48,7 +49,7 @@ def build(name: str, port: int, rate: float | None) -> tuple[Emulator, dict[str,
 def urls(name: str, base: str) -> dict[str, str]:
     return {
         "telegram": {"TELEGRAM_BASE_URL": f"{base}/bot"},
-        "zalo": {"ZALO_API_URL": base, "ZALO_OAUTH_URL": base},
+        "zalo": {"ZALO_API_URL": base, "ZALO_OAUTH_URL": base, "ZNS_API_URL": base},
         "messenger": {"FACEBOOK_GRAPH_URL": base},
         "fcm": {"FCM_ENDPOINT": base, "FCM_TOKEN_URI": f"{base}/token"},
     }[name]

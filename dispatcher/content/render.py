@@ -370,7 +370,22 @@ def limit_problems(rendered: Rendered, limits: ChannelLimits | None = None) -> l
                 f"payload is about {size} bytes; {rendered.channel} allows "
                 f"{limits.max_payload_bytes}"
             )
+    problems += body_problems(rendered.channel, rendered.body)
     return problems
+
+
+def body_problems(channel: str, body: str) -> list[str]:
+    """What the channel's adapter finds wrong with a rendered body beyond its size: its
+    ``body_problems`` when it declares one (Zalo and ZNS check a template description against
+    the rules of Zalo's templates), none otherwise."""
+    try:
+        adapter = registry.get(channel)
+    except registry.UnknownChannel:
+        return []
+    check = getattr(adapter, "body_problems", None)
+    if check is None:
+        return []
+    return [str(problem) for problem in check(body)]
 
 
 def variant_map(variants: Iterable[VariantData]) -> dict[tuple[str, str], VariantData]:

@@ -9,6 +9,7 @@ nothing sleeps.
 from __future__ import annotations
 
 import asyncio
+import unicodedata
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 
@@ -29,9 +30,29 @@ from channels.base import (
     TransientError,
 )
 from channels.emulators.base import Delay, Disconnect, ManualClock, Reply
-from channels.emulators.zalo import ERRORS, VIETNAM, ZaloEmulator, error, server_error
-from channels.zalo import ACCESS_KEY, MESSAGE_TYPES, REFRESH_KEY, ZaloAdapter
+from channels.emulators.zalo import (
+    ERRORS,
+    VIETNAM,
+    Template,
+    TemplateParam,
+    ZaloEmulator,
+    error,
+    server_error,
+)
+from channels.zalo import (
+    ACCESS_KEY,
+    ACCOUNT_CODES,
+    REFRESH_KEY,
+    TemplateFormatError,
+    ZaloAdapter,
+    is_template,
+    parse_template,
+    template_problems,
+)
+from dispatcher.content.schemas import TemplateIn
+from dispatcher.content.service import validate
 from dispatcher.core.config import Settings
+from dispatcher.kit.errors import Invalid
 
 # A Monday, 10:00 in Vietnam (03:00 UTC): daytime, so promotions are allowed.
 START = datetime(2025, 3, 10, 3, 0, tzinfo=UTC)
@@ -41,6 +62,13 @@ SEED_ACCESS = "zat_seed_access_token_abcdefghijklmnopqrstuvwxyz0123456789"
 SEED_REFRESH = "zrt_seed_refresh_token_abcdefghijklmnopqrstuvwxyz0123456789"
 USER = "8412345678901234567"
 HOUR = 3600.0
+TRANSACTION_TEMPLATE = "300101"
+PROMOTION_TEMPLATE = "300103"
+PARAMS = (TemplateParam("customer_name", 30), TemplateParam("insurance_code", 30))
+TEMPLATES = (
+    Template(TRANSACTION_TEMPLATE, PARAMS, tag=1),
+    Template(PROMOTION_TEMPLATE, PARAMS, tag=3),
+)
 
 Outcome = SendResult | DeliveryError
 
@@ -57,6 +85,7 @@ def zalo(clock: ManualClock) -> Iterator[ZaloEmulator]:
         secret_key=SECRET_KEY,
         access_token=SEED_ACCESS,
         refresh_token=SEED_REFRESH,
+        templates=TEMPLATES,
         clock=clock,
         monotonic=clock.monotonic,
     ) as emulator:
@@ -87,7 +116,29 @@ def adapter(
     return ZaloAdapter.from_settings(settings(emulator, **overrides), context)
 
 
-def message(kind: Category = Category.transactional, address: str = USER, i: int = 1) -> Message:
+def description(i: int = 1, template_id: str = TRANSACTION_TEMPLATE) -> str:
+    """A rendered ``zalo`` variant: the Zalo template and its parameters for one person."""
+    return (
+        f"template_id: {template_id}\n"
+        "customer_name (customer_name): Nguyễn Văn An\n"
+        f"insurance_code (code): BH{i:08d}\n"
+    )
+
+
+def message(
+    kind: Category = Category.transactional,
+    address: str = USER,
+    i: int = 1,
+    template_id: str = TRANSACTION_TEMPLATE,
+) -> Message:
+    """A message by template (the route for followers at any time)."""
+    return Message(delivery_id=i, address=address, body=description(i, template_id), kind=kind)
+
+
+def text_message(
+    kind: Category = Category.fraud_warning, address: str = USER, i: int = 1
+) -> Message:
+    """Free text: the consultation route, inside the 7-day window only."""
     return Message(delivery_id=i, address=address, body=f"Thông báo BHXH số {i}", kind=kind)
 
 
@@ -138,40 +189,58 @@ def assert_no_secrets(exc: BaseException, emulator: ZaloEmulator) -> None:
 # -- sending ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("kind", "zalo_type"),
-    [
-        (Category.transactional, "transaction"),
-        (Category.fraud_warning, "cs"),
-        (Category.disaster_support, "cs"),
-        (Category.greeting, "promotion"),
-        (Category.policy_news, "promotion"),
-    ],
-)
-def test_each_kind_is_sent_as_its_message_type(
-    zalo: ZaloEmulator, clock: ManualClock, kind: Category, zalo_type: str
+@pytest.mark.parametrize("kind", list(Category))
+def test_a_template_goes_by_the_template_route_for_every_kind(
+    zalo: ZaloEmulator, clock: ManualClock, kind: Category
 ) -> None:
     result = send_one(adapter(zalo, clock), message(kind))
     assert isinstance(result, SendResult)
     delivery = zalo.outbox.last()
-    assert (delivery.address, delivery.kind, delivery.text) == (
-        USER,
-        zalo_type,
-        "Thông báo BHXH số 1",
-    )
+    assert (delivery.address, delivery.kind, delivery.text) == (USER, "template", None)
     assert result.provider_message_id == delivery.message_id
     assert result.provider_code == "0"
     request = zalo.requests.last()
-    assert request.path == f"/v3.0/oa/message/{zalo_type}"
+    assert request.path == "/v3.0/oa/message/template"
     assert request.json() == {
-        "recipient": {"user_id": USER},
-        "message": {"text": "Thông báo BHXH số 1"},
+        "user_id": USER,
+        "template_id": TRANSACTION_TEMPLATE,
+        "template_data": {"customer_name": "Nguyễn Văn An", "insurance_code": "BH00000001"},
     }
     assert request.mentions(SEED_ACCESS) == ["headers"]
 
 
-def test_every_category_has_a_message_type() -> None:
-    assert set(MESSAGE_TYPES) == set(Category)
+@pytest.mark.parametrize("kind", list(Category))
+def test_free_text_goes_by_the_consultation_route_only(
+    zalo: ZaloEmulator, clock: ManualClock, kind: Category
+) -> None:
+    result = send_one(adapter(zalo, clock), text_message(kind))
+    assert isinstance(result, SendResult)
+    delivery = zalo.outbox.last()
+    assert (delivery.kind, delivery.text) == ("cs", "Thông báo BHXH số 1")
+    request = zalo.requests.last()
+    assert request.path == "/v3.0/oa/message/cs"
+    assert request.json() == {
+        "recipient": {"user_id": USER},
+        "message": {"text": "Thông báo BHXH số 1"},
+    }
+    # Never the retired per-user routes.
+    assert not zalo.requests.filter(path="/v3.0/oa/message/transaction")
+    assert not zalo.requests.filter(path="/v3.0/oa/message/promotion")
+
+
+def test_a_broken_template_description_is_refused_without_a_call(
+    zalo: ZaloEmulator, clock: ManualClock
+) -> None:
+    broken = Message(
+        delivery_id=1,
+        address=USER,
+        body="template_id: 300101\ncustomer_name (customer_name): " + "A" * 31,
+        kind=Category.transactional,
+    )
+    exc = send_one(adapter(zalo, clock), broken)
+    assert type(exc) is PermanentError
+    assert "Zalo allows 30" in exc.reason
+    assert message_calls(zalo) == 0
 
 
 def test_one_client_is_opened_and_closed(zalo: ZaloEmulator, clock: ManualClock) -> None:
@@ -203,7 +272,13 @@ ERROR_TABLE: list[tuple[int, type[DeliveryError], bool, float | None]] = [
     (-230, PermanentError, False, None),
     (-232, PermanentError, False, None),
     (-227, PermanentError, True, None),
-    (-217, PermanentError, True, None),
+    (-217, PermanentError, False, None),  # an invitation blocked, not the OA: address kept
+    (-109, PermanentError, False, None),  # unknown template
+    (-131, PermanentError, False, None),  # template not approved
+    (-1121, PermanentError, False, None),  # a parameter too long
+    (-1122, PermanentError, False, None),
+    (-1124, PermanentError, False, None),
+    (-249, PermanentError, False, None),
     (-244, PermanentError, False, None),
     (-201, PermanentError, False, None),
     (-210, PermanentError, False, None),
@@ -232,6 +307,27 @@ def test_error_codes_are_classified(
         assert "consultation window" in exc.reason
     assert not zalo.outbox
     assert_no_secrets(exc, zalo)
+
+
+@pytest.mark.parametrize("code", sorted(ACCOUNT_CODES))
+def test_account_wide_codes_pause_the_channel_without_a_refresh(
+    zalo: ZaloEmulator, clock: ManualClock, code: int
+) -> None:
+    zalo.break_account(code)
+    exc = send_one(adapter(zalo, clock))
+    assert type(exc) is AuthError, "an AuthError pauses the channel account and alerts once"
+    assert exc.code == str(code)
+    assert exc.reply == ERRORS[code]
+    assert "account-wide" in exc.reason
+    assert not exc.address_dead
+    assert zalo.refresh_count == 0, "a new token cures no set-up fault"
+    assert message_calls(zalo) == 1
+
+
+def test_the_account_codes_are_those_of_the_contract() -> None:
+    contract = {-209, -212, -219, -221, -223, -224, -240, -242, -320, -321}
+    assert contract <= set(ACCOUNT_CODES)
+    assert not set(ACCOUNT_CODES) & {-213, -217, -227, -230, -232, -244, -216, -220, -124}
 
 
 @pytest.mark.parametrize("code", [-216, -220, -124])
@@ -272,9 +368,9 @@ def test_refusals_from_the_emulators_own_state(zalo: ZaloEmulator, clock: Manual
         message(address="2"),
         message(address="3"),
         message(Category.greeting, address="4"),
-        message(Category.fraud_warning, address="5"),
+        text_message(Category.fraud_warning, address="5"),
         message(Category.transactional, address="5"),  # the window concerns cs only
-        Message(delivery_id=7, address="6", body="ệ" * 2001, kind=Category.transactional),
+        Message(delivery_id=7, address="6", body="ệ" * 2001, kind=Category.fraud_warning),
     )
     assert [(type(r).__name__, getattr(r, "code", None)) for r in results] == [
         ("PermanentError", "-213"),
@@ -287,7 +383,7 @@ def test_refusals_from_the_emulators_own_state(zalo: ZaloEmulator, clock: Manual
     ]
     assert [getattr(r, "address_dead", None) for r in results] == [
         True,
-        True,
+        False,  # -217
         True,
         False,
         False,
@@ -397,8 +493,33 @@ def test_promotions_go_out_from_six_until_ten_pm(zalo: ZaloEmulator, clock: Manu
     assert isinstance(send_one(zalo_adapter, message(Category.greeting, i=2)), RateLimitedError)
     clock.set(datetime(2025, 3, 11, 6, 0, tzinfo=VIETNAM))
     assert isinstance(send_one(zalo_adapter, message(Category.policy_news, i=3)), SendResult)
-    assert [d.text for d in zalo.outbox] == ["Thông báo BHXH số 1", "Thông báo BHXH số 3"]
-    assert {d.kind for d in zalo.outbox} == {"promotion"}
+    assert [d.payload["template_data"]["insurance_code"] for d in zalo.outbox] == [
+        "BH00000001",
+        "BH00000003",
+    ]
+
+
+def test_a_promotion_tagged_template_waits_for_the_morning_whatever_the_kind(
+    zalo: ZaloEmulator, clock: ManualClock
+) -> None:
+    clock.set(datetime(2025, 3, 10, 22, 30, tzinfo=VIETNAM))
+    tagged = Message(
+        delivery_id=1,
+        address=USER,
+        body="template_id: 300103\ntag: promotion\ncustomer_name (customer_name): An\n"
+        "insurance_code (code): BH1\n",
+        kind=Category.transactional,
+    )
+    exc = send_one(adapter(zalo, clock), tagged)
+    assert isinstance(exc, RateLimitedError)
+    assert message_calls(zalo) == 0
+
+
+def test_consultation_replies_go_at_night_for_promotional_kinds(
+    zalo: ZaloEmulator, clock: ManualClock
+) -> None:
+    clock.set(datetime(2025, 3, 10, 23, 0, tzinfo=VIETNAM))
+    assert isinstance(send_one(adapter(zalo, clock), text_message(Category.greeting)), SendResult)
 
 
 @pytest.mark.parametrize(
@@ -409,7 +530,7 @@ def test_transaction_and_cs_are_sent_at_night(
 ) -> None:
     clock.set(datetime(2025, 3, 10, 22, 30, tzinfo=VIETNAM))
     assert isinstance(send_one(adapter(zalo, clock), message(kind)), SendResult)
-    assert zalo.outbox.last().kind == MESSAGE_TYPES[kind]
+    assert zalo.outbox.last().kind == "template"
 
 
 # -- the access token and its single-use refresh token ---------------------------------------
@@ -467,7 +588,7 @@ def test_a_restarted_worker_uses_the_persisted_pair(zalo: ZaloEmulator, clock: M
     assert zalo.requests.last().mentions(state.values[ACCESS_KEY]) == ["headers"]
     # Only the very first call carried the stale seed.
     assert [r.path for r, _ in zalo.requests.mentioning(SEED_ACCESS)] == [
-        "/v3.0/oa/message/transaction"
+        "/v3.0/oa/message/template"
     ]
     assert len(zalo.outbox) == 2
 
@@ -575,7 +696,10 @@ def test_a_second_worker_picks_up_the_token_another_refreshed(
     assert isinstance(result, SendResult)
     assert zalo.refresh_count == 1
     assert len(refreshes(zalo)) == 1  # worker two did not spend the refresh token
-    assert [d.text for d in zalo.outbox] == ["Thông báo BHXH số 1", "Thông báo BHXH số 2"]
+    assert [d.payload["template_data"]["insurance_code"] for d in zalo.outbox] == [
+        "BH00000001",
+        "BH00000002",
+    ]
     assert zalo.requests.last().mentions(shared.values[ACCESS_KEY]) == ["headers"]
 
 
@@ -645,3 +769,93 @@ def test_rate_limit_scopes_say_what_to_pause() -> None:
     assert classify_error(-211, "quota", noon).scope == "channel"  # type: ignore[attr-defined]
     assert classify_error(-218, "user quota", noon).scope == "message"  # type: ignore[attr-defined]
     assert classify_error(-234, "night", noon).scope == "message"  # type: ignore[attr-defined]
+
+
+# -- the template description (what a zalo variant renders to) ----------------------------
+
+
+def test_a_description_maps_variables_to_template_parameters() -> None:
+    body = (
+        "# the card-expiry template\n"
+        "template_id: 412345\n"
+        "tag: transaction\n"
+        "customer_name (customer_name): Nguyễn Thị Hoàng Anh\n"
+        "expiry (time): 31/12/2026\n"
+        "amount (currency): 1250000\n"
+    )
+    assert is_template(body)
+    template = parse_template(body)
+    assert (template.template_id, template.tag, template.promotional) == (
+        "412345",
+        "transaction",
+        False,
+    )
+    assert template.data() == {
+        "customer_name": "Nguyễn Thị Hoàng Anh",
+        "expiry": "31/12/2026",
+        "amount": "1250000",
+    }
+    assert not is_template("Xin chào, hồ sơ của Ông/Bà đã được tiếp nhận.")
+    assert template_problems("Xin chào") == []  # free text: the consultation route
+
+
+def test_values_are_measured_after_nfc_normalisation() -> None:
+    decomposed = unicodedata.normalize("NFD", "Nguyễn Thị Hoàng Anh Trần Văn")  # 29 in NFC
+    assert len(decomposed) > 30
+    body = f"template_id: 1\ncustomer_name (customer_name): {decomposed}\n"
+    assert template_problems(body) == []
+    assert parse_template(body).data()["customer_name"] == unicodedata.normalize("NFC", decomposed)
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        ("customer_name (customer_name): An", "the first line must be 'template_id"),
+        ("template_id: 1", "at least one parameter"),
+        ("template_id: 12-34\nx (code): 1", "not a Zalo template id"),
+        ("template_id: 1\ntag: greeting\nx (code): 1", "tag 'greeting'"),
+        ("template_id: 1\nname: An", "is not 'name (type): value'"),
+        ("template_id: 1\nTên (customer_name): An", "parameter name 'Tên'"),
+        ("template_id: 1\nx (colour): An", "unknown type 'colour'"),
+        ("template_id: 1\nx (customer_name): ", "parameter x is empty"),
+        ("template_id: 1\nx (customer_name): " + "A" * 31, "is 31 characters; Zalo allows 30"),
+        ("template_id: 1\nx (gender_title): Quý đơn vị", "Zalo allows 5"),
+        ("template_id: 1\nx (code): 1\nx (code): 2", "appears twice"),
+        ("template_id: 1\nx (currency): 1.250.000", "positive whole number"),
+        ("template_id: 1\nx (time): 2026-12-31", "must be hh:mm"),
+        ("template_id: 1\nx (url): baohiemxahoi.gov.vn", "http(s) URL"),
+        ("template_id: 1\nx (bank_note): BHXH/2026", "free of"),
+    ],
+)
+def test_what_zalo_would_refuse_is_named(body: str, problem: str) -> None:
+    problems = template_problems(body) if is_template(body) else []
+    if not is_template(body):
+        with pytest.raises(TemplateFormatError) as caught:
+            parse_template(body)
+        problems = caught.value.problems
+    assert any(problem in p for p in problems), problems
+
+
+def test_a_template_is_checked_when_it_is_saved() -> None:
+    good = TemplateIn(
+        key="zalo_check",
+        variants=[
+            {
+                "channel": "zalo",
+                "body": "template_id: 1\ncustomer_name (customer_name): "
+                '{{ recipient.full_name | truncate(30, true, "…", 0) }}\n',
+            }
+        ],
+    )
+    validate(good, isolated=False)
+    bad = TemplateIn(
+        key="zalo_check",
+        variants=[
+            {
+                "channel": "zns",
+                "body": "template_id: 1\ntitle (gender_title): {{ recipient.honorific }}",
+            }
+        ],
+    )
+    with pytest.raises(Invalid, match="Zalo allows 5"):
+        validate(bad, isolated=False)  # "Ông/Bà", "Quý đơn vị": over Zalo's 5 characters

@@ -118,7 +118,12 @@ def test_the_readme_transactional_example_names_the_amount_once(repo_root: Path)
             unsubscribe_url=None,
         )
         body = renderer.render(data, context).body
-        amount = "1.250.000 đồng" if variant.locale == "vi" else "1,250,000 VND"
         where = (variant.channel, variant.locale)
+        if variant.channel in ("zalo", "zns"):
+            # A Zalo template description: the amount is a parameter; "đồng" is the
+            # registered template's fixed text.
+            assert "amount (quantity_amount): 1.250.000\n" in body, (where, body)
+            continue
+        amount = "1.250.000 đồng" if variant.locale == "vi" else "1,250,000 VND"
         assert body.count(amount) == 1, (where, body)
         assert "đồng đồng" not in body and "VND VND" not in body and "đồng VND" not in body, where

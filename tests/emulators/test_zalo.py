@@ -10,7 +10,15 @@ import httpx
 import pytest
 
 from channels.emulators.base import ANY, Delay, Disconnect, ManualClock
-from channels.emulators.zalo import ERRORS, VIETNAM, ZaloEmulator, error, server_error
+from channels.emulators.zalo import (
+    ERRORS,
+    VIETNAM,
+    Template,
+    TemplateParam,
+    ZaloEmulator,
+    error,
+    server_error,
+)
 
 from .conftest import START
 
@@ -23,10 +31,18 @@ def send(
     kind: str = "cs",
     token: str | None = None,
 ) -> dict[str, Any]:
+    """cs: free text; transaction / promotion: the structured template those (retired) routes
+    took, as zalo-java-sdk built it; anything else: text, to be refused."""
+    message: dict[str, Any] = {"text": text}
+    if kind in ("transaction", "promotion"):
+        template_type = "transaction_order" if kind == "transaction" else "promotion"
+        elements = [{"type": "header", "align": "left", "content": text}]
+        payload = {"template_type": template_type, "language": "VI", "elements": elements}
+        message = {"attachment": {"type": "template", "payload": payload}}
     response = http.post(
         f"{emulator.base_url}/v3.0/oa/message/{kind}",
         headers={"access_token": token if token is not None else emulator.access_token},
-        json={"recipient": {"user_id": user_id}, "message": {"text": text}},
+        json={"recipient": {"user_id": user_id}, "message": message},
     )
     assert response.status_code == 200, response.text  # Zalo answers errors with HTTP 200
     body: dict[str, Any] = response.json()
@@ -66,14 +82,20 @@ def test_send_each_message_type(zalo: ZaloEmulator, http: httpx.Client, kind: st
     assert (delivery.address, delivery.kind, delivery.text) == (
         "8412345678901234567",
         kind,
-        "Thông báo BHXH",
+        "Thông báo BHXH" if kind == "cs" else None,
     )
     assert delivery.message_id == message_id
     assert delivery.at == START
 
 
 def test_attachment_messages_are_accepted(zalo: ZaloEmulator, http: httpx.Client) -> None:
-    template = {"type": "template", "payload": {"template_type": "transaction_billing"}}
+    template = {
+        "type": "template",
+        "payload": {
+            "template_type": "transaction_billing",
+            "elements": [{"type": "header", "content": "Hóa đơn"}],
+        },
+    }
     response = http.post(
         f"{zalo.base_url}/v3.0/oa/message/transaction",
         headers={"access_token": zalo.access_token},
@@ -369,3 +391,134 @@ def test_access_token_travels_only_in_its_header(zalo: ZaloEmulator, http: httpx
     assert message.json() == {"recipient": {"user_id": "1"}, "message": {"text": "Thông báo BHXH"}}
     assert [parts for _, parts in zalo.requests.mentioning(zalo.secret_key)] == [["headers"]]
     assert token.header("content-type") == "application/x-www-form-urlencoded"
+
+
+# -- what Zalo refuses ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["transaction", "promotion"])
+def test_text_is_refused_on_the_template_only_routes(
+    zalo: ZaloEmulator, http: httpx.Client, kind: str
+) -> None:
+    response = http.post(
+        f"{zalo.base_url}/v3.0/oa/message/{kind}",
+        headers={"access_token": zalo.access_token},
+        json={"recipient": {"user_id": "1"}, "message": {"text": "Thông báo BHXH"}},
+    )
+    assert response.status_code == 200
+    assert response.json()["error"] == -201
+    assert not zalo.outbox
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"template_type": "promotion", "elements": [{"type": "text", "content": "x"}]},
+        {"template_type": "transaction_order", "elements": []},
+        {"template_type": "transaction_order"},
+    ],
+    ids=["wrong-type", "no-elements", "elements-missing"],
+)
+def test_a_structured_template_must_have_the_routes_shape(
+    zalo: ZaloEmulator, http: httpx.Client, payload: dict[str, Any]
+) -> None:
+    response = http.post(
+        f"{zalo.base_url}/v3.0/oa/message/transaction",
+        headers={"access_token": zalo.access_token},
+        json={
+            "recipient": {"user_id": "1"},
+            "message": {"attachment": {"type": "template", "payload": payload}},
+        },
+    )
+    assert response.json()["error"] == -201
+    assert not zalo.outbox
+
+
+TEMPLATE = Template(
+    "300101",
+    (
+        TemplateParam("customer_name", 30),
+        TemplateParam("amount", 20, type="NUMBER"),
+        TemplateParam("note", 90, require=False),
+    ),
+)
+
+
+def send_template(http: httpx.Client, emulator: ZaloEmulator, **overrides: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "user_id": "1",
+        "template_id": "300101",
+        "template_data": {"customer_name": "Nguyễn Văn An", "amount": "100000"},
+    }
+    body.update(overrides)
+    response = http.post(
+        f"{emulator.base_url}/v3.0/oa/message/template",
+        headers={"access_token": emulator.access_token},
+        json=body,
+    )
+    assert response.status_code == 200
+    answer: dict[str, Any] = response.json()
+    return answer
+
+
+def test_a_registered_template_is_sent_by_user_id(zalo: ZaloEmulator, http: httpx.Client) -> None:
+    zalo.register_template(TEMPLATE)
+    answer = send_template(http, zalo)
+    assert answer["error"] == 0
+    assert set(answer["data"]) == {"message_id", "user_id", "sent_time", "quota"}
+    delivery = zalo.outbox.last()
+    assert (delivery.address, delivery.kind, delivery.tag, delivery.text) == (
+        "1",
+        "template",
+        "1",
+        None,
+    )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "code"),
+    [
+        ({"template_id": "999999"}, -109),
+        ({"template_data": {}}, -111),
+        ({"template_data": {"amount": "1"}}, -1122),
+        ({"template_data": {"customer_name": "A" * 31, "amount": "1"}}, -1121),
+        ({"template_data": {"customer_name": "An", "amount": "một trăm"}}, -1124),
+        ({"template_data": {"customer_name": "An", "amount": "1", "note": "x" * 91}}, -1121),
+        ({"message": {"text": "Thông báo BHXH"}}, -201),
+    ],
+    ids=["unknown-id", "empty", "missing", "too-long", "not-a-number", "optional-too-long", "text"],
+)
+def test_the_template_route_refuses_what_zalo_refuses(
+    zalo: ZaloEmulator, http: httpx.Client, overrides: dict[str, Any], code: int
+) -> None:
+    zalo.register_template(TEMPLATE)
+    assert send_template(http, zalo, **overrides)["error"] == code
+    assert not zalo.outbox
+
+
+def test_unapproved_or_phone_only_templates_are_refused(
+    zalo: ZaloEmulator, http: httpx.Client
+) -> None:
+    zalo.register_template(Template("1", TEMPLATE.params, status="PENDING_REVIEW"))
+    zalo.register_template(Template("2", TEMPLATE.params, uid=False))
+    assert send_template(http, zalo, template_id="1")["error"] == -131
+    assert send_template(http, zalo, template_id="2")["error"] == -249
+
+
+def test_a_promotion_template_is_never_sent_at_night(
+    clock: ManualClock, http: httpx.Client
+) -> None:
+    clock.set(datetime(2025, 3, 10, 23, 0, tzinfo=VIETNAM))
+    promotion = Template("300103", TEMPLATE.params, tag=3)
+    with made_emulator(clock, templates=[TEMPLATE, promotion]) as emulator:
+        assert send_template(http, emulator, template_id="300103")["error"] == -234
+        assert send_template(http, emulator)["error"] == 0  # a transaction template goes
+
+
+def test_an_account_fault_answers_every_call(zalo: ZaloEmulator, http: httpx.Client) -> None:
+    zalo.register_template(TEMPLATE)
+    zalo.break_account(-223)
+    assert send(http, zalo, "1") == {"error": -223, "message": ERRORS[-223]}
+    assert send_template(http, zalo)["error"] == -223
+    zalo.repair_account()
+    assert send_template(http, zalo)["error"] == 0
