@@ -75,6 +75,12 @@ CHANNEL_PAUSES = Counter(
 AUTH_FAILURES = Counter(
     "dispatcher_channel_auth_failures_total", "Credentials a provider refused", ["channel"]
 )
+EMAIL_BOUNCES = Counter(
+    "dispatcher_email_bounces_total",
+    "Delivery status notifications recorded, by kind: hard (the address is dead) or soft "
+    "(a full mailbox, a server down; the address stays)",
+    ["kind"],
+)
 
 # -- deliveries and retries ----------------------------------------------------------------------
 
