@@ -217,3 +217,34 @@ def test_bad_reports_are_refused_and_change_nothing(
     assert address_of(db, AN).dead_at is None
     assert delivery(client, sent["message"])["status"] == "sent"
     assert bounce_entries(db) == []
+
+
+def test_the_bounces_command_receives_and_records(
+    client, worker, smtp: SmtpServer, db: Database, monkeypatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from dispatcher.cli import app
+    from tests.support import dispatcher_process
+
+    refused = CliRunner().invoke(app, ["bounces"])
+    assert refused.exit_code == 2
+    assert "DISPATCHER_SMTP_BOUNCE_ADDRESS is not set" in refused.output
+
+    sent = send_one(client, smtp, monkeypatch)
+    port = free_port()
+
+    def listening() -> bool:
+        try:
+            with smtplib.SMTP("127.0.0.1", port, timeout=2) as probe:
+                return probe.noop()[0] == 250
+        except OSError:
+            return False
+
+    with dispatcher_process("bounces", "--port", str(port)) as process:
+        wait_for(listening, timeout=120, what="`dispatcher bounces` to listen")
+        with smtplib.SMTP("127.0.0.1", port) as mx:
+            assert mx.sendmail("<>", [sent["mail_from"]], dsn(sent["content"])) == {}
+        assert process.poll() is None
+    assert address_of(db, AN).dead_at is not None
+    assert delivery(client, sent["message"])["status"] == "failed"
