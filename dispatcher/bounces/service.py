@@ -8,8 +8,8 @@ also be about the address that delivery went to. Otherwise it is refused and not
 - A hard bounce (``failed``, ``5.x.x``) marks the address dead (later campaigns skip it) and
   the delivery ``failed`` with ``address_dead``, named in an audit entry of the same
   transaction (action ``deliveries.bounce``).
-- A soft bounce (``4.x.x``) changes nothing here; it is counted
-  (``dispatcher_email_bounces_total{kind="soft"}``).
+- A soft bounce (``4.x.x``) leaves the address and the delivery as they are; it is counted on
+  the address (``addresses.soft_bounces``) and in ``dispatcher_email_bounces_total``.
 """
 
 from __future__ import annotations
@@ -98,11 +98,17 @@ def record_report(
             f": {status.diagnostic}" if status.diagnostic else ""
         )
         dead = kind is BounceKind.hard
-        if dead:
+        if not dead:
+            session.execute(
+                update(Address)
+                .where(Address.id == address.id)
+                .values(soft_bounces=Address.soft_bounces + 1, bounced_at=now)
+            )
+        else:
             session.execute(
                 update(Address)
                 .where(Address.id == address.id, Address.dead_at.is_(None))
-                .values(dead_at=now, dead_reason=reason[:200])
+                .values(dead_at=now, dead_reason=reason[:200], bounced_at=now)
             )
             audit.change_deliveries(
                 session,

@@ -178,7 +178,9 @@ def test_a_soft_bounce_is_counted_and_changes_nothing(
             "<>", [sent["mail_from"]], dsn(sent["content"], action="delayed", status="4.2.2")
         )
     assert counted("soft") == before + 1
-    assert address_of(db, AN).dead_at is None
+    address = address_of(db, AN)
+    assert address.dead_at is None
+    assert address.soft_bounces == 1 and address.bounced_at is not None
     assert delivery(client, sent["message"])["status"] == "sent"
     assert bounce_entries(db) == []
 
@@ -214,7 +216,8 @@ def test_bad_reports_are_refused_and_change_nothing(
         with pytest.raises(smtplib.SMTPDataError) as data_error:
             mx.sendmail("<>", [BOUNCES], dsn(None))
         assert b"names no message of ours" in data_error.value.smtp_error
-    assert address_of(db, AN).dead_at is None
+    address = address_of(db, AN)
+    assert address.dead_at is None and address.soft_bounces == 0
     assert delivery(client, sent["message"])["status"] == "sent"
     assert bounce_entries(db) == []
 
