@@ -47,7 +47,7 @@ class Address(Base):
     dead_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     dead_reason: Mapped[str | None] = mapped_column(String(200), nullable=True)
     # Email: soft bounces (4.x.x delivery status notifications) recorded, and the last bounce.
-    soft_bounces: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    soft_bounces: Mapped[int] = mapped_column(Integer, server_default="0")
     bounced_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
     recipient: Mapped[Recipient] = relationship(back_populates="addresses")
