@@ -30,6 +30,16 @@ def load_settings() -> Settings:
     return settings
 
 
+def warn_about_email(settings: Settings) -> None:
+    """Say once, when a sending process starts, what bulk email will lack (an http public URL
+    leaves out the RFC 8058 one-click header)."""
+    from channels.email import one_click_problem
+
+    problem = one_click_problem(settings.public_url)
+    if problem is not None:
+        console.print(f"warning: {problem}", style="yellow", markup=False, highlight=False)
+
+
 def share_metrics(settings: Settings) -> None:
     """Count this process's metrics in the shared directory the API adds up at each scrape.
 

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from dispatcher.cli.common import app, console, load_settings, share_metrics
+from dispatcher.cli.common import app, console, load_settings, share_metrics, warn_about_email
 from dispatcher.core.config import ENV_PREFIX, Settings, get_settings
 
 
@@ -58,6 +58,7 @@ def worker(
             f"[red]unknown queue {unknown[0]!r}; queues are {', '.join(sorted(known))}[/red]"
         )
         raise typer.Exit(2)
+    warn_about_email(settings)
     # A batch for every thread and two waiting: a thread that finishes finds its next batch at
     # once (a process holding one batch at a time idles while it waits on the database), yet
     # no process sits on many batches that others could start.
@@ -108,6 +109,35 @@ def scheduler() -> None:
     stop = threading.Event()
     _stop_on_signals(stop)
     run_scheduler(db=get_database(), settings=settings, queue=queue, stop=stop)
+
+
+@app.command()
+def bounces(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on (SMTP).")] = 2525,
+) -> None:
+    """Receive bounces (delivery status notifications) for DISPATCHER_SMTP_BOUNCE_ADDRESS."""
+    settings = load_settings()
+    from channels.email import SmtpSettings
+
+    bounce_address = SmtpSettings.load(settings).bounce_address
+    if bounce_address is None:
+        console.print(
+            "[red]DISPATCHER_SMTP_BOUNCE_ADDRESS is not set: messages carry no bounce address, "
+            "so there is nothing to receive.[/red]"
+        )
+        raise typer.Exit(2)
+    share_metrics(settings)
+
+    from dispatcher.core.db import get_database
+    from dispatcher.observability.logging import configure_logging
+    from workers.bounces import run_bounces
+
+    configure_logging()
+    stop = threading.Event()
+    _stop_on_signals(stop)
+    console.print(f"bounces for {bounce_address} on {host}:{port} (SMTP)")
+    run_bounces(get_database(), bounce_address, host=host, port=port, stop=stop)
 
 
 def _first_admin_key() -> None:
@@ -200,6 +230,7 @@ def dev(
         console.print(f"broker: Redis at {settings.masked()['redis_url']}")
     console.print(f"database: {settings.masked()['database_url']}")
     console.print(f"links in messages: {settings.public_url}")
+    warn_about_email(settings)
     _first_admin_key()
     actors.declare(queue.broker, settings)
     worker = dramatiq.Worker(

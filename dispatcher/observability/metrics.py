@@ -80,6 +80,12 @@ AUTH_FAILURES = Counter(
 CHANNEL_RESUMES = Counter(
     "dispatcher_channel_resumes_total", "Channel pauses an operator lifted", ["channel"]
 )
+EMAIL_BOUNCES = Counter(
+    "dispatcher_email_bounces_total",
+    "Delivery status notifications recorded, by kind: hard (the address is dead) or soft "
+    "(a full mailbox, a server down; the address stays)",
+    ["kind"],
+)
 
 # -- deliveries and retries ----------------------------------------------------------------------
 

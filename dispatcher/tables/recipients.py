@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import Date, ForeignKey, Index, String, UniqueConstraint
+from sqlalchemy import Date, ForeignKey, Index, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from dispatcher.core.db import Base, BigId, JSONType, UTCDateTime
@@ -46,6 +46,9 @@ class Address(Base):
     # Set when a provider says the address can never be reached (bot blocked, unregistered...).
     dead_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     dead_reason: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    # Email: soft bounces (4.x.x delivery status notifications) recorded, and the last bounce.
+    soft_bounces: Mapped[int] = mapped_column(Integer, server_default="0")
+    bounced_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
     recipient: Mapped[Recipient] = relationship(back_populates="addresses")
 
