@@ -15,6 +15,7 @@ from datetime import datetime
 import structlog
 from sqlalchemy import select, update
 
+from channels.base import ErrorClass
 from dispatcher import audit
 from dispatcher.core.config import Settings
 from dispatcher.core.db import Database
@@ -29,7 +30,7 @@ from dispatcher.tables.deliveries import Delivery, DeliveryStatus
 log = structlog.get_logger(__name__)
 
 # What a paused channel's deliveries wait with: the fault itself, or the pause it started.
-WAITING_CLASSES = ("auth", "deferred")
+WAITING_CLASSES = (ErrorClass.auth, ErrorClass.deferred)
 RESUMED = "channel.resumed"
 
 
