@@ -86,7 +86,8 @@ from bench.common import (
 POLL_SECONDS = 0.5
 TICK_SECONDS = 0.05
 TEMPLATE_KEY = "bench_chaos_greeting"
-MESSAGE_ID = re.compile(r"^delivery-(\d+)@")
+# The email adapter's Message-ID: d<delivery id>.<installation tag>@<domain> (channels.email).
+MESSAGE_ID = re.compile(r"^d(\d+)\.[a-z2-7]+@")
 # Events fire at random points of the campaign's progress between these shares of N.
 FIRST_EVENT_AT, LAST_EVENT_AT = 0.06, 0.85
 # How long after a kill the SMTP server may still log a message the killed worker had sent.
