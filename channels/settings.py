@@ -18,10 +18,10 @@ the first message on that channel.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Self
 
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from dispatcher.core.config import ENV_PREFIX, ConfigError, Settings
@@ -52,6 +52,24 @@ class ChannelSettings(BaseSettings):
             alias = info.validation_alias
             found[name] = alias.upper() if isinstance(alias, str) else f"{prefix}{name}".upper()
         return found
+
+    def required(self, fields: Iterable[str], channel: str) -> dict[str, str]:
+        """The values of ``fields`` as text (secrets revealed), or a ValueError naming every
+        environment variable among them that is not set."""
+        values: dict[str, str] = {}
+        missing: list[str] = []
+        variables = self.variables()
+        for field in fields:
+            value = getattr(self, field)
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            if not value:
+                missing.append(variables[field])
+            else:
+                values[field] = str(value)
+        if missing:
+            raise ValueError(f"the {channel} channel needs {', '.join(missing)} to be set")
+        return values
 
     @classmethod
     def load(cls, given: Any = None) -> Self:

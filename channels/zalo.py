@@ -515,19 +515,7 @@ class ZaloAdapter(Adapter):
 
     @classmethod
     def create(cls, settings: ZaloSettings, context: AdapterContext) -> ZaloAdapter:
-        values: dict[str, str] = {}
-        missing: list[str] = []
-        variables = settings.variables()
-        for field in REQUIRED:
-            value = getattr(settings, field)
-            if isinstance(value, SecretStr):
-                value = value.get_secret_value()
-            if not value:
-                missing.append(variables[field])
-            else:
-                values[field] = str(value)
-        if missing:
-            raise ValueError(f"the zalo channel needs {', '.join(missing)} to be set")
+        values = settings.required(REQUIRED, "zalo")
         return cls(
             app_id=values["app_id"],
             secret_key=values["secret_key"],

@@ -274,19 +274,7 @@ class ZnsAdapter(ZaloAdapter):
 
     @classmethod
     def create(cls, settings: ZnsSettings, context: AdapterContext) -> ZnsAdapter:  # type: ignore[override]
-        values: dict[str, str] = {}
-        missing: list[str] = []
-        variables = settings.variables()
-        for field in REQUIRED:
-            value = getattr(settings, field)
-            if isinstance(value, SecretStr):
-                value = value.get_secret_value()
-            if not value:
-                missing.append(variables[field])
-            else:
-                values[field] = str(value)
-        if missing:
-            raise ValueError(f"the zns channel needs {', '.join(missing)} to be set")
+        values = settings.required(REQUIRED, "zns")
         return cls(
             app_id=values["app_id"],
             secret_key=values["secret_key"],
