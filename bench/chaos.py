@@ -745,9 +745,12 @@ class ChaosRun(Service):
                 raise process.dead_error()
 
     def claimed_rows(self) -> dict[int, datetime]:
+        """Every claimed delivery of the campaign with its lease stamp: claimed rows, and the
+        deliveries of claimed batch rows (which have no row until their record)."""
         from sqlalchemy import select
 
-        from dispatcher.tables.deliveries import Delivery
+        from dispatcher.engine.batches import decode_ids
+        from dispatcher.tables.deliveries import Batch, Delivery
 
         with self.engine.connect() as connection:
             rows = connection.execute(
@@ -755,7 +758,16 @@ class ChaosRun(Service):
                     Delivery.campaign_id == self.campaign_id, Delivery.status == "claimed"
                 )
             ).all()
-        return {int(r[0]): r[1] for r in rows}
+            held = connection.execute(
+                select(Batch.delivery_ids, Batch.lease_until).where(
+                    Batch.campaign_id == self.campaign_id, Batch.status == "claimed"
+                )
+            ).all()
+        claimed = {int(r[0]): r[1] for r in rows}
+        for ids, lease_until in held:
+            for delivery_id in decode_ids(ids):
+                claimed[delivery_id] = lease_until
+        return claimed
 
     def sent_in_database(self) -> int | None:
         from sqlalchemy import func, select

@@ -147,6 +147,8 @@ def _truncate(database: Database) -> None:
         if database.is_sqlite:
             for table in tables:
                 connection.execute(text(f"DELETE FROM {table}"))
+            # AUTOINCREMENT's counters (deliveries): ids start again, as RESTART IDENTITY.
+            connection.execute(text("DELETE FROM sqlite_sequence"))
         else:
             connection.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
 

@@ -228,3 +228,42 @@ def dev_server(cwd: Path, env: Mapping[str, str], *, output: Path | None = None)
         base = f"http://127.0.0.1:{port}"
         wait_until_ready(base, process=process)
         yield base
+
+
+# -- deliveries as the readers see them -----------------------------------------------------------
+
+
+def run_batches(db: Any, run_id: int) -> list[tuple[str, list[int]]]:
+    """A run's open batch rows as (job id, reserved delivery ids), in planning order."""
+    from sqlalchemy import select
+
+    from dispatcher.engine.batches import decode_ids
+    from dispatcher.tables.deliveries import Batch
+
+    with db.reading() as session:
+        return [
+            (str(job_id), decode_ids(ids))
+            for job_id, ids in session.execute(
+                select(Batch.job_id, Batch.delivery_ids)
+                .where(Batch.run_id == run_id, Batch.status.in_(["open", "claimed"]))
+                .order_by(Batch.first_id)
+            )
+        ]
+
+
+def delivery_statuses(db: Any, ids: list[int]) -> list[str]:
+    """Each delivery's status, in id order: from its row, or (no row yet) from its open batch,
+    as the search and the reports show it (pending, or claimed)."""
+    from sqlalchemy import select
+
+    from dispatcher.engine.batches import open_members
+    from dispatcher.tables.deliveries import Delivery
+
+    with db.reading() as session:
+        found = dict(
+            session.execute(select(Delivery.id, Delivery.status).where(Delivery.id.in_(ids))).all()
+        )
+        for member in open_members(session):
+            if member.id in ids and member.id not in found:
+                found[member.id] = member.status
+    return [found[i] for i in sorted(ids) if i in found]

@@ -37,7 +37,7 @@ from dispatcher.core.db import Database
 from dispatcher.engine.jobs import redis_key
 from dispatcher.kit.clock import utcnow
 from dispatcher.tables.deliveries import Attempt, Delivery
-from tests.support import SmtpServer
+from tests.support import SmtpServer, run_batches
 from tests.test_end_to_end import PEOPLE, plan_campaign
 from workers.sweeper import sweep
 
@@ -173,19 +173,14 @@ def test_workers_reconnect_after_a_postgres_restart(chaos: dict[str, Any]) -> No
 def _planned(client: Any, db: Database, settings: Settings) -> tuple[int, list[int], str]:
     """A campaign planned into one batch whose job waits in Redis: (run, ids, batch id)."""
     _, run_id = plan_campaign(client, db, settings)
-    with db.transaction() as session:
-        rows = session.execute(
-            select(Delivery.id, Delivery.batch_id).where(Delivery.run_id == run_id)
-        ).all()
-    batch_id = rows[0][1]
-    assert batch_id is not None and {b for _, b in rows} == {batch_id}
-    return run_id, [i for i, _ in rows], batch_id
+    [(batch_id, ids)] = run_batches(db, run_id)
+    return run_id, ids, batch_id
 
 
 def test_a_batch_whose_job_vanished_is_queued_again_though_its_marker_lives(
     client, db: Database, settings: Settings, job_queue, redis_client: redis.Redis
 ) -> None:
-    _, ids, batch_id = _planned(client, db, settings)
+    run_id, ids, batch_id = _planned(client, db, settings)
     queue = redis_key(settings.redis_namespace, settings.queue_urgent)
     assert redis_client.llen(queue) == 2, "the plan's job and the batch's wait in the queue"
     lease = timedelta(seconds=settings.lease_seconds)
@@ -198,9 +193,8 @@ def test_a_batch_whose_job_vanished_is_queued_again_though_its_marker_lives(
     assert job_queue.markers.alive([batch_id]) == [True]
     assert sweep(db=db, settings=settings, markers=job_queue.markers).requeued == 0
     assert sweep(db=db, settings=settings, markers=job_queue.markers, now=later).requeued == 5
-    with db.transaction() as session:
-        batches = set(session.scalars(select(Delivery.batch_id).where(Delivery.id.in_(ids))))
-    assert len(batches) == 1 and batch_id not in batches, "a new batch, so the old job is void"
+    [(new_batch, same_ids)] = run_batches(db, run_id)
+    assert same_ids == ids and new_batch != batch_id, "a new batch, so the old job is void"
     assert redis_client.llen(queue) == 1
 
 

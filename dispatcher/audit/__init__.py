@@ -13,6 +13,7 @@ from dispatcher.audit.chain import GENESIS, Draft, append, draft, record, seal
 from dispatcher.audit.coverage import (
     CANCELLED,
     PLANNED,
+    VERSION,
     attempt_digest,
     batch_draft,
     change_deliveries,
@@ -28,6 +29,7 @@ __all__ = [
     "CANCELLED",
     "GENESIS",
     "PLANNED",
+    "VERSION",
     "Draft",
     "Problem",
     "VerifyReport",

@@ -23,6 +23,7 @@ from dispatcher.campaigns.schemas import CampaignIn, CampaignOut, Counts, RunOut
 from dispatcher.content import service as content
 from dispatcher.content.render import choose_variant
 from dispatcher.core.config import Settings
+from dispatcher.engine import batches
 from dispatcher.kit.clock import utcnow
 from dispatcher.kit.errors import Conflict, Invalid, NotFound
 from dispatcher.tables.auth import Principal
@@ -36,7 +37,7 @@ from dispatcher.tables.campaigns import (
     is_stream,
 )
 from dispatcher.tables.content import Template, TemplateVersion
-from dispatcher.tables.deliveries import CLAIMABLE_STATUSES, Delivery, DeliveryStatus
+from dispatcher.tables.deliveries import CLAIMABLE_STATUSES, Batch, Delivery, DeliveryStatus
 
 TRANSITIONS: dict[str, dict[str, CampaignStatus]] = {
     # action: {from status: to status}
@@ -210,7 +211,16 @@ def cancel(
         .where(Run.campaign_id == campaign.id, Run.status.in_(OPEN_RUN_STATUSES))
         .values(status=RunStatus.cancelled, finished_at=now)
     )
-    # Rows a worker holds right now finish their send and are recorded as they end.
+    # Rows and batches a worker holds right now finish their send and are recorded as they
+    # end; open batches' deliveries are written as cancelled rows.
+    batches.cancel_open(
+        session,
+        Batch.campaign_id == campaign.id,
+        now=now,
+        reason="campaign cancelled",
+        actor=caller.label if caller else "system",
+        subject=f"campaign:{campaign.id}",
+    )
     audit.change_deliveries(
         session,
         [Delivery.campaign_id == campaign.id, Delivery.status.in_(CLAIMABLE_STATUSES)],
@@ -227,11 +237,15 @@ def cancel(
 
 
 def counts(*, session: Session, campaign_id: int) -> Counts:
-    rows = session.execute(
-        select(Delivery.status, Delivery.channel, func.count())
-        .where(Delivery.campaign_id == campaign_id)
-        .group_by(Delivery.status, Delivery.channel)
-    ).all()
+    rows: list[Any] = list(
+        session.execute(
+            select(Delivery.status, Delivery.channel, func.count())
+            .where(Delivery.campaign_id == campaign_id)
+            .group_by(Delivery.status, Delivery.channel)
+        )
+    )
+    # Open batches' deliveries have no row yet: counted as the rows would be.
+    rows += batches.open_counts(session, Batch.campaign_id == campaign_id, by=("status", "channel"))
     result = Counts()
     by_channel: dict[str, dict[str, int]] = defaultdict(dict)
     for status, channel, n in rows:

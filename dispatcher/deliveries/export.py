@@ -24,8 +24,9 @@ from sqlalchemy import and_, exists, select
 from sqlalchemy.orm import Session
 
 from dispatcher.core.db import Database
+from dispatcher.engine import batches
 from dispatcher.recipients.masking import mask_address, mask_text
-from dispatcher.tables.deliveries import Attempt, Delivery
+from dispatcher.tables.deliveries import Attempt, Batch, Delivery
 from dispatcher.tables.recipients import Address, Recipient
 
 PAGE_SIZE = 1_000
@@ -55,7 +56,40 @@ def filename(campaign_id: int) -> str:
 def read_page(
     session: Session, *, campaign_id: int, after_id: int, size: int = PAGE_SIZE
 ) -> Sequence[Any]:
-    """The next ``size`` deliveries of the campaign after ``after_id``, with what the CSV shows."""
+    """The next ``size`` deliveries of the campaign after ``after_id``, with what the CSV shows:
+    its rows, and the pending deliveries of its open batches (which have no row yet), in id
+    order."""
+    rows = list(_read_rows(session, campaign_id=campaign_id, after_id=after_id, size=size))
+    pending = batches.open_members(
+        session, Batch.campaign_id == campaign_id, after_id=after_id, limit=size
+    )
+    if not pending:
+        return rows
+    known = batches.who(session, pending)
+    for p in pending:
+        external_id, address = known[(p.recipient_id, p.channel)]
+        rows.append(
+            (
+                p.id,
+                p.run_id,
+                external_id,
+                p.channel,
+                address,
+                p.status,
+                None,
+                None,
+                0,
+                False,
+                p.created_at,
+                None,
+                p.updated_at,
+            )
+        )
+    rows.sort(key=lambda row: row[0])
+    return rows[:size]
+
+
+def _read_rows(session: Session, *, campaign_id: int, after_id: int, size: int) -> Sequence[Any]:
     duplicate = exists().where(
         and_(Attempt.delivery_id == Delivery.id, Attempt.possible_duplicate.is_(True))
     )

@@ -1,10 +1,11 @@
 """A campaign's outcomes in numbers: by status, channel and error, and how fast they came.
 
 Everything is counted in SQL with GROUP BY (the campaign's rows are never loaded), on the
-``(campaign_id, status, channel)`` index for the counts. A delivery is *finished* when it is
-sent, failed or skipped; cancelled ones are an operator's decision, not throughput, and are
-left out of the rates. When it finished is its ``updated_at`` (for a sent delivery that is
-its ``sent_at``): final rows are not written again.
+``(campaign_id, status, channel)`` index for the counts; the deliveries of open batches, which
+have no row yet, are counted from their batch rows' sizes (pending, or claimed). A delivery
+is *finished* when it is sent, failed or skipped; cancelled ones are an operator's decision,
+not throughput, and are left out of the rates. When it finished is its ``updated_at`` (for a
+sent delivery that is its ``sent_at``): final rows are not written again.
 """
 
 from __future__ import annotations
@@ -32,10 +33,11 @@ from dispatcher.deliveries.schemas import (
     ThroughputBucket,
 )
 from dispatcher.deliveries.service import get_campaign
+from dispatcher.engine import batches
 from dispatcher.kit.errors import NotFound
 from dispatcher.recipients.masking import mask_text
 from dispatcher.tables.campaigns import Run
-from dispatcher.tables.deliveries import Delivery, DeliveryStatus
+from dispatcher.tables.deliveries import Batch, Delivery, DeliveryStatus
 
 FINISHED = (DeliveryStatus.sent, DeliveryStatus.failed, DeliveryStatus.skipped)
 DEFAULT_TOP_REASONS = 10
@@ -67,21 +69,30 @@ def campaign_report(
     """The report of one campaign, or of one of its runs; ``NotFound`` for either unknown."""
     campaign = get_campaign(session=session, campaign_id=campaign_id)
     where: list[ColumnElement[bool]] = [Delivery.campaign_id == campaign.id]
+    in_batches: list[ColumnElement[bool]] = [Batch.campaign_id == campaign.id]
     if run_id is not None:
         run = session.get(Run, run_id)
         if run is None or run.campaign_id != campaign.id:
             raise NotFound(f"campaign {campaign_id} has no run {run_id}")
         where.append(Delivery.run_id == run_id)
+        in_batches.append(Batch.run_id == run_id)
     dialect = session.get_bind().dialect.name
 
     by_status: dict[str, int] = {}
     by_channel: dict[str, ChannelCounts] = {}
-    for channel, status, count in session.execute(
-        select(Delivery.channel, Delivery.status, func.count())
-        .where(*where)
-        .group_by(Delivery.channel, Delivery.status)
-        .order_by(Delivery.channel, Delivery.status)
-    ):
+    counted: list[Any] = list(
+        session.execute(
+            select(Delivery.channel, Delivery.status, func.count())
+            .where(*where)
+            .group_by(Delivery.channel, Delivery.status)
+        )
+    )
+    # Open batches' deliveries have no row yet: pending (or claimed) all the same.
+    counted += batches.open_counts(session, *in_batches)
+    merged: dict[tuple[str, str], int] = {}
+    for channel, status, count in counted:
+        merged[(channel, status)] = merged.get((channel, status), 0) + count
+    for (channel, status), count in sorted(merged.items()):
         by_status[status] = by_status.get(status, 0) + count
         counts = by_channel.setdefault(channel, ChannelCounts(total=0, by_status={}))
         counts.total += count

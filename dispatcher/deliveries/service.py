@@ -6,6 +6,11 @@ Filters combine with AND. ``address`` is the recipient's address on the delivery
 ``since`` inclusive, ``until`` exclusive. Pages follow the delivery id, ascending; the cursor is
 the last id of the page before.
 
+A delivery still waiting in an open batch has no row yet (see ``dispatcher.engine.batches``): it
+is found through the batch that holds it (by the batch's recipient range when the search names
+a recipient or an address), and shown as the row would be: ``pending`` (``claimed`` while a
+worker holds its batch), with its reserved id, no attempts, due at the batch's time.
+
 Every address in an answer is masked (``dispatcher.recipients.masking``), also where a
 provider's reply or an error reason quotes one.
 """
@@ -22,6 +27,7 @@ from sqlalchemy import ColumnElement, Select, and_, or_, select
 from sqlalchemy.orm import Session
 
 from dispatcher.deliveries.schemas import AttemptOut, DeliveryOut, DeliveryPage
+from dispatcher.engine import batches
 from dispatcher.kit.cursors import decode_cursor, encode_cursor
 from dispatcher.kit.errors import Invalid, NotFound
 from dispatcher.recipients.masking import (
@@ -34,7 +40,7 @@ from dispatcher.recipients.masking import (
 )
 from dispatcher.recipients.schemas import known_channels
 from dispatcher.tables.campaigns import Campaign
-from dispatcher.tables.deliveries import OPEN_STATUSES, Attempt, Delivery, DeliveryStatus
+from dispatcher.tables.deliveries import OPEN_STATUSES, Attempt, Batch, Delivery, DeliveryStatus
 from dispatcher.tables.recipients import Address, Recipient
 
 
@@ -169,24 +175,88 @@ def search_query(
     return query
 
 
+def pending_matches(
+    session: Session, *, dialect: str, filters: Filters, after_id: int | None, limit: int
+) -> list[tuple[Any, str, Any]]:
+    """The open batches' deliveries that match the filters, in id order, at most ``limit``:
+    (delivery, the recipient's external id, the address), as the rows' query gives them."""
+    f = filters
+    if f.error_class is not None or (
+        f.status is not None and f.status not in (DeliveryStatus.pending, DeliveryStatus.claimed)
+    ):
+        return []
+    where: list[ColumnElement[bool]] = []
+    if f.campaign_id is not None:
+        where.append(Batch.campaign_id == f.campaign_id)
+    if f.run_id is not None:
+        where.append(Batch.run_id == f.run_id)
+    if f.channel is not None:
+        where.append(Batch.channel == f.channel)
+    if f.status is not None:
+        open_status = "open" if f.status == DeliveryStatus.pending else "claimed"
+        where.append(Batch.status == open_status)
+    if f.since is not None:
+        where.append(Batch.updated_at >= f.since)
+    if f.until is not None:
+        where.append(Batch.updated_at < f.until)
+    recipient_ids: set[int] | None = None
+    pairs: set[tuple[int, str]] | None = None
+    if f.recipient is not None:
+        recipient_ids = set(
+            session.scalars(select(Recipient.id).where(Recipient.external_id == f.recipient))
+        )
+    if f.address is not None:
+        lookup = parse_address(f.address)
+        pairs = {
+            (int(rid), str(channel))
+            for rid, channel in session.execute(
+                select(Address.recipient_id, Address.channel).where(
+                    _matches(Address.value, lookup, dialect)
+                )
+            )
+        }
+        found = {rid for rid, _ in pairs}
+        recipient_ids = found if recipient_ids is None else recipient_ids & found
+    matched: list[Any] = []
+    after = after_id
+    # Pages of members until enough pass the address test (or the batches run out).
+    while len(matched) < limit:
+        page = batches.open_members(
+            session, *where, recipient_ids=recipient_ids, after_id=after, limit=limit
+        )
+        if not page:
+            break
+        matched += [p for p in page if pairs is None or (p.recipient_id, p.channel) in pairs]
+        if len(page) < limit:
+            break
+        after = page[-1].id
+    matched = matched[:limit]
+    known = batches.who(session, matched)
+    return [(p, *known[(p.recipient_id, p.channel)]) for p in matched]
+
+
 def search(
     *, session: Session, filters: Filters, cursor: str | None = None, limit: int = 100
 ) -> DeliveryPage:
     """One page of deliveries with their attempts, addresses masked (see the module's note)."""
-    query = search_query(
-        dialect=session.get_bind().dialect.name,
-        filters=filters,
-        after_id=None if cursor is None else decode_cursor(cursor),
-    ).limit(limit + 1)
+    dialect = session.get_bind().dialect.name
+    after_id = None if cursor is None else decode_cursor(cursor)
+    query = search_query(dialect=dialect, filters=filters, after_id=after_id).limit(limit + 1)
     rows: Sequence[Any] = session.execute(query).all()
+    pending = pending_matches(
+        session, dialect=dialect, filters=filters, after_id=after_id, limit=limit + 1
+    )
+    if pending:
+        rows = sorted([*rows, *pending], key=lambda row: row[0].id)
     more = len(rows) > limit
     rows = rows[:limit]
     addresses = {d.id: value for d, _, value in rows}
     attempts: dict[int, list[AttemptOut]] = defaultdict(list)
-    if rows:
+    with_rows = [d.id for d, _, _ in rows if isinstance(d, Delivery)]
+    if with_rows:
         for attempt in session.scalars(
             select(Attempt)
-            .where(Attempt.delivery_id.in_(list(addresses)))
+            .where(Attempt.delivery_id.in_(with_rows))
             .order_by(Attempt.delivery_id, Attempt.number, Attempt.id)
         ):
             known = (addresses[attempt.delivery_id],)

@@ -1,12 +1,14 @@
 """A batch, top to bottom: claim, render, send, record (the worker actor's whole job).
 
-1. **Claim** the batch's rows and their lease (:mod:`dispatcher.engine.claim`); a thread of the
-   process renews the lease while the batch is worked on (:mod:`dispatcher.engine.leases`).
+1. **Claim** the batch (its batch row, or its rows) and its lease
+   (:mod:`dispatcher.engine.claim`); a thread of the process renews the lease while the batch
+   is worked on (:mod:`dispatcher.engine.leases`).
 2. **Render** each message from the run's frozen template version (:mod:`.render`).
 3. **Send** them concurrently on the process's event loop through the channel adapters, with
    quick in-call retries for blips (:mod:`.send`).
 4. **Record** every outcome in one transaction, retries queued once it commits, the lease
-   ended in the same transaction; a batch whose lease was taken over writes nothing
+   ended in the same transaction (a batch row's deliveries inserted there, once, with their
+   outcomes); a batch whose lease was taken over writes nothing
    (:mod:`.record`). A database outage does not lose the outcomes: the record is tried again,
    the lease renewed meanwhile, until the database answers.
 
@@ -36,7 +38,7 @@ from dispatcher.engine import jobs, leases, ratelimit
 from dispatcher.engine.adapters import adapter_pool
 from dispatcher.engine.backends import Backends
 from dispatcher.engine.bulk import write_turns
-from dispatcher.engine.claim import Claim, Claims, lease_stamp
+from dispatcher.engine.claim import Claim, ClaimedBatch, Claims, lease_stamp
 from dispatcher.engine.leases import LeaseLost, LeaseState
 from dispatcher.engine.loop import LoopThread
 from dispatcher.engine.record import Recorder
@@ -138,14 +140,14 @@ class BatchProcessor:
         try:
             render(claim, settings=self.settings, signing_key=self.claims.signing_key)
         except BaseException:
-            self.claims.release(run_id, work, lease_until)
+            self.claims.release(run_id, work, lease_until, claim.batch)
             raise
         gate = self._gates[urgent]
         # A batch held up at the gate (behind batches slowed by rate limits) past its deadline
         # gives its rows back unsent.
         if not gate.acquire(timeout=max(0.0, gate_deadline - time.monotonic())):
             log.warning("send_gate_timeout", run_id=run_id, batch_id=batch_id, rows=len(work))
-            self.claims.release(run_id, work, lease_until)
+            self.claims.release(run_id, work, lease_until, claim.batch)
             self._requeue(run_id, delivery_ids, batch_id, campaign)
             return BatchReport()
         try:
@@ -157,9 +159,9 @@ class BatchProcessor:
                 self.loop.run(self._send_all(work))
             except BaseException:
                 if not any(w.tries for w in work):
-                    self.claims.release(run_id, work, lease_until)
+                    self.claims.release(run_id, work, lease_until, claim.batch)
                 raise
-            report = self._record_through_outage(work, campaign, run, lease_until)
+            report = self._record_through_outage(work, campaign, run, lease_until, claim.batch)
         finally:
             gate.release()
         if batch_id:
@@ -197,12 +199,22 @@ class BatchProcessor:
         await self.sender.send_all(work)
 
     def _record(
-        self, work: list[Work], campaign: Campaign, run: Run, lease_until: datetime
+        self,
+        work: list[Work],
+        campaign: Campaign,
+        run: Run,
+        lease_until: datetime,
+        batch: ClaimedBatch | None = None,
     ) -> BatchReport:
-        return self.recorder.record(work, campaign, run, lease_until)
+        return self.recorder.record(work, campaign, run, lease_until, batch)
 
     def _record_through_outage(
-        self, work: list[Work], campaign: Campaign, run: Run, lease_until: datetime
+        self,
+        work: list[Work],
+        campaign: Campaign,
+        run: Run,
+        lease_until: datetime,
+        batch: ClaimedBatch | None = None,
     ) -> BatchReport:
         """:meth:`_record`, tried again while the database cannot be reached (a restart, a
         failover), however long that lasts. The sends have happened: given up, their outcomes
@@ -211,7 +223,7 @@ class BatchProcessor:
         ours and not yet ended (a commit whose answer was lost is not written twice)."""
         while True:
             try:
-                return self._record(work, campaign, run, lease_until)
+                return self._record(work, campaign, run, lease_until, batch)
             except LeaseLost:
                 return self._lost(work, run, lease_until)
             except (OperationalError, InterfaceError) as exc:

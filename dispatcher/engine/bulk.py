@@ -10,10 +10,12 @@ commit (a checkpoint copies megabytes and syncs the file, while everyone waits f
 the writers checkpoint every few turns after theirs ends, beside the next writer. PostgreSQL
 needs none of this.
 
-Recording a batch takes two statements whatever its size: the deliveries' new states from a
-list of rows (``UPDATE ... FROM`` a ``VALUES`` list on SQLite, ``unnest`` of arrays on
-PostgreSQL) and the attempts in one multi-row INSERT. Values are put into the driver's form once
-per batch, not per row through SQLAlchemy's bind processing.
+Recording a batch takes two statements whatever its size. A batch row's deliveries are
+inserted (``COPY`` on PostgreSQL, one multi-row INSERT on SQLite, chunked under its limit of
+bound values); rows get their new states from a list (``UPDATE ... FROM`` a ``VALUES`` list on
+SQLite, ``unnest`` of arrays on PostgreSQL). The attempts go in the same way as inserted
+deliveries. Values are put into the driver's form once per batch, not per row through
+SQLAlchemy's bind processing.
 """
 
 from __future__ import annotations
@@ -54,6 +56,27 @@ DELIVERY_COLUMNS = (
     ("available_at", "timestamp"),
     ("sent_at", "timestamp"),
 )
+# A delivery inserted by a batch row's record, in the order of these columns.
+DELIVERY_INSERT_COLUMNS = (
+    "id",
+    "run_id",
+    "campaign_id",
+    "recipient_id",
+    "channel",
+    "status",
+    "batch_id",
+    "available_at",
+    "attempts",
+    "failures",
+    "reclaimed",
+    "locale",
+    "provider_message_id",
+    "error_class",
+    "error_reason",
+    "created_at",
+    "updated_at",
+    "sent_at",
+)
 # One attempt, in the order of these columns.
 ATTEMPT_COLUMNS = (
     ("delivery_id", "bigint"),
@@ -75,6 +98,7 @@ CHECKPOINT_EVERY = 16
 SQLITE_MAX_VALUES = 30_000
 
 _ATTEMPT_NAMES = ", ".join(name for name, _ in ATTEMPT_COLUMNS)
+_DELIVERY_NAMES = ", ".join(DELIVERY_INSERT_COLUMNS)
 
 
 def _update(
@@ -112,6 +136,20 @@ def _sqlite_attempts(rows: int) -> str:
     return f"INSERT INTO attempts ({_ATTEMPT_NAMES}) VALUES {', '.join([one] * rows)}"
 
 
+@lru_cache(maxsize=64)
+def _sqlite_deliveries(rows: int) -> str:
+    one = "(" + ", ".join("?" * len(DELIVERY_INSERT_COLUMNS)) + ")"
+    return f"INSERT INTO deliveries ({_DELIVERY_NAMES}) VALUES {', '.join([one] * rows)}"
+
+
+def _copy(connection: Connection, table: str, names: str, rows: Sequence[tuple[Any, ...]]) -> None:
+    """``COPY`` rows into a table, in the connection's transaction (psycopg 3)."""
+    raw: Any = connection.connection.driver_connection
+    with raw.cursor() as cursor, cursor.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row(row)
+
+
 def _unnest(columns: Sequence[tuple[str, str]]) -> str:
     arrays = ", ".join(f"%({name})s::{kind}[]" for name, kind in columns)
     return f"unnest({arrays})"
@@ -123,7 +161,6 @@ _PG_UPDATE = _update(
     false="false",
     param=lambda name: f"%({name})s",
 )
-_PG_ATTEMPTS = f"INSERT INTO attempts ({_ATTEMPT_NAMES}) SELECT * FROM {_unnest(ATTEMPT_COLUMNS)}"
 
 
 def _chunks(rows: Sequence[tuple[Any, ...]], size: int) -> Iterator[Sequence[tuple[Any, ...]]]:
@@ -173,15 +210,22 @@ class BulkWrites:
             written += connection.exec_driver_sql(_sqlite_update(len(chunk)), tuple(flat)).rowcount
         return written
 
+    def insert_deliveries(self, connection: Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Insert deliveries whole (a batch row's, each with its outcome)."""
+        if not rows:
+            return
+        if self.postgresql:
+            _copy(connection, "deliveries", _DELIVERY_NAMES, rows)
+            return
+        for chunk in _chunks(rows, SQLITE_MAX_VALUES // len(DELIVERY_INSERT_COLUMNS)):
+            flat = tuple(value for row in chunk for value in row)
+            connection.exec_driver_sql(_sqlite_deliveries(len(chunk)), flat)
+
     def insert_attempts(self, connection: Connection, rows: Sequence[tuple[Any, ...]]) -> None:
         if not rows:
             return
         if self.postgresql:
-            params = {
-                name: list(values)
-                for (name, _), values in zip(ATTEMPT_COLUMNS, zip(*rows, strict=True), strict=True)
-            }
-            connection.exec_driver_sql(_PG_ATTEMPTS, params)
+            _copy(connection, "attempts", _ATTEMPT_NAMES, rows)
             return
         for chunk in _chunks(rows, SQLITE_MAX_VALUES // len(ATTEMPT_COLUMNS)):
             flat = tuple(value for row in chunk for value in row)

@@ -1,5 +1,11 @@
-"""Claim: take a batch's rows with one conditional UPDATE and a lease, then read what
-rendering them needs.
+"""Claim: take a batch with one conditional UPDATE and a lease, then read what rendering it
+needs.
+
+A batch the planner wrote as a batch row (:mod:`dispatcher.engine.batches`) is taken whole:
+one UPDATE of one row, which returns its recipients and reserved delivery ids; its deliveries
+have no rows yet (the record inserts them). Work that has rows (retries, fallback hops, one-off
+messages, rows planned before batch rows existed) is taken on the *row path*: the rows that
+carry the job's batch id.
 
 Only rows still pending or retrying, and due, are taken; rows of a paused or cancelled run are
 left alone, and rows another worker holds are never taken here (only the sweeper takes rows
@@ -26,12 +32,19 @@ from dispatcher.content.render import VariantData
 from dispatcher.core import secrets
 from dispatcher.core.config import Settings
 from dispatcher.core.db import Database
-from dispatcher.engine import leases
+from dispatcher.engine import batches, leases
 from dispatcher.engine.bulk import WriteTurns
 from dispatcher.engine.work import WORKER_NAME, Work
 from dispatcher.kit.clock import utcnow
 from dispatcher.tables.campaigns import ACTIVE_RUN_STATUSES, Campaign, Run
-from dispatcher.tables.deliveries import CLAIMABLE_STATUSES, Delivery, DeliveryStatus
+from dispatcher.tables.deliveries import (
+    CLAIMABLE_STATUSES,
+    Batch,
+    BatchStatus,
+    Delivery,
+    DeliveryStatus,
+    open_delivery,
+)
 from dispatcher.tables.recipients import Address, Recipient
 
 log = structlog.get_logger(__name__)
@@ -49,6 +62,7 @@ PERSON_FIELDS = (
     "attributes",
 )
 deliveries_t: Table = Delivery.__table__  # type: ignore[assignment]
+batches_t: Table = Batch.__table__  # type: ignore[assignment]
 runs_t: Table = Run.__table__  # type: ignore[assignment]
 recipients_t: Table = Recipient.__table__  # type: ignore[assignment]
 addresses_t: Table = Address.__table__  # type: ignore[assignment]
@@ -70,10 +84,22 @@ def lease_stamp(seconds: float) -> datetime:
 
 
 @dataclass(slots=True)
+class ClaimedBatch:
+    """A batch row a claim took whole: its deliveries are written by the record."""
+
+    id: int
+    job_id: str
+    channel: str
+    created_at: datetime
+
+
+@dataclass(slots=True)
 class Claim:
     """What a claim took, with what rendering it needs."""
 
     work: list[Work] = field(default_factory=list)
+    # Set when the claim took a batch row rather than rows.
+    batch: ClaimedBatch | None = None
     campaign: Campaign | None = None
     run: Run | None = None
     people: dict[int, dict[str, Any]] = field(default_factory=dict)
@@ -126,7 +152,11 @@ class Claims:
         # scan of every pending row's entry in the status index.
         # Claimed rows are never taken here, however old their lease: only the sweeper takes
         # rows back, from a holder it has seen stop renewing (dispatcher.engine.leases).
-        claimable = (d.status + "").in_([s.value for s in CLAIMABLE_STATUSES])
+        # ``open_delivery`` is the predicate of the partial index on the open rows' batch id;
+        # the status test itself stays an expression.
+        claimable = and_(
+            open_delivery(d.status), (d.status + "").in_([s.value for s in CLAIMABLE_STATUSES])
+        )
         which = d.batch_id == batch_id if batch_id else d.id.in_(list(delivery_ids))
         active = (
             select(runs_t.c.id)
@@ -138,9 +168,32 @@ class Claims:
             .where(which, (d.run_id + 0) == run_id, d.available_at <= now, claimable, active)
             .values(status=DeliveryStatus.claimed.value, lease_until=lease_until, updated_at=now)
         )
+        b = batches_t.c
+        claim_batch = (
+            update(batches_t)
+            .where(
+                b.job_id == batch_id,
+                b.run_id == run_id,
+                b.status == BatchStatus.open.value,
+                b.available_at <= now,
+                active,
+            )
+            .values(status=BatchStatus.claimed.value, lease_until=lease_until, updated_at=now)
+            .returning(b.id, b.channel, b.recipients, b.delivery_ids, b.reclaimed, b.created_at)
+        )
+        taken: Any = None
         with self.turns.transaction(first=urgent) as session:
             connection = session.connection()
-            claimed = connection.execute(claim_rows).rowcount
+            if batch_id and not delivery_ids:
+                # A batch row's job (its job carries no ids): one UPDATE of one row.
+                taken = connection.execute(claim_batch).first()
+                claimed = len(batches.decode_ids(taken.delivery_ids)) if taken else 0
+            else:
+                claimed = connection.execute(claim_rows).rowcount
+                if not claimed and batch_id:
+                    # A batch row's job that came with ids (a caller that read them).
+                    taken = connection.execute(claim_batch).first()
+                    claimed = len(batches.decode_ids(taken.delivery_ids)) if taken else 0
             if claimed:
                 leases.take(
                     connection,
@@ -156,22 +209,30 @@ class Claims:
         if claimed:
             self.heartbeat.hold(token)
         try:
-            return self._read_claim(run_id, delivery_ids, which, lease_until, claimed, now)
+            claim = self._read_claim(
+                run_id, delivery_ids, batch_id, which, lease_until, claimed, now, taken
+            )
         except BaseException:
             if claimed:
                 # Nothing was sent: give the rows back now rather than when the lease lapses.
-                self._unclaim(run_id, which, lease_until)
+                if taken is not None:
+                    self._unclaim_batch(run_id, int(taken.id), lease_until)
+                else:
+                    self._unclaim(run_id, which, lease_until)
                 self.heartbeat.drop(token)
             raise
+        return claim
 
     def _read_claim(
         self,
         run_id: int,
         delivery_ids: Sequence[int],
+        batch_id: str | None,
         which: ColumnElement[bool],
         lease_until: datetime,
         claimed: int,
         now: datetime,
+        taken: Any,
     ) -> Claim:
         d = deliveries_t.c
         with self.db.reading() as session:
@@ -191,8 +252,26 @@ class Claims:
                         d.available_at > now,
                     )
                 )
+                if claim.due is None and batch_id:
+                    b = batches_t.c
+                    claim.due = session.scalar(
+                        select(b.available_at).where(
+                            b.job_id == batch_id,
+                            b.status == BatchStatus.open.value,
+                            b.available_at > now,
+                        )
+                    )
                 return claim
-            self._read_claimed(session, claim, which, lease_until)
+            if taken is not None:
+                claim.batch = ClaimedBatch(
+                    id=int(taken.id),
+                    job_id=str(batch_id),
+                    channel=str(taken.channel),
+                    created_at=taken.created_at,
+                )
+                self._read_batch(session, claim, taken)
+            else:
+                self._read_claimed(session, claim, which, lease_until)
             version_id = run.template_version_id or campaign.template_version_id
             assert version_id is not None, f"run {run.id} has no template version"
             claim.defaults, claim.variants = content.versions.get(session, version_id)
@@ -215,6 +294,57 @@ class Claims:
                 )
         except Exception:
             log.exception("unclaim_failed")
+
+    def _unclaim_batch(self, run_id: int, batch_pk: int, lease_until: datetime) -> None:
+        try:
+            with self.turns.transaction() as session:
+                if not leases.end(session.connection(), run_id=run_id, lease_until=lease_until):
+                    return  # taken over meanwhile: the batch is not ours to give back
+                give_back_batch(session, batch_pk, lease_until)
+        except Exception:
+            log.exception("unclaim_failed")
+
+    @staticmethod
+    def _read_batch(session: Session, claim: Claim, taken: Any) -> None:
+        """A claimed batch row's deliveries, each with its recipient and live address."""
+        r, a = recipients_t.c, addresses_t.c
+        channel = str(taken.channel)
+        recipient_ids = batches.decode_recipients(taken.recipients)
+        delivery_ids = batches.decode_ids(taken.delivery_ids)
+        reclaimed = bool(taken.reclaimed)
+        people, addresses = claim.people, claim.addresses
+        found: dict[int, str] = {}
+        query = (
+            select(
+                r.id,
+                r.external_id,
+                r.full_name,
+                r.kind,
+                r.province,
+                r.birth_date,
+                r.language,
+                r.attributes,
+                a.value,
+            )
+            .select_from(
+                recipients_t.outerjoin(
+                    addresses_t,
+                    and_(a.recipient_id == r.id, a.channel == channel, a.dead_at.is_(None)),
+                )
+            )
+            .where(r.id.in_(recipient_ids))
+        )
+        for row in session.connection().execute(query):
+            recipient_id = row[0]
+            people[recipient_id] = dict(zip(PERSON_FIELDS, row[1:8], strict=True))
+            if row[8] is not None:
+                found[recipient_id] = row[8]
+        work = claim.work
+        for delivery_id, recipient_id in zip(delivery_ids, recipient_ids, strict=True):
+            work.append(Work(delivery_id, recipient_id, channel, 0, 0, reclaimed))
+            value = found.get(recipient_id)
+            if value is not None:
+                addresses[delivery_id] = value
 
     @staticmethod
     def _read_claimed(
@@ -264,13 +394,22 @@ class Claims:
             if row[13] is not None:
                 addresses[delivery_id] = row[13]
 
-    def release(self, run_id: int, work: list[Work], lease_until: datetime) -> None:
+    def release(
+        self,
+        run_id: int,
+        work: list[Work],
+        lease_until: datetime,
+        batch: ClaimedBatch | None = None,
+    ) -> None:
         """Give claimed rows back after a crash inside the batch, so nobody waits a lease."""
         if not work:
             return
         with self.turns.transaction() as session:
             if not leases.end(session.connection(), run_id=run_id, lease_until=lease_until):
                 return  # taken over meanwhile: the rows are not ours to give back
+            if batch is not None:
+                give_back_batch(session, batch.id, lease_until)
+                return
             session.execute(
                 update(Delivery)
                 .where(
@@ -281,3 +420,17 @@ class Claims:
                 .values(status=DeliveryStatus.pending, lease_until=None),
                 execution_options={"synchronize_session": False},
             )
+
+
+def give_back_batch(session: Session, batch_pk: int, lease_until: datetime) -> None:
+    """A claimed batch open again, unsent (its lease ended by the caller)."""
+    b = batches_t.c
+    session.connection().execute(
+        update(batches_t)
+        .where(
+            b.id == batch_pk,
+            b.status == BatchStatus.claimed.value,
+            b.lease_until == lease_until,
+        )
+        .values(status=BatchStatus.open.value, lease_until=None)
+    )

@@ -1,10 +1,17 @@
-"""Turn a run's audience into delivery rows, one keyset page at a time.
+"""Turn a run's audience into batches, one keyset page at a time.
 
-Each page is its own transaction: it inserts the page's deliveries with one
-``INSERT ... SELECT`` (no recipient is ever loaded into Python), advances the run's cursor, and
-queues one batch job of delivery ids after the commit. A planner that dies mid-way is restarted
-by the sweeper and carries on from the cursor; the unique (run, recipient, channel) constraint
-makes a repeated page harmless.
+Each page is its own transaction: it writes the page's opt-outs and dead addresses as
+``skipped`` delivery rows with their reason (one ``INSERT ... SELECT``, final: never written
+again), the deliveries to send as one *batch row* per channel (:mod:`dispatcher.engine.batches`:
+the recipients and their deliveries' reserved ids), advances the run's cursor, names it all in
+one audit entry, and queues one job per batch after the commit. The deliveries to send are
+written by the worker that sends them, once, with their outcomes. A planner that dies mid-way
+is restarted by the sweeper and carries on from the cursor (the page's writes and the cursor
+commit together, so no page is planned twice).
+
+Fallback hops (the next channel of a delivery that ended unreached) are still planned as
+``pending`` rows, on the row path: they are few, and planned inside the record transaction of
+the batch whose deliveries they follow.
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ from dispatcher.audiences import service as audiences
 from dispatcher.consent import service as consent
 from dispatcher.core.config import Settings
 from dispatcher.core.db import Database, UTCDateTime
-from dispatcher.engine import jobs
+from dispatcher.engine import batches, jobs
 from dispatcher.engine.bulk import write_turns
 from dispatcher.engine.jobs import new_batch_id
 from dispatcher.kit.clock import utcnow
@@ -42,7 +49,7 @@ from dispatcher.kit.sql import insert_for
 from dispatcher.recipients.audience import compile_audience
 from dispatcher.scheduling import windows
 from dispatcher.tables.campaigns import OPEN_RUN_STATUSES, Campaign, CampaignStatus, Run, RunStatus
-from dispatcher.tables.deliveries import OPEN_STATUSES, Delivery, DeliveryStatus
+from dispatcher.tables.deliveries import Batch, BatchStatus, Delivery, DeliveryStatus, open_delivery
 from dispatcher.tables.recipients import Address, Recipient
 
 if TYPE_CHECKING:
@@ -162,18 +169,7 @@ class Rows:
         The new rows, skipped ones with their reason, are named in an audit entry."""
         if self.campaign.channel_mode == "fallback":
             where = (*where, self.none_usable_before())
-        dead = Address.dead_at.is_not(None)
-        dead_reason = literal(ErrorClass.address_dead.value, String())
-        if self.opted is None:
-            skipped = self.insert(
-                self.select(DeliveryStatus.skipped.value, dead_reason, dead, *where)
-            )
-        else:
-            # One statement for both reasons: a dead address, else an opt-out.
-            reason = case((dead, dead_reason), else_=literal(ErrorClass.opted_out.value, String()))
-            skipped = self.insert(
-                self.select(DeliveryStatus.skipped.value, reason, or_(dead, self.opted), *where)
-            )
+        skipped = self.skip(*where)
         pending = self.insert(
             self.select(DeliveryStatus.pending.value, None, self.usable(), *where)
         )
@@ -186,6 +182,99 @@ class Rows:
         ):
             audit.append(self.session, entry)
         return sorted(row["id"] for row in pending), len(skipped)
+
+    def plan_batches(self, *where: Any) -> tuple[list[Batch], int]:
+        """Plan the recipients ``where`` selects: their opt-outs and dead addresses as skipped
+        rows, the rest as one batch row per channel; returns (the batches, skipped count).
+
+        Everything planned is named in one audit entry: the skipped rows in their state, each
+        batch by its job id, size, reserved ids and a digest of its members."""
+        if self.campaign.channel_mode == "fallback":
+            where = (*where, self.none_usable_before())
+        skipped = self.skip(*where)
+        query = (
+            select(Recipient.id, Address.channel)
+            .join(Address, Address.recipient_id == Recipient.id)
+            .where(Address.channel.in_(self.channels), self.usable(), *where)
+            .order_by(Address.channel, Recipient.id)
+        )
+        by_channel: dict[str, list[int]] = {}
+        for recipient_id, channel in self.session.execute(query):
+            by_channel.setdefault(channel, []).append(int(recipient_id))
+        connection = self.session.connection()
+        made: list[Batch] = []
+        for channel in self.channels:
+            recipient_ids = by_channel.get(channel)
+            if not recipient_ids:
+                continue
+            ids = batches.reserve_ids(connection, len(recipient_ids))
+            batch = Batch(
+                job_id=new_batch_id(),
+                run_id=self.run.id,
+                campaign_id=self.campaign.id,
+                channel=channel,
+                status=BatchStatus.open.value,
+                size=len(ids),
+                recipients=batches.encode_recipients(recipient_ids),
+                delivery_ids=batches.encode_ids(ids),
+                first_id=ids[0],
+                last_id=ids[-1],
+                min_recipient_id=recipient_ids[0],
+                max_recipient_id=recipient_ids[-1],
+                available_at=self.available[channel],
+                reclaimed=False,
+                created_at=self.now,
+                updated_at=self.now,
+            )
+            made.append(batch)
+        if made:
+            self.session.add_all(made)
+            self.session.flush()
+        named = [
+            {
+                "job": b.job_id,
+                "channel": b.channel,
+                "size": b.size,
+                "ids": b.delivery_ids,
+                "digest": batches.members_digest(b.recipients, b.delivery_ids, b.channel),
+            }
+            for b in made
+        ]
+        subject = f"run:{self.run.id}"
+        if skipped:
+            drafts = audit.deliveries_drafts(
+                skipped,
+                actor="planner",
+                action=audit.PLANNED,
+                subject=subject,
+                skipped=len(skipped),
+                batches=named,
+            )
+        else:
+            drafts = [
+                audit.draft(
+                    actor="planner",
+                    action=audit.PLANNED,
+                    subject=subject,
+                    data={"v": audit.VERSION, "skipped": 0, "batches": named},
+                )
+            ]
+        for entry in drafts:
+            audit.append(self.session, entry)
+        return made, len(skipped)
+
+    def skip(self, *where: Any) -> list[Any]:
+        """Insert the skipped rows (a dead address, an opt-out) of the recipients ``where``
+        selects; returns them in their audited state."""
+        dead = Address.dead_at.is_not(None)
+        dead_reason = literal(ErrorClass.address_dead.value, String())
+        if self.opted is None:
+            return self.insert(self.select(DeliveryStatus.skipped.value, dead_reason, dead, *where))
+        # One statement for both reasons: a dead address, else an opt-out.
+        reason = case((dead, dead_reason), else_=literal(ErrorClass.opted_out.value, String()))
+        return self.insert(
+            self.select(DeliveryStatus.skipped.value, reason, or_(dead, self.opted), *where)
+        )
 
     def next_hops(self, failed: Sequence[tuple[int, str]]) -> list[int]:
         """Fallback: plan each (recipient, failed channel)'s next usable channel."""
@@ -221,25 +310,26 @@ def plan_page(*, session: Session, run: Run, campaign: Campaign, settings: Setti
     ).all()
     if not ids:
         return None
-    rows = Rows(
-        session=session, run=run, campaign=campaign, batch_id=new_batch_id(), settings=settings
-    )
-    pending, skipped = rows.plan(
+    rows = Rows(session=session, run=run, campaign=campaign, batch_id="", settings=settings)
+    made, skipped = rows.plan_batches(
         audience, Recipient.id > run.planned_through, Recipient.id <= ids[-1]
     )
+    planned = sum(b.size for b in made)
     run.planned_through = ids[-1]
-    run.planned_count += len(pending) + skipped
+    run.planned_count += planned + skipped
     run.planner_heartbeat_at = rows.now
-    if pending:
+    for batch in made:
+        assert batch.job_id is not None
         enqueue_batch(
             session=session,
             run=run,
             campaign=campaign,
-            ids=pending,
-            batch_id=rows.batch_id,
+            ids=[],
+            batch_id=batch.job_id,
             settings=settings,
+            delay=max(0.0, (batch.available_at - rows.now).total_seconds()),
         )
-    return len(pending) + skipped
+    return planned + skipped
 
 
 def enqueue_batch(
@@ -348,10 +438,10 @@ def complete_if_done(*, session: Session, run: Run) -> bool:
         return False
     still_open = session.scalar(
         select(Delivery.id)
-        .where(Delivery.run_id == run.id, Delivery.status.in_(OPEN_STATUSES))
+        .where(Delivery.run_id == run.id, open_delivery(Delivery.status))
         .limit(1)
     )
-    if still_open is not None:
+    if still_open is not None or batches.run_has_open(session, run.id):
         return False
     now = utcnow()
     run.status = RunStatus.completed

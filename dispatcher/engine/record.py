@@ -5,8 +5,10 @@ The transaction holds, in this order:
 
 1. the end of the batch's lease: only a holder whose lease is still its own writes anything
    (the whole transaction is rolled back otherwise; see :mod:`dispatcher.engine.leases`);
-2. the deliveries' new states (one executemany) and one attempts row per try
-   (:mod:`dispatcher.engine.bulk`);
+2. for a batch row: its close (``done``, fenced on its own lease stamp like the rows), and its
+   deliveries *inserted*, each once with its outcome (``sent``, ``failed``, ``skipped``, or
+   ``retrying`` with the batch id of its retry); for rows: their new states (one statement);
+   then one attempts row per try (:mod:`dispatcher.engine.bulk`);
 3. the addresses found dead, so later campaigns skip them;
 4. the rows to retry, in new batches by delay, each queued only once the transaction commits
    (the delay is the retry policy's: :meth:`~dispatcher.engine.retry.RetryPolicy.next_delay`);
@@ -31,20 +33,28 @@ from sqlalchemy.orm import Session
 from dispatcher import audit
 from dispatcher.core.config import Settings
 from dispatcher.core.db import Database
-from dispatcher.engine import jobs, leases, planner
+from dispatcher.engine import batches, jobs, leases, planner
 from dispatcher.engine.bulk import BulkWrites, WriteTurns
+from dispatcher.engine.claim import ClaimedBatch
 from dispatcher.engine.leases import LeaseLost, LeaseState
 from dispatcher.engine.retry import RetryPolicy
 from dispatcher.engine.work import WORKER_NAME, BatchReport, Work
 from dispatcher.kit.clock import utcnow
 from dispatcher.observability.metrics import record_outcomes
 from dispatcher.tables.campaigns import Campaign, Run, RunStatus
-from dispatcher.tables.deliveries import OPEN_STATUSES, Delivery, DeliveryStatus
+from dispatcher.tables.deliveries import (
+    Batch,
+    BatchStatus,
+    Delivery,
+    DeliveryStatus,
+    open_delivery,
+)
 from dispatcher.tables.recipients import Address
 
 log = structlog.get_logger(__name__)
 
 deliveries_t: Table = Delivery.__table__  # type: ignore[assignment]
+batches_t: Table = Batch.__table__  # type: ignore[assignment]
 runs_t: Table = Run.__table__  # type: ignore[assignment]
 addresses_t: Table = Address.__table__  # type: ignore[assignment]
 
@@ -63,6 +73,11 @@ class Outcomes:
     dead: list[dict[str, Any]] = field(default_factory=list)
     # Rows to retry, by whole seconds of delay.
     retry_groups: dict[int, list[int]] = field(default_factory=lambda: defaultdict(list))
+    # A batch row's deliveries as inserted (bulk.DELIVERY_INSERT_COLUMNS), and the batch id of
+    # each retry group.
+    inserts: list[tuple[Any, ...]] = field(default_factory=list)
+    stamp_now: Any = None
+    retry_jobs: dict[int, str] = field(default_factory=dict)
 
 
 class Recorder:
@@ -83,12 +98,19 @@ class Recorder:
         return self._bulk
 
     def record(
-        self, work: list[Work], campaign: Campaign, run: Run, lease_until: datetime
+        self,
+        work: list[Work],
+        campaign: Campaign,
+        run: Run,
+        lease_until: datetime,
+        batch: ClaimedBatch | None = None,
     ) -> BatchReport:
         """Write every outcome (raises :class:`LeaseLost`, having written nothing, when the
         lease was taken over), then close the run if that was its last open row."""
         now = utcnow()
         outcomes = self._prepare(work, campaign, run, now)
+        if batch is not None:
+            return self._record_batch(work, campaign, run, lease_until, batch, outcomes, now)
         updates = outcomes.updates
         audit_entry = audit.batch_draft(
             attempts=outcomes.audited, deliveries=outcomes.stated, worker=WORKER_NAME, run_id=run.id
@@ -122,11 +144,124 @@ class Recorder:
         self.close_run_if_done(run.id)
         return outcomes.report
 
+    def _record_batch(
+        self,
+        work: list[Work],
+        campaign: Campaign,
+        run: Run,
+        lease_until: datetime,
+        batch: ClaimedBatch,
+        outcomes: Outcomes,
+        now: datetime,
+    ) -> BatchReport:
+        """A batch row's record: its deliveries inserted once, with their outcomes, and the
+        batch closed, in the transaction that ends its lease (all of it, or nothing)."""
+        bulk = self._bulk_writes()
+        self._prepare_inserts(work, campaign, run, batch, outcomes, bulk)
+        audit_entry = audit.batch_draft(
+            attempts=outcomes.audited, deliveries=outcomes.stated, worker=WORKER_NAME, run_id=run.id
+        )
+        b = batches_t.c
+        with self.turns.transaction(first=campaign.priority == "urgent") as session:
+            connection = session.connection()
+            if not leases.end(connection, run_id=run.id, lease_until=lease_until):
+                raise LeaseLost(f"run {run.id}: lease {lease_until.isoformat()} is not ours")
+            closed = connection.execute(
+                update(batches_t)
+                .where(
+                    b.id == batch.id,
+                    b.status == BatchStatus.claimed.value,
+                    b.lease_until == lease_until,
+                )
+                .values(status=BatchStatus.done.value, lease_until=None, updated_at=now)
+            ).rowcount
+            if not closed:
+                # Beneath the lease, the batch's own stamp fences it too.
+                raise LeaseLost(f"run {run.id}: batch {batch.job_id} is no longer ours")
+            bulk.insert_deliveries(connection, outcomes.inserts)
+            bulk.insert_attempts(connection, outcomes.tries)
+            self._write_dead(connection, outcomes)
+            for delay, ids in outcomes.retry_groups.items():
+                jobs.enqueue_after_commit(
+                    session,
+                    jobs.send_batch(
+                        run_id=run.id,
+                        ids=ids,
+                        batch_id=outcomes.retry_jobs[delay],
+                        priority=campaign.priority,
+                        settings=self.settings,
+                        delay=delay,
+                    ),
+                )
+            if campaign.channel_mode == "fallback" and any(
+                w.status in (DeliveryStatus.failed, DeliveryStatus.skipped) for w in work
+            ):
+                planner.plan_next_hops(
+                    session=session, work=work, campaign=campaign, run=run, settings=self.settings
+                )
+            if audit_entry is not None:
+                audit.append(session, audit_entry)
+        record_outcomes(work)
+        self.close_run_if_done(run.id)
+        return outcomes.report
+
+    @staticmethod
+    def _prepare_inserts(
+        work: list[Work],
+        campaign: Campaign,
+        run: Run,
+        batch: ClaimedBatch,
+        out: Outcomes,
+        bulk: BulkWrites,
+    ) -> None:
+        """The batch's deliveries as rows to insert (from the states ``_prepare`` made)."""
+        out.retry_jobs = {delay: jobs.new_batch_id() for delay in out.retry_groups}
+        retry_job: dict[int, str] = {}
+        for delay, ids in out.retry_groups.items():
+            for delivery_id in ids:
+                retry_job[delivery_id] = out.retry_jobs[delay]
+        created = bulk.stamp(batch.created_at)
+        for item, state in zip(work, out.updates, strict=True):
+            (
+                delivery_id,
+                status,
+                attempts,
+                failures,
+                locale,
+                message_id,
+                error_class,
+                reason,
+                available_at,
+                sent_at,
+            ) = state
+            out.inserts.append(
+                (
+                    delivery_id,
+                    run.id,
+                    campaign.id,
+                    item.recipient_id,
+                    item.channel,
+                    status,
+                    retry_job.get(delivery_id, batch.job_id),
+                    available_at,
+                    attempts,
+                    failures,
+                    False,
+                    locale,
+                    message_id,
+                    error_class,
+                    reason,
+                    created,
+                    out.stamp_now,
+                    sent_at,
+                )
+            )
+
     def _prepare(self, work: list[Work], campaign: Campaign, run: Run, now: datetime) -> Outcomes:
         """Each delivery's new state (the retry decision made), attempts and audit lines."""
         bulk = self._bulk_writes()
         stamp_now = bulk.stamp(now)
-        out = Outcomes(report=BatchReport(claimed=len(work)))
+        out = Outcomes(report=BatchReport(claimed=len(work)), stamp_now=stamp_now)
         for item in work:
             available_at = stamp_now
             if item.status is DeliveryStatus.retrying:
@@ -253,6 +388,11 @@ class Recorder:
             connection, out.updates, updated_at=now, lease_until=lease_until
         )
         bulk.insert_attempts(connection, out.tries)
+        self._write_dead(connection, out)
+        return written
+
+    @staticmethod
+    def _write_dead(connection: Connection, out: Outcomes) -> None:
         if out.dead:
             connection.execute(
                 update(addresses_t)
@@ -263,7 +403,6 @@ class Recorder:
                 .values(dead_at=bindparam("b_at"), dead_reason=bindparam("b_reason")),
                 out.dead,
             )
-        return written
 
     def _queue_retries(
         self, session: Session, groups: dict[int, list[int]], campaign: Campaign, run: Run
@@ -299,15 +438,10 @@ class Recorder:
             if state is None or state[0] != RunStatus.running or state[1] is None:
                 return
             still_open = session.scalar(
-                select(d.id)
-                .where(
-                    d.run_id == run_id,
-                    d.status.in_([s.value for s in OPEN_STATUSES]),
-                )
-                .limit(1)
+                select(d.id).where(d.run_id == run_id, open_delivery(d.status)).limit(1)
             )
-        if still_open is not None:
-            return
+            if still_open is not None or batches.run_has_open(session, run_id):
+                return
         with self.turns.transaction() as session:
             run = session.get(Run, run_id)
             if run is not None:

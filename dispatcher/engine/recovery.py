@@ -7,7 +7,8 @@ or a dead worker held (each step is one function, safe to run from several proce
   possible duplicate; a live worker's lease is renewed and never lapses, however long an
   outage lasts (see dispatcher.engine.leases);
 - pending or retrying rows that are due and whose batch has no live marker in Redis (flushed,
-  or the job was lost) are put into new batches and queued again;
+  or the job was lost) are put into new batches and queued again; so are open batch rows
+  (:mod:`dispatcher.engine.batches`), each under a new job id;
 - so are rows whose marker lives on but whose job is gone: due for longer than a lease while
   nothing waits in their queue (a worker's connection to Redis broke and dramatiq dropped the
   delayed jobs it held; a job used up its retries);
@@ -21,7 +22,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 import structlog
-from sqlalchemy import ColumnElement, delete, select, update
+from sqlalchemy import ColumnElement, Table, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from dispatcher.core.config import Settings
@@ -34,9 +35,20 @@ from dispatcher.engine.leases import LeaseWatch
 from dispatcher.engine.planner import complete_if_done
 from dispatcher.kit.clock import utcnow
 from dispatcher.tables.campaigns import Campaign, Run, RunStatus
-from dispatcher.tables.deliveries import CLAIMABLE_STATUSES, Delivery, DeliveryStatus, Lease
+from dispatcher.tables.deliveries import (
+    Batch,
+    BatchStatus,
+    Delivery,
+    DeliveryStatus,
+    Lease,
+    claimable_delivery,
+    open_batch,
+    open_delivery,
+)
 
 log = structlog.get_logger(__name__)
+
+batches_t: Table = Batch.__table__  # type: ignore[assignment]
 
 MAX_REQUEUE_PER_SWEEP = 200_000
 # A lease taken over is kept this long, marked lost, so that its holder, should it come back,
@@ -105,6 +117,12 @@ def expire_leases(
                 (Delivery.run_id == lease.run_id) & (Delivery.lease_until == lease.lease_until),
                 now,
             )
+            rows += _give_back_batches(
+                session,
+                (batches_t.c.run_id == lease.run_id)
+                & (batches_t.c.lease_until == lease.lease_until),
+                now,
+            )
             log.warning(
                 "lease_expired",
                 run_id=lease.run_id,
@@ -122,6 +140,13 @@ def expire_leases(
             .exists()
         )
         expired += _give_back(session, (Delivery.lease_until < now) & ~legacy, now)
+        b = batches_t.c
+        legacy_batch = (
+            select(Lease.token)
+            .where(Lease.run_id == b.run_id, Lease.lease_until == b.lease_until)
+            .exists()
+        )
+        expired += _give_back_batches(session, (b.lease_until < now) & ~legacy_batch, now)
         session.execute(delete(Lease).where(Lease.lost_at < now - LOST_LEASES_KEPT))
     return expired
 
@@ -130,7 +155,7 @@ def _give_back(session: Session, which: ColumnElement[bool], now: datetime) -> i
     """Claimed rows back to pending, flagged: their next send may repeat one."""
     result = session.execute(
         update(Delivery)
-        .where(which, Delivery.status == DeliveryStatus.claimed)
+        .where(which, open_delivery(Delivery.status), Delivery.status == DeliveryStatus.claimed)
         .values(
             status=DeliveryStatus.pending,
             lease_until=None,
@@ -141,6 +166,26 @@ def _give_back(session: Session, which: ColumnElement[bool], now: datetime) -> i
         execution_options={"synchronize_session": False},
     )
     return int(getattr(result, "rowcount", 0) or 0)
+
+
+def _give_back_batches(session: Session, which: ColumnElement[bool], now: datetime) -> int:
+    """Claimed batch rows open again, flagged, without a job (the re-queue gives them one);
+    returns their deliveries."""
+    b = batches_t.c
+    where = (which, open_batch(b.status), b.status == BatchStatus.claimed.value)
+    size = session.scalar(select(func.coalesce(func.sum(b.size), 0)).where(*where))
+    session.execute(
+        update(batches_t)
+        .where(*where)
+        .values(
+            status=BatchStatus.open.value,
+            lease_until=None,
+            job_id=None,
+            reclaimed=True,
+            updated_at=now,
+        )
+    )
+    return int(size or 0)
 
 
 def stalled_batches(
@@ -166,18 +211,33 @@ def stalled_batches(
         .join(Run, Run.id == Delivery.run_id)
         .join(Campaign, Campaign.id == Run.campaign_id)
         .where(
-            Delivery.status.in_(CLAIMABLE_STATUSES),
+            claimable_delivery(Delivery.status),
             Delivery.available_at <= stale,
             Delivery.batch_id.is_not(None),
             Run.status.in_(ACTIVE_RUN),
         )
         .distinct()
     )
+    b = batches_t.c
+    batch_query = (
+        select(b.job_id, Campaign.priority)
+        .join(Run, Run.id == b.run_id)
+        .join(Campaign, Campaign.id == Run.campaign_id)
+        .where(
+            open_batch(b.status),
+            b.status == BatchStatus.open.value,
+            b.available_at <= stale,
+            b.job_id.is_not(None),
+            Run.status.in_(ACTIVE_RUN),
+        )
+    )
     if run_id is not None:
         query = query.where(Delivery.run_id == run_id)
+        batch_query = batch_query.where(b.run_id == run_id)
     # Reads only (the re-queue re-checks every condition under its write): no write lock.
     with db.reading() as session:
-        rows = [(str(b), str(p)) for b, p in session.execute(query) if b not in skip]
+        rows = [(str(j), str(p)) for j, p in session.execute(query) if j not in skip]
+        rows += [(str(j), str(p)) for j, p in session.execute(batch_query) if j not in skip]
     idle: dict[str, bool] = {}
     stalled: list[str] = []
     for batch_id, priority in rows:
@@ -207,7 +267,7 @@ def requeue_orphans(
         select(Delivery.batch_id)
         .join(Run, Run.id == Delivery.run_id)
         .where(
-            Delivery.status.in_(CLAIMABLE_STATUSES),
+            claimable_delivery(Delivery.status),
             Delivery.available_at <= due,
             Run.status.in_(ACTIVE_RUN),
         )
@@ -215,18 +275,39 @@ def requeue_orphans(
     )
     if run_id is not None:
         base = base.where(Delivery.run_id == run_id)
+    bc = batches_t.c
+    open_batches = (
+        select(bc.job_id)
+        .join(Run, Run.id == bc.run_id)
+        .where(
+            open_batch(bc.status),
+            bc.status == BatchStatus.open.value,
+            bc.available_at <= due,
+            Run.status.in_(ACTIVE_RUN),
+        )
+    )
+    if run_id is not None:
+        open_batches = open_batches.where(bc.run_id == run_id)
     # A scan of every due row: read beside the workers; the re-queue below re-checks each row.
     with db.reading() as session:
         batch_ids = list(session.scalars(base))
+        jobs_of_batches = list(session.scalars(open_batches))
     named = [b for b in batch_ids if b is not None]
+    named += [j for j in jobs_of_batches if j is not None]
     dead = [b for b, alive in zip(named, markers.alive(named), strict=True) if not alive]
     dead += stalled_batches(
         db=db, settings=settings, markers=markers, run_id=run_id, now=now, skip=set(dead)
     )
+    requeued = 0
+    if dead or None in jobs_of_batches:
+        requeued += _requeue_batches(
+            db=db, settings=settings, dead=dead, run_id=run_id, due=due, now=now
+        )
     include_unbatched = None in batch_ids
     if not dead and not include_unbatched:
-        return 0
-    requeued = 0
+        if requeued:
+            log.warning("orphans_requeued", deliveries=requeued, run_id=run_id)
+        return requeued
     last_id = 0
     while requeued < MAX_REQUEUE_PER_SWEEP:
         with db.transaction() as session:
@@ -245,7 +326,7 @@ def requeue_orphans(
                 .where(
                     which,
                     Delivery.id > last_id,
-                    Delivery.status.in_(CLAIMABLE_STATUSES),
+                    claimable_delivery(Delivery.status),
                     Delivery.available_at <= due,
                     Run.status.in_(ACTIVE_RUN),
                 )
@@ -280,6 +361,65 @@ def requeue_orphans(
             requeued += len(rows)
     if requeued:
         log.warning("orphans_requeued", deliveries=requeued, run_id=run_id)
+    return requeued
+
+
+def _requeue_batches(
+    *,
+    db: Database,
+    settings: Settings,
+    dead: list[str],
+    run_id: int | None,
+    due: datetime,
+    now: datetime,
+) -> int:
+    """Give every due open batch row whose job is dead (or that has none) a new job id, and
+    queue it; returns their deliveries. The new id voids the old job, should it ever run."""
+    b = batches_t.c
+    which: ColumnElement[bool] = b.job_id.is_(None)
+    if dead:
+        which = which | b.job_id.in_(dead)
+    requeued = 0
+    last_id = 0
+    while requeued < MAX_REQUEUE_PER_SWEEP:
+        with db.transaction() as session:
+            query = (
+                select(b.id, b.run_id, b.size, Campaign.priority)
+                .join(Run, Run.id == b.run_id)
+                .join(Campaign, Campaign.id == Run.campaign_id)
+                .where(
+                    which,
+                    b.id > last_id,
+                    open_batch(b.status),
+                    b.status == BatchStatus.open.value,
+                    b.available_at <= due,
+                    Run.status.in_(ACTIVE_RUN),
+                )
+                .order_by(b.id)
+                .limit(1000)
+            )
+            if run_id is not None:
+                query = query.where(b.run_id == run_id)
+            rows = session.execute(query).all()
+            if not rows:
+                break
+            last_id = rows[-1][0]
+            for batch_pk, rid, size, priority in rows:
+                job_id = new_batch_id()
+                session.execute(
+                    update(batches_t).where(b.id == batch_pk).values(job_id=job_id, updated_at=now)
+                )
+                enqueue_after_commit(
+                    session,
+                    jobs.send_batch(
+                        run_id=rid,
+                        ids=[],
+                        batch_id=job_id,
+                        priority=priority,
+                        settings=settings,
+                    ),
+                )
+                requeued += int(size)
     return requeued
 
 

@@ -9,7 +9,7 @@ from dispatcher.tables.campaigns import Campaign, Run
 from dispatcher.tables.channel_state import ChannelState
 from dispatcher.tables.consent import OptOut
 from dispatcher.tables.content import Template, TemplateVersion, Variant
-from dispatcher.tables.deliveries import Attempt, Delivery, Lease
+from dispatcher.tables.deliveries import Attempt, Batch, Delivery, Lease
 from dispatcher.tables.inbox import Device, InboxItem
 from dispatcher.tables.recipients import Address, Recipient
 
@@ -22,6 +22,7 @@ __all__ = [
     "AuditHead",
     "AuditSeal",
     "Base",
+    "Batch",
     "Campaign",
     "ChannelState",
     "Delivery",

@@ -1,11 +1,31 @@
-"""Deliveries — one per (run, recipient, channel) — and the append-only attempts log."""
+"""Deliveries — one per (run, recipient, channel) — the append-only attempts log, and the
+batches that hold a run's planned deliveries until a worker writes them with their outcome.
+
+Every index below names the query it serves. The ones only open work needs are *partial*
+(``WHERE status IN (...)``): a delivery written once with its outcome never enters them. A
+query meant to use one repeats its predicate with literal values (:func:`open_delivery`,
+:func:`claimable_delivery`, :func:`open_batch`): SQLite uses a partial index only for a query
+whose WHERE holds the index's own terms, and PostgreSQL cannot prove a bound parameter's.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
-from sqlalchemy import ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    literal_column,
+    text,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 # The error classes are defined with the adapter contract, below the tables (adapters raise
@@ -26,6 +46,31 @@ class DeliveryStatus(StrEnum):
 
 OPEN_STATUSES = (DeliveryStatus.pending, DeliveryStatus.claimed, DeliveryStatus.retrying)
 CLAIMABLE_STATUSES = (DeliveryStatus.pending, DeliveryStatus.retrying)
+
+
+def _in(column: Any, values: tuple[str, ...]) -> ColumnElement[bool]:
+    return column.in_([literal_column(f"'{value}'") for value in values])
+
+
+def _where(values: tuple[str, ...]) -> Any:
+    return text("status IN (" + ", ".join(f"'{value}'" for value in values) + ")")
+
+
+_OPEN = tuple(s.value for s in OPEN_STATUSES)
+_CLAIMABLE = tuple(s.value for s in CLAIMABLE_STATUSES)
+
+
+def open_delivery(status: Any) -> ColumnElement[bool]:
+    """``status IN ('pending', 'claimed', 'retrying')`` with literal values: the predicate of
+    the partial indexes on open deliveries."""
+    return _in(status, _OPEN)
+
+
+def claimable_delivery(status: Any) -> ColumnElement[bool]:
+    """``status IN ('pending', 'retrying')`` with literal values (the due index's predicate)."""
+    return _in(status, _CLAIMABLE)
+
+
 FINAL_STATUSES = (
     DeliveryStatus.sent,
     DeliveryStatus.failed,
@@ -75,17 +120,45 @@ class Delivery(Base):
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
     __table_args__ = (
+        # The planner's ON CONFLICT DO NOTHING (a page or a fallback hop planned twice) and
+        # the promise of one delivery per person and channel in a run.
         UniqueConstraint("run_id", "recipient_id", "channel"),
-        Index("ix_deliveries_run_id_status", "run_id", "status"),
+        # Reports and campaign counts (GROUP BY channel, status of a campaign), and a
+        # cancellation's open rows of a campaign.
         Index("ix_deliveries_campaign_id_status", "campaign_id", "status", "channel"),
+        # "Did citizen X get message Y": the search by recipient; also ON DELETE CASCADE from
+        # recipients.
         Index("ix_deliveries_recipient_id", "recipient_id"),
-        Index("ix_deliveries_status_available_at", "status", "available_at"),
-        Index("ix_deliveries_batch_id", "batch_id"),
-        # Keyset pages in id order within a campaign or a run (search, export), and the
-        # search's time range on when a delivery last changed.
+        # Open rows only (retries, fallback hops, one-off messages, rows of the row path):
+        # the sweeper's due rows (engine.recovery.requeue_orphans, stalled_batches) ...
+        Index(
+            "ix_deliveries_due",
+            "available_at",
+            sqlite_where=_where(_CLAIMABLE),
+            postgresql_where=_where(_CLAIMABLE),
+        ),
+        # ... a row claim by its batch id (engine.claim), the sweeper's re-batching ...
+        Index(
+            "ix_deliveries_open_batch_id",
+            "batch_id",
+            sqlite_where=_where(_OPEN),
+            postgresql_where=_where(_OPEN),
+        ),
+        # ... and whether a run still has an open row (run completion, lease give-back).
+        Index(
+            "ix_deliveries_open_run_id",
+            "run_id",
+            sqlite_where=_where(_OPEN),
+            postgresql_where=_where(_OPEN),
+        ),
+        # Keyset pages in id order within a campaign or a run (search, CSV export, a run's
+        # report), and the search's time range on when a delivery last changed.
         Index("ix_deliveries_campaign_id_id", "campaign_id", "id"),
         Index("ix_deliveries_run_id_id", "run_id", "id"),
         Index("ix_deliveries_updated_at", "updated_at"),
+        # Ids are never reused on SQLite either: a batch reserves its deliveries' ids when it
+        # is planned (engine.batches.reserve_ids) and inserts them only once sent.
+        {"sqlite_autoincrement": True},
     )
 
 
@@ -109,6 +182,8 @@ class Attempt(Base):
     possible_duplicate: Mapped[bool] = mapped_column(default=False)
     worker: Mapped[str | None] = mapped_column(String(100), nullable=True)
 
+    # A delivery's attempts (search, CSV export's possible_duplicate, audit verification's
+    # count per delivery); also ON DELETE CASCADE from deliveries.
     __table_args__ = (Index("ix_attempts_delivery_id", "delivery_id"),)
 
 
@@ -137,3 +212,87 @@ class Lease(Base):
     lost_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
     __table_args__ = (UniqueConstraint("run_id", "lease_until"),)
+
+
+class BatchStatus(StrEnum):
+    open = "open"  # planned, waiting for a worker (queued, or due to be)
+    claimed = "claimed"  # a worker holds it under a lease
+    done = "done"  # its deliveries are written, with their outcomes
+    cancelled = "cancelled"  # its run was cancelled: its deliveries are written as cancelled
+
+
+OPEN_BATCH_STATUSES = (BatchStatus.open, BatchStatus.claimed)
+_OPEN_BATCH = tuple(s.value for s in OPEN_BATCH_STATUSES)
+
+
+def open_batch(status: Any) -> ColumnElement[bool]:
+    """``status IN ('open', 'claimed')`` with literal values (the open batches' indexes)."""
+    return _in(status, _OPEN_BATCH)
+
+
+class Batch(Base):
+    """Up to ``batch_size`` planned deliveries of one run on one channel, as one row.
+
+    The planner writes it instead of one pending row per delivery; the worker that claims it
+    writes its deliveries once, with their outcomes, and closes it in the same transaction
+    (see :mod:`dispatcher.engine.batches`). Its deliveries' ids are reserved when it is
+    planned, so a message carries its delivery id before the row exists, and a batch sent
+    again after a crash sends the same ids. Until it is done, readers count and find its
+    deliveries through it: pending while open, claimed while claimed.
+    """
+
+    __tablename__ = "batches"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    # The id its job, its marker in Redis and its lease carry: a new one each time it is queued
+    # again, so that an old job claims nothing. None while given back and not yet re-queued.
+    job_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"))
+    channel: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16), default=BatchStatus.open)
+    size: Mapped[int] = mapped_column(Integer)
+    # The recipients, ascending, as differences from the one before in base 36, comma-separated.
+    recipients: Mapped[str] = mapped_column(Text)
+    # The deliveries' reserved ids, one per recipient in the same order, as runs "a-b,c-d".
+    delivery_ids: Mapped[str] = mapped_column(Text)
+    first_id: Mapped[int] = mapped_column(BigInteger)
+    last_id: Mapped[int] = mapped_column(BigInteger)
+    min_recipient_id: Mapped[int] = mapped_column(BigInteger)
+    max_recipient_id: Mapped[int] = mapped_column(BigInteger)
+    available_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # While claimed: the stamp of the lease that holds it (as ``Delivery.lease_until``).
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # Taken back from a worker that stopped renewing its lease: its next send may repeat one.
+    reclaimed: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        # A worker's claim of the batch its job names, and the record's fence.
+        Index("ix_batches_job_id", "job_id"),
+        # Open batches only: whether a run still has open work (run completion), and the
+        # sweeper's lease give-back ...
+        Index(
+            "ix_batches_open_run_id",
+            "run_id",
+            sqlite_where=_where(_OPEN_BATCH),
+            postgresql_where=_where(_OPEN_BATCH),
+        ),
+        # ... a campaign's pending deliveries (counts, reports, search, export, cancellation) ...
+        Index(
+            "ix_batches_open_campaign_id",
+            "campaign_id",
+            "first_id",
+            sqlite_where=_where(_OPEN_BATCH),
+            postgresql_where=_where(_OPEN_BATCH),
+        ),
+        # ... and the open batch holding a recipient (the search by recipient).
+        Index(
+            "ix_batches_open_recipients",
+            "min_recipient_id",
+            "max_recipient_id",
+            sqlite_where=_where(_OPEN_BATCH),
+            postgresql_where=_where(_OPEN_BATCH),
+        ),
+    )

@@ -12,20 +12,20 @@ from typing import Any
 
 import pytest
 from alembic import command
-from sqlalchemy import func, inspect, select
+from sqlalchemy import func, inspect, select, update
 
 from dispatcher.core import migrate
 from dispatcher.core.config import Settings
 from dispatcher.core.db import Database, create_db_engine
 from dispatcher.engine.batch import BatchProcessor
-from dispatcher.engine.bulk import BulkWrites
+from dispatcher.engine.batches import decode_ids
 from dispatcher.engine.claim import lease_stamp
 from dispatcher.engine.leases import LeaseWatch, new_token
 from dispatcher.engine.loop import get_loop
 from dispatcher.engine.work import Work
-from dispatcher.kit.clock import clock, utcnow
-from dispatcher.tables.deliveries import Attempt, Delivery, Lease
-from tests.support import SmtpServer, wait_for
+from dispatcher.kit.clock import clock
+from dispatcher.tables.deliveries import Attempt, Batch, Delivery, Lease
+from tests.support import SmtpServer, delivery_statuses, wait_for
 from tests.test_chaos import _planned
 from workers.sweeper import sweep
 
@@ -85,12 +85,7 @@ def held() -> Iterator[list[HeldAfterSending]]:
 
 
 def _statuses(db: Database, ids: list[int]) -> list[str]:
-    with db.reading() as session:
-        return list(
-            session.scalars(
-                select(Delivery.status).where(Delivery.id.in_(ids)).order_by(Delivery.id)
-            )
-        )
+    return delivery_statuses(db, ids)
 
 
 def _flags(db: Database) -> list[bool]:
@@ -99,8 +94,12 @@ def _flags(db: Database) -> list[bool]:
 
 
 def _batch_of(db: Database, ids: list[int]) -> str:
+    """The job id of the one open batch holding ``ids``."""
     with db.reading() as session:
-        batches = set(session.scalars(select(Delivery.batch_id).where(Delivery.id.in_(ids))))
+        held = session.execute(
+            select(Batch.job_id, Batch.delivery_ids).where(Batch.status.in_(["open", "claimed"]))
+        ).all()
+    batches = {job for job, members in held if set(ids) <= set(decode_ids(members))}
     assert len(batches) == 1 and None not in batches
     return str(batches.pop())
 
@@ -184,7 +183,7 @@ def test_a_worker_whose_lease_was_taken_over_writes_nothing(
     )
     held.append(batch := HeldAfterSending(starved, run_id, ids, batch_id))
     with db.reading() as session:
-        stamp = session.scalar(select(Delivery.lease_until).where(Delivery.id == ids[0]))
+        stamp = session.scalar(select(Batch.lease_until).where(Batch.job_id == batch_id))
     assert stamp is not None
     ticks = Ticks()
     watch = LeaseWatch(settings.lease_seconds, clock=ticks)
@@ -218,14 +217,18 @@ def test_a_worker_whose_lease_was_taken_over_writes_nothing(
             == recorded
         )
     assert _flags(db) == [True] * len(ids), "only the new holder's attempts, flagged"
-    # Beneath the lease, each row's own check fences it too: its stamp is no longer there.
-    bulk = BulkWrites(db.engine.dialect)
-    rows = [(i, "failed", 9, 9, "vi", None, "x", "x", bulk.stamp(utcnow()), None) for i in ids]
+    # Beneath the lease, the batch's own check fences it too: its stamp is no longer there.
     with db.transaction() as session:
-        written = bulk.update_deliveries(
-            session.connection(), rows, updated_at=utcnow(), lease_until=stamp
+        closed = (
+            session.connection()
+            .execute(
+                update(Batch)
+                .where(Batch.status == "claimed", Batch.lease_until == stamp)
+                .values(status="done")
+            )
+            .rowcount
         )
-    assert written == 0
+    assert closed == 0
     assert _statuses(db, ids) == ["sent"] * len(ids)
 
 

@@ -9,7 +9,6 @@ import threading
 from typing import Any
 
 import redis
-from sqlalchemy import select
 
 from dispatcher.core.config import Settings
 from dispatcher.core.db import Database
@@ -17,8 +16,7 @@ from dispatcher.engine.batch import BatchProcessor
 from dispatcher.engine.jobs import redis_key
 from dispatcher.engine.loop import get_loop
 from dispatcher.engine.work import Work
-from dispatcher.tables.deliveries import Delivery
-from tests.support import SmtpServer, wait_for
+from tests.support import SmtpServer, delivery_statuses, run_batches, wait_for
 from tests.test_end_to_end import plan_campaign
 
 
@@ -27,22 +25,13 @@ def _batches(
 ) -> tuple[int, list[tuple[str, list[int]]]]:
     """A campaign to five people planned in batches of two: (run, [(batch id, ids)...])."""
     _, run_id = plan_campaign(client, db, settings.model_copy(update={"batch_size": 2}))
-    batches: dict[str, list[int]] = {}
-    with db.transaction() as session:
-        for delivery_id, batch_id in session.execute(
-            select(Delivery.id, Delivery.batch_id)
-            .where(Delivery.run_id == run_id)
-            .order_by(Delivery.id)
-        ):
-            assert batch_id is not None
-            batches.setdefault(batch_id, []).append(delivery_id)
-    assert [len(ids) for ids in batches.values()] == [2, 2, 1]
-    return run_id, list(batches.items())
+    batches = run_batches(db, run_id)
+    assert [len(ids) for _, ids in batches] == [2, 2, 1]
+    return run_id, batches
 
 
 def _statuses(db: Database, ids: list[int]) -> set[str]:
-    with db.reading() as session:
-        return set(session.scalars(select(Delivery.status).where(Delivery.id.in_(ids))))
+    return set(delivery_statuses(db, ids))
 
 
 class WatchedLock:
