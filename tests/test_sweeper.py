@@ -8,7 +8,7 @@ from sqlalchemy import select, update
 
 from dispatcher.core.db import Database
 from dispatcher.kit.clock import utcnow
-from dispatcher.tables.deliveries import Attempt, Delivery
+from dispatcher.tables.deliveries import Attempt, Batch
 from tests.support import SmtpServer, wait_for
 from tests.test_end_to_end import (
     add_people,
@@ -25,11 +25,11 @@ def test_a_claim_whose_worker_died_is_sent_again_and_flagged(
 ) -> None:
     # No worker yet: the plan job waits in Redis. Run the planner ourselves, as a worker would.
     campaign_id, _ = plan_campaign(client, db, settings)
-    # A worker claimed every row and was killed -9: its lease has run out, its job is gone.
+    # A worker claimed every batch and was killed -9: its lease has run out, its job is gone.
     redis_client.flushall()
     with db.transaction() as session:
         session.execute(
-            update(Delivery).values(status="claimed", lease_until=utcnow() - timedelta(seconds=1))
+            update(Batch).values(status="claimed", lease_until=utcnow() - timedelta(seconds=1))
         )
     report = sweep(db=db, settings=settings, markers=job_queue.markers)
     assert report.leases_expired == 5

@@ -15,10 +15,10 @@ class InboxItem(Base):
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     recipient_id: Mapped[int] = mapped_column(ForeignKey("recipients.id", ondelete="CASCADE"))
-    # One item per delivery, whatever the retries: a re-send never makes a second item.
-    delivery_id: Mapped[int | None] = mapped_column(
-        ForeignKey("deliveries.id", ondelete="SET NULL"), unique=True, nullable=True
-    )
+    # One item per delivery, whatever the retries: a re-send never makes a second item. No
+    # foreign key: the item is filed while the delivery is sent, and a batch's deliveries get
+    # their rows (under ids reserved when it was planned) only once they are recorded.
+    delivery_id: Mapped[int | None] = mapped_column(BigId, unique=True, nullable=True)
     kind: Mapped[str] = mapped_column(String(32))
     title: Mapped[str] = mapped_column(String(500))
     body: Mapped[str] = mapped_column(Text)

@@ -11,7 +11,8 @@ that sends it inserts the deliveries. The delivery indexes only open work needs 
 ``ix_deliveries_status_available_at`` becomes ``ix_deliveries_due`` and ``ix_deliveries_batch_id``
 becomes ``ix_deliveries_open_batch_id``. On SQLite ``deliveries`` is rebuilt with AUTOINCREMENT,
 so that an id reserved by a batch is never given to another row. Pending rows of existing runs
-stay as they are: the row path claims them as before.
+stay as they are: the row path claims them as before. ``inbox_items.delivery_id`` loses its
+foreign key: a VssID inbox item is filed while its delivery is sent, before the row exists.
 """
 
 from __future__ import annotations
@@ -56,8 +57,8 @@ def upgrade() -> None:
         "batches",
         sa.Column("id", dispatcher.core.db.BigId, autoincrement=True, nullable=False),
         sa.Column("job_id", sa.String(length=32), nullable=True),
-        sa.Column("run_id", sa.Integer(), nullable=False),
-        sa.Column("campaign_id", sa.Integer(), nullable=False),
+        sa.Column("run_id", dispatcher.core.db.BigId, nullable=False),
+        sa.Column("campaign_id", dispatcher.core.db.BigId, nullable=False),
         sa.Column("channel", sa.String(length=32), nullable=False),
         sa.Column("status", sa.String(length=16), nullable=False),
         sa.Column("size", sa.Integer(), nullable=False),
@@ -94,6 +95,8 @@ def upgrade() -> None:
         ["min_recipient_id", "max_recipient_id"],
         **_where(OPEN_BATCH),
     )
+    with op.batch_alter_table("inbox_items", schema=None) as batch_op:
+        batch_op.drop_constraint("fk_inbox_items_delivery_id_deliveries", type_="foreignkey")
     if op.get_bind().dialect.name == "postgresql":
         # Built CONCURRENTLY (no lock that blocks the service's writes), before the indexes
         # they replace are dropped.
@@ -172,6 +175,21 @@ def downgrade() -> None:
         if values:
             bind.execute(insert, values)
     op.drop_table("batches")
+    # Items whose delivery never got a row (a batch cancelled or downgraded mid-way) let go.
+    bind.execute(
+        sa.text(
+            "UPDATE inbox_items SET delivery_id = NULL WHERE delivery_id IS NOT NULL AND NOT "
+            "EXISTS (SELECT 1 FROM deliveries WHERE deliveries.id = inbox_items.delivery_id)"
+        )
+    )
+    with op.batch_alter_table("inbox_items", schema=None) as batch_op:
+        batch_op.create_foreign_key(
+            "fk_inbox_items_delivery_id_deliveries",
+            "deliveries",
+            ["delivery_id"],
+            ["id"],
+            ondelete="SET NULL",
+        )
     if bind.dialect.name == "postgresql":
         with op.get_context().autocommit_block():
             for name, columns in FULL:
