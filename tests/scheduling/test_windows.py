@@ -13,12 +13,13 @@ from sqlalchemy import select
 from dispatcher.core.config import Settings, get_settings
 from dispatcher.core.db import Database
 from dispatcher.engine.batch import BatchProcessor
+from dispatcher.engine.batches import open_members
 from dispatcher.engine.loop import get_loop
 from dispatcher.engine.planner import plan_run
 from dispatcher.kit.clock import clock
 from dispatcher.scheduling.windows import next_open
 from dispatcher.tables.campaigns import Run
-from dispatcher.tables.deliveries import Delivery
+from dispatcher.tables.deliveries import Batch, Delivery
 from tests.support import approve
 
 VN = ZoneInfo("Asia/Ho_Chi_Minh")
@@ -74,11 +75,17 @@ def setup(client: Any, kind: str) -> int:
 
 
 def statuses(db: Database, campaign_id: int) -> list[tuple[str, datetime, str | None]]:
+    """Every delivery's (status, due, error class): its row, or its open batch's."""
     with db.transaction() as session:
-        return [
+        found = [
             (d.status, d.available_at, d.error_class)
             for d in session.scalars(select(Delivery).where(Delivery.campaign_id == campaign_id))
         ]
+        found += [
+            (m.status, m.available_at, m.error_class)
+            for m in open_members(session, Batch.campaign_id == campaign_id)
+        ]
+    return found
 
 
 def plan_and_process(db: Database, settings: Settings, job_queue: Any, campaign_id: int) -> None:
@@ -91,12 +98,22 @@ def plan_and_process(db: Database, settings: Settings, job_queue: Any, campaign_
 
 
 def process(db: Database, settings: Settings, job_queue: Any, campaign_id: int) -> None:
+    """Work the campaign's open batches, then its rows (retries), as workers would."""
     with db.transaction() as session:
         rows = session.execute(
             select(Delivery.run_id, Delivery.id).where(Delivery.campaign_id == campaign_id)
         ).all()
+        held = session.execute(
+            select(Batch.run_id, Batch.job_id).where(
+                Batch.campaign_id == campaign_id, Batch.status == "open"
+            )
+        ).all()
+    assert rows or held
     processor = BatchProcessor(db=db, settings=settings, queue=job_queue, loop=get_loop())
-    processor.process(rows[0][0], [r[1] for r in rows], None)
+    for run_id, job_id in held:
+        processor.process(run_id, [], job_id)
+    if rows:
+        processor.process(rows[0][0], [r[1] for r in rows], None)
 
 
 def test_a_greeting_planned_at_night_waits_for_the_morning_and_then_goes(
