@@ -2,8 +2,10 @@
 
 Every writer that creates a delivery or changes its outcome appends, in the same transaction,
 an entry naming the deliveries it touched and a digest of each one's state as that
-transaction leaves it: the planner (pending and skipped rows), a transactional message, a
-worker's batch (with a digest of the batch's attempt rows too) and a cancellation. The *latest*
+transaction leaves it: the planner (skipped rows; the batch rows it plans are named by their
+job id, size, reserved delivery ids and a digest of their members, since their deliveries have
+no rows yet), a transactional message, a worker's batch (the deliveries it inserted or changed,
+with a digest of the batch's attempt rows too) and a cancellation. The *latest*
 entry that names a delivery therefore states its current outcome, and ``verify`` compares every
 row of ``deliveries`` with it; a row no entry names was inserted by someone else.
 
