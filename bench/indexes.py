@@ -9,9 +9,11 @@ each index alone, for the indexes the service had before batch rows, and for the
 ``--insert`` more final rows are inserted as the record path inserts them (500-row multi-row
 INSERTs on SQLite, ``COPY`` of 500 rows on PostgreSQL) in a transaction that is then rolled
 back, so every measurement starts from the same table. The figure per index is its extra
-microseconds per inserted row over no index (the median of ``--repeat`` runs). A partial index
+microseconds per inserted row over no index, each measured right before it (the fastest of
+``--repeat`` runs of each, the figure least disturbed by other work on the machine). A partial index
 whose predicate a final row does not meet (``WHERE status IN ('pending', ...)``) costs a final
-row nothing: that is why the open-work indexes are partial.
+row nothing, and holds nothing: that is why the open-work indexes are partial. Each index's size
+over the ``--rows`` final rows is printed too.
 """
 
 from __future__ import annotations
@@ -20,10 +22,9 @@ import argparse
 import json
 import os
 import sqlite3
-import statistics
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -205,13 +206,25 @@ class Target:
     def drop(self, name: str) -> None:
         self.conn.execute(f"DROP INDEX {name}")
 
+    def size(self, name: str) -> int:
+        """Bytes the index takes (on SQLite: the pages it added to the file)."""
+        if self.kind == "postgresql":
+            return int(self.conn.execute("SELECT pg_relation_size(%s)", (name,)).fetchone()[0])
+        return int(self._pages()) - self._before
 
-def measure(
-    target: Target, first: int, count: int, repeat: int, setup: Callable[[], None]
-) -> float:
-    setup()
-    times = [target.timed_insert(first, count) for _ in range(repeat)]
-    return statistics.median(times)
+    def _pages(self) -> int:
+        page_size = self.conn.execute("PRAGMA page_size").fetchone()[0]
+        pages = self.conn.execute("PRAGMA page_count").fetchone()[0]
+        free = self.conn.execute("PRAGMA freelist_count").fetchone()[0]
+        return int((pages - free) * page_size)
+
+    def mark(self) -> None:
+        if self.kind == "sqlite":
+            self._before = self._pages()
+
+
+def measure(target: Target, first: int, count: int, repeat: int) -> float:
+    return min(target.timed_insert(first, count) for _ in range(repeat))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -239,22 +252,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         started = time.perf_counter()
         target.fill(args.rows)
         print(f"{args.database}: {args.rows:,} rows in {time.perf_counter() - started:.1f} s")
-        base = measure(target, first, args.insert, args.repeat, lambda: None)
+        base = measure(target, first, args.insert, args.repeat)
         per_row = 1e6 / args.insert
         print(f"  no index but the key         {base * per_row:7.2f} µs/row")
         costs: dict[str, float] = {}
+        sizes: dict[str, int] = {}
         for name, definition, _ in INDEXES:
+            base = measure(target, first, args.insert, args.repeat)
+            target.mark()
             target.create(name, definition)
-            seconds = measure(target, first, args.insert, args.repeat, lambda: None)
+            sizes[name] = target.size(name)
+            seconds = measure(target, first, args.insert, args.repeat)
             target.drop(name)
             costs[name] = (seconds - base) * per_row
-            print(f"  + {name:<42} {costs[name]:+7.2f} µs/row")
+            print(
+                f"  + {name:<42} {costs[name]:+7.2f} µs/row, "
+                f"{sizes[name] / 2**20:6.1f} MiB at {args.rows:,} final rows"
+            )
         sets: dict[str, float] = {}
         for which in ("before", "now"):
             chosen = [(n, d) for n, d, s in INDEXES if which in s]
             for name, definition in chosen:
                 target.create(name, definition)
-            seconds = measure(target, first, args.insert, args.repeat, lambda: None)
+            seconds = measure(target, first, args.insert, args.repeat)
             for name, _ in chosen:
                 target.drop(name)
             sets[which] = seconds * per_row
@@ -262,7 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"  all {len(chosen)} indexes {which:<6}            {sets[which]:7.2f} µs/row "
                 f"({args.insert / seconds:,.0f} rows/s)"
             )
-        results.update(base_us=base * per_row, index_us=costs, sets_us=sets)
+        results.update(base_us=base * per_row, index_us=costs, index_bytes=sizes, sets_us=sets)
     finally:
         target.close()
     out = Path("bench/results")
