@@ -24,7 +24,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import ColumnElement, Table, and_, func, select, update
+from sqlalchemy import BigInteger, ColumnElement, Table, and_, any_, bindparam, func, select, update
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
 from dispatcher.content import service as content
@@ -332,7 +333,7 @@ class Claims:
                     and_(a.recipient_id == r.id, a.channel == channel, a.dead_at.is_(None)),
                 )
             )
-            .where(r.id.in_(recipient_ids))
+            .where(_one_of(session, r.id, recipient_ids))
         )
         for row in session.connection().execute(query):
             recipient_id = row[0]
@@ -420,6 +421,15 @@ class Claims:
                 .values(status=DeliveryStatus.pending, lease_until=None),
                 execution_options={"synchronize_session": False},
             )
+
+
+def _one_of(session: Session, column: Any, ids: list[int]) -> ColumnElement[bool]:
+    """``column`` in ``ids``: one array parameter on PostgreSQL. A thousand parameters make a
+    statement whose generic plan (psycopg prepares a statement run five times) hash-joins the
+    whole addresses table; ``= ANY(array)`` keeps the index lookups."""
+    if session.get_bind().dialect.name == "postgresql":
+        return column == any_(bindparam("ids", ids, type_=postgresql.ARRAY(BigInteger)))
+    return column.in_(ids)
 
 
 def give_back_batch(session: Session, batch_pk: int, lease_until: datetime) -> None:
