@@ -315,31 +315,29 @@ class Claims:
         reclaimed = bool(taken.reclaimed)
         people, addresses = claim.people, claim.addresses
         found: dict[int, str] = {}
-        query = (
-            select(
-                r.id,
-                r.external_id,
-                r.full_name,
-                r.kind,
-                r.province,
-                r.birth_date,
-                r.language,
-                r.attributes,
-                a.value,
-            )
-            .select_from(
-                recipients_t.outerjoin(
-                    addresses_t,
-                    and_(a.recipient_id == r.id, a.channel == channel, a.dead_at.is_(None)),
-                )
-            )
-            .where(_one_of(session, r.id, recipient_ids))
+        connection = session.connection()
+        # Two index lookups rather than a join: a join's plan, made while the statistics of
+        # freshly imported tables were stale, spilled a hash join to disk on PostgreSQL.
+        people_query = select(
+            r.id,
+            r.external_id,
+            r.full_name,
+            r.kind,
+            r.province,
+            r.birth_date,
+            r.language,
+            r.attributes,
+        ).where(_one_of(session, r.id, recipient_ids))
+        for row in connection.execute(people_query):
+            people[row[0]] = dict(zip(PERSON_FIELDS, row[1:8], strict=True))
+        address_query = select(a.recipient_id, a.value).where(
+            _one_of(session, a.recipient_id, recipient_ids),
+            a.channel == channel,
+            a.dead_at.is_(None),
         )
-        for row in session.connection().execute(query):
-            recipient_id = row[0]
-            people[recipient_id] = dict(zip(PERSON_FIELDS, row[1:8], strict=True))
-            if row[8] is not None:
-                found[recipient_id] = row[8]
+        for recipient_id, value in connection.execute(address_query):
+            if recipient_id in people:
+                found[recipient_id] = value
         work = claim.work
         for delivery_id, recipient_id in zip(delivery_ids, recipient_ids, strict=True):
             work.append(Work(delivery_id, recipient_id, channel, 0, 0, reclaimed))
