@@ -267,3 +267,23 @@ def delivery_statuses(db: Any, ids: list[int]) -> list[str]:
             if member.id in ids and member.id not in found:
                 found[member.id] = member.status
     return [found[i] for i in sorted(ids) if i in found]
+
+
+def planned_recipients(db: Any, run_id: int) -> list[str]:
+    """The external ids of everyone a run planned a delivery for (its rows, and the members of
+    its open batches, which have no row yet), sorted, one per delivery."""
+    from sqlalchemy import select
+
+    from dispatcher.engine.batches import open_members
+    from dispatcher.tables.deliveries import Batch, Delivery
+    from dispatcher.tables.recipients import Recipient
+
+    with db.reading() as session:
+        ids = list(session.scalars(select(Delivery.recipient_id).where(Delivery.run_id == run_id)))
+        ids += [m.recipient_id for m in open_members(session, Batch.run_id == run_id)]
+        external = dict(
+            session.execute(
+                select(Recipient.id, Recipient.external_id).where(Recipient.id.in_(set(ids)))
+            ).all()
+        )
+    return sorted(external[i] for i in ids)

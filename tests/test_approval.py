@@ -20,10 +20,8 @@ from dispatcher.scheduling.windows import VIETNAM
 from dispatcher.tables.audiences import AudienceVersion, SavedAudience
 from dispatcher.tables.audit import AuditEntry
 from dispatcher.tables.auth import PrincipalKind
-from dispatcher.tables.deliveries import Delivery
-from dispatcher.tables.recipients import Recipient
 from tests.conftest import make_key
-from tests.support import second_person
+from tests.support import planned_recipients, second_person
 from tests.test_api_validation import TEMPLATE_DATA
 from tests.test_end_to_end import TEMPLATE, publish_template
 
@@ -170,14 +168,7 @@ def people(*numbers: int) -> dict[str, Any]:
 
 
 def recipients_of(db: Database, run_id: int) -> set[str]:
-    with db.transaction() as session:
-        return set(
-            session.scalars(
-                select(Recipient.external_id)
-                .join(Delivery, Delivery.recipient_id == Recipient.id)
-                .where(Delivery.run_id == run_id)
-            )
-        )
+    return set(planned_recipients(db, run_id))
 
 
 def test_swapping_a_saved_audience_withdraws_a_one_shot_approval(
