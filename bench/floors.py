@@ -897,18 +897,28 @@ def prerendered_emails(
     subject: Callable[[int], str],
     body: Callable[[int], str],
     address: Callable[[int], str],
+    html: Callable[[int], str] | None = None,
 ) -> list[tuple[str, bytes]]:
-    """N messages built and written out (MIME text, the same headers as the email adapter
-    sets), ready to send: (recipient, bytes)."""
+    """N messages built and written out before any is sent: the text body (and the HTML part
+    as ``multipart/alternative`` when ``html`` is given) with the headers the email adapter
+    sets (From, To, encoded Subject, Date, Message-ID). Returns (recipient, bytes) pairs."""
     import email.policy
     import email.utils
     from email.header import Header
+    from email.mime.base import MIMEBase
+    from email.mime.multipart import MIMEMultipart
     from email.mime.text import MIMEText
 
     wire = email.policy.compat32.clone(linesep="\r\n")
     out = []
     for i in range(n):
-        mail = MIMEText(body(i), "plain", "utf-8")
+        mail: MIMEBase
+        if html is None:
+            mail = MIMEText(body(i), "plain", "utf-8")
+        else:
+            mail = MIMEMultipart("alternative")
+            mail.attach(MIMEText(body(i), "plain", "utf-8"))
+            mail.attach(MIMEText(html(i), "html", "utf-8"))
         mail["From"] = sender
         mail["To"] = address(i)
         mail["Subject"] = Header(subject(i), "utf-8", header_name="Subject")  # type: ignore[assignment]
