@@ -1374,14 +1374,24 @@ def compare(results: list[dict[str, Any]], threshold: float) -> dict[str, Any]:
         f"with the campaign size"
     )
     rate = growth(a["deliveries_per_s"], b["deliveries_per_s"])
+    held = abs(rate) <= threshold
     print(
-        f"  deliveries/s {a['deliveries_per_s']:,.0f} → {b['deliveries_per_s']:,.0f} ({rate:+.1f}%)"
+        f"  deliveries/s {a['deliveries_per_s']:,.0f} → {b['deliveries_per_s']:,.0f} "
+        f"({rate:+.1f}%: {'within' if held else 'NOT within'} {threshold:.0f}%)"
     )
+    disks = [r.get("disk") or {} for r in (a, b)]
+    per_million = [d.get("total_mib_per_million_deliveries") for d in disks]
+    if all(v is not None for v in per_million):
+        print(f"  disk per million deliveries {per_million[0]:,.1f} → {per_million[1]:,.1f} MiB")
     return {
         "threshold_pct": threshold,
         "grew": grew,
         "roles": figures,
         "deliveries_per_s": [a["deliveries_per_s"], b["deliveries_per_s"]],
+        "deliveries_per_s_change_pct": round(rate, 1),
+        "deliveries_per_s_within_threshold": held,
+        "disk_mib_per_million": per_million,
+        "disturbed": [bool(r.get("disturbed")) for r in (a, b)],
     }
 
 
