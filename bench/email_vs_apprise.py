@@ -320,7 +320,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "aim_ratio": AIM_RATIO,
             "machine": machine(),
         }
-        path = write_json(f"email-vs-apprise-{n}.json", result)
+        suffix = "-ssl-per-connection" if args.apprise_ssl_per_connection else ""
+        path = write_json(f"email-vs-apprise-{n}{suffix}.json", result)
         print(f"  written to {relative(path)}")
         return 0
 
