@@ -765,11 +765,11 @@ def _floor_process(
         renderer = _Renderer(spec.template)
         writer = _Writer(spec)
         batches = range(index, -(-spec.recipients // spec.batch_size), spec.processes)
-        # Compile the template (cached) before the clock starts, as a warm worker has.
-        from dispatcher.content.render import renderer as service_renderer
-
-        for variant in renderer.variants.values():
-            service_renderer.check_syntax(variant)
+        # One render before the clock starts: the template compiled and cached, as in a warm
+        # worker.
+        renderer.render(
+            [(0, 0, spec.template.channel, "0", "Nguyễn Văn An", "person", "", None, "vi", {}, "x")]
+        )
         ready.wait(120)
         if not go.wait(120):
             raise TimeoutError("no start signal")

@@ -55,6 +55,7 @@ import re
 import resource
 import sqlite3
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -161,18 +162,32 @@ def person(i: int) -> Person:
 
 
 def postgres_backends(admin_url: str, name: str) -> Callable[[], list[int]]:
-    """A function listing the server processes connected to database ``name``."""
+    """A function listing the server processes connected to database ``name``.
+
+    It keeps one admin connection (to the admin URL's database, so never one of the listed)
+    for every call: the RSS sampler asks five times a second, and a new connection each time
+    would have the server fork a backend each time. A broken connection is opened again."""
+    import psycopg
+
+    lock = threading.Lock()
+    held: list[psycopg.Connection[Any]] = []
 
     def pids() -> list[int]:
-        import psycopg
-
-        try:
-            with psycopg.connect(admin_url, autocommit=True, connect_timeout=3) as admin:
-                rows = admin.execute(
-                    "SELECT pid FROM pg_stat_activity WHERE datname = %s", (name,)
-                ).fetchall()
-        except psycopg.Error:
-            return []
+        with lock:
+            try:
+                if not held or held[0].closed:
+                    held[:] = [psycopg.connect(admin_url, autocommit=True, connect_timeout=3)]
+                rows = (
+                    held[0]
+                    .execute("SELECT pid FROM pg_stat_activity WHERE datname = %s", (name,))
+                    .fetchall()
+                )
+            except psycopg.Error:
+                if held:
+                    with contextlib.suppress(psycopg.Error):
+                        held[0].close()
+                held.clear()
+                return []
         return [int(row[0]) for row in rows]
 
     return pids
