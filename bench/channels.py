@@ -1,6 +1,6 @@
 """Channel throughput: Telegram against its rate limit, and email over SMTP.
 
-    python -m bench.channels                       # Telegram for 60 s, then 10,000 emails
+    python -m bench.channels                       # Telegram for 60 s, then 20,000 emails
     python -m bench.channels --quick               # 10 s of Telegram, 1,000 emails (smoke run)
     python -m bench.channels --only telegram --duration 120
     python -m bench.channels --only email --emails 50000
@@ -21,7 +21,11 @@ every 429 it answered. The aim: at least 95% of the limit, and not one 429.
 
 *Email.* The provider is an aiosmtpd server in another process (the SMTP sink of
 ``bench.common``) that accepts every message and reports its count to a file. The figure is
-messages/s from the approve call until the campaign reads ``completed``.
+messages/s from the approve call until the campaign reads ``completed``, with the service's CPU
+per email. Then, in the same run, the service is stopped and the floor sends the same number of
+pre-rendered messages to the same server with aiosmtplib, over as many pooled connections from
+as many processes as the service had (:func:`bench.floors.email_floor`); ours/floor is printed
+against the aim of 0.7 (``--no-floor`` skips it).
 
 Both scenarios also report the CPU seconds each role used during the campaign, and those used by
 other processes on the machine (a busy machine disturbs the figures); ``--profile`` records the
@@ -132,6 +136,7 @@ class Options:
     keep: bool = False
     timeout: float | None = None
     profile: bool = False
+    floor: bool = True
 
 
 @dataclass
@@ -595,6 +600,7 @@ def run_email(options: Options) -> dict[str, Any]:
 
         m = service.measure("email", options.timeout or max(300.0, n / 20), received)
         smtp = read_json(stats_path) or {}
+        floor = run_email_floor(service, options, stats_path, smtp_port) if options.floor else None
 
     audit, campaign, approved_wall = m.audit, m.campaign, m.approved_wall
     statuses, outcomes = audit.statuses, audit.outcomes
@@ -619,12 +625,92 @@ def run_email(options: Options) -> dict[str, Any]:
         "deliveries_by_status": statuses,
         "attempts_by_outcome": outcomes,
         "cpu_seconds_during_campaign": m.cpu,
+        "cpu_us_per_email": cpu_per_email(m.cpu, n),
+        "floor": floor,
+        "ratio_to_floor": (
+            round(sent / m.elapsed / floor["per_second"], 3) if floor and m.elapsed > 0 else None
+        ),
         "redis_calls_during_campaign": m.redis_calls,
         "profiles": m.profiles,
         "settings": settings,
         "options": options_summary(options),
         "machine": machine(),
     }
+
+
+FLOOR_SENDER = "thongbao@baohiemxahoi.gov.vn"
+AIM_FLOOR_RATIO = 0.7
+SERVICE_ROLES = ("workers", "api", "redis")
+
+
+def cpu_per_email(cpu_seconds: dict[str, float], n: int) -> dict[str, float]:
+    """The service's CPU microseconds per email, by role, and their total (the SMTP server,
+    this script and other processes left out)."""
+    out = {
+        role: round(cpu_seconds[role] / n * 1e6, 1) for role in SERVICE_ROLES if role in cpu_seconds
+    }
+    out["total"] = round(sum(out.values()), 1)
+    return out
+
+
+def run_email_floor(
+    service: ChannelService, options: Options, stats_path: Path, port: int
+) -> dict[str, Any]:
+    """The floor: the same number of messages, pre-rendered, sent with aiosmtplib over the
+    same number of pooled connections (``--smtp-pool-size`` in each of ``--workers``
+    processes) to the same SMTP server, with the service stopped first."""
+    from jinja2 import Environment
+
+    from bench.floors import email_floor, prerendered_emails
+
+    for process in (service.workers, service.api):
+        if process is not None:
+            process.stop()
+    n = options.emails
+    variant = next(v for v in TEMPLATE["variants"] if v["channel"] == "email")
+    env = Environment(autoescape=False)  # the text part; the HTML part is the template's own
+    subject_t = env.from_string(variant["subject"])
+    body_t, html_t = env.from_string(variant["body"]), env.from_string(variant["html"])
+
+    def view(i: int) -> dict[str, Any]:
+        return {"recipient": {**person("EM", i), "honorific": "Ông/Bà"}, **TEMPLATE["defaults"]}
+
+    print(
+        f"  email floor: {n:,} pre-rendered messages, aiosmtplib, {options.workers} process(es) "
+        f"× {options.smtp_pool_size} connections ...",
+        flush=True,
+    )
+    messages = prerendered_emails(
+        n,
+        sender=FLOOR_SENDER,
+        subject=lambda i: subject_t.render(view(i)),
+        body=lambda i: body_t.render(view(i)),
+        html=lambda i: html_t.render(view(i)),
+        address=lambda i: f"nguoi.nhan{i:06d}@example.vn",
+    )
+
+    def received() -> int:
+        return int((read_json(stats_path) or {}).get("messages", 0))
+
+    before = received()
+    server = []
+    if service.provider is not None:
+        server = [("smtp-server", member) for member in service.provider.tree()]
+    floor = email_floor(
+        port,
+        messages,
+        sender=FLOOR_SENDER,
+        processes=options.workers,
+        connections=options.smtp_pool_size,
+        server=server,
+    )
+    wait_until(
+        lambda: received() - before >= n,
+        timeout=30,
+        what="the SMTP server to count the floor's messages",
+    )
+    floor["received"] = received() - before
+    return floor
 
 
 def print_email(r: dict[str, Any], out: TextIO = sys.stdout) -> None:
@@ -654,8 +740,28 @@ def print_email(r: dict[str, Any], out: TextIO = sys.stdout) -> None:
         ("deliveries by status", json.dumps(r["deliveries_by_status"])),
         ("attempts by outcome", json.dumps(r["attempts_by_outcome"])),
         ("CPU during the campaign", cpu_text(r)),
+        (
+            "CPU µs per email (service)",
+            ", ".join(f"{k} {v:.0f}" for k, v in r["cpu_us_per_email"].items()),
+        ),
         ("Redis calls during the campaign", redis_text(r)),
     ]
+    floor = r.get("floor")
+    if floor:
+        note = "  ← other processes were busy: disturbed" if floor["disturbed"] else ""
+        ratio = r["ratio_to_floor"]
+        verdict = "met" if ratio >= AIM_FLOOR_RATIO else "BELOW"
+        rows += [
+            (
+                "floor: aiosmtplib, pre-rendered",
+                f"{floor['sent']:,} in {floor['seconds']:.1f} s = {floor['per_second']:,.1f} msg/s "
+                f"({floor['processes']} processes × {floor['connections_per_process']} "
+                f"connections; received {floor['received']:,}); CPU "
+                f"{floor['cpu_us_per_email']:.0f} µs per email; other processes "
+                f"{floor['cpu']['others_cores']:.2f} cores{note}",
+            ),
+            ("ours/floor", f"{ratio:.2f} (aim ≥ {AIM_FLOOR_RATIO:g}: {verdict})"),
+        ]
     _rows(rows, out)
 
 
@@ -744,7 +850,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="Telegram: seconds left out at the start of the steady window (default 2)",
     )
     parser.add_argument(
-        "--emails", type=int, default=None, help="email recipients (default 10,000)"
+        "--emails", type=int, default=None, help="email recipients (default 20,000)"
     )
     parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
     parser.add_argument("--threads", type=int, default=4, help="threads per worker (default 4)")
@@ -776,12 +882,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--keep", action="store_true", help="keep the temporary directories (logs, SQLite)"
     )
+    parser.add_argument(
+        "--no-floor",
+        action="store_true",
+        help="email: skip the floor (pre-rendered messages sent with aiosmtplib)",
+    )
     return parser.parse_args(argv)
 
 
 def options_for(args: argparse.Namespace) -> Options:
     duration = args.duration if args.duration is not None else (10.0 if args.quick else 60.0)
-    emails = args.emails if args.emails is not None else (1_000 if args.quick else 10_000)
+    emails = args.emails if args.emails is not None else (1_000 if args.quick else 20_000)
     if duration <= 0 or args.rate <= 0 or emails < 1:
         raise BenchError("--duration, --rate and --emails must be above zero")
     if args.workers < 1 or args.threads < 1:
@@ -800,6 +911,7 @@ def options_for(args: argparse.Namespace) -> Options:
         keep=args.keep,
         timeout=args.timeout,
         profile=args.profile,
+        floor=not args.no_floor,
     )
 
 

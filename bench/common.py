@@ -905,6 +905,7 @@ class RssSampler(threading.Thread):
         super().__init__(name="rss-sampler", daemon=True)
         self.interval = interval
         self._watched: dict[str, Managed] = {}
+        self._groups: dict[str, Callable[[], list[int]]] = {}
         self.peaks: dict[str, Peak] = {}
         self._lock = threading.Lock()
         self._halt = threading.Event()
@@ -914,16 +915,27 @@ class RssSampler(threading.Thread):
             self._watched[role] = process
             self.peaks.setdefault(role, Peak())
 
+    def watch_pids(self, role: str, pids: Callable[[], list[int]]) -> None:
+        """Sample the processes ``pids()`` lists at each sample (e.g. the PostgreSQL backends
+        of a database), as one group."""
+        with self._lock:
+            self._groups[role] = pids
+            self.peaks.setdefault(role, Peak())
+
     def unwatch(self, role: str) -> None:
         with self._lock:
             self._watched.pop(role, None)
+            self._groups.pop(role, None)
 
     def sample(self) -> None:
         with self._lock:
-            watched = list(self._watched.items())
-        for role, process in watched:
+            watched: list[tuple[str, Callable[[], list[psutil.Process]]]] = [
+                (role, process.tree) for role, process in self._watched.items()
+            ]
+            watched += [(role, _processes_of(pids)) for role, pids in self._groups.items()]
+        for role, members in watched:
             sizes = []
-            for member in process.tree():
+            for member in members():
                 with contextlib.suppress(psutil.Error):
                     sizes.append(member.memory_info().rss)
             if not sizes:
@@ -947,6 +959,17 @@ class RssSampler(threading.Thread):
         self.sample()
 
 
+def _processes_of(pids: Callable[[], list[int]]) -> Callable[[], list[psutil.Process]]:
+    def members() -> list[psutil.Process]:
+        found = []
+        for pid in pids():
+            with contextlib.suppress(psutil.Error):
+                found.append(psutil.Process(pid))
+        return found
+
+    return members
+
+
 @dataclass(slots=True)
 class CpuSnapshot:
     at: float
@@ -963,15 +986,20 @@ def machine_busy_seconds() -> float:
 
 
 def cpu_snapshot(
-    processes: Sequence[Managed], backends: Callable[[], list[int]] | None = None
+    processes: Sequence[Managed],
+    backends: Callable[[], list[int]] | None = None,
+    *,
+    extra: Sequence[tuple[str, psutil.Process]] = (),
 ) -> CpuSnapshot:
     """Busy CPU seconds of the whole machine, and of each process of ours (and this one), with
-    the PostgreSQL backends serving our database when ``backends`` lists them.
+    the PostgreSQL backends serving our database when ``backends`` lists them, and ``extra``
+    (role, process) pairs (processes started otherwise, e.g. by multiprocessing).
 
     Each process's role is the name of its :class:`Managed` tree, ``benchmark`` for this
     process and ``postgresql`` for a backend (see :func:`cpu_by_process`).
     """
     members = [("benchmark", psutil.Process())] + [(p.name, m) for p in processes for m in p.tree()]
+    members += list(extra)
     for pid in backends() if backends else []:
         with contextlib.suppress(psutil.Error):
             members.append(("postgresql", psutil.Process(pid)))
@@ -996,6 +1024,15 @@ def cpu_share(before: CpuSnapshot, after: CpuSnapshot) -> dict[str, float]:
         "ours_cores": round(ours, 2),
         "others_cores": round(max(0.0, machine - ours), 2),
     }
+
+
+def cpu_seconds_by_role(before: CpuSnapshot, after: CpuSnapshot) -> dict[str, float]:
+    """CPU seconds used between two snapshots by our processes, summed by role."""
+    by_role: dict[str, float] = {}
+    for pid, t in after.ours.items():
+        role = after.roles.get(pid, "?")
+        by_role[role] = by_role.get(role, 0.0) + t - before.ours.get(pid, 0.0)
+    return dict(sorted(by_role.items()))
 
 
 def cpu_by_process(before: CpuSnapshot, after: CpuSnapshot) -> dict[str, float]:

@@ -1,38 +1,46 @@
-"""End-to-end benchmark of the delivery pipeline, with its peak memory and a raw floor.
+"""End-to-end benchmark of the delivery pipeline, with its floors, CPU and peak memory.
 
     python -m bench.pipeline                          # 100,000 recipients, SQLite
     python -m bench.pipeline --recipients 1000000     # a million
     python -m bench.pipeline --database postgresql
     python -m bench.pipeline --compare 100000,1000000 # does peak memory grow with N?
     python -m bench.pipeline --recipients 1000000 --urgent 1000   # does urgent beat bulk?
+    python -m bench.pipeline --database postgresql --recipients 10000000 --floors none
 
 One measurement, from scratch each time:
 
 1. *Setup (not timed).* A private ``redis-server`` on a free port (or ``--redis-url``), a fresh
    SQLite file in a temporary directory (or a throwaway PostgreSQL database, dropped at the end),
    ``dispatcher migrate``, N recipients with Vietnamese names and a ``null`` address each
-   (``executemany``, not the API), two API keys written to the database (one submits, the other
-   approves: the two-person rule), the API (``dispatcher serve``) and the bulk workers
-   (``dispatcher worker --queues bulk``) as real subprocesses, and the templates published
-   through the API. With ``--urgent``, urgent workers too (``dispatcher worker --queues urgent``,
-   as in docker-compose).
+   (``COPY`` on PostgreSQL, ``executemany`` on SQLite; not the API), two API keys written to the
+   database (one submits, the other approves: the two-person rule), the API (``dispatcher
+   serve``) and the bulk workers (``dispatcher worker --queues bulk``) as real subprocesses, and
+   the templates published through the API. With ``--urgent``, urgent workers too
+   (``dispatcher worker --queues urgent``, as in docker-compose).
 2. *End to end (timed).* POST /v1/campaigns → submit → approve (the other key); the clock runs
    from the approve call until GET /v1/campaigns/{id} says ``completed`` with N sent (polled
    every 0.5 s, every 1 s from 500,000 recipients up), and on the server's clock from
-   ``approved_at`` to ``completed_at``. Peak RSS of the API and of the worker process trees is
-   sampled every 0.2 s.
+   ``approved_at`` to ``completed_at``. Peak RSS of every process group (the API, the worker
+   trees, Redis, the PostgreSQL backends of the run's database) is sampled every 0.2 s, and the
+   CPU each group used is given per delivery.
 3. *Urgent beats bulk* (``--urgent M``). Once a quarter of the bulk campaign is sent, a
    ``fraud_warning`` campaign (urgent priority) to M of the same recipients is created and
-   approved; the database then tells, on the server's clock, how long after its approval its
-   first and its last delivery went, and how many bulk deliveries went in that time.
-4. *The planner alone.* An identical second campaign is created and launched with the service
+   approved; the urgent workers plan it in batches of ``--urgent-batch-size`` (100: 1,000
+   recipients go in 10 batches, so the figure times sends, not one batch's write). The database
+   then tells, on the server's clock, how long after its approval its first and its last
+   delivery went (targets: 1 s and 5 s), and how many bulk deliveries went in that time.
+4. *Disk.* On PostgreSQL, the size of the tables that grow (``deliveries``, ``attempts``, and
+   ``batches``, ``leases`` when they exist) and of every partition ``pg_inherits`` lists under
+   them, per million deliveries; on SQLite, the database file's.
+5. *The planner alone.* An identical second campaign is created and launched with the service
    functions in a separate process whose job queue is a Redis queue nobody serves; that process
    then times ``planner.plan_run`` (its RSS sampled the same way) and cancels the campaign, so
    nothing sends it.
-5. *The raw floor.* In this process: the same number of Jinja renders (same template text,
-   ``SandboxedEnvironment``) and the same rows written with plain DB-API ``executemany`` (INSERT
-   of N delivery-like rows, UPDATE of their status, INSERT of N attempt-like rows, in batches
-   of the same size) on the same kind of database.
+6. *The floors* (:mod:`bench.floors`, ``--floors``). The same deliveries with the service's own
+   renderer, on copies of the run's own tables, from as many processes as the service has
+   workers, checked for disturbance like the timed phase: today's write pattern (insert
+   pending, claim, update with the outcome, insert the attempt) and the insert-only pattern
+   (one row per delivery written once). The service's ratio to each is printed.
 
 Figures are printed and written to ``bench/results/pipeline-<db>-<N>.json``.
 """
@@ -47,6 +55,7 @@ import re
 import resource
 import sqlite3
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -60,8 +69,10 @@ import psutil
 
 from bench.common import (
     DEFAULT_POSTGRES_URL,
+    OTHER_CPU_WARNING,
     RESULT_TAG,
     BenchError,
+    CpuSnapshot,
     Managed,
     MiB,
     Person,
@@ -69,6 +80,7 @@ from bench.common import (
     Service,
     check_redis,
     cpu_by_process,
+    cpu_seconds_by_role,
     cpu_share,
     cpu_snapshot,
     create_postgres_database,
@@ -85,6 +97,7 @@ from bench.common import (
 )
 from bench.common import SURNAMES as COMMON_SURNAMES
 from bench.common import person as common_person
+from bench.floors import LABELS, PATTERNS, FloorResult, FloorSpec, Template, run_floor
 
 POLL_SECONDS = 0.5
 PROGRESS_SECONDS = 2.0
@@ -149,68 +162,251 @@ def person(i: int) -> Person:
 
 
 def postgres_backends(admin_url: str, name: str) -> Callable[[], list[int]]:
-    """A function listing the server processes connected to database ``name``."""
+    """A function listing the server processes connected to database ``name``.
+
+    It keeps one admin connection (to the admin URL's database, so never one of the listed)
+    for every call: the RSS sampler asks five times a second, and a new connection each time
+    would have the server fork a backend each time. A broken connection is opened again."""
+    import psycopg
+
+    lock = threading.Lock()
+    held: list[psycopg.Connection[Any]] = []
 
     def pids() -> list[int]:
-        import psycopg
-
-        try:
-            with psycopg.connect(admin_url, autocommit=True, connect_timeout=3) as admin:
-                rows = admin.execute(
-                    "SELECT pid FROM pg_stat_activity WHERE datname = %s", (name,)
-                ).fetchall()
-        except psycopg.Error:
-            return []
+        with lock:
+            try:
+                if not held or held[0].closed:
+                    held[:] = [psycopg.connect(admin_url, autocommit=True, connect_timeout=3)]
+                rows = (
+                    held[0]
+                    .execute("SELECT pid FROM pg_stat_activity WHERE datname = %s", (name,))
+                    .fetchall()
+                )
+            except psycopg.Error:
+                if held:
+                    with contextlib.suppress(psycopg.Error):
+                        held[0].close()
+                held.clear()
+                return []
         return [int(row[0]) for row in rows]
 
     return pids
 
 
-def insert_recipients(url: str, n: int, chunk: int = 10_000) -> None:
-    """N recipients with a ``null`` address each, in executemany chunks (ids 1..N)."""
-    from sqlalchemy import insert, text
+RECIPIENT_COLUMNS = (
+    "id",
+    "external_id",
+    "full_name",
+    "birth_date",
+    "province",
+    "language",
+    "kind",
+    "attributes",
+    "created_at",
+    "updated_at",
+)
+ADDRESS_COLUMNS = ("recipient_id", "channel", "value")
+
+
+def recipient_rows(
+    start: int, stop: int, now: Any
+) -> Iterator[tuple[tuple[Any, ...], tuple[Any, ...]]]:
+    """(recipient row, address row) for ids start..stop-1, in the columns above."""
+    for i in range(start, stop):
+        p = person(i)
+        yield (
+            (i, p.external_id, p.full_name, p.birth_date, p.province, "vi", p.kind, "{}", now, now),
+            (i, "null", f"null:{p.external_id}"),
+        )
+
+
+def insert_recipients(url: str, n: int, chunk: int = 50_000) -> None:
+    """N recipients with a ``null`` address each (ids 1..N), with the driver's bulk paths:
+    ``COPY`` on PostgreSQL, ``executemany`` in one transaction on SQLite (ten million take
+    minutes, not hours)."""
+    now_aware = datetime.now(UTC)
+    if url.startswith("sqlite"):
+        now = f"{now_aware.replace(tzinfo=None):%Y-%m-%d %H:%M:%S.%f}"
+        connection = sqlite3.connect(url.split("///", 1)[1], isolation_level=None, timeout=60)
+        try:
+            connection.execute("PRAGMA foreign_keys=ON")
+            connection.execute("BEGIN IMMEDIATE")
+            for start in range(1, n + 1, chunk):
+                rows = list(recipient_rows(start, min(n + 1, start + chunk), now))
+                connection.executemany(
+                    f"INSERT INTO recipients ({', '.join(RECIPIENT_COLUMNS)}) "
+                    f"VALUES ({', '.join('?' * len(RECIPIENT_COLUMNS))})",
+                    [r for r, _ in rows],
+                )
+                connection.executemany(
+                    f"INSERT INTO addresses ({', '.join(ADDRESS_COLUMNS)}) VALUES (?, ?, ?)",
+                    [a for _, a in rows],
+                )
+            connection.execute("COMMIT")
+        finally:
+            connection.close()
+        return
+    import psycopg
+
+    from bench.floors import _pg_url
+
+    with psycopg.connect(_pg_url(url)) as pg:
+        naive = now_aware.replace(tzinfo=None)
+        with pg.cursor() as cursor:
+            recipients = f"COPY recipients ({', '.join(RECIPIENT_COLUMNS)}) FROM STDIN"
+            with cursor.copy(recipients) as copy:
+                for start in range(1, n + 1, chunk):
+                    for row, _ in recipient_rows(start, min(n + 1, start + chunk), naive):
+                        copy.write_row(row)
+            with cursor.copy(f"COPY addresses ({', '.join(ADDRESS_COLUMNS)}) FROM STDIN") as copy:
+                for i in range(1, n + 1):
+                    copy.write_row((i, "null", f"null:{i:010d}"))
+            cursor.execute("SELECT setval(pg_get_serial_sequence('recipients', 'id'), %s)", (n,))
+        pg.commit()
+        pg.execute("ANALYZE recipients")
+        pg.execute("ANALYZE addresses")
+        pg.commit()
+
+
+ROLE_GROUPS = {
+    "API": "api",
+    "workers": "workers",
+    "urgent workers": "urgent_workers",
+    "redis-server": "redis",
+    "postgresql": "database",
+}
+
+
+def service_cpu_us(
+    before: CpuSnapshot, after: CpuSnapshot, n: int, database: str
+) -> dict[str, Any]:
+    """CPU microseconds per delivery of the timed phase, by process group: the API, the
+    workers (the planner runs inside them), the database (PostgreSQL's backends serving the
+    run's database; on SQLite the database works inside the workers), Redis; and their total
+    (the benchmark's own polling left out)."""
+    seconds = cpu_seconds_by_role(before, after)
+    out: dict[str, Any] = {}
+    for role, group in ROLE_GROUPS.items():
+        if role in seconds:
+            out[group] = round(seconds[role] / n * 1e6, 1)
+    out["total"] = round(sum(v for v in out.values()), 1)
+    out["planner"] = "inside the workers"
+    if database == "sqlite":
+        out["database"] = "inside the workers (SQLite is a library)"
+    return out
+
+
+def run_of(url: str, campaign_id: int) -> int:
+    """The id of the campaign's (first) run."""
+    from sqlalchemy import text
 
     from dispatcher.core.db import create_db_engine
-    from dispatcher.tables.recipients import Address, Recipient
 
     engine = create_db_engine(url)
-    now = datetime.now(UTC)
     try:
-        with engine.begin() as connection:
-            for start in range(1, n + 1, chunk):
-                people = [(i, person(i)) for i in range(start, min(n, start + chunk - 1) + 1)]
-                connection.execute(
-                    insert(Recipient),
-                    [
-                        {
-                            "id": i,
-                            "external_id": p.external_id,
-                            "full_name": p.full_name,
-                            "birth_date": p.birth_date,
-                            "province": p.province,
-                            "language": "vi",
-                            "kind": p.kind,
-                            "attributes": {},
-                            "created_at": now,
-                            "updated_at": now,
-                        }
-                        for i, p in people
-                    ],
-                )
-                connection.execute(
-                    insert(Address),
-                    [
-                        {"recipient_id": i, "channel": "null", "value": f"null:{p.external_id}"}
-                        for i, p in people
-                    ],
-                )
-            if engine.dialect.name == "postgresql":
-                connection.execute(
-                    text("SELECT setval(pg_get_serial_sequence('recipients', 'id'), :n)"),
-                    {"n": n},
-                )
+        with engine.connect() as connection:
+            run_id = connection.scalar(
+                text("SELECT min(id) FROM runs WHERE campaign_id = :c"), {"c": campaign_id}
+            )
     finally:
         engine.dispose()
+    if run_id is None:
+        raise BenchError(f"campaign {campaign_id} has no run")
+    return int(run_id)
+
+
+GROWING_TABLES = ("deliveries", "attempts", "batches", "leases")
+
+
+def disk_layout(database: str, url: str, deliveries: int) -> dict[str, Any]:
+    """Disk used by the tables that grow with deliveries, and per million deliveries.
+
+    On PostgreSQL: ``pg_total_relation_size`` (table, indexes, TOAST) of ``deliveries``,
+    ``attempts`` and (when they exist) ``batches`` and ``leases``, and of every partition
+    ``pg_inherits`` lists under them, with its bounds; a partitioned parent holds nothing
+    itself, so the sizes are its leaves'. On SQLite: the database file and its WAL.
+    """
+    per_million = 1e6 / max(1, deliveries)
+    if database == "sqlite":
+        path = Path(url.split("///", 1)[1])
+        size = sum(
+            q.stat().st_size for q in (path, path.with_name(path.name + "-wal")) if q.exists()
+        )
+        return {
+            "database_file_bytes": size,
+            "mib_per_million_deliveries": round(size / MiB * per_million, 1),
+            "note": "the whole SQLite file (every table), with its WAL",
+        }
+    import psycopg
+
+    from bench.floors import _pg_url
+
+    query = """
+        WITH RECURSIVE tree AS (
+            SELECT c.oid, c.relname::text AS name, NULL::text COLLATE "C" AS parent, 0 AS level
+            FROM pg_class c
+            WHERE c.relname = ANY(%s) AND c.relnamespace = 'public'::regnamespace
+              AND c.relkind IN ('r', 'p')
+            UNION ALL
+            SELECT i.inhrelid, ch.relname::text, tree.name, tree.level + 1
+            FROM pg_inherits i JOIN tree ON i.inhparent = tree.oid
+            JOIN pg_class ch ON ch.oid = i.inhrelid
+        )
+        SELECT t.name, t.parent, t.level, c.relkind, pg_total_relation_size(t.oid),
+               pg_relation_size(t.oid), pg_get_expr(c.relpartbound, c.oid), c.reltuples
+        FROM tree t JOIN pg_class c ON c.oid = t.oid
+        ORDER BY t.level, t.name
+    """
+    with psycopg.connect(_pg_url(url), autocommit=True) as connection:
+        rows = connection.execute(query, (list(GROWING_TABLES),)).fetchall()
+    relations = [
+        {
+            "name": name,
+            "parent": parent,
+            "level": level,
+            "partitioned": kind == "p",
+            "total_bytes": int(total),
+            "heap_bytes": int(heap),
+            "bounds": bounds,
+            "rows_estimate": int(max(0.0, tuples or 0.0)),
+        }
+        for name, parent, level, kind, total, heap, bounds, tuples in rows
+    ]
+    # Leaves only: a partitioned table's own size is zero, its partitions hold the rows.
+    by_table: dict[str, int] = {}
+    for relation in relations:
+        if relation["partitioned"]:
+            continue
+        top = relation["name"]
+        parents = {r["name"]: r["parent"] for r in relations}
+        while parents.get(top):
+            top = parents[top]
+        by_table[top] = by_table.get(top, 0) + relation["total_bytes"]
+    total = sum(by_table.values())
+    return {
+        "relations": relations,
+        "bytes_by_table": by_table,
+        "mib_per_million_deliveries": {
+            table: round(size / MiB * per_million, 1) for table, size in by_table.items()
+        },
+        "total_mib_per_million_deliveries": round(total / MiB * per_million, 1),
+        "partitioned": any(r["partitioned"] for r in relations),
+    }
+
+
+def floor_line(floor: FloorResult, rate: float) -> str:
+    """One floor in a line: its rate, the service's ratio to it, how it was measured."""
+    if floor.skipped:
+        return f"{LABELS[floor.pattern]}: not run ({floor.skipped})"
+    cpu = floor.cpu
+    note = "  ← other processes were busy: disturbed" if floor.disturbed else ""
+    return (
+        f"{floor.per_second:,.0f}/s ({floor.elapsed_s:.2f} s; render {floor.render_s:.1f} s, "
+        f"database {floor.write_s:.1f} s over {floor.processes} processes; "
+        f"CPU {floor.cpu_us_per_delivery.get('total', 0):.0f} µs/delivery); ours/floor "
+        f"{rate / floor.per_second:.2f}; other processes {cpu.get('others_cores', 0):.2f} "
+        f"cores{note}"
+    )
 
 
 def database_checks(url: str, campaign_id: int) -> dict[str, Any]:
@@ -242,22 +438,25 @@ def database_checks(url: str, campaign_id: int) -> dict[str, Any]:
                 .join(Delivery, Delivery.id == Attempt.delivery_id)
                 .where(Delivery.campaign_id == campaign_id, Attempt.possible_duplicate)
             )
-            batches = connection.scalar(
-                select(func.count(func.distinct(Delivery.batch_id))).where(
-                    Delivery.campaign_id == campaign_id
+            # Batches as the rows name them (a column the write-once engine may drop).
+            batch_column = Delivery.__table__.c.get("batch_id")
+            batches = (
+                connection.scalar(
+                    select(func.count(func.distinct(batch_column))).where(
+                        Delivery.campaign_id == campaign_id
+                    )
                 )
+                if batch_column is not None
+                else None
             )
         return {
             "deliveries_by_status": {str(k): int(v) for k, v in by_status.items()},
             "attempts": int(attempts or 0),
             "possible_duplicates": int(duplicates or 0),
-            "batches": int(batches or 0),
+            "batches": None if batches is None else int(batches),
         }
     finally:
         engine.dispose()
-
-
-# -- the raw floor -------------------------------------------------------------------------------
 
 
 def open_rows(url: str, campaign_id: int) -> str:
@@ -280,158 +479,6 @@ def open_rows(url: str, campaign_id: int) -> str:
     finally:
         engine.dispose()
     return f"{count} open deliveries, the earliest due at {due} (now {datetime.now(UTC):%H:%M:%S})"
-
-
-FLOOR_DDL = """
-CREATE TABLE bench_floor_deliveries (
-    id {bigint} PRIMARY KEY, run_id {bigint} NOT NULL, campaign_id {bigint} NOT NULL,
-    recipient_id {bigint} NOT NULL, channel VARCHAR(32) NOT NULL, status VARCHAR(16) NOT NULL,
-    batch_id VARCHAR(32), available_at {ts} NOT NULL, lease_until {ts},
-    attempts INTEGER NOT NULL, failures INTEGER NOT NULL, reclaimed BOOLEAN NOT NULL,
-    locale VARCHAR(16), provider_message_id VARCHAR(200), error_class VARCHAR(32),
-    error_reason TEXT, created_at {ts} NOT NULL, updated_at {ts} NOT NULL, sent_at {ts});
-CREATE TABLE bench_floor_attempts (
-    id {serial} PRIMARY KEY, delivery_id {bigint} NOT NULL, number INTEGER NOT NULL,
-    started_at {ts} NOT NULL, duration_ms INTEGER NOT NULL, outcome VARCHAR(16) NOT NULL,
-    error_class VARCHAR(64), provider_code VARCHAR(64), provider_reply TEXT,
-    provider_message_id VARCHAR(200), locale VARCHAR(16), possible_duplicate BOOLEAN NOT NULL,
-    worker VARCHAR(100))
-"""
-
-
-def floor_indexes() -> list[str]:
-    """The real tables' indexes and unique constraints, on the floor's tables (so the floor
-    maintains the same indexes as the pipeline; it has no foreign keys)."""
-    from sqlalchemy import UniqueConstraint
-
-    from dispatcher.tables.deliveries import Attempt, Delivery
-
-    statements = []
-    for model, floor in ((Delivery, "bench_floor_deliveries"), (Attempt, "bench_floor_attempts")):
-        table: Any = model.__table__
-        shapes = [(bool(i.unique), [c.name for c in i.columns]) for i in table.indexes]
-        shapes += [
-            (True, [c.name for c in constraint.columns])
-            for constraint in table.constraints
-            if isinstance(constraint, UniqueConstraint)
-        ]
-        for number, (unique, columns) in enumerate(shapes):
-            statements.append(
-                f"CREATE {'UNIQUE ' if unique else ''}INDEX {floor}_{number} "
-                f"ON {floor} ({', '.join(columns)})"
-            )
-    return statements
-
-
-FLOOR_INSERT = (
-    "INSERT INTO bench_floor_deliveries (id, run_id, campaign_id, recipient_id, channel, status,"
-    " batch_id, available_at, attempts, failures, reclaimed, created_at, updated_at)"
-    " VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p})"
-)
-FLOOR_UPDATE = (
-    "UPDATE bench_floor_deliveries SET status = {p}, attempts = {p}, locale = {p},"
-    " provider_message_id = {p}, sent_at = {p}, updated_at = {p}, lease_until = NULL"
-    " WHERE id = {p}"
-)
-FLOOR_ATTEMPT = (
-    "INSERT INTO bench_floor_attempts (delivery_id, number, started_at, duration_ms, outcome,"
-    " provider_code, provider_message_id, locale, possible_duplicate, worker)"
-    " VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p})"
-)
-
-
-@dataclass(slots=True)
-class FloorResult:
-    elapsed_s: float
-    render_s: float
-    write_s: float
-    per_second: float
-
-
-def raw_floor(database: str, url: str, n: int, batch_size: int) -> FloorResult:
-    """Renders plus plain executemany writes of the same rows, one process, no framework."""
-    from jinja2 import StrictUndefined
-    from jinja2.sandbox import SandboxedEnvironment
-
-    env = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
-    subject_t, body_t = env.from_string(SUBJECT), env.from_string(BODY)
-    defaults = {**TEMPLATE["defaults"], **CAMPAIGN_VARIABLES}
-    unsubscribe = "http://127.0.0.1:8000/u/MTIzNDUubnVsbC5ncmVldGluZw.c2lnbmF0dXJlLWJlbmNo"
-
-    connection: Any
-    if database == "sqlite":
-        path = url.split("///", 1)[1]
-        connection = sqlite3.connect(path, isolation_level=None, timeout=60)
-        connection.execute("PRAGMA journal_mode=WAL")
-        connection.execute("PRAGMA synchronous=NORMAL")
-        types = {"bigint": "INTEGER", "serial": "INTEGER", "ts": "DATETIME"}
-        placeholder = "?"
-    else:
-        import psycopg
-
-        connection = psycopg.connect(url, autocommit=True)
-        types = {"bigint": "BIGINT", "serial": "BIGSERIAL", "ts": "TIMESTAMP"}
-        placeholder = "%s"
-    insert_sql = FLOOR_INSERT.format(p=placeholder)
-    update_sql = FLOOR_UPDATE.format(p=placeholder)
-    attempt_sql = FLOOR_ATTEMPT.format(p=placeholder)
-
-    def stamp() -> Any:
-        now = datetime.now(UTC).replace(tzinfo=None)
-        return now.isoformat(sep=" ") if database == "sqlite" else now
-
-    @contextlib.contextmanager
-    def transaction() -> Iterator[Any]:
-        cursor = connection.cursor()
-        cursor.execute("BEGIN IMMEDIATE" if database == "sqlite" else "BEGIN")
-        try:
-            yield cursor
-            cursor.execute("COMMIT")
-        except BaseException:
-            cursor.execute("ROLLBACK")
-            raise
-        finally:
-            cursor.close()
-
-    try:
-        with transaction() as cursor:
-            for statement in FLOOR_DDL.format(**types).split(";") + floor_indexes():
-                cursor.execute(statement)
-        render_s = 0.0
-        started = time.perf_counter()
-        for start in range(1, n + 1, batch_size):
-            ids = range(start, min(n, start + batch_size - 1) + 1)
-            now, batch_id = stamp(), uuid.uuid4().hex
-            with transaction() as cursor:  # the planner's page
-                cursor.executemany(
-                    insert_sql,
-                    [
-                        (i, 1, 1, i, "null", "pending", batch_id, now, 0, 0, False, now, now)
-                        for i in ids
-                    ],
-                )
-            t0 = time.perf_counter()
-            for i in ids:  # the worker's renders
-                context = {**defaults, "recipient": person(i), "unsubscribe_url": unsubscribe}
-                subject_t.render(context)
-                body_t.render(context)
-            render_s += time.perf_counter() - t0
-            now = stamp()
-            with transaction() as cursor:  # the worker's record
-                cursor.executemany(
-                    update_sql, [("sent", 1, "vi", f"null-{i}", now, now, i) for i in ids]
-                )
-                cursor.executemany(
-                    attempt_sql,
-                    [(i, 1, now, 0, "sent", "ok", f"null-{i}", "vi", False, "floor") for i in ids],
-                )
-        elapsed = time.perf_counter() - started
-        with transaction() as cursor:
-            cursor.execute("DROP TABLE bench_floor_attempts")
-            cursor.execute("DROP TABLE bench_floor_deliveries")
-    finally:
-        connection.close()
-    return FloorResult(elapsed, render_s, elapsed - render_s, n / elapsed)
 
 
 # -- the planner alone (runs in its own process) -------------------------------------------------
@@ -530,6 +577,9 @@ class Options:
     urgent_processes: int = 1
     urgent_threads: int = 4
     urgent_env: dict[str, str] = field(default_factory=dict)
+    urgent_batch_size: int = 100
+    floors: tuple[str, ...] = PATTERNS
+    planner_alone: bool = True
 
 
 @dataclass(slots=True)
@@ -617,7 +667,43 @@ def wait_for_campaign(
 
 def poll_seconds(n: int) -> float:
     """How often the campaign is polled: its counts cost the API more as the campaign grows."""
-    return POLL_SECONDS if n < 500_000 else 2 * POLL_SECONDS
+    if n < 500_000:
+        return POLL_SECONDS
+    return 2 * POLL_SECONDS if n < 5_000_000 else 4 * POLL_SECONDS
+
+
+def planner_alone(
+    service: Service, sampler: RssSampler, campaign: dict[str, Any], n: int, timeout: float
+) -> dict[str, Any] | None:
+    """Plan an identical campaign in a process of its own (``--planner-child``), its RSS
+    sampled; None, with the reason printed, when that process fails (it calls the engine's
+    planner directly, so it follows the engine's changes: the run goes on without it)."""
+    print("  planner alone: a second, identical campaign in its own process ...", flush=True)
+    tag = uuid.uuid4().hex[:8]
+    planner = service.start(
+        "planner",
+        [sys.executable, "-m", "bench.pipeline", "--planner-child", json.dumps(campaign)],
+        {**service.env, **queue_settings((f"bench_plan_{tag}", f"bench_plan_{tag}_urgent"))},
+        watch=False,
+    )
+    sampler.watch("planner", planner)
+    wait_until(lambda: not planner.alive(), timeout=timeout, what="the planner", watch=[])
+    sampler.unwatch("planner")
+    planned = None
+    for line in planner.log_path.read_text(errors="replace").splitlines():
+        if line.startswith(RESULT_TAG):
+            planned = json.loads(line[len(RESULT_TAG) :])
+    if planner.proc.returncode != 0 or planned is None:
+        print(f"  planner alone: FAILED, left out: {planner.dead_error()}", flush=True)
+        return None
+    if planned["made"] != n:
+        print(f"  planner alone: made {planned['made']:,} deliveries, expected {n:,}", flush=True)
+    print(
+        f"  planner alone: {planned['made']:,} deliveries planned in "
+        f"{planned['elapsed_s']:.2f} s = {planned['made'] / planned['elapsed_s']:,.0f}/s",
+        flush=True,
+    )
+    return planned
 
 
 def _outcome(
@@ -841,6 +927,10 @@ def run_once(options: Options) -> dict[str, Any]:
         # -- the API and the workers ------------------------------------------------------------
         api = service.start_api(name="API", timeout=60, wait=False)
         sampler.watch("api", api)
+        if service.redis is not None:
+            sampler.watch("redis", service.redis)
+        if backends is not None:
+            sampler.watch_pids("database", backends)
         sampler.start()
         wait_for_api(service.client, api, timeout=60)
         for template in [TEMPLATE] + ([URGENT_TEMPLATE] if options.urgent else []):
@@ -857,7 +947,11 @@ def run_once(options: Options) -> dict[str, Any]:
             urgent_workers = service.start(
                 "urgent workers",
                 worker_command(queues[1], options.urgent_processes, options.urgent_threads),
-                {**service.env, **options.urgent_env},
+                {
+                    **service.env,
+                    "DISPATCHER_BATCH_SIZE": str(options.urgent_batch_size),
+                    **options.urgent_env,
+                },
             )
             sampler.watch("urgent_workers", urgent_workers)
             serving.append(urgent_workers)
@@ -906,6 +1000,7 @@ def run_once(options: Options) -> dict[str, Any]:
             **cpu_share(cpu_before, cpu_after),
             "ours_by_process": cpu_by_process(cpu_before, cpu_after),
         }
+        cpu_us = service_cpu_us(cpu_before, cpu_after, n, options.database)
         rate = n / outcome.elapsed_s
         print(f"  done: {n:,} in {outcome.elapsed_s:.2f} s = {rate:,.0f} deliveries/s", flush=True)
         urgent: dict[str, Any] | None = None
@@ -914,46 +1009,52 @@ def run_once(options: Options) -> dict[str, Any]:
             assert probe.campaign_id is not None
             urgent = urgent_checks(database_url, probe.campaign_id, campaign_id)
             urgent["launched_at_bulk_sent"] = probe.bulk_sent_at_launch
+            urgent["batch_size"] = options.urgent_batch_size
+            urgent["batches"] = database_checks(database_url, probe.campaign_id)["batches"]
             print_urgent(urgent)
         checks = database_checks(database_url, campaign_id)
-        sampler.unwatch("api")
-        sampler.unwatch("workers")
-        sampler.unwatch("urgent_workers")
+        run_id = run_of(database_url, campaign_id)
+        # Before the planner alone adds its rows: the campaign's (and the urgent one's) only.
+        disk = disk_layout(options.database, database_url, n + options.urgent)
+        for role in ("api", "workers", "urgent_workers", "redis", "database"):
+            sampler.unwatch(role)
         for process in reversed(serving):
             process.stop()
         problems = {process.name: log_problems(process.log_path) for process in serving}
 
         # -- the planner alone -------------------------------------------------------------------
-        print("  planner alone: a second, identical campaign in its own process ...", flush=True)
-        tag = uuid.uuid4().hex[:8]
-        planner = service.start(
-            "planner",
-            [sys.executable, "-m", "bench.pipeline", "--planner-child", json.dumps(campaign)],
-            {**service.env, **queue_settings((f"bench_plan_{tag}", f"bench_plan_{tag}_urgent"))},
-            watch=False,
-        )
-        sampler.watch("planner", planner)
-        wait_until(
-            lambda: not planner.alive(), timeout=options.timeout, what="the planner", watch=[]
-        )
-        sampler.unwatch("planner")
-        planned = None
-        for line in planner.log_path.read_text(errors="replace").splitlines():
-            if line.startswith(RESULT_TAG):
-                planned = json.loads(line[len(RESULT_TAG) :])
-        if planner.proc.returncode != 0 or planned is None:
-            raise planner.dead_error()
-        if planned["made"] != n:
-            raise BenchError(f"the planner made {planned['made']} deliveries, expected {n}")
-        print(
-            f"  planner alone: {n:,} deliveries planned in {planned['elapsed_s']:.2f} s "
-            f"= {n / planned['elapsed_s']:,.0f}/s",
-            flush=True,
-        )
+        planned: dict[str, Any] | None = None
+        if options.planner_alone:
+            planned = planner_alone(service, sampler, campaign, n, options.timeout)
 
-        # -- the raw floor ------------------------------------------------------------------------
-        print("  raw floor: renders + executemany in this process ...", flush=True)
-        floor = raw_floor(options.database, database_url, n, options.batch_size)
+        # -- the floors --------------------------------------------------------------------------
+        floors: dict[str, FloorResult] = {}
+        for pattern in options.floors:
+            print(f"  floor: {LABELS[pattern]}, {options.workers} process(es) ...", flush=True)
+            spec = FloorSpec(
+                pattern=pattern,
+                database=options.database,
+                url=database_url,
+                recipients=n,
+                batch_size=options.batch_size,
+                processes=options.workers,
+                run_id=run_id,
+                campaign_id=campaign_id,
+                template=Template(
+                    subject=SUBJECT,
+                    body=BODY,
+                    defaults=dict(TEMPLATE["defaults"]),
+                    variables=dict(CAMPAIGN_VARIABLES),
+                    kind="greeting",
+                    channel="null",
+                    public_url=service.env["DISPATCHER_PUBLIC_URL"],
+                ),
+                env=service.env,
+                lock_path=str(service.workdir / "floor-writers.lock"),
+            )
+            floor = run_floor(spec, backends=backends, timeout=options.timeout)
+            floors[pattern] = floor
+            print(f"    {floor_line(floor, rate)}", flush=True)
         sampler.stop()
 
         peaks = sampler.peaks
@@ -977,13 +1078,17 @@ def run_once(options: Options) -> dict[str, Any]:
             "server_deliveries_per_s": outcome.server_elapsed_s
             and round(n / outcome.server_elapsed_s, 1),
             "planned_within_s": outcome.planned_s and round(outcome.planned_s, 3),
-            "floor_elapsed_s": round(floor.elapsed_s, 3),
-            "floor_render_s": round(floor.render_s, 3),
-            "floor_write_s": round(floor.write_s, 3),
-            "floor_per_s": round(floor.per_second, 1),
-            "ratio_ours_to_floor": round(rate / floor.per_second, 4),
-            "planner_elapsed_s": round(planned["elapsed_s"], 3),
-            "planner_per_s": round(n / planned["elapsed_s"], 1),
+            "floors": {pattern: floor.as_dict() for pattern, floor in floors.items()},
+            "ratio_to_floor": {
+                pattern: round(rate / floor.per_second, 4)
+                for pattern, floor in floors.items()
+                if floor.per_second
+            },
+            "cpu_us_per_delivery": cpu_us,
+            "disk": disk,
+            "disturbed": cpu["others_cores"] > OTHER_CPU_WARNING,
+            "planner_elapsed_s": planned and round(planned["elapsed_s"], 3),
+            "planner_per_s": planned and round(planned["made"] / planned["elapsed_s"], 1),
             "peak_rss_mib": {
                 role: {
                     "total": round(peak.total_bytes / MiB, 1),
@@ -993,8 +1098,9 @@ def run_once(options: Options) -> dict[str, Any]:
                 }
                 for role, peak in peaks.items()
             },
-            "planner_rss_before_planning_mib": round(planned["rss_before_bytes"] / MiB, 1),
-            "planner_ru_maxrss_mib": round(planned["ru_maxrss_bytes"] / MiB, 1),
+            "planner_rss_before_planning_mib": planned
+            and round(planned["rss_before_bytes"] / MiB, 1),
+            "planner_ru_maxrss_mib": planned and round(planned["ru_maxrss_bytes"] / MiB, 1),
             "cpu_during_timed_phase": cpu,
             "urgent": urgent
             and {
@@ -1060,27 +1166,40 @@ def print_block(r: dict[str, Any], out: TextIO = sys.stdout) -> None:
             if r["planned_within_s"] is None
             else f"{r['planned_within_s']:.2f} s after approval (planner inside the workers)",
         ),
-        ("deliveries/s", f"{r['deliveries_per_s']:,.0f}"),
         (
-            "floor/s",
-            f"{r['floor_per_s']:,.0f}  (render {r['floor_render_s']:.2f} s + write "
-            f"{r['floor_write_s']:.2f} s, one process)",
+            "deliveries/s",
+            f"{r['deliveries_per_s']:,.0f}"
+            + ("  ← other processes were busy: disturbed" if r.get("disturbed") else ""),
         ),
-        ("ratio ours/floor", f"{r['ratio_ours_to_floor']:.2f}"),
+        *floor_rows(r),
+        ("CPU µs per delivery", cpu_us_text(r["cpu_us_per_delivery"])),
         (
             "planner alone",
-            f"{r['planner_elapsed_s']:.2f} s = {r['planner_per_s']:,.0f} deliveries/s",
+            "not run"
+            if r["planner_elapsed_s"] is None
+            else f"{r['planner_elapsed_s']:.2f} s = {r['planner_per_s']:,.0f} deliveries/s",
         ),
         ("peak RSS API", mib(api.get("total"))),
+        *[
+            (f"peak RSS {role}", rss_text(peaks[role]))
+            for role in ("redis", "database")
+            if peaks.get(role, {}).get("samples")
+        ],
         (
             "peak RSS workers",
             f"{mib(workers.get('largest_process'))} largest process, "
             f"{mib(workers.get('total'))} total of {workers.get('processes', 0)} processes",
         ),
-        (
-            "peak RSS planner",
-            f"{mib(planner.get('total'))}  (before planning "
-            f"{mib(r['planner_rss_before_planning_mib'])})",
+        *(
+            [
+                (
+                    "peak RSS planner",
+                    f"{mib(planner.get('total'))}  (before planning "
+                    f"{mib(r['planner_rss_before_planning_mib'])})",
+                )
+            ]
+            if r["planner_elapsed_s"] is not None
+            else []
         ),
     ]
     urgent = r.get("urgent")
@@ -1095,8 +1214,12 @@ def print_block(r: dict[str, Any], out: TextIO = sys.stdout) -> None:
             ),
             (
                 "urgent: approval →",
-                f"first delivery {urgent['first_after_approval_s']:.2f} s, last "
-                f"{urgent['last_after_approval_s']:.2f} s ({urgent['sent']:,} sent)",
+                f"first delivery {urgent['first_after_approval_s']:.2f} s "
+                f"({verdict(urgent['first_after_approval_s'], URGENT_FIRST_TARGET_S)}), last "
+                f"{urgent['last_after_approval_s']:.2f} s "
+                f"({verdict(urgent['last_after_approval_s'], URGENT_LAST_TARGET_S)}); "
+                f"{urgent['sent']:,} sent in batches of {urgent.get('batch_size', '?')}"
+                + (f" ({urgent['batches']} batches)" if urgent.get("batches") is not None else ""),
             ),
             (
                 "bulk meanwhile",
@@ -1126,6 +1249,18 @@ def print_block(r: dict[str, Any], out: TextIO = sys.stdout) -> None:
                 ", ".join(f"{k} {v:.2f}" for k, v in cpu.get("ours_by_process", {}).items()),
             )
         )
+    disk = r.get("disk") or {}
+    if disk:
+        rows.append(("disk", disk_text(disk)))
+        for relation in disk.get("relations", []):
+            if relation["level"] > 0:
+                rows.append(
+                    (
+                        f"  partition {relation['name']}",
+                        f"{relation['total_bytes'] / MiB:,.1f} MiB, ~{relation['rows_estimate']:,}"
+                        f" rows, {relation['bounds'] or ''}",
+                    )
+                )
     checks = r["database_checks"]
     rows.append(
         (
@@ -1146,6 +1281,74 @@ def print_block(r: dict[str, Any], out: TextIO = sys.stdout) -> None:
         print(f"  {label:<{width}}  {value}", file=out)
 
 
+URGENT_FIRST_TARGET_S = 1.0
+URGENT_LAST_TARGET_S = 5.0
+
+
+def verdict(value: float, target: float) -> str:
+    return f"target ≤ {target:g} s: {'met' if value <= target else 'MISSED'}"
+
+
+def floor_rows(r: dict[str, Any]) -> list[tuple[str, str]]:
+    rows = []
+    for pattern, floor in r.get("floors", {}).items():
+        label = f"floor: {'insert-only' if pattern == 'insert' else 'today'}"
+        if floor.get("skipped"):
+            rows.append((label, f"not run: {floor['skipped']}"))
+            continue
+        cpu = floor.get("cpu", {})
+        note = "  ← other processes were busy: disturbed" if floor.get("disturbed") else ""
+        rows.append(
+            (
+                label,
+                f"{floor['per_second']:,.0f}/s, {floor['processes']} processes (render "
+                f"{floor['render_s']:.1f} s, database {floor['write_s']:.1f} s, summed); "
+                f"other processes {cpu.get('others_cores', 0):.2f} cores{note}",
+            )
+        )
+        rows.append(
+            (
+                f"  ours/floor ({pattern})",
+                f"{r['ratio_to_floor'].get(pattern, 0):.2f}; floor CPU "
+                f"{cpu_us_text(floor.get('cpu_us_per_delivery', {}))}",
+            )
+        )
+    return rows
+
+
+def cpu_us_text(figures: dict[str, Any]) -> str:
+    parts = []
+    for role, value in figures.items():
+        if role == "total":
+            continue
+        parts.append(f"{role} {value:.0f}" if isinstance(value, int | float) else f"{role} {value}")
+    total = figures.get("total")
+    return (f"{total:.0f} µs total: " if total is not None else "") + ", ".join(parts)
+
+
+def rss_text(peak: dict[str, Any]) -> str:
+    return (
+        f"{mib(peak.get('largest_process'))} largest process, {mib(peak.get('total'))} total "
+        f"of {peak.get('processes', 0)} processes"
+    )
+
+
+def disk_text(disk: dict[str, Any]) -> str:
+    if "database_file_bytes" in disk:
+        return (
+            f"SQLite file {disk['database_file_bytes'] / MiB:,.1f} MiB = "
+            f"{disk['mib_per_million_deliveries']:,.1f} MiB per million deliveries (every table)"
+        )
+    tables = ", ".join(
+        f"{table} {size:,.1f}" for table, size in disk["mib_per_million_deliveries"].items()
+    )
+    layout = "partitioned" if disk.get("partitioned") else "not partitioned"
+    return (
+        f"{disk['total_mib_per_million_deliveries']:,.1f} MiB per million deliveries "
+        f"({tables}; {layout})"
+    )
+
+
 def growth(small: float, big: float) -> float:
     return 100.0 * (big - small) / small if small else 0.0
 
@@ -1161,6 +1364,9 @@ def compare(results: list[dict[str, Any]], threshold: float) -> dict[str, Any]:
         ("api", "total"),
         ("workers", "largest_process"),
         ("workers", "total"),
+        ("redis", "total"),
+        ("database", "largest_process"),
+        ("database", "total"),
         ("planner", "total"),
     ):
         small = a["peak_rss_mib"].get(role, {}).get(key)
@@ -1183,14 +1389,24 @@ def compare(results: list[dict[str, Any]], threshold: float) -> dict[str, Any]:
         f"with the campaign size"
     )
     rate = growth(a["deliveries_per_s"], b["deliveries_per_s"])
+    held = abs(rate) <= threshold
     print(
-        f"  deliveries/s {a['deliveries_per_s']:,.0f} → {b['deliveries_per_s']:,.0f} ({rate:+.1f}%)"
+        f"  deliveries/s {a['deliveries_per_s']:,.0f} → {b['deliveries_per_s']:,.0f} "
+        f"({rate:+.1f}%: {'within' if held else 'NOT within'} {threshold:.0f}%)"
     )
+    disks = [r.get("disk") or {} for r in (a, b)]
+    per_million = [d.get("total_mib_per_million_deliveries") for d in disks]
+    if all(v is not None for v in per_million):
+        print(f"  disk per million deliveries {per_million[0]:,.1f} → {per_million[1]:,.1f} MiB")
     return {
         "threshold_pct": threshold,
         "grew": grew,
         "roles": figures,
         "deliveries_per_s": [a["deliveries_per_s"], b["deliveries_per_s"]],
+        "deliveries_per_s_change_pct": round(rate, 1),
+        "deliveries_per_s_within_threshold": held,
+        "disk_mib_per_million": per_million,
+        "disturbed": [bool(r.get("disturbed")) for r in (a, b)],
     }
 
 
@@ -1201,7 +1417,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench.pipeline",
         description="End-to-end throughput and peak memory of the delivery pipeline "
-        "(API → planner → Redis → workers → database), against a raw floor.",
+        "(API → planner → Redis → workers → database), against its floors.",
     )
     parser.add_argument("--recipients", type=int, default=100_000, help="N (default 100000)")
     parser.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite")
@@ -1300,6 +1516,24 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         metavar="KEY=VALUE",
         help="extra environment for the urgent workers only (repeatable)",
     )
+    parser.add_argument(
+        "--urgent-batch-size",
+        type=int,
+        default=100,
+        help="DISPATCHER_BATCH_SIZE of the urgent workers, which plan the urgent campaign: "
+        "1,000 recipients go in 10 batches (default 100)",
+    )
+    parser.add_argument(
+        "--floors",
+        default="today,insert",
+        help="the floors to run after the service: today, insert, both (default) or none",
+    )
+    parser.add_argument(
+        "--no-planner-alone",
+        action="store_true",
+        help="skip planning a second campaign alone in its own process (at 10M it adds "
+        "minutes and ten million rows)",
+    )
     parser.add_argument("--planner-child", default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -1312,8 +1546,12 @@ def options_for(args: argparse.Namespace, n: int) -> Options:
     batch_size = args.batch_size or int(defaults["batch_size"].default)
     extra_env = parse_env(args.env, prefix="")
     urgent_env = parse_env(args.urgent_env, option="--urgent-env", prefix="")
-    if n < 1 or args.workers < 1 or threads < 1 or batch_size < 1:
-        raise BenchError("--recipients, --workers, --threads and --batch-size must be positive")
+    if n < 1 or args.workers < 1 or threads < 1 or batch_size < 1 or args.urgent_batch_size < 1:
+        raise BenchError("--recipients, --workers, --threads and the batch sizes must be positive")
+    floors = tuple(f.strip() for f in args.floors.split(",") if f.strip() and f.strip() != "none")
+    unknown = [f for f in floors if f not in PATTERNS]
+    if unknown:
+        raise BenchError(f"--floors takes today, insert or none, not {', '.join(unknown)}")
     return Options(
         recipients=n,
         database=args.database,
@@ -1332,6 +1570,9 @@ def options_for(args: argparse.Namespace, n: int) -> Options:
         urgent_processes=args.urgent_processes,
         urgent_threads=args.urgent_threads,
         urgent_env=urgent_env,
+        urgent_batch_size=args.urgent_batch_size,
+        floors=floors,
+        planner_alone=not args.no_planner_alone,
     )
 
 
