@@ -206,7 +206,7 @@ def campaign_detail(
     progress = progress_of(session=session, campaign_ids=[campaign.id])[campaign.id]
     # The report (error reasons, throughput) and the CSV export are operators' views in the
     # API; the page shows them to the same roles.
-    operations = caller.role in (Role.operator, Role.admin)
+    operations = caller.holds(Role.operator)
     found = (
         reports.campaign_report(session=session, campaign_id=campaign.id) if operations else None
     )
