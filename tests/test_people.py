@@ -12,7 +12,7 @@ from typing import Any
 import pyotp
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from dispatcher.auth import people
 from dispatcher.auth.service import create_key
@@ -244,7 +244,7 @@ def test_a_persons_keys_carry_only_roles_they_hold(db: Database, settings: Setti
     with db.transaction() as session:
         caller = authenticate(session, key)
         assert caller.unit_name == "Bảo hiểm xã hội thành phố Hà Nội"
-        session.execute(PersonRole.__table__.delete().where(PersonRole.principal_id == person_id))
+        session.execute(delete(PersonRole).where(PersonRole.principal_id == person_id))
     with db.transaction() as session, pytest.raises(Unauthenticated, match="no longer held"):
         authenticate(session, key)
 
