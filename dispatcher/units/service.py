@@ -180,7 +180,7 @@ def parse_territory(values: Iterable[str], *, unit: str) -> tuple[tuple[str, ...
             )
             continue
         problems.append(f"unit {unit}: {value!r} is not a province of the 2025 map")
-    return tuple(sorted(codes)), problems
+    return tuple(sorted(codes)), list(dict.fromkeys(problems))
 
 
 def _name_of(code: str) -> str:
