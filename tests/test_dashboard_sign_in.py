@@ -134,6 +134,9 @@ def test_an_editor_needs_no_code(context: Any, server: Server) -> None:  # noqa:
     from playwright.sync_api import expect
 
     page = context.new_page()
+    page.goto("/ui/login")
+    page.screenshot(path=str(server.cwd / "login.png"))
     _password_step(page, "bt.hanoi")
     expect(page).to_have_url(f"{server.base}/ui/campaigns")
     expect(page.locator("[data-caller-unit]")).to_have_text("Bảo hiểm xã hội thành phố Hà Nội")
+    page.screenshot(path=str(server.cwd / "signed-in.png"))
