@@ -293,6 +293,15 @@ def test_approval_stays_inside_the_chain(
     else:
         assert answer.status_code == 403
         assert "approved by an approver of HN or of a unit above it" in answer.json()["detail"]
+        # The dashboard says it in Vietnamese, next to the campaign.
+        with TestClient(client.app, cookies={"dispatcher_key": approver_key}) as browser:
+            refused = browser.post(
+                f"/ui/approvals/{cid}/approve", headers=ORIGIN, follow_redirects=False
+            )
+            assert refused.status_code == 303
+            shown = browser.get(refused.headers["location"]).text
+            assert "chiến dịch thuộc Bảo hiểm xã hội thành phố Hà Nội" in shown
+            assert "đơn vị cấp trên" in shown
         assert client.get(f"/v1/campaigns/{cid}").json()["status"] == "submitted"
 
 

@@ -57,6 +57,14 @@ def _check_two_people(campaign: Campaign, caller: Caller | None) -> None:
         raise Forbidden(f"{caller.who} wrote this campaign; a different approver must approve it")
 
 
+class OutsideChain(Forbidden):
+    """The approver's unit is neither the campaign's unit nor above it."""
+
+    def __init__(self, message: str, *, unit_name: str) -> None:
+        super().__init__(message)
+        self.unit_name = unit_name
+
+
 def _check_chain(session: Session, campaign: Campaign, caller: Caller | None) -> None:
     """The approver's unit is the campaign's unit or one of its ancestors."""
     if caller is None:
@@ -70,9 +78,10 @@ def _check_chain(session: Session, campaign: Campaign, caller: Caller | None) ->
         return
     theirs = units.get(session, unit_id)
     owner = units.get(session, campaign.unit_id)
-    raise Forbidden(
+    raise OutsideChain(
         f"{caller.who} belongs to unit {theirs.code} ({theirs.name}); a campaign of unit "
-        f"{owner.code} is approved by an approver of {owner.code} or of a unit above it"
+        f"{owner.code} is approved by an approver of {owner.code} or of a unit above it",
+        unit_name=owner.name,
     )
 
 

@@ -498,6 +498,11 @@ def approvals(
 
 def _refusal(exc: ServiceError, session: Session, campaign_id: int, action: str) -> str:
     """What the approver reads when the service says no."""
+    if isinstance(exc, approval.OutsideChain):
+        return (
+            f"Không thể {action}: chiến dịch thuộc {exc.unit_name}. Chỉ người phê duyệt của đơn "
+            "vị này hoặc của đơn vị cấp trên được phê duyệt."
+        )
     if isinstance(exc, Forbidden):
         return (
             f"Không thể {action}: bạn đã soạn hoặc gửi chiến dịch này đi phê duyệt. "
