@@ -9,6 +9,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from dispatcher import audit
+from dispatcher.kit.errors import Invalid
 from dispatcher.units import service
 from dispatcher.units.schemas import UnitIn, UnitOut, UnitPatch
 from dispatcher.web.http.callers import Admin, Staff
@@ -22,8 +23,6 @@ def _territory(values: list[str] | None, code: str) -> tuple[str, ...] | None:
         return None
     territory, problems = service.parse_territory(values, unit=code)
     if problems:
-        from dispatcher.kit.errors import Invalid
-
         raise Invalid("; ".join(problems), loc=["body", "territory"])
     return territory
 
