@@ -145,6 +145,8 @@ def _truncate(database: Database) -> None:
     tables = [t.name for t in reversed(Base.metadata.sorted_tables)]
     with database.engine.begin() as connection:
         if database.is_sqlite:
+            # Units refer to their parent unit: check foreign keys at commit, when all are gone.
+            connection.execute(text("PRAGMA defer_foreign_keys = ON"))
             for table in tables:
                 connection.execute(text(f"DELETE FROM {table}"))
             # AUTOINCREMENT's counters (deliveries): ids start again, as RESTART IDENTITY.

@@ -61,6 +61,11 @@ ROLES: dict[tuple[str, str], set[str]] = {
     ("POST", "/v1/keys"): set(),
     ("GET", "/v1/keys"): set(),
     ("DELETE", "/v1/keys/{key_id}"): set(),
+    ("GET", "/v1/units"): STAFF,
+    ("GET", "/v1/units/{unit_id}"): STAFF,
+    ("POST", "/v1/units"): set(),
+    ("PATCH", "/v1/units/{unit_id}"): set(),
+    ("DELETE", "/v1/units/{unit_id}"): set(),
     ("GET", "/metrics"): {OPERATOR},
     # The dashboard: the same roles as the API calls behind each page.
     ("GET", "/ui"): STAFF,
@@ -87,6 +92,9 @@ PUBLIC = {
     ("GET", "/ui/login"),
     ("POST", "/ui/login"),
     ("POST", "/ui/logout"),
+    # The TOTP step of a password sign-in: its own signed, short-lived cookie stands for it.
+    ("GET", "/ui/login/code"),
+    ("POST", "/ui/login/code"),
 }
 
 
@@ -329,7 +337,18 @@ def test_keys_create_on_the_command_line(settings: Settings, db: Database, tmp_p
     assert "printed below once" in made.stderr and key not in made.stderr
     assert "for new person" in made.stderr and "Nguyễn Văn A" in made.stderr
 
-    # A second key of the same person, and a system's key.
+    # A second key of the same person carries a role they hold: editor once granted.
+    lacking = _cli("create", "--role", "editor", "--person", "Nguyễn Văn A")
+    assert lacking.returncode == 2 and "holds approver" in lacking.stderr
+    person_id = made.stderr.split("for new person ", 1)[1].split(" ", 1)[0]
+    granted = subprocess.run(
+        [sys.executable, "-m", "dispatcher.cli", "people", "grant", person_id, "--role", "editor"],
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert granted.returncode == 0, granted.stderr
     second = _cli("create", "--role", "editor", "--person", "Nguyễn Văn A")
     assert second.returncode == 0, second.stderr
     assert "for new person" not in second.stderr

@@ -107,7 +107,12 @@ def version_numbers(session: Session, pinned: Pinned) -> dict[str, int]:
 
 
 def save(
-    *, session: Session, name: str, spec: dict[str, Any], description: str | None
+    *,
+    session: Session,
+    name: str,
+    spec: dict[str, Any],
+    description: str | None,
+    unit_id: int | None = None,
 ) -> tuple[SavedAudience, AudienceVersion, bool]:
     """Save ``spec`` under ``name``: a new version when the filter differs from the latest
     (the same filter again keeps its version). Returns the audience, its version and whether
@@ -116,6 +121,8 @@ def save(
     row = session.scalar(select(SavedAudience).where(SavedAudience.name == name).with_for_update())
     if row is None:
         row = SavedAudience(name=name, description=description, created_at=now, updated_at=now)
+        if unit_id is not None:
+            row.unit_id = unit_id  # its author's unit (else the root)
         session.add(row)
         session.flush()
         current = None

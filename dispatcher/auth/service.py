@@ -3,8 +3,10 @@
 A key reads ``bhxh_<prefix>_<secret>``: the prefix finds the row, the SHA-256 of the whole key
 must match the stored hash. The key itself is shown once, when it is created, and never stored.
 
-Every key belongs to a principal: a person (staff; the two-person rule counts people, not keys)
-or a named system, which may only hold the roles a system needs (``SYSTEM_ROLES``).
+Every key belongs to a principal in a unit: a person (staff; the two-person rule counts people,
+not keys) or a named system, which may only hold the roles a system needs (``SYSTEM_ROLES``).
+A person holds roles in their unit (``PERSON_ROLES``); each of their keys carries one of them
+(an admin holds every role). A key whose person no longer holds its role stops working.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 
@@ -21,7 +23,8 @@ from sqlalchemy.orm import Session
 
 from dispatcher.kit.clock import utcnow
 from dispatcher.kit.errors import Conflict, Invalid, NotFound
-from dispatcher.tables.auth import ApiKey, Principal, PrincipalKind
+from dispatcher.tables.auth import ApiKey, PersonRole, Principal, PrincipalKind
+from dispatcher.tables.units import Unit, root_unit_id
 
 KEY_SCHEME = "bhxh"
 # last_used_at is written at most this often per key, so reads stay reads.
@@ -39,18 +42,41 @@ class Role(StrEnum):
 STAFF = (Role.editor, Role.approver, Role.operator)
 # A system sends and watches; editing, approving and administering are for people.
 SYSTEM_ROLES = (Role.sender, Role.operator)
+# The roles a person holds in their unit.
+PERSON_ROLES = (Role.editor, Role.approver, Role.operator, Role.admin)
+# Roles whose holders must sign in to the dashboard with a TOTP code as well as a password.
+TOTP_ROLES = frozenset({Role.approver, Role.admin})
+# Which of a person's roles a dashboard session shows first (and lands on).
+_RANK = {Role.admin: 0, Role.approver: 1, Role.operator: 2, Role.editor: 3, Role.sender: 4}
 
 
 @dataclass(frozen=True)
 class Caller:
-    """Who made a request: the key's id, name and role, and the person or system it belongs to."""
+    """Who made a request: the key (none for a dashboard session signed in with a password),
+    its role, and the person or system it belongs to, with their unit.
 
-    key_id: int
+    ``roles`` are what the caller may act as: a key's one role, or every role a signed-in
+    person holds. ``role`` is the first of them (a key's role).
+    """
+
+    key_id: int | None
     name: str
     role: Role
     principal_id: int
     principal_name: str
     principal_kind: PrincipalKind
+    # The unit of the person or system (None: not known, as for callers made in tests).
+    unit_id: int | None = None
+    unit_name: str = ""
+    roles: frozenset[Role] = field(default=frozenset())
+
+    def __post_init__(self) -> None:
+        if not self.roles:
+            object.__setattr__(self, "roles", frozenset({self.role}))
+
+    def holds(self, *roles: Role) -> bool:
+        """Whether the caller may act as one of ``roles`` (an admin may act as any)."""
+        return bool(self.roles & {Role.admin, *roles})
 
     @property
     def is_person(self) -> bool:
@@ -63,9 +89,25 @@ class Caller:
 
     @property
     def label(self) -> str:
+        if self.key_id is None:
+            return f"dashboard session of {self.who}"
         if self.name == self.principal_name:
             return f"key {self.key_id} of {self.who}"
         return f"key {self.key_id} ({self.name}) of {self.who}"
+
+
+def first_role(roles: frozenset[Role]) -> Role:
+    return min(roles, key=lambda r: _RANK[r])
+
+
+def roles_of(person: Principal) -> frozenset[Role]:
+    return frozenset(Role(r.role) for r in person.roles)
+
+
+def may_hold_key(person: Principal, role: Role) -> bool:
+    """A person's key carries one of their roles; an admin holds every role."""
+    held = roles_of(person)
+    return role in held or (Role.admin in held and role in PERSON_ROLES)
 
 
 def hash_key(key: str) -> str:
@@ -81,9 +123,45 @@ def _name(value: str, what: str, loc: list[str]) -> str:
     return value
 
 
-def new_principal(session: Session, *, kind: PrincipalKind, name: str) -> Principal:
-    row = Principal(kind=kind.value, name=_name(name, f"a {kind.value}", ["body", "name"]))
+def person_roles(values: list[str] | tuple[str, ...], loc: list[str]) -> list[Role]:
+    """Roles a person may hold, checked: editor, approver, operator, admin."""
+    chosen: list[Role] = []
+    for value in values:
+        try:
+            role = Role(value)
+        except ValueError:
+            role = None
+        if role not in PERSON_ROLES:
+            raise Invalid(
+                f"{value!r} is not a role of a person; they are "
+                f"{', '.join(r.value for r in PERSON_ROLES)}",
+                loc=loc,
+            )
+        assert role is not None
+        if role not in chosen:
+            chosen.append(role)
+    return chosen
+
+
+def new_principal(
+    session: Session,
+    *,
+    kind: PrincipalKind,
+    name: str,
+    unit_id: int | None = None,
+    roles: list[Role] | tuple[Role, ...] = (),
+) -> Principal:
+    """A person (with ``roles``) or a system in ``unit_id`` (default: the root unit)."""
+    if kind == PrincipalKind.system and roles:
+        raise Invalid("a system holds no roles of its own: its keys carry them", loc=["body"])
+    unit = root_unit_id(session.connection()) if unit_id is None else unit_id
+    if session.get(Unit, unit) is None:
+        raise Invalid(f"unit {unit} does not exist", loc=["body", "unit"])
+    row = Principal(
+        kind=kind.value, name=_name(name, f"a {kind.value}", ["body", "name"]), unit_id=unit
+    )
     row.created_at = utcnow()
+    row.roles = [PersonRole(role=r.value) for r in roles]
     session.add(row)
     session.flush()
     return row
@@ -96,9 +174,12 @@ def get_principal(session: Session, principal_id: int) -> Principal:
     return row
 
 
-def principal_named(session: Session, *, kind: PrincipalKind, name: str) -> tuple[Principal, bool]:
-    """The one person (or system) of that name, made if there is none; returns it and whether
-    it is new. Two of the same name are told apart by id (the caller's ``--owner``)."""
+def principal_named(
+    session: Session, *, kind: PrincipalKind, name: str, role: Role | None = None
+) -> tuple[Principal, bool]:
+    """The one person (or system) of that name, made if there is none (a new person holds
+    ``role``, in the root unit); returns it and whether it is new. Two of the same name are
+    told apart by id (the caller's ``--owner``)."""
     name = _name(name, f"a {kind.value}", ["body", kind.value])
     found = list(
         session.scalars(
@@ -113,7 +194,8 @@ def principal_named(session: Session, *, kind: PrincipalKind, name: str) -> tupl
         raise Conflict(f"several {kind.value}s are named {name!r} (ids {ids}): choose one by id")
     if found:
         return found[0], False
-    return new_principal(session, kind=kind, name=name), True
+    roles = [role] if role in PERSON_ROLES and kind == PrincipalKind.person else []
+    return new_principal(session, kind=kind, name=name, roles=roles), True
 
 
 def create_key(
@@ -148,9 +230,18 @@ def create_key(
             "(editing, approving and administering are for people)",
             loc=["body", "role"],
         )
+    if owner is not None and owner.kind == PrincipalKind.person and not may_hold_key(owner, chosen):
+        held = ", ".join(r.value for r in sorted(roles_of(owner))) or "no role"
+        raise Invalid(
+            f"{owner.name!r} (person {owner.id}) holds {held}: a key of theirs can only carry "
+            f"one of their roles, not {chosen.value} (grant it first: dispatcher people grant)",
+            loc=["body", "role"],
+        )
     if owner is None:
-        kind = PrincipalKind.system if chosen == Role.sender else PrincipalKind.person
-        owner = new_principal(session, kind=kind, name=name)
+        if chosen == Role.sender:
+            owner = new_principal(session, kind=PrincipalKind.system, name=name)
+        else:
+            owner = new_principal(session, kind=PrincipalKind.person, name=name, roles=[chosen])
     prefix = secrets.token_hex(6)
     key = f"{KEY_SCHEME}_{prefix}_{secrets.token_urlsafe(32)}"
     row = ApiKey(
@@ -188,13 +279,21 @@ def authenticate(session: Session, key: str) -> Caller:
     if row.last_used_at is None or now - row.last_used_at > TOUCH_EVERY:
         session.execute(update(ApiKey).where(ApiKey.id == row.id).values(last_used_at=now))
     owner = row.principal
+    role = Role(row.role)
+    # A person's key works only while the person holds its role (a sender key of a person,
+    # made before people held roles, keeps working: it is a system's role).
+    if owner.kind == PrincipalKind.person and role != Role.sender and not may_hold_key(owner, role):
+        raise Unauthenticated("this API key's role is no longer held by its person")
+    unit = session.get(Unit, owner.unit_id)
     return Caller(
         key_id=row.id,
         name=row.name,
-        role=Role(row.role),
+        role=role,
         principal_id=owner.id,
         principal_name=owner.name,
         principal_kind=PrincipalKind(owner.kind),
+        unit_id=owner.unit_id,
+        unit_name=unit.name if unit is not None else "",
     )
 
 

@@ -1,4 +1,8 @@
-"""Approval: two people, and what the approver saw frozen until the campaign runs.
+"""Approval: two people inside the unit's chain, and what the approver saw frozen until the
+campaign runs.
+
+A unit's campaign is approved by an approver of the same unit or of a unit above it, never by
+one of a sibling or a unit below.
 
 Approving freezes the template version, the saved audience versions and the preview of the
 first run; any later difference withdraws the approval before the next run.
@@ -30,8 +34,10 @@ from dispatcher.core.config import Settings
 from dispatcher.kit.clock import utcnow
 from dispatcher.kit.errors import Forbidden, Invalid
 from dispatcher.tables.audiences import AudienceVersion, SavedAudience
+from dispatcher.tables.auth import Principal
 from dispatcher.tables.campaigns import WAITING_STATUSES, Campaign, CampaignStatus, Run
 from dispatcher.tables.content import Template, TemplateVersion
+from dispatcher.units import service as units
 
 log = structlog.get_logger(__name__)
 
@@ -51,6 +57,34 @@ def _check_two_people(campaign: Campaign, caller: Caller | None) -> None:
         raise Forbidden(f"{caller.who} wrote this campaign; a different approver must approve it")
 
 
+class OutsideChain(Forbidden):
+    """The approver's unit is neither the campaign's unit nor above it."""
+
+    def __init__(self, message: str, *, unit_name: str) -> None:
+        super().__init__(message)
+        self.unit_name = unit_name
+
+
+def _check_chain(session: Session, campaign: Campaign, caller: Caller | None) -> None:
+    """The approver's unit is the campaign's unit or one of its ancestors."""
+    if caller is None:
+        return
+    unit_id = caller.unit_id
+    if unit_id is None:
+        person = session.get(Principal, caller.principal_id)
+        assert person is not None
+        unit_id = person.unit_id
+    if unit_id in units.ancestors(session, campaign.unit_id):
+        return
+    theirs = units.get(session, unit_id)
+    owner = units.get(session, campaign.unit_id)
+    raise OutsideChain(
+        f"{caller.who} belongs to unit {theirs.code} ({theirs.name}); a campaign of unit "
+        f"{owner.code} is approved by an approver of {owner.code} or of a unit above it",
+        unit_name=owner.name,
+    )
+
+
 def approve(
     *, session: Session, campaign_id: int, settings: Settings, caller: Caller | None = None
 ) -> Campaign:
@@ -60,6 +94,7 @@ def approve(
     campaign = get_campaign(session=session, campaign_id=campaign_id, lock=True)
     transition(campaign, "approve")
     _check_two_people(campaign, caller)
+    _check_chain(session, campaign, caller)
     template = session.get(Template, campaign.template_id)
     assert template is not None
     version = content.get_version(session=session, template=template)
@@ -239,7 +274,7 @@ def publish_template(
 ) -> tuple[TemplateVersion, list[int]]:
     """Publish a template's new version: campaigns approved with an older one that have not
     started sending must be approved again. Returns the version and the withdrawn campaigns."""
-    version = content.publish(session=session, template=data)
+    version = content.publish(session=session, template=data, unit_id=caller.unit_id)
     template = version.template
     withdrawn = withdraw_for_template(
         session=session, template_id=template.id, version=version.version
@@ -260,7 +295,7 @@ def save_audience(
     """Save a named audience: a changed filter is a new version, which withdraws the approvals
     that pinned an older one. Returns the audience, its version and the withdrawn campaigns."""
     row, version, new = audiences.save(
-        session=session, name=name, spec=spec, description=description
+        session=session, name=name, spec=spec, description=description, unit_id=caller.unit_id
     )
     withdrawn = (
         withdraw_for_audience(session=session, name=row.name, version=version.version)

@@ -115,6 +115,8 @@ def create(*, session: Session, data: CampaignIn, caller: Caller | None = None) 
         created_by=caller.key_id if caller else None,
         author_id=caller.principal_id if caller else None,
     )
+    if caller is not None and caller.unit_id is not None:
+        campaign.unit_id = caller.unit_id  # the author's unit owns it (else the root)
     session.add(campaign)
     session.flush()
     return campaign

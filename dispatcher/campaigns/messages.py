@@ -77,7 +77,9 @@ def message_out(*, session: Session, run: Run) -> MessageOut:
 
 def may_read_message(caller: Caller, run: Run) -> bool:
     """The key that sent a message reads it back; operators and admins read every message."""
-    return caller.role in READ_EVERY_MESSAGE or run.created_by == caller.key_id
+    return bool(caller.roles & READ_EVERY_MESSAGE) or (
+        caller.key_id is not None and run.created_by == caller.key_id
+    )
 
 
 def find_message(*, session: Session, message_id: int, caller: Caller) -> Run:

@@ -1,5 +1,5 @@
 """The ``dispatcher`` command: serve, worker, scheduler, migrate, dev, config, import, keys,
-audit, channels."""
+people, units, audit, channels."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from dispatcher.cli.common import app
 
 # Importing a command group's module adds its commands to the app, in this order in --help.
 # isort: off
-from dispatcher.cli import setup, processes, keys, audit, imports, channels
+from dispatcher.cli import setup, processes, keys, people, units, audit, imports, channels
 # isort: on
 
 
@@ -20,4 +20,15 @@ def main() -> None:
     app()
 
 
-__all__ = ["app", "audit", "channels", "imports", "keys", "main", "processes", "setup"]
+__all__ = [
+    "app",
+    "audit",
+    "channels",
+    "imports",
+    "keys",
+    "main",
+    "people",
+    "processes",
+    "setup",
+    "units",
+]

@@ -39,20 +39,33 @@ def keys_create(
     expires_in_days: Annotated[
         float | None, typer.Option(help="Days until the key stops working. Default: never.")
     ] = None,
+    unit: Annotated[
+        str | None,
+        typer.Option(help="The unit (code) of a person or system made here. Default: the root."),
+    ] = None,
 ) -> None:
     """Create an API key and print it on stdout (the only time it is shown).
 
-    Keys belong to a person or a system. The two-person rule counts people: whoever wrote or
-    submitted a campaign cannot approve it with any of their keys.
+    Keys belong to a person or a system of a unit. A person's key carries one of the roles the
+    person holds (a person made here holds the key's role; `dispatcher people grant` gives
+    more). The two-person rule counts people: whoever wrote or submitted a campaign cannot
+    approve it with any of their keys.
     """
     from datetime import timedelta
 
     from dispatcher import audit
-    from dispatcher.auth.service import create_key, get_principal, principal_named
+    from dispatcher.auth.service import (
+        Role,
+        create_key,
+        get_principal,
+        new_principal,
+        principal_named,
+    )
     from dispatcher.core.db import get_database
     from dispatcher.kit.clock import utcnow
     from dispatcher.kit.errors import ServiceError
     from dispatcher.tables.auth import Principal, PrincipalKind
+    from dispatcher.units import service as units
 
     load_settings()
     if sum(x is not None for x in (person, system, owner)) > 1:
@@ -69,11 +82,24 @@ def keys_create(
     try:
         with get_database().transaction() as session:
             holder: Principal | None = None
+            unit_id = units.by_code(session, unit, loc=["unit"]).id if unit else None
+            chosen = Role(role) if role in Role.__members__ else None
             if owner is not None:
                 holder = get_principal(session, owner)
             elif person is not None or system is not None:
                 kind = PrincipalKind.person if person is not None else PrincipalKind.system
-                holder, new_owner = principal_named(session, kind=kind, name=person or system or "")
+                holder, new_owner = principal_named(
+                    session, kind=kind, name=person or system or "", role=chosen
+                )
+                if new_owner and unit_id is not None:
+                    holder.unit_id = unit_id
+            elif unit_id is not None and chosen is not None:
+                kind = PrincipalKind.system if chosen == Role.sender else PrincipalKind.person
+                roles = [chosen] if kind == PrincipalKind.person else []
+                holder = new_principal(
+                    session, kind=kind, name=name or "", unit_id=unit_id, roles=roles
+                )
+                new_owner = True
             key_name = name or (holder.name if holder is not None else "")
             row, key = create_key(
                 session, role=role, name=key_name, owner=holder, expires_at=expires

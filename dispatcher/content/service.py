@@ -34,6 +34,7 @@ from dispatcher.kit.errors import Invalid, NotFound
 from dispatcher.scheduling.rules import calendar_variables
 from dispatcher.tables.content import Template, TemplateVersion, Variant
 from dispatcher.tables.recipients import Recipient
+from dispatcher.tables.units import root_unit_id
 
 log = structlog.get_logger(__name__)
 
@@ -210,13 +211,19 @@ def _sample_fields(view: RecipientView) -> dict[str, Any]:
     }
 
 
-def publish(*, session: Session, template: TemplateIn, source: str = "api") -> TemplateVersion:
+def publish(
+    *, session: Session, template: TemplateIn, source: str = "api", unit_id: int | None = None
+) -> TemplateVersion:
     """Store a new version of ``template.key`` (creating the key on first use). Templates from
-    anywhere but the shipped files are checked in a child process."""
+    anywhere but the shipped files are checked in a child process. A new template belongs to
+    ``unit_id`` (its author's; the root unit when not given), a built-in one to no unit: it is
+    shared by all."""
     validate(template, isolated=source != "builtin")
     row = session.scalar(select(Template).where(Template.key == template.key).with_for_update())
     if row is None:
         row = Template(key=template.key, kind=template.kind, description=template.description)
+        if source != "builtin":
+            row.unit_id = unit_id if unit_id is not None else root_unit_id(session.connection())
         session.add(row)
         session.flush()
     else:

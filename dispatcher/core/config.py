@@ -59,7 +59,8 @@ class Settings(BaseSettings):
     )
     secret_key: SecretStr | None = Field(
         default=None,
-        description="Signs unsubscribe links. Default: a random key kept in the database.",
+        description="Signs unsubscribe links and dashboard sessions; encrypts TOTP secrets "
+        "(which need it set). Default: a random key kept in the database.",
     )
 
     json_max_depth: int = Field(

@@ -1,4 +1,5 @@
-"""Service-wide secrets kept in the database, and the HMAC signing built on them.
+"""Service-wide secrets kept in the database, the HMAC signing built on them, and the encryption
+of secrets the database keeps for others (TOTP secrets) with a key from outside it.
 
 When ``DISPATCHER_SECRET_KEY`` is not set, a random key is generated once and stored here, so
 that every process sharing the database signs and verifies with the same key.
@@ -12,6 +13,7 @@ import hmac
 import secrets
 from datetime import datetime
 
+from cryptography.fernet import Fernet, InvalidToken
 from sqlalchemy import String, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
@@ -89,3 +91,32 @@ def verify(key: bytes, token: str) -> str | None:
     if not hmac.compare_digest(sign(key, payload).encode(), token.encode()):
         return None
     return payload
+
+
+class NoOutsideKey(Exception):
+    """A secret must be encrypted but ``DISPATCHER_SECRET_KEY`` is not set."""
+
+
+def _fernet(settings: Settings, purpose: bytes) -> Fernet:
+    if settings.secret_key is None:
+        raise NoOutsideKey(
+            "DISPATCHER_SECRET_KEY is not set: secrets kept in the database (TOTP secrets) are "
+            "encrypted with a key from outside it; set it in the environment of every process"
+        )
+    outside = settings.secret_key.get_secret_value().encode()
+    derived = hmac.new(outside, b"dispatcher-encrypt:" + purpose, hashlib.sha256).digest()
+    return Fernet(base64.urlsafe_b64encode(derived))
+
+
+def encrypt(settings: Settings, purpose: bytes, text: str) -> str:
+    """``text`` encrypted and authenticated (Fernet) with a key derived from
+    ``DISPATCHER_SECRET_KEY`` for ``purpose``: whoever reads the database alone cannot read it."""
+    return _fernet(settings, purpose).encrypt(text.encode()).decode()
+
+
+def decrypt(settings: Settings, purpose: bytes, token: str) -> str | None:
+    """What :func:`encrypt` encrypted, or None when it was altered or the key changed."""
+    try:
+        return _fernet(settings, purpose).decrypt(token.encode()).decode()
+    except InvalidToken:
+        return None

@@ -36,6 +36,7 @@ __all__ = [
     "FORMER",
     "FormerProvince",
     "Province",
+    "current_named",
     "lookup",
     "normalise_province",
 ]
@@ -260,3 +261,11 @@ def normalise_province(value: str) -> str | None:
     """The current short name for ``value`` ("Quảng Nam" → "Đà Nẵng"), or None if unknown."""
     province = lookup(value)
     return None if province is None else province.name
+
+
+def current_named(value: str) -> Province | None:
+    """The current unit whose own name ``value`` is (spelt loosely, as :func:`lookup` reads
+    names), or None: a former name ("Quảng Nam") or an alias does not count."""
+    key = _key(value)
+    found = _BY_KEY.get(key)
+    return found if found is not None and _key(found.name) == key else None

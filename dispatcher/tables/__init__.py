@@ -4,7 +4,7 @@ from dispatcher.core.db import Base
 from dispatcher.core.secrets import ServiceSecret
 from dispatcher.tables.audiences import AudienceVersion, SavedAudience
 from dispatcher.tables.audit import AuditEntry, AuditHead, AuditSeal
-from dispatcher.tables.auth import ApiKey, Principal
+from dispatcher.tables.auth import ApiKey, PersonRole, Principal
 from dispatcher.tables.campaigns import Campaign, Run
 from dispatcher.tables.channel_state import ChannelState
 from dispatcher.tables.consent import OptOut
@@ -12,6 +12,7 @@ from dispatcher.tables.content import Template, TemplateVersion, Variant
 from dispatcher.tables.deliveries import Attempt, Batch, Delivery, Lease
 from dispatcher.tables.inbox import Device, InboxItem
 from dispatcher.tables.recipients import Address, Recipient
+from dispatcher.tables.units import Unit
 
 __all__ = [
     "Address",
@@ -30,6 +31,7 @@ __all__ = [
     "InboxItem",
     "Lease",
     "OptOut",
+    "PersonRole",
     "Principal",
     "Recipient",
     "Run",
@@ -37,5 +39,6 @@ __all__ = [
     "ServiceSecret",
     "Template",
     "TemplateVersion",
+    "Unit",
     "Variant",
 ]

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from dispatcher.core.db import Base, BigId, JSONType, UTCDateTime
 from dispatcher.kit.clock import utcnow
+from dispatcher.tables.units import default_unit
 
 
 class SavedAudience(Base):
@@ -24,6 +25,8 @@ class SavedAudience(Base):
     description: Mapped[str | None] = mapped_column(String(500), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # The unit that owns it: its author's (the root's when made by the service).
+    unit_id: Mapped[int] = mapped_column(ForeignKey("units.id"), default=default_unit, index=True)
 
 
 class AudienceVersion(Base):

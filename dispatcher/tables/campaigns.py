@@ -11,6 +11,7 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from dispatcher.core.db import Base, BigId, JSONType, NullableJSON, UTCDateTime
 from dispatcher.kit.clock import utcnow
+from dispatcher.tables.units import default_unit
 
 
 class CampaignStatus(StrEnum):
@@ -95,6 +96,8 @@ class Campaign(Base):
     author_id: Mapped[int | None] = mapped_column(ForeignKey("principals.id"), nullable=True)
     submitter_id: Mapped[int | None] = mapped_column(ForeignKey("principals.id"), nullable=True)
     approver_id: Mapped[int | None] = mapped_column(ForeignKey("principals.id"), nullable=True)
+    # The unit that owns the campaign: its author's (the root's when made by the service).
+    unit_id: Mapped[int] = mapped_column(ForeignKey("units.id"), default=default_unit, index=True)
     # What the approver saw, frozen: a later difference withdraws the approval. The preview is
     # rendered for the instant the first run stands for (approved_preview_for), and is checked
     # again for that same instant before every run.

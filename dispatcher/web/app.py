@@ -37,6 +37,7 @@ from dispatcher.web.api.inbox import router as inbox_router
 from dispatcher.web.api.metrics import router as metrics_router
 from dispatcher.web.api.recipients import router as recipients_router
 from dispatcher.web.api.scheduling import router as schedules_router
+from dispatcher.web.api.units import router as units_router
 from dispatcher.web.dashboard.router import router as dashboard_router
 from dispatcher.web.http.openapi import document_errors
 
@@ -177,6 +178,7 @@ def create_app(settings: Settings | None = None, *, configure_jobs: bool = True)
         schedules_router,
         unsubscribe_router,
         keys_router,
+        units_router,
         dashboard_router,
         metrics_router,
     ):

@@ -124,4 +124,4 @@ def get_recipient(external_id: str, session: DbSession, caller: EditorOrOperator
     recipient = service.get_by_external_id(session=session, external_id=external_id)
     if recipient is None:
         raise NotFound(f"recipient {external_id!r} does not exist")
-    return service.to_out(recipient, masked=caller.role not in FULL_ADDRESSES)
+    return service.to_out(recipient, masked=not caller.roles & FULL_ADDRESSES)

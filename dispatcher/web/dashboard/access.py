@@ -23,12 +23,19 @@ from fastapi.routing import APIRoute
 from itsdangerous import BadData, URLSafeTimedSerializer
 from sqlalchemy.orm import Session
 
+from dispatcher.auth import people
 from dispatcher.auth.service import STAFF, Caller, Role
 from dispatcher.core.config import get_settings
 from dispatcher.core.secrets import existing_signing_key, signing_key
 from dispatcher.kit.errors import NotFound, ServiceError
 from dispatcher.web.dashboard.pages import ROLE_NAMES, SECURITY_HEADERS, render
-from dispatcher.web.http.callers import COOKIE, CrossSiteRequest, current_caller, require
+from dispatcher.web.http.callers import (
+    COOKIE,
+    SESSION_COOKIE,
+    CrossSiteRequest,
+    current_caller,
+    require,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -45,7 +52,14 @@ REASONS = {
     "unknown API key": "Khóa API không đúng.",
     "this API key was revoked": "Khóa API này đã bị thu hồi.",
     "this API key has expired": "Khóa API này đã hết hạn.",
+    "this API key's role is no longer held by its person": (
+        "Vai trò của khóa API này không còn được giao cho người sở hữu khóa."
+    ),
+    "your dashboard session has ended": "Phiên làm việc đã kết thúc. Vui lòng đăng nhập lại.",
+    "this person holds no role": "Tài khoản chưa được giao vai trò nào.",
 }
+# Between a right password and a right TOTP code (dispatcher.auth.people.PENDING_FOR).
+PENDING_COOKIE = "dispatcher_pending"
 
 
 class PageForbidden(Exception):
@@ -161,8 +175,46 @@ def set_key_cookie(request: Request, response: Response, key: str) -> None:
 
 
 def clear_key_cookie(request: Request, response: Response) -> None:
-    response.delete_cookie(
-        COOKIE, path="/", httponly=True, samesite="strict", secure=request.url.scheme == "https"
+    """Forget the key, the session and a half-done sign-in."""
+    secure = request.url.scheme == "https"
+    for name in (COOKIE, SESSION_COOKIE):
+        if name == COOKIE or request.cookies.get(name):
+            response.delete_cookie(name, path="/", httponly=True, samesite="strict", secure=secure)
+    if request.cookies.get(PENDING_COOKIE):
+        response.delete_cookie(
+            PENDING_COOKIE, path=PAGES, httponly=True, samesite="strict", secure=secure
+        )
+
+
+def set_session_cookie(request: Request, response: Response, token: str) -> None:
+    """A person signed in with a password: the signed session (never a password or a key)."""
+    response.set_cookie(
+        SESSION_COOKIE,
+        token,
+        max_age=int(people.SESSION_FOR.total_seconds()),
+        httponly=True,
+        samesite="strict",
+        path="/",
+        secure=request.url.scheme == "https",
+    )
+
+
+def set_pending_cookie(request: Request, response: Response, token: str | None) -> None:
+    """The half-done sign-in between the password and the code (None: forget it)."""
+    secure = request.url.scheme == "https"
+    if token is None:
+        response.delete_cookie(
+            PENDING_COOKIE, path=PAGES, httponly=True, samesite="strict", secure=secure
+        )
+        return
+    response.set_cookie(
+        PENDING_COOKIE,
+        token,
+        max_age=int(people.PENDING_FOR.total_seconds()),
+        httponly=True,
+        samesite="strict",
+        path=PAGES,
+        secure=secure,
     )
 
 
@@ -196,10 +248,10 @@ def unauthorized_page(request: Request, reason: str) -> Response:
     response = login_page(
         request,
         error=known,
-        notice=None if known else "Vui lòng đăng nhập bằng khóa API để tiếp tục.",
+        notice=None if known else "Vui lòng đăng nhập để tiếp tục.",
         status_code=401,
     )
-    if request.cookies.get(COOKIE):
+    if request.cookies.get(COOKIE) or request.cookies.get(SESSION_COOKIE):
         clear_key_cookie(request, response)
     return response
 

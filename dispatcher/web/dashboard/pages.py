@@ -159,13 +159,12 @@ def navigation(caller: Caller | None) -> list[tuple[str, str]]:
     """The header's links that the caller's role may open."""
     if caller is None:
         return []
-    role = caller.role
     links = []
-    if role in (Role.editor, Role.approver, Role.operator, Role.admin):
+    if caller.holds(Role.editor, Role.approver, Role.operator):
         links.append(("/ui/campaigns", "Chiến dịch"))
-    if role in (Role.approver, Role.admin):
+    if caller.holds(Role.approver):
         links.append(("/ui/approvals", "Phê duyệt"))
-    if role in (Role.operator, Role.admin):
+    if caller.holds(Role.operator):
         links.append(("/ui/deliveries", "Tra cứu gửi tin"))
     return links
 

@@ -10,21 +10,25 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated
-from urllib.parse import urlencode
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
+from markupsafe import Markup
 from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.routing import NoMatchFound
 
 from channels import registry
+from dispatcher.auth import people
 from dispatcher.auth.service import Caller, Role, Unauthenticated, authenticate
 from dispatcher.campaigns import approval, lifecycle, previews
 from dispatcher.campaigns.schemas import ChannelPreviewOut, ReasonIn
 from dispatcher.content.render import TemplateProblem
+from dispatcher.core.config import Settings
+from dispatcher.core.secrets import NoOutsideKey
 from dispatcher.deliveries import report as reports
 from dispatcher.deliveries import service as deliveries
 from dispatcher.kit.errors import Conflict, Forbidden, Invalid, NotFound, ServiceError
@@ -35,6 +39,7 @@ from dispatcher.tables.content import Template
 from dispatcher.tables.deliveries import DeliveryStatus
 from dispatcher.web.dashboard import pages
 from dispatcher.web.dashboard.access import (
+    PENDING_COOKIE,
     REASONS,
     ApproverPage,
     FormFields,
@@ -47,6 +52,8 @@ from dispatcher.web.dashboard.access import (
     safe_next,
     see_other,
     set_key_cookie,
+    set_pending_cookie,
+    set_session_cookie,
     take_flash,
 )
 from dispatcher.web.dashboard.charts import Bucket, per_minute_chart
@@ -102,7 +109,9 @@ def _login_again(request: Request, session: Session, next_path: str | None, erro
 
 
 @pages_router.post("/login")
-def login(request: Request, form: FormFields, session: DbSession) -> Response:
+def login(
+    request: Request, form: FormFields, session: DbSession, settings: AppSettings
+) -> Response:
     next_path = safe_next(form.get("next"))
     if not same_host(request):
         return login_page(
@@ -111,6 +120,8 @@ def login(request: Request, form: FormFields, session: DbSession) -> Response:
             next_path=next_path,
             status_code=403,
         )
+    if "login" in form:
+        return _password_sign_in(request, form, session, settings, next_path)
     key = form.get("key", "").strip()
     if not key:
         return _login_again(request, session, next_path, "Hãy nhập khóa API.")
@@ -129,6 +140,138 @@ def login(request: Request, form: FormFields, session: DbSession) -> Response:
     response = RedirectResponse(next_path or _landing(caller), status_code=303)
     set_key_cookie(request, response, key)
     return response
+
+
+def _sign_in_refusal(attempt: people.Attempt) -> str:
+    """Why a sign-in step was refused, in Vietnamese."""
+    if attempt.refusal == people.Refusal.locked and attempt.locked_until is not None:
+        until = attempt.locked_until.astimezone(VIETNAM).strftime("%H:%M")
+        return (
+            "Tài khoản tạm bị khóa vì nhập sai quá nhiều lần. "
+            f"Hãy thử lại sau {until} (giờ Việt Nam) hoặc liên hệ quản trị viên."
+        )
+    return {
+        people.Refusal.wrong: "Tên đăng nhập hoặc mật khẩu không đúng.",
+        people.Refusal.wrong_code: "Mã xác thực không đúng hoặc đã được dùng. Hãy nhập mã mới.",
+        people.Refusal.no_role: "Tài khoản chưa được giao vai trò nào.",
+        people.Refusal.no_outside_key: (
+            "Hệ thống chưa cấu hình khóa bí mật (DISPATCHER_SECRET_KEY) nên chưa bật được xác "
+            "thực hai lớp. Hãy liên hệ quản trị viên."
+        ),
+    }.get(attempt.refusal or people.Refusal.wrong, "Không đăng nhập được.")
+
+
+def _signed_in(
+    request: Request, session: Session, settings: Settings, person: Principal, next_path: str | None
+) -> Response:
+    """Signed in: the session cookie replaces a key cookie and the half-done sign-in."""
+    token = people.issue(session, settings, person, pending=False)
+    caller = people.session_caller(session, settings, token)
+    response = RedirectResponse(next_path or _landing(caller), status_code=303)
+    clear_key_cookie(request, response)
+    set_session_cookie(request, response, token)
+    return response
+
+
+def _password_sign_in(
+    request: Request,
+    form: dict[str, str],
+    session: Session,
+    settings: Settings,
+    next_path: str | None,
+) -> Response:
+    login_name = form.get("login", "").strip()
+    password = form.get("password", "")
+    if not login_name or not password:
+        return _login_again(request, session, next_path, "Hãy nhập tên đăng nhập và mật khẩu.")
+    attempt = people.sign_in_password(session, login=login_name, password=password)
+    if attempt.refusal is not None or attempt.person is None:
+        return _login_again(request, session, next_path, _sign_in_refusal(attempt))
+    if attempt.step == people.Step.done:
+        return _signed_in(request, session, settings, attempt.person, next_path)
+    target = f"{PREFIX}/login/code" + (f"?{urlencode({'next': next_path})}" if next_path else "")
+    response = see_other(request, session, target)
+    set_pending_cookie(
+        request, response, people.issue(session, settings, attempt.person, pending=True)
+    )
+    return response
+
+
+def _pending(request: Request, session: Session, settings: Settings) -> Principal | None:
+    token = request.cookies.get(PENDING_COOKIE, "")
+    return people.redeem(session, settings, token, pending=True)
+
+
+@pages_router.get("/login/code")
+def code_form(
+    request: Request,
+    session: DbSession,
+    settings: AppSettings,
+    next_path: Annotated[str | None, Query(alias="next", max_length=500)] = None,
+) -> Response:
+    """The second step: a TOTP code; at the first sign-in, the enrolment's QR code first."""
+    person = _pending(request, session, settings)
+    if person is None:
+        return _login_again(
+            request,
+            session,
+            safe_next(next_path),
+            "Phiên đăng nhập đã hết hạn. Hãy nhập lại mật khẩu.",
+        )
+    qr = secret = None
+    if person.totp_confirmed_at is None:
+        try:
+            uri = people.enrolment_uri(settings, person)
+        except NoOutsideKey:
+            return _login_again(
+                request,
+                session,
+                safe_next(next_path),
+                _sign_in_refusal(people.Attempt(person, refusal=people.Refusal.no_outside_key)),
+            )
+        qr = Markup(people.qr_svg(uri))  # noqa: S704 - segno's own SVG, no user text in it
+        secret = parse_qs(urlsplit(uri).query)["secret"][0]
+    error = take_flash(request, session).get("error")
+    page = pages.render(
+        request,
+        "login_code.html",
+        caller=None,
+        person_name=person.name,
+        enrol=qr is not None,
+        qr=qr,
+        secret=secret,
+        error=error if isinstance(error, str) else None,
+        next_path=safe_next(next_path) or "",
+    )
+    return forget_flash(request, page)
+
+
+@pages_router.post("/login/code")
+def code_check(
+    request: Request, form: FormFields, session: DbSession, settings: AppSettings
+) -> Response:
+    next_path = safe_next(form.get("next"))
+    if not same_host(request):
+        return login_page(
+            request,
+            error="Biểu mẫu đăng nhập không được gửi từ trang của hệ thống.",
+            next_path=next_path,
+            status_code=403,
+        )
+    person = _pending(request, session, settings)
+    if person is None:
+        return _login_again(
+            request, session, next_path, "Phiên đăng nhập đã hết hạn. Hãy nhập lại mật khẩu."
+        )
+    attempt = people.check_code(session, settings, person, form.get("code", "")[:20])
+    if attempt.refusal is None:
+        return _signed_in(request, session, settings, person, next_path)
+    if attempt.refusal == people.Refusal.locked:
+        response = _login_again(request, session, next_path, _sign_in_refusal(attempt))
+        set_pending_cookie(request, response, None)
+        return response
+    target = f"{PREFIX}/login/code" + (f"?{urlencode({'next': next_path})}" if next_path else "")
+    return see_other(request, session, target, error=_sign_in_refusal(attempt))
 
 
 @pages_router.post("/logout")
@@ -206,7 +349,7 @@ def campaign_detail(
     progress = progress_of(session=session, campaign_ids=[campaign.id])[campaign.id]
     # The report (error reasons, throughput) and the CSV export are operators' views in the
     # API; the page shows them to the same roles.
-    operations = caller.role in (Role.operator, Role.admin)
+    operations = caller.holds(Role.operator)
     found = (
         reports.campaign_report(session=session, campaign_id=campaign.id) if operations else None
     )
@@ -355,6 +498,11 @@ def approvals(
 
 def _refusal(exc: ServiceError, session: Session, campaign_id: int, action: str) -> str:
     """What the approver reads when the service says no."""
+    if isinstance(exc, approval.OutsideChain):
+        return (
+            f"Không thể {action}: chiến dịch thuộc {exc.unit_name}. Chỉ người phê duyệt của đơn "
+            "vị này hoặc của đơn vị cấp trên được phê duyệt."
+        )
     if isinstance(exc, Forbidden):
         return (
             f"Không thể {action}: bạn đã soạn hoặc gửi chiến dịch này đi phê duyệt. "

@@ -1,7 +1,9 @@
 """Request dependencies that say who is calling and refuse the wrong role.
 
 A key comes as ``Authorization: Bearer <key>``, or, for the dashboard, in the
-``dispatcher_key`` cookie. Missing or unusable: 401. Usable but the wrong role: 403.
+``dispatcher_key`` cookie; a person signed in to the dashboard with a password (and a TOTP
+code) has a ``dispatcher_session`` cookie instead (dispatcher.auth.people). Missing or
+unusable: 401. Usable but the wrong role: 403.
 
 A browser sends the cookie with every request to this site, whoever wrote the page that makes
 it. A change (POST, PUT, PATCH, DELETE) carried by the cookie alone is therefore accepted only
@@ -19,13 +21,18 @@ from urllib.parse import urlsplit
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
 
+from dispatcher.auth.people import session_caller
 from dispatcher.auth.service import STAFF, Caller, Role, Unauthenticated, authenticate
+from dispatcher.core.config import get_settings
 from dispatcher.core.db import get_database
 from dispatcher.engine import backends
 from dispatcher.engine.ratelimit import MemoryBucket, take_now
 from dispatcher.kit.errors import answers
 
 COOKIE = "dispatcher_key"
+# A person's dashboard session (signed; not a key): read from the request, not documented in
+# the OpenAPI document, which is about keys.
+SESSION_COOKIE = "dispatcher_session"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 _bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer bhxh_…`")
@@ -63,7 +70,8 @@ def current_caller(
     cookie: Annotated[str | None, Depends(_cookie)],
 ) -> Caller:
     key = bearer.credentials if bearer is not None else cookie
-    if not key:
+    signed_in = None if key else request.cookies.get(SESSION_COOKIE)
+    if not key and not signed_in:
         raise _unauthorized("an API key is required: Authorization: Bearer <key>")
     if bearer is None and request.method not in SAFE_METHODS and not same_host(request):
         raise CrossSiteRequest()
@@ -71,7 +79,11 @@ def current_caller(
         # A short transaction of its own: the request's session may not exist (streaming
         # endpoints manage their own) and must not be held open around a long body.
         with get_database().transaction() as session:
-            caller = authenticate(session, key)
+            if key:
+                caller = authenticate(session, key)
+            else:
+                assert signed_in is not None
+                caller = session_caller(session, get_settings(), signed_in)
     except Unauthenticated as exc:
         raise _unauthorized(str(exc)) from None
     request.state.caller = caller
@@ -84,9 +96,10 @@ def require(*roles: Role) -> Callable[[Caller], Caller]:
     names = " or ".join(r.value for r in roles) if roles else Role.admin.value
 
     def check(caller: Annotated[Caller, Depends(current_caller)]) -> Caller:
-        if caller.role not in allowed:
+        if not caller.roles & allowed:
+            held = ", ".join(sorted(r.value for r in caller.roles))
             raise HTTPException(
-                403, detail=f"this needs the {names} role; {caller.label} is {caller.role.value}"
+                403, detail=f"this needs the {names} role; {caller.label} is {held}"
             )
         return caller
 

@@ -1,0 +1,1 @@
+"""Organisational units: the tree of the central agency and its regional and provincial offices."""
