@@ -1,4 +1,4 @@
-"""Revision 0018 on a database with data: the root unit is made with the whole country, and
+"""Revision 0017 on a database with data: the root unit is made with the whole country, and
 everything that exists is assigned to it (API templates too; built-in ones stay shared); people
 hold the roles of their keys; and it goes down and up again."""
 

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from dispatcher.core.db import Base, BigId, JSONType, UTCDateTime
 from dispatcher.kit.clock import utcnow
 
-# The unit every existing row is assigned to when units first appear (migration 0018), and the
+# The unit every existing row is assigned to when units first appear (migration 0017), and the
 # one a fresh database gets the first time it needs a unit.
 ROOT_CODE = "VN"
 ROOT_NAME = "Bảo hiểm xã hội Việt Nam"

@@ -9,8 +9,8 @@ People: the roles each person holds in their unit (``person_roles``, filled from
 their keys), and what dashboard sign-in needs (a login name, an argon2id password hash, an
 encrypted TOTP secret, the count of wrong attempts and a lock-out time).
 
-Revision ID: 0018
-Revises: 0015
+Revision ID: 0017
+Revises: 0016
 Create Date: 2026-12-02 23:45:00.000000
 """
 
@@ -25,8 +25,8 @@ from sqlalchemy.dialects import postgresql
 
 import dispatcher.core.db
 
-revision: str = "0018"
-down_revision: str | None = "0015"
+revision: str = "0017"
+down_revision: str | None = "0016"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
