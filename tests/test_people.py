@@ -15,7 +15,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import delete, select
 
 from dispatcher.auth import people
-from dispatcher.auth.service import create_key
+from dispatcher.auth.service import authenticate, create_key
+from dispatcher.campaigns import approval
 from dispatcher.core.config import Settings, get_settings
 from dispatcher.core.db import Database
 from dispatcher.core.secrets import decrypt
@@ -291,18 +292,25 @@ def test_approval_stays_inside_the_chain(
     if allowed:
         assert answer.status_code == 200, answer.text
     else:
-        assert answer.status_code == 403
-        assert "approved by an approver of HN or of a unit above it" in answer.json()["detail"]
-        # The dashboard says it in Vietnamese, next to the campaign.
+        # A sibling unit's campaign is outside the approver's scope: it does not exist for
+        # them, in the API and on the dashboard.
+        assert answer.status_code == 404
+        assert answer.json()["detail"] == f"campaign {cid} does not exist"
         with TestClient(client.app, cookies={"dispatcher_key": approver_key}) as browser:
             refused = browser.post(
                 f"/ui/approvals/{cid}/approve", headers=ORIGIN, follow_redirects=False
             )
             assert refused.status_code == 303
             shown = browser.get(refused.headers["location"]).text
-            assert "chiến dịch thuộc Bảo hiểm xã hội thành phố Hà Nội" in shown
-            assert "đơn vị cấp trên" in shown
+            assert f"Chiến dịch số {cid} không tồn tại." in shown
         assert client.get(f"/v1/campaigns/{cid}").json()["status"] == "submitted"
+        # Past the scope (a service call without one), the chain itself still refuses.
+        with db.transaction() as session:
+            caller = authenticate(session, approver_key)
+            with pytest.raises(approval.OutsideChain, match="of HN or of a unit above it"):
+                approval.approve(
+                    session=session, campaign_id=cid, settings=get_settings(), caller=caller
+                )
 
 
 def test_a_unit_above_cannot_be_approved_from_below(client: Any, db: Database) -> None:
@@ -341,4 +349,5 @@ def test_a_unit_above_cannot_be_approved_from_below(client: Any, db: Database) -
     refused = client.post(
         f"/v1/campaigns/{cid}/approve", headers={"Authorization": f"Bearer {approver_key}"}
     )
-    assert refused.status_code == 403 and "unit above it" in refused.json()["detail"]
+    # The region's campaign is outside the scope of a unit below it: 404.
+    assert refused.status_code == 404

@@ -16,11 +16,12 @@ from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session
 
 from dispatcher.kit.clock import utcnow
-from dispatcher.kit.errors import Invalid, NotFound
+from dispatcher.kit.errors import Conflict, Invalid, NotFound
 from dispatcher.recipients.audience import AudienceError, Resolver, compile_audience
 from dispatcher.scheduling.windows import VIETNAM
 from dispatcher.tables.audiences import AudienceVersion, SavedAudience
 from dispatcher.tables.recipients import Recipient
+from dispatcher.units import scope as scopes
 
 # The saved audiences a filter resolved: name -> AudienceVersion.id.
 Pinned = Mapping[str, int]
@@ -119,6 +120,12 @@ def save(
     the version is new. The filter must compile (no unknown names, no loop)."""
     now = utcnow()
     row = session.scalar(select(SavedAudience).where(SavedAudience.name == name).with_for_update())
+    if row is None and scopes.unscoped_exists(
+        session, select(SavedAudience.id).where(SavedAudience.name == name)
+    ):
+        raise Conflict(
+            f"the name {name!r} is taken by another unit's saved audience: choose another name"
+        )
     if row is None:
         row = SavedAudience(name=name, description=description, created_at=now, updated_at=now)
         if unit_id is not None:

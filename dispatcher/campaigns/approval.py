@@ -27,7 +27,7 @@ from dispatcher.campaigns.lifecycle import (
     get_campaign,
     transition,
 )
-from dispatcher.campaigns.previews import audience_count, preview_hash
+from dispatcher.campaigns.previews import audience_counts, preview_hash
 from dispatcher.content import service as content
 from dispatcher.content.schemas import TemplateIn
 from dispatcher.core.config import Settings
@@ -112,7 +112,8 @@ def approve(
     campaign.approved_preview_hash = preview_hash(
         session=session, campaign=campaign, version_id=version.id, at=at
     )
-    campaign.approved_audience_count = audience_count(session=session, campaign=campaign)
+    reach = audience_counts(session=session, campaign=campaign)
+    campaign.approved_audience_count = reach.count
     campaign.status_reason = None
     if campaign.schedule is not None:
         campaign.status = CampaignStatus.scheduled
@@ -135,6 +136,7 @@ def approve(
         preview_for=at,
         preview_hash=campaign.approved_preview_hash,
         audience_count=campaign.approved_audience_count,
+        outside_territory=reach.outside_territory,
         expires_at=campaign.approval_expires_at,
     )
     if campaign.status == CampaignStatus.approved:

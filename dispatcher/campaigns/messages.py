@@ -28,16 +28,23 @@ from dispatcher.tables.campaigns import STREAM_PREFIX, Campaign, CampaignStatus,
 from dispatcher.tables.content import Template
 from dispatcher.tables.deliveries import Delivery, DeliveryStatus
 from dispatcher.tables.recipients import Recipient
+from dispatcher.tables.units import root_unit_id
 
 # Roles that read every transactional message; any other key reads only its own.
 READ_EVERY_MESSAGE = frozenset({Role.operator, Role.admin})
 
 
-def _standing_campaign(session: Session, template: Template) -> Campaign:
-    """Each template's transactional messages hang under one always-running campaign."""
+def _standing_campaign(session: Session, template: Template, unit_id: int | None) -> Campaign:
+    """Each template's transactional messages hang under one always-running campaign per
+    unit: the unit of the system (or person) that sends them, so that its staff see them and
+    no other unit's do (``unit_id`` None: the root unit)."""
     name = f"{STREAM_PREFIX}{template.key}"
+    unit = unit_id if unit_id is not None else root_unit_id(session.connection())
     campaign = session.scalar(
-        select(Campaign).where(Campaign.name == name, Campaign.kind == "transactional")
+        select(Campaign)
+        .where(Campaign.name == name, Campaign.kind == "transactional", Campaign.unit_id == unit)
+        .order_by(Campaign.id)
+        .limit(1)
     )
     if campaign is None:
         now = utcnow()
@@ -53,6 +60,7 @@ def _standing_campaign(session: Session, template: Template) -> Campaign:
             created_at=now,
             updated_at=now,
             approved_at=now,
+            unit_id=unit,
         )
         session.add(campaign)
         session.flush()
@@ -188,7 +196,7 @@ def send_message(
     try:
         with session.begin_nested():
             # All in the savepoint: a duplicate that loses the race leaves nothing behind.
-            campaign = _standing_campaign(session, template)
+            campaign = _standing_campaign(session, template, caller.unit_id)
             run = Run(
                 campaign_id=campaign.id,
                 scheduled_for=now,

@@ -21,6 +21,7 @@ from dispatcher.scheduling.rules import calendar_variables
 from dispatcher.tables.campaigns import Campaign
 from dispatcher.tables.content import Template
 from dispatcher.tables.recipients import Recipient
+from dispatcher.units import scope as scopes
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +98,27 @@ def preview_hash(*, session: Session, campaign: Campaign, version_id: int, at: d
     return digest.hexdigest()
 
 
-def audience_count(*, session: Session, campaign: Campaign) -> int:
+@dataclass(frozen=True, slots=True)
+class AudienceCount:
+    """Whom a campaign reaches now: ``count`` people; ``outside_territory`` more match its
+    filter but live outside its unit's territory, which every audience is intersected with."""
+
+    count: int
+    outside_territory: int
+
+
+def audience_counts(*, session: Session, campaign: Campaign) -> AudienceCount:
+    """How many people the campaign's filter reaches inside its unit's territory, and how many
+    the territory removed. Counted past the caller's own scope: these are the campaign's
+    figures, the same for whoever reads them."""
     where = audiences.compile_for(session, campaign.audience)
-    return session.scalar(select(func.count()).select_from(Recipient).where(where)) or 0
+    territory = scopes.territory_clause(session, campaign.unit_id)
+    matching = select(func.count()).select_from(Recipient).where(where)
+    inside = session.scalar(matching.where(territory), execution_options=scopes.UNSCOPED) or 0
+    every = session.scalar(matching, execution_options=scopes.UNSCOPED) or 0
+    return AudienceCount(count=inside, outside_territory=max(0, every - inside))
+
+
+def audience_count(*, session: Session, campaign: Campaign) -> int:
+    """How many people the campaign reaches now (inside its unit's territory)."""
+    return audience_counts(session=session, campaign=campaign).count

@@ -195,6 +195,19 @@ class ChannelPreviewOut(BaseModel):
     problem: str | None = Field(default=None, description="Why this channel has no preview")
 
 
+class AudienceCountOut(BaseModel):
+    """Whom a campaign reaches now, as its approver is shown it."""
+
+    count: int = Field(description="People its filter reaches inside its unit's territory")
+    outside_territory: int = Field(
+        description="People its filter matches outside its unit's territory, whom the "
+        "territory removed (always 0 for the central unit, whose territory is the country)"
+    )
+    territory: list[str] | None = Field(
+        description="The unit's provinces (codes of the 2025 map); null: the whole country"
+    )
+
+
 class MessageIn(BaseModel):
     """One transactional message to one recipient."""
 

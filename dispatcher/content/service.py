@@ -30,11 +30,12 @@ from dispatcher.content.render import (
 )
 from dispatcher.content.schemas import PreviewIn, TemplateIn, TemplateOut, VariantOut
 from dispatcher.kit.clock import utcnow
-from dispatcher.kit.errors import Invalid, NotFound
+from dispatcher.kit.errors import Conflict, Forbidden, Invalid, NotFound
 from dispatcher.scheduling.rules import calendar_variables
 from dispatcher.tables.content import Template, TemplateVersion, Variant
 from dispatcher.tables.recipients import Recipient
 from dispatcher.tables.units import root_unit_id
+from dispatcher.units import scope as scopes
 
 log = structlog.get_logger(__name__)
 
@@ -220,6 +221,18 @@ def publish(
     shared by all."""
     validate(template, isolated=source != "builtin")
     row = session.scalar(select(Template).where(Template.key == template.key).with_for_update())
+    scope = scopes.current(session)
+    if row is None and scopes.unscoped_exists(
+        session, select(Template.id).where(Template.key == template.key)
+    ):
+        raise Conflict(
+            f"template key {template.key!r} is taken by another unit's template: choose another key"
+        )
+    if row is not None and row.unit_id is None and scope.unit_ids is not None:
+        raise Forbidden(
+            f"template {template.key!r} is built in, shared by every unit: only the central "
+            "unit changes it (publish your own version under another key)"
+        )
     if row is None:
         row = Template(key=template.key, kind=template.kind, description=template.description)
         if source != "builtin":

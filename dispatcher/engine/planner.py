@@ -51,6 +51,7 @@ from dispatcher.scheduling import windows
 from dispatcher.tables.campaigns import OPEN_RUN_STATUSES, Campaign, CampaignStatus, Run, RunStatus
 from dispatcher.tables.deliveries import Batch, BatchStatus, Delivery, DeliveryStatus, open_delivery
 from dispatcher.tables.recipients import Address, Recipient
+from dispatcher.units import scope as scopes
 
 if TYPE_CHECKING:
     from dispatcher.engine.work import Work
@@ -302,6 +303,9 @@ def plan_page(*, session: Session, run: Run, campaign: Campaign, settings: Setti
         audience = and_(
             audience, compile_audience(run.audience, "run.audience", today=today, resolve=resolve)
         )
+    # Whatever the filter says, a campaign reaches only its unit's territory (the root's is the
+    # whole country), as the territory is when the page is planned.
+    audience = and_(audience, scopes.territory_clause(session, campaign.unit_id))
     ids = session.scalars(
         select(Recipient.id)
         .where(audience, Recipient.id > run.planned_through)

@@ -50,7 +50,7 @@ from operator import itemgetter
 from typing import IO, Any, cast
 
 from pydantic import ValidationError
-from sqlalchemy import Table, any_, bindparam, delete, null, select
+from sqlalchemy import Table, any_, bindparam, delete, null, or_, select
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
@@ -694,6 +694,28 @@ class _Writer:
         return len(rows) - len(existing)
 
 
+def _recorded_elsewhere(
+    db: Database, external_ids: list[str], provinces: frozenset[str]
+) -> set[str]:
+    """Which of these citizens exist with a province outside ``provinces``."""
+    found: set[str] = set()
+    with db.reading() as session:
+        for start in range(0, len(external_ids), LOOKUP_KEYS):
+            part = external_ids[start : start + LOOKUP_KEYS]
+            found.update(
+                session.scalars(
+                    select(_RECIPIENTS.c.external_id).where(
+                        _RECIPIENTS.c.external_id.in_(part),
+                        or_(
+                            _RECIPIENTS.c.province.is_(None),
+                            _RECIPIENTS.c.province.not_in(sorted(provinces)),
+                        ),
+                    )
+                )
+            )
+    return found
+
+
 # -- The engine ---------------------------------------------------------------------------------
 
 
@@ -707,8 +729,12 @@ def import_recipients(
     max_depth: int = json_depth.DEFAULT_MAX_DEPTH,
     progress: Callable[[int], None] | None = None,
     on_reject: Callable[[Rejection], None] | None = None,
+    provinces: frozenset[str] | None = None,
 ) -> ImportSummary:
     """Import recipients from ``source``, a binary file or an iterator of ``bytes`` chunks.
+
+        ``provinces`` (the names a unit's territory stores, None: everywhere) rejects a row
+        whose province lies elsewhere, and a row of a citizen recorded in another province.
 
         ``progress`` is called with the number of bytes read so far after each chunk is written.
         ``on_reject`` sees every rejected row, also those beyond ``max_rejections`` (the CLI writes
@@ -736,6 +762,7 @@ def import_recipients(
     checker = _Checker(csv_names=is_csv)
     writer = _Writer(db)
     pending: dict[str, _Row] = {}
+    lines_of: dict[str, int] = {}
 
     def reject(line: int, external_id: str | None, reason: str) -> None:
         summary.rejected += 1
@@ -748,6 +775,16 @@ def import_recipients(
             summary.rejections_omitted += 1
 
     def flush() -> None:
+        if provinces is not None:
+            for external_id in _recorded_elsewhere(db, list(pending), provinces):
+                del pending[external_id]
+                reject(
+                    lines_of[external_id],
+                    external_id,
+                    "this citizen is recorded in a province outside your unit's territory: "
+                    "their record is changed by the unit that serves them",
+                )
+        lines_of.clear()
         created = writer.write(pending)
         summary.created += created
         summary.updated += len(pending) - created
@@ -765,7 +802,15 @@ def import_recipients(
         if isinstance(checked, str):
             reject(line, external_id, checked)
             continue
+        if provinces is not None and checked.values.get("province") not in provinces:
+            reject(
+                line,
+                external_id,
+                f"province: {checked.values.get('province')!r} lies outside your unit's territory",
+            )
+            continue
         key = checked.values["external_id"]
+        lines_of[key] = line
         if pending.pop(key, None) is not None:
             summary.superseded += 1
         pending[key] = checked

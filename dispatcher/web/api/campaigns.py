@@ -10,6 +10,7 @@ from dispatcher.campaigns import approval, firing, lifecycle, previews
 from dispatcher.campaigns import messages as transactional
 from dispatcher.campaigns.schemas import (
     IDEMPOTENCY_KEY_PATTERN,
+    AudienceCountOut,
     CampaignIn,
     CampaignOut,
     ChannelPreviewOut,
@@ -20,6 +21,7 @@ from dispatcher.campaigns.schemas import (
     idempotency_key,
 )
 from dispatcher.tables.campaigns import Campaign
+from dispatcher.units import scope as scopes
 from dispatcher.web.http.callers import (
     Approver,
     Editor,
@@ -101,6 +103,22 @@ def preview_campaign(
 ) -> list[ChannelPreviewOut]:
     campaign = lifecycle.get_campaign(session=session, campaign_id=campaign_id)
     return previews.preview_out(session=session, campaign=campaign)
+
+
+@router.get(
+    "/{campaign_id}/audience",
+    response_model=AudienceCountOut,
+    summary="How many people it reaches now, and how many its unit's territory removed",
+)
+def campaign_audience(campaign_id: PathId, session: DbSession, caller: Staff) -> AudienceCountOut:
+    campaign = lifecycle.get_campaign(session=session, campaign_id=campaign_id)
+    reach = previews.audience_counts(session=session, campaign=campaign)
+    territory = scopes.territory_of_unit(session, campaign.unit_id)
+    return AudienceCountOut(
+        count=reach.count,
+        outside_territory=reach.outside_territory,
+        territory=list(territory) if territory is not None else None,
+    )
 
 
 @router.put(

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 
 from dispatcher.auth.service import Role
@@ -12,8 +12,9 @@ from dispatcher.deliveries.schemas import CampaignReport, DeliveryPage
 from dispatcher.kit.fields import Instant, one_of
 from dispatcher.recipients.schemas import known_channels
 from dispatcher.tables.deliveries import DeliveryStatus
+from dispatcher.units import scope as scopes
 from dispatcher.web.http.callers import require
-from dispatcher.web.http.deps import Cursor, PathId, QueryId, ReadSession
+from dispatcher.web.http.deps import Cursor, PathId, QueryId, ReadSession, request_scope
 
 router = APIRouter(
     prefix="/v1/deliveries", tags=["deliveries"], dependencies=[Depends(require(Role.operator))]
@@ -83,11 +84,13 @@ def list_deliveries(
     responses={200: {"content": {"text/csv": {}}, "description": "UTF-8 with a BOM"}},
     summary="Every delivery of the campaign as CSV, streamed (addresses masked)",
 )
-def export_deliveries(campaign_id: PathId) -> StreamingResponse:
-    # The existence check is one short read; the body then reads page by page on its own
-    # sessions, in a worker thread (StreamingResponse iterates a plain generator there).
+def export_deliveries(campaign_id: PathId, request: Request) -> StreamingResponse:
+    # The existence check is one short read, in the caller's scope; the body then reads that
+    # campaign's pages on its own sessions, in a worker thread (StreamingResponse iterates a
+    # plain generator there).
     database = get_database()
     with database.reading() as session:
+        scopes.attach(session, request_scope(request))
         service.get_campaign(session=session, campaign_id=campaign_id)
     return StreamingResponse(
         export.campaign_csv(db=database, campaign_id=campaign_id),

@@ -31,7 +31,9 @@ from dispatcher.recipients.importer import (
 __all__ = ["ImportReport", "RejectedRow", "router"]
 
 from dispatcher.auth.service import Role
+from dispatcher.units import scope as scopes
 from dispatcher.web.http.callers import require
+from dispatcher.web.http.deps import request_scope
 
 router = APIRouter(
     prefix="/v1/recipients", tags=["recipients"], dependencies=[Depends(require(Role.editor))]
@@ -201,11 +203,20 @@ async def import_recipients_file(
     database = get_database()
 
     max_depth = get_settings().json_max_depth
+    # A unit's editor imports the citizens of its territory only (the root's: everyone).
+    territory = request_scope(request)
+    provinces = (
+        scopes.province_names(territory.territory)
+        if territory is not None and territory.territory is not None
+        else None
+    )
 
     def run() -> ImportSummary:
         # The engine is synchronous (database work): it runs in a worker thread, so the event
         # loop keeps serving other requests during a long import.
-        return import_recipients(chunks, format=import_format, db=database, max_depth=max_depth)
+        return import_recipients(
+            chunks, format=import_format, db=database, max_depth=max_depth, provinces=provinces
+        )
 
     try:
         summary = await anyio.to_thread.run_sync(run)

@@ -17,7 +17,7 @@ import structlog
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.common import dq_name, xq_name
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -32,7 +32,9 @@ from dispatcher.engine import backends
 from dispatcher.engine.backends import Backends
 from dispatcher.observability.metrics import clean_dead_processes, multiprocess_dir
 from dispatcher.tables.campaigns import Campaign, Run
+from dispatcher.units import scope as scopes
 from dispatcher.web.http.callers import require
+from dispatcher.web.http.deps import request_scope
 
 log = structlog.get_logger(__name__)
 
@@ -143,7 +145,11 @@ class QueueCollector(Collector):
 
 
 class CampaignCollector(Collector):
-    """Campaigns and runs by status (two small GROUP BY queries per scrape)."""
+    """Campaigns and runs by status (two small GROUP BY queries per scrape), of the units the
+    scraping key sees (``scope``; None: every unit)."""
+
+    def __init__(self, scope: scopes.Scope | None = None) -> None:
+        self.scope = scope
 
     def collect(self) -> Iterator[Metric]:
         campaigns = GaugeMetricFamily(
@@ -153,6 +159,7 @@ class CampaignCollector(Collector):
         up = _source_up()
         try:
             with get_database().reading() as session:
+                scopes.attach(session, self.scope)
                 by_campaign = session.execute(
                     select(Campaign.status, func.count()).group_by(Campaign.status)
                 ).all()
@@ -189,16 +196,23 @@ class _MergedSourceUp(Collector):
         yield up
 
 
-def registry() -> CollectorRegistry:
-    """Everything one scrape answers: the processes' metrics and the scrape-time readings."""
+def registry(scope: scopes.Scope | None = None) -> CollectorRegistry:
+    """Everything one scrape answers: the processes' metrics and the scrape-time readings
+    (the campaigns' and runs' counts of the units ``scope`` sees).
+
+    The processes' counters and the queues are the shared service's, which the central unit
+    runs: a key of any other unit is answered its own units' campaign and run counts only."""
     out = CollectorRegistry(auto_describe=False)
+    if scope is not None and not scope.everything:
+        out.register(_MergedSourceUp(CampaignCollector(scope)))
+        return out
     path = multiprocess_dir()
     if path:
         clean_dead_processes(path)
         MultiProcessCollector(out, path=path)
     else:
         out.register(_Forward())
-    readings: list[Collector] = [CampaignCollector()]
+    readings: list[Collector] = [CampaignCollector(scope)]
     # Without a broker configured in this process, there are no queue depths to read.
     with contextlib.suppress(RuntimeError):
         readings.append(QueueCollector(backends.current()))
@@ -212,5 +226,7 @@ def registry() -> CollectorRegistry:
     summary="Prometheus metrics (text exposition format)",
     response_class=PlainTextResponse,
 )
-def metrics() -> Response:
-    return Response(generate_latest(registry()), media_type=CONTENT_TYPE_LATEST)
+def metrics(request: Request) -> Response:
+    return Response(
+        generate_latest(registry(request_scope(request))), media_type=CONTENT_TYPE_LATEST
+    )

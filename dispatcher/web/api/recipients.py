@@ -12,6 +12,7 @@ from dispatcher.kit import json_depth
 from dispatcher.kit.errors import NotFound
 from dispatcher.recipients import service
 from dispatcher.recipients.schemas import RecipientIn, RecipientOut, UpsertSummary
+from dispatcher.units import scope as scopes
 from dispatcher.web.http.callers import Editor, EditorOrOperator
 from dispatcher.web.http.deps import AppSettings, DbSession
 
@@ -105,6 +106,9 @@ def _upsert(
     body: RecipientIn | list[RecipientIn], response: Response, session: DbSession
 ) -> RecipientOut | UpsertSummary:
     items = body if isinstance(body, list) else [body]
+    scopes.check_recipients(
+        session, [(i.external_id, i.province) for i in items], many=isinstance(body, list)
+    )
     recipients, created = service.upsert_many(session=session, items=items)
     if isinstance(body, list):
         return UpsertSummary(

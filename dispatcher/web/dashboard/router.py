@@ -394,6 +394,8 @@ class Pending:
     audience: int | None
     problem: str | None
     own: bool
+    # People the filter matches outside the campaign's unit's territory (not sent to).
+    outside_territory: int = 0
 
 
 def _key_names(session: Session, ids: list[int | None]) -> dict[int, str]:
@@ -422,10 +424,12 @@ def _approval_queue(session: Session, caller: Caller) -> tuple[list[Pending], di
     for campaign, key in found:
         shown: list[ChannelPreviewOut] = []
         audience: int | None = None
+        outside = 0
         problem = None
         try:
             shown = previews.preview_out(session=session, campaign=campaign)
-            audience = previews.audience_count(session=session, campaign=campaign)
+            reach = previews.audience_counts(session=session, campaign=campaign)
+            audience, outside = reach.count, reach.outside_territory
         except (ServiceError, TemplateProblem) as exc:
             problem = str(exc)
         queue.append(
@@ -436,6 +440,7 @@ def _approval_queue(session: Session, caller: Caller) -> tuple[list[Pending], di
                 audience=audience,
                 problem=problem,
                 own=caller.principal_id in (campaign.author_id, campaign.submitter_id),
+                outside_territory=outside,
             )
         )
     people = _key_names(

@@ -28,6 +28,7 @@ from dispatcher.core.db import get_database
 from dispatcher.engine import backends
 from dispatcher.engine.ratelimit import MemoryBucket, take_now
 from dispatcher.kit.errors import answers
+from dispatcher.units import scope as scopes
 
 COOKIE = "dispatcher_key"
 # A person's dashboard session (signed; not a key): read from the request, not documented in
@@ -84,6 +85,9 @@ def current_caller(
             else:
                 assert signed_in is not None
                 caller = session_caller(session, get_settings(), signed_in)
+            # What the caller sees, once per request: every query of the request's session
+            # is narrowed to it (dispatcher.units.scope; deps.py attaches it).
+            request.state.scope = scopes.for_unit(session, caller.unit_id)
     except Unauthenticated as exc:
         raise _unauthorized(str(exc)) from None
     request.state.caller = caller
