@@ -185,11 +185,11 @@ def _world(client: TestClient, db: Database) -> World:
         session.add(item)
         session.flush()
         world.inbox_item = item.id
-        world.editor_key_id = session.scalar(
+        world.editor_key_id = session.execute(
             select(ApiKey.id)
             .join(Principal, Principal.id == ApiKey.principal_id)
             .where(Principal.name == "Biên tập HN")
-        )
+        ).scalar_one()
     return world
 
 
@@ -382,9 +382,9 @@ _CURRENT: dict[str, int] = {}
 
 
 def _routes(app: Any) -> set[tuple[str, str]]:
-    found = set()
+    found: set[tuple[str, str]] = set()
     for route in iter_route_contexts(app.routes):
-        path = route.path_format
+        path = route.path_format or ""
         if path.startswith("/v1") or path == "/metrics":
             found |= {(m, path) for m in (route.methods or set()) - {"HEAD"}}
     return found
