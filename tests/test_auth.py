@@ -45,6 +45,7 @@ ROLES: dict[tuple[str, str], set[str]] = {
     ("POST", "/v1/campaigns/{campaign_id}/approve"): {APPROVER},
     ("POST", "/v1/campaigns/{campaign_id}/reject"): {APPROVER},
     ("GET", "/v1/campaigns/{campaign_id}/preview"): STAFF,
+    ("GET", "/v1/campaigns/{campaign_id}/audience"): STAFF,
     ("PUT", "/v1/campaigns/{campaign_id}/schedule"): {EDITOR},
     ("POST", "/v1/campaigns/{campaign_id}/pause"): {OPERATOR},
     ("POST", "/v1/campaigns/{campaign_id}/resume"): {OPERATOR},

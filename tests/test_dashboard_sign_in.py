@@ -28,6 +28,10 @@ units:
     name: Bảo hiểm xã hội thành phố Hà Nội
     parent: VN
     territory: ["01"]
+  - code: VN-31
+    name: Bảo hiểm xã hội thành phố Hải Phòng
+    parent: VN
+    territory: ["31"]
 """
 
 
@@ -54,7 +58,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         with dev_server(cwd, env, output=log) as base:
             (cwd / "units.yaml").write_text(UNITS, encoding="utf-8")
             _cli(env, cwd, "units", "import", "units.yaml")
-            for login, role in (("pd.hanoi", "approver"), ("bt.hanoi", "editor")):
+            for login, role, unit in (
+                ("pd.hanoi", "approver", "VN-01"),
+                ("bt.hanoi", "editor", "VN-01"),
+                ("bt.haiphong", "editor", "VN-31"),
+            ):
                 said = _cli(
                     env,
                     cwd,
@@ -67,7 +75,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
                     "--role",
                     role,
                     "--unit",
-                    "VN-01",
+                    unit,
                     "--password-stdin",
                     stdin=PASSWORD + "\n",
                 )
@@ -140,3 +148,54 @@ def test_an_editor_needs_no_code(context: Any, server: Server) -> None:  # noqa:
     expect(page).to_have_url(f"{server.base}/ui/campaigns")
     expect(page.locator("[data-caller-unit]")).to_have_text("Bảo hiểm xã hội thành phố Hà Nội")
     page.screenshot(path=str(server.cwd / "signed-in.png"))
+
+
+@pytest.mark.timeout(600)
+def test_a_person_of_one_province_cannot_open_anothers_campaign(
+    browser: Any,  # noqa: F811
+    context: Any,  # noqa: F811
+    server: Server,
+) -> None:
+    """Hà Nội's editor drafts a campaign; Hải Phòng's editor, signed in, opens its address:
+    the page says it does not exist, and their campaign list does not show it."""
+    from playwright.sync_api import expect
+
+    hanoi = context.new_page()
+    _password_step(hanoi, "bt.hanoi")
+    expect(hanoi).to_have_url(f"{server.base}/ui/campaigns")
+    # The person's session drafts over the API, as the dashboard's own pages would.
+    origin = {"Origin": server.base}
+    template = {"key": "tin_ha_noi", "variants": [{"channel": "default", "body": "Chào"}]}
+    assert hanoi.request.post("/v1/templates", data=template, headers=origin).status == 201
+    made = hanoi.request.post(
+        "/v1/campaigns",
+        headers=origin,
+        data={
+            "name": "Tin riêng Hà Nội",
+            "kind": "policy_news",
+            "template": "tin_ha_noi",
+            "audience": {"all": True},
+            "channels": ["email"],
+            "send_at": "2100-01-01T00:00:00Z",
+        },
+    )
+    assert made.status == 201, made.text()
+    address = f"/ui/campaigns/{made.json()['id']}"
+    hanoi.goto(address)
+    expect(hanoi.get_by_text("Tin riêng Hà Nội").first).to_be_visible()
+
+    other = browser.new_context(base_url=server.base, locale="vi-VN")
+    try:
+        page = other.new_page()
+        _password_step(page, "bt.haiphong")
+        expect(page).to_have_url(f"{server.base}/ui/campaigns")
+        expect(page.locator("[data-caller-unit]")).to_have_text(
+            "Bảo hiểm xã hội thành phố Hải Phòng"
+        )
+        expect(page.get_by_text("Tin riêng Hà Nội")).to_have_count(0)
+        answer = page.goto(address)
+        assert answer is not None and answer.status == 404
+        expect(page.get_by_text("Tin riêng Hà Nội")).to_have_count(0)
+        page.screenshot(path=str(server.cwd / "another-province.png"))
+    finally:
+        other.close()
