@@ -541,3 +541,28 @@ def test_another_units_campaign_by_url_is_not_found_on_the_dashboard(
         assert "Tin Hà Nội" not in listing.text
     with TestClient(client.app, cookies={"dispatcher_key": world.admins["KV1"]}) as browser:
         assert browser.get(f"/ui/campaigns/{world.campaign}").status_code == 200
+
+
+def test_a_new_version_below_withdraws_the_approval_above(client: Any, db: Database) -> None:
+    """KV1's campaign uses HN's template: HN's editor, who cannot see that campaign, publishing
+    a new version still withdraws its approval."""
+    world = _world(client, db)
+    kv1 = world.as_(world.admins["KV1"])
+    made = client.post(
+        "/v1/campaigns",
+        headers=kv1,
+        json={"name": "Tin khu vực", "kind": "policy_news", "template": "tin_hn",
+              "audience": {"all": True}, "channels": ["email"], "send_at": FAR},
+    )  # fmt: skip
+    assert made.status_code == 201, made.text
+    cid = made.json()["id"]
+    assert client.post(f"/v1/campaigns/{cid}/submit", headers=kv1).status_code == 200
+    approved = client.post(f"/v1/campaigns/{cid}/approve", headers=world.as_(world.admins["VN"]))
+    assert approved.json()["status"] == "scheduled"
+    template = {"key": "tin_hn", "variants": [{"channel": "default", "body": "Bản mới"}]}
+    published = client.post("/v1/templates", json=template, headers=world.as_(world.editor))
+    assert published.status_code == 201
+    assert client.get(f"/v1/campaigns/{cid}", headers=world.as_(world.editor)).status_code == 404
+    after = client.get(f"/v1/campaigns/{cid}", headers=kv1).json()
+    assert after["status"] == "submitted"
+    assert "template has a new version" in after["status_reason"]

@@ -37,6 +37,7 @@ from dispatcher.tables.audiences import AudienceVersion, SavedAudience
 from dispatcher.tables.auth import Principal
 from dispatcher.tables.campaigns import WAITING_STATUSES, Campaign, CampaignStatus, Run
 from dispatcher.tables.content import Template, TemplateVersion
+from dispatcher.units import scope as scopes
 from dispatcher.units import service as units
 
 log = structlog.get_logger(__name__)
@@ -228,7 +229,9 @@ def still_approved(*, session: Session, campaign: Campaign, now: datetime) -> bo
 
 
 def _withdraw_waiting(session: Session, ids: list[int], reason: str) -> list[int]:
-    """Withdraw the approvals of these campaigns that have not started sending."""
+    """Withdraw the approvals of these campaigns that have not started sending. Every such
+    campaign, also those of units above the caller's (which may use a template or saved
+    audience of a unit below them); returns those the caller's scope sees."""
     if not ids:
         return []
     waiting = session.scalars(
@@ -237,11 +240,13 @@ def _withdraw_waiting(session: Session, ids: list[int], reason: str) -> list[int
         .where(Campaign.status.in_(WAITING_STATUSES))
         .where(Campaign.approved_preview_hash.is_not(None))
         .order_by(Campaign.id)
-        .with_for_update()
+        .with_for_update(),
+        execution_options=scopes.UNSCOPED,
     ).all()
     for campaign in waiting:
         withdraw(session=session, campaign=campaign, reason=reason)
-    return [c.id for c in waiting]
+    scope = scopes.current(session)
+    return [c.id for c in waiting if scope.sees_unit(c.unit_id)]
 
 
 def withdraw_for_template(*, session: Session, template_id: int, version: int) -> list[int]:
@@ -249,7 +254,8 @@ def withdraw_for_template(*, session: Session, template_id: int, version: int) -
     ids = session.scalars(
         select(Campaign.id)
         .where(Campaign.template_id == template_id)
-        .where(Campaign.status.in_(WAITING_STATUSES))
+        .where(Campaign.status.in_(WAITING_STATUSES)),
+        execution_options=scopes.UNSCOPED,
     ).all()
     return _withdraw_waiting(session, list(ids), f"the template has a new version (v{version})")
 
@@ -260,7 +266,8 @@ def withdraw_for_audience(*, session: Session, name: str, version: int) -> list[
     rows = session.execute(
         select(Campaign.id, Campaign.approved_audience_versions)
         .where(Campaign.status.in_(WAITING_STATUSES))
-        .where(Campaign.approved_audience_versions.is_not(None))
+        .where(Campaign.approved_audience_versions.is_not(None)),
+        execution_options=scopes.UNSCOPED,
     ).all()
     ids = [cid for cid, pinned in rows if name in (pinned or {})]
     return _withdraw_waiting(

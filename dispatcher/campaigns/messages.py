@@ -29,6 +29,7 @@ from dispatcher.tables.content import Template
 from dispatcher.tables.deliveries import Delivery, DeliveryStatus
 from dispatcher.tables.recipients import Recipient
 from dispatcher.tables.units import root_unit_id
+from dispatcher.units import scope as scopes
 
 # Roles that read every transactional message; any other key reads only its own.
 READ_EVERY_MESSAGE = frozenset({Role.operator, Role.admin})
@@ -135,7 +136,11 @@ def _replay(run: Run, *, fingerprint: str, key: str, settings: Settings) -> Run:
 
 def _live_key(session: Session, *, token: str, now: datetime, settings: Settings) -> Run | None:
     """The message a key stands for, or None; an expired key is released for a new message."""
-    run = session.scalar(select(Run).where(Run.idempotency_key == token))
+    # The token is already the key's own (idempotency_scope): looked up past the unit scope,
+    # so that a message filed under another unit's stream is still found, never sent twice.
+    run = session.scalar(
+        select(Run).where(Run.idempotency_key == token), execution_options=scopes.UNSCOPED
+    )
     if run is None:
         return None
     if now < run.created_at + timedelta(hours=settings.idempotency_key_hours):
@@ -219,7 +224,9 @@ def send_message(
         # for it): answer as a retry would be answered.
         if token is None or fingerprint is None or idempotency_key is None:
             raise
-        existing = session.scalar(select(Run).where(Run.idempotency_key == token))
+        existing = session.scalar(
+            select(Run).where(Run.idempotency_key == token), execution_options=scopes.UNSCOPED
+        )
         if existing is None:
             raise Conflict(
                 f"a concurrent request with Idempotency-Key {idempotency_key!r} did not "

@@ -37,6 +37,7 @@ from dispatcher.tables.auth import ApiKey, Principal
 from dispatcher.tables.campaigns import Campaign, CampaignStatus
 from dispatcher.tables.content import Template
 from dispatcher.tables.deliveries import DeliveryStatus
+from dispatcher.units import scope as scopes
 from dispatcher.web.dashboard import pages
 from dispatcher.web.dashboard.access import (
     PENDING_COOKIE,
@@ -403,11 +404,14 @@ def _key_names(session: Session, ids: list[int | None]) -> dict[int, str]:
     wanted = {i for i in ids if i is not None}
     if not wanted:
         return {}
+    # The keys that acted on a campaign the caller sees, whoever's unit they belong to (the
+    # approver may be of a unit above): named past the scope.
     return dict(
         session.execute(
             select(ApiKey.id, Principal.name)
             .join(Principal, Principal.id == ApiKey.principal_id)
-            .where(ApiKey.id.in_(wanted))
+            .where(ApiKey.id.in_(wanted)),
+            execution_options=scopes.UNSCOPED,
         ).all()
     )
 
