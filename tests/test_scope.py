@@ -566,3 +566,45 @@ def test_a_new_version_below_withdraws_the_approval_above(client: Any, db: Datab
     after = client.get(f"/v1/campaigns/{cid}", headers=kv1).json()
     assert after["status"] == "submitted"
     assert "template has a new version" in after["status_reason"]
+
+
+def test_the_scope_reaches_every_form_of_statement(client: Any, db: Database) -> None:
+    """The forms the services use: entities, columns, counts, joins, subqueries, get, ORM
+    updates; and a statement marked UNSCOPED, and a session without a scope."""
+    from sqlalchemy import func, update
+
+    from dispatcher.tables.campaigns import Campaign
+    from dispatcher.tables.deliveries import Delivery
+    from dispatcher.units import scope as scopes
+
+    world = _world(client, db)
+    with db.transaction() as session:
+        hp = scopes.for_unit(session, world.unit_ids["HP"])
+        kv1 = scopes.for_unit(session, world.unit_ids["KV1"])
+        assert scopes.for_unit(session, world.unit_ids["VN"]).everything
+    assert hp.unit_ids == {world.unit_ids["HP"]} and hp.territory == ("31",)
+    with db.transaction() as session:
+        every = session.scalar(select(func.count()).select_from(Campaign))
+        assert every and every >= 2
+        scopes.attach(session, hp)
+        assert session.scalars(select(Campaign)).all() == []
+        assert session.scalars(select(Campaign.id)).all() == []
+        assert session.scalar(select(func.count()).select_from(Delivery)) == 0
+        assert session.scalar(select(func.count()).where(Delivery.campaign_id > 0)) == 0
+        assert session.get(Campaign, world.campaign) is None
+        assert session.scalars(select(Recipient.external_id)).all() == [HP_CITIZEN]
+        joined = select(Delivery.id).join(Recipient, Recipient.id == Delivery.recipient_id)
+        assert session.scalars(joined).all() == []
+        nested = select(Recipient.id).where(Recipient.id.in_(select(Delivery.recipient_id)))
+        assert session.scalars(nested).all() == []
+        changed = session.execute(update(Campaign).values(name="Đổi tên"))
+        assert getattr(changed, "rowcount", None) == 0
+        past = session.scalar(
+            select(func.count()).select_from(Campaign), execution_options=scopes.UNSCOPED
+        )
+        assert past == every
+        session.rollback()
+    with db.transaction() as session:
+        scopes.attach(session, kv1)
+        assert session.get(Campaign, world.campaign) is not None
+        assert sorted(session.scalars(select(Recipient.external_id))) == [HN_CITIZEN, HP_CITIZEN]
