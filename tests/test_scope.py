@@ -608,3 +608,22 @@ def test_the_scope_reaches_every_form_of_statement(client: Any, db: Database) ->
         scopes.attach(session, kv1)
         assert session.get(Campaign, world.campaign) is not None
         assert sorted(session.scalars(select(Recipient.external_id))) == [HN_CITIZEN, HP_CITIZEN]
+
+
+def test_a_units_deliveries_stay_its_own_when_the_citizen_moves(client: Any, db: Database) -> None:
+    """HN sent a message to a citizen who has since moved to Hải Phòng: HN still finds the
+    delivery (its campaign's), HP does not (not its campaign), though HP now sees the citizen."""
+    world = _world(client, db)
+    with db.transaction() as session:
+        moved = session.scalar(select(Recipient).where(Recipient.external_id == HN_CITIZEN))
+        assert moved is not None
+        moved.province = "Hải Phòng"
+    url = f"/v1/deliveries?recipient={HN_CITIZEN}"
+    found = client.get(url, headers=world.as_(world.admins["HN"])).json()["items"]
+    assert [d["campaign_id"] for d in found] == [world.message_campaign]
+    assert found[0]["recipient"] == HN_CITIZEN
+    assert client.get(url, headers=world.as_(world.admins["HP"])).json()["items"] == []
+    hn = client.get(f"/v1/recipients/{HN_CITIZEN}", headers=world.as_(world.admins["HN"]))
+    assert hn.status_code == 404
+    hp = client.get(f"/v1/recipients/{HN_CITIZEN}", headers=world.as_(world.admins["HP"]))
+    assert hp.status_code == 200

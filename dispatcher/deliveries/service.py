@@ -42,6 +42,7 @@ from dispatcher.recipients.schemas import known_channels
 from dispatcher.tables.campaigns import Campaign
 from dispatcher.tables.deliveries import OPEN_STATUSES, Attempt, Batch, Delivery, DeliveryStatus
 from dispatcher.tables.recipients import Address, Recipient
+from dispatcher.units import scope as scopes
 
 
 def check_status(status: str) -> None:
@@ -238,7 +239,14 @@ def pending_matches(
 def search(
     *, session: Session, filters: Filters, cursor: str | None = None, limit: int = 100
 ) -> DeliveryPage:
-    """One page of deliveries with their attempts, addresses masked (see the module's note)."""
+    """One page of deliveries with their attempts, addresses masked (see the module's note).
+    The caller sees their units' campaigns' deliveries, to whomever they went (a citizen who
+    has since moved out of the unit's territory too)."""
+    with scopes.through_deliveries(session):
+        return _search(session=session, filters=filters, cursor=cursor, limit=limit)
+
+
+def _search(*, session: Session, filters: Filters, cursor: str | None, limit: int) -> DeliveryPage:
     dialect = session.get_bind().dialect.name
     after_id = None if cursor is None else decode_cursor(cursor)
     query = search_query(dialect=dialect, filters=filters, after_id=after_id).limit(limit + 1)

@@ -28,7 +28,8 @@ unit's territory as it is then.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -49,6 +50,8 @@ from dispatcher.units.service import COUNTRY, descendants
 
 # session.info key of the scope (a Scope, or a callable giving one lazily, or None).
 INFO_KEY = "dispatcher_scope"
+# session.info key: recipients are being read through deliveries (see through_deliveries).
+VIA_DELIVERIES = "dispatcher_scope_via_deliveries"
 # Execution options of a statement that must see past the session's scope.
 UNSCOPED = {"dispatcher_unscoped": True}
 
@@ -151,12 +154,26 @@ def current(session: Session) -> Scope:
     return found if isinstance(found, Scope) else EVERYTHING
 
 
+@contextmanager
+def through_deliveries(session: Session) -> Iterator[None]:
+    """Within: recipients are reached through deliveries, which the scope already narrows to
+    its campaigns, so they are not narrowed again by territory. A citizen who moved away since
+    still shows in the deliveries the unit sent them."""
+    before = session.info.get(VIA_DELIVERIES)
+    session.info[VIA_DELIVERIES] = True
+    try:
+        yield
+    finally:
+        session.info[VIA_DELIVERIES] = before
+
+
 def _campaign_ids(ids: tuple[int, ...]) -> Any:
     return select(Campaign.id).where(Campaign.unit_id.in_(ids)).scalar_subquery()
 
 
-def criteria(scope: Scope) -> list[Any]:
-    """The loader criteria that narrow every statement to ``scope``."""
+def criteria(scope: Scope, *, recipients: bool = True) -> list[Any]:
+    """The loader criteria that narrow every statement to ``scope`` (``recipients``: by its
+    territory too)."""
     options: list[Any] = []
     if scope.unit_ids is not None:
         ids = tuple(sorted(scope.unit_ids))
@@ -189,7 +206,7 @@ def criteria(scope: Scope) -> list[Any]:
                 include_aliases=True,
             ),
         ]
-    if scope.territory is not None:
+    if scope.territory is not None and recipients:
         names = tuple(sorted(province_names(scope.territory)))
         options.append(
             with_loader_criteria(
@@ -210,7 +227,8 @@ def _scope_statement(state: ORMExecuteState) -> None:
     scope = current(state.session)
     if scope.everything:
         return
-    state.statement = state.statement.options(*criteria(scope))
+    recipients = not state.session.info.get(VIA_DELIVERIES)
+    state.statement = state.statement.options(*criteria(scope, recipients=recipients))
 
 
 def check_recipients(
@@ -268,5 +286,6 @@ __all__ = [
     "province_names",
     "territory_clause",
     "territory_of_unit",
+    "through_deliveries",
     "unscoped_exists",
 ]
