@@ -353,6 +353,7 @@ def campaign_list(
         unit=unit or "",
         units=choices if len(choices) > 1 else [],
         unit_counts=counts,
+        top_depth=top,
         count_columns=columns,
         older=_list_href(unit, status, rows[-1].campaign.id) if more else None,
         newer=_list_href(unit, status) if before is not None else None,
