@@ -23,6 +23,7 @@ import contextlib
 import hashlib
 import hmac
 import re
+import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -50,8 +51,9 @@ from dispatcher.core.config import Settings
 from dispatcher.core.secrets import decrypt, encrypt, existing_signing_key, signing_key
 from dispatcher.kit.clock import utcnow
 from dispatcher.kit.errors import Conflict, Invalid, NotFound
-from dispatcher.tables.auth import PersonRole, Principal, PrincipalKind
+from dispatcher.tables.auth import ApiKey, PersonRole, Principal, PrincipalKind
 from dispatcher.tables.units import Unit
+from dispatcher.units import service as units
 
 PASSWORDS = PasswordHasher()
 MIN_PASSWORD = 12
@@ -114,6 +116,49 @@ def find(session: Session, who: str) -> Principal:
     return row
 
 
+def units_in_scope(session: Session, unit_id: int | None) -> set[int]:
+    """The units a member of ``unit_id`` sees and manages: it and every unit below it (the
+    root's when the unit is not known). The one place the people service and the dashboard
+    ask this, so a central scope can take its place."""
+    return units.descendants(session, units.root(session).id if unit_id is None else unit_id)
+
+
+def in_scope(session: Session, scope: set[int], person_id: int) -> Principal:
+    """The person ``person_id`` if they belong to a unit of ``scope``; anyone else, like a
+    person who does not exist, is not found."""
+    person = session.get(Principal, person_id)
+    if person is None or person.kind != PrincipalKind.person or person.unit_id not in scope:
+        raise NotFound(f"there is no person {person_id}")
+    return person
+
+
+def list_people(session: Session, scope: set[int] | None = None) -> list[Principal]:
+    """People by id, those of the units of ``scope`` only when it is given."""
+    query = select(Principal).where(Principal.kind == PrincipalKind.person)
+    if scope is not None:
+        query = query.where(Principal.unit_id.in_(scope))
+    return list(session.scalars(query.order_by(Principal.id)))
+
+
+def units_by_id(session: Session) -> dict[int, Unit]:
+    """Every unit by id (people listed name their unit)."""
+    return {u.id: u for u in units.all_units(session)}
+
+
+def home_unit(session: Session, code: str | None, *, scope: set[int] | None = None) -> Unit:
+    """The unit of that code (the root without one). A unit outside ``scope`` is refused as
+    if it did not exist."""
+    unit = units.by_code(session, code, loc=["body", "unit"]) if code else units.root(session)
+    if scope is not None and unit.id not in scope:
+        raise Invalid(f"there is no unit with code {code!r}", loc=["body", "unit"])
+    return unit
+
+
+def generate_password() -> str:
+    """A random initial password (24 characters, 144 bits), shown once to whoever made it."""
+    return secrets.token_urlsafe(18)
+
+
 def add_person(
     session: Session,
     *,
@@ -156,6 +201,52 @@ def grant(session: Session, person: Principal, roles: list[str]) -> None:
             person.roles.append(PersonRole(role=role.value))
     person.sessions_since = utcnow()
     session.flush()
+
+
+def revoke(session: Session, person: Principal, roles: list[str]) -> None:
+    """Take these roles from a person: their keys carrying them stop working and their
+    dashboard sessions end. A person keeps at least one role (disable them instead)."""
+    taken = {r.value for r in person_roles(roles, ["body", "roles"])}
+    kept = [r for r in person.roles if r.role not in taken]
+    if not kept:
+        raise Invalid(
+            "a person keeps at least one role: to take them all, disable the person",
+            loc=["body", "roles"],
+        )
+    person.roles = kept
+    person.sessions_since = utcnow()
+    session.flush()
+
+
+def unlock(session: Session, person: Principal) -> None:
+    """End a lock-out after too many wrong passwords or codes; the count starts again."""
+    person.failed_sign_ins = 0
+    person.locked_until = None
+
+
+def disable(session: Session, person: Principal) -> int:
+    """A person who leaves: every role, the password and the TOTP secret are taken, their
+    sessions end and their keys are revoked. Returns how many keys were revoked. Granting a
+    role and setting a password (``dispatcher people password``) bring them back."""
+    now = utcnow()
+    person.roles = []
+    person.password_hash = None
+    reset_totp(session, person)
+    unlock(session, person)
+    person.sessions_since = now
+    keys = list(
+        session.scalars(
+            select(ApiKey).where(ApiKey.principal_id == person.id, ApiKey.revoked_at.is_(None))
+        )
+    )
+    for key in keys:
+        key.revoked_at = now
+    session.flush()
+    return len(keys)
+
+
+def is_locked(person: Principal) -> bool:
+    return person.locked_until is not None and person.locked_until > utcnow()
 
 
 def set_password(session: Session, person: Principal, password: str) -> None:
@@ -338,15 +429,25 @@ __all__ = [
     "Step",
     "add_person",
     "check_code",
+    "disable",
     "enrolment_uri",
     "find",
+    "generate_password",
     "grant",
+    "home_unit",
+    "in_scope",
+    "is_locked",
     "issue",
+    "list_people",
     "needs_totp",
     "qr_svg",
     "redeem",
     "reset_totp",
+    "revoke",
     "session_caller",
     "set_password",
     "sign_in_password",
+    "units_by_id",
+    "units_in_scope",
+    "unlock",
 ]

@@ -1,4 +1,5 @@
-"""People: add one (with a unit, roles and a password), set a password, grant roles, reset TOTP.
+"""People: add one (with a unit, roles and a password), set a password, grant or revoke roles,
+reset TOTP, unlock, disable.
 
 Passwords are never taken from the command line (it is visible to every user of the machine
 and kept in shell histories): they are prompted for, or read from standard input with
@@ -8,14 +9,21 @@ and kept in shell histories): they are prompted for, or read from standard input
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from dispatcher.cli.common import app, console, error, load_settings
 
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from dispatcher.tables.auth import Principal
+
 people_app = typer.Typer(
-    help="People: add, set a password, grant roles, reset TOTP, list.", no_args_is_help=True
+    help="People: add, set a password, grant or revoke roles, reset TOTP, unlock, disable, list.",
+    no_args_is_help=True,
 )
 app.add_typer(people_app, name="people")
 
@@ -54,13 +62,12 @@ def people_add(
     from dispatcher.auth import people
     from dispatcher.core.db import get_database
     from dispatcher.kit.errors import ServiceError
-    from dispatcher.units import service as units
 
     load_settings()
     password = _password(password_stdin)
     try:
         with get_database().transaction() as session:
-            home = units.by_code(session, unit, loc=["unit"]) if unit else units.root(session)
+            home = people.home_unit(session, unit)
             person = people.add_person(
                 session, login=login, name=name, unit=home, roles=role, password=password
             )
@@ -85,34 +92,57 @@ def people_add(
         )
 
 
-@people_app.command("password")
-def people_password(
-    who: Annotated[str, typer.Argument(help="The person's login or id.")],
-    password_stdin: PasswordStdin = False,
+def _change(
+    who: str,
+    action: str,
+    change: Callable[[Session, Principal], dict[str, Any]],
+    said: Callable[[Principal], str],
 ) -> None:
-    """Set a person's password: their dashboard sessions end and a lock-out is lifted."""
+    """Find a person by login or id, change them, audit ``action`` with what ``change``
+    returns, and say what was done."""
     from dispatcher import audit
     from dispatcher.auth import people
     from dispatcher.core.db import get_database
     from dispatcher.kit.errors import ServiceError
 
     load_settings()
-    password = _password(password_stdin)
     try:
         with get_database().transaction() as session:
             person = people.find(session, who)
-            people.set_password(session, person, password)
+            data = change(session, person)
             audit.record(
                 session,
                 actor="command line",
-                action="person.password",
+                action=action,
                 subject=f"person:{person.id}",
-                data={},
+                data=data,
             )
+            text = said(person)
     except ServiceError as exc:
         error(exc.message)
         raise typer.Exit(2) from None
-    console.print(f"password of person {person.id} ({person.name}) set", markup=False)
+    console.print(text, markup=False)
+
+
+def _holds(person: Principal) -> str:
+    return ", ".join(r.role for r in person.roles) or "no role"
+
+
+@people_app.command("password")
+def people_password(
+    who: Annotated[str, typer.Argument(help="The person's login or id.")],
+    password_stdin: PasswordStdin = False,
+) -> None:
+    """Set a person's password: their dashboard sessions end and a lock-out is lifted."""
+    from dispatcher.auth import people
+
+    password = _password(password_stdin)
+
+    def change(session: Session, person: Principal) -> dict[str, Any]:
+        people.set_password(session, person, password)
+        return {}
+
+    _change(who, "person.password", change, lambda p: f"password of person {p.id} ({p.name}) set")
 
 
 @people_app.command("grant")
@@ -121,28 +151,28 @@ def people_grant(
     role: Annotated[list[str], typer.Option(help="editor, approver, operator or admin.")],
 ) -> None:
     """Give a person more roles in their unit."""
-    from dispatcher import audit
     from dispatcher.auth import people
-    from dispatcher.core.db import get_database
-    from dispatcher.kit.errors import ServiceError
 
-    load_settings()
-    try:
-        with get_database().transaction() as session:
-            person = people.find(session, who)
-            people.grant(session, person, role)
-            audit.record(
-                session,
-                actor="command line",
-                action="person.grant",
-                subject=f"person:{person.id}",
-                data={"roles": sorted(role)},
-            )
-            held = ", ".join(r.role for r in person.roles)
-    except ServiceError as exc:
-        error(exc.message)
-        raise typer.Exit(2) from None
-    console.print(f"person {person.id} ({person.name}) holds {held}", markup=False)
+    def change(session: Session, person: Principal) -> dict[str, Any]:
+        people.grant(session, person, role)
+        return {"roles": sorted(role)}
+
+    _change(who, "person.grant", change, lambda p: f"person {p.id} ({p.name}) holds {_holds(p)}")
+
+
+@people_app.command("revoke")
+def people_revoke(
+    who: Annotated[str, typer.Argument(help="The person's login or id.")],
+    role: Annotated[list[str], typer.Option(help="editor, approver, operator or admin.")],
+) -> None:
+    """Take roles from a person: their keys carrying them stop working, their sessions end."""
+    from dispatcher.auth import people
+
+    def change(session: Session, person: Principal) -> dict[str, Any]:
+        people.revoke(session, person, role)
+        return {"roles": sorted(role)}
+
+    _change(who, "person.revoke", change, lambda p: f"person {p.id} ({p.name}) holds {_holds(p)}")
 
 
 @people_app.command("reset-totp")
@@ -151,47 +181,52 @@ def people_reset_totp(
 ) -> None:
     """Forget a person's TOTP authenticator (a lost phone): they enrol again at their next
     sign-in, and their dashboard sessions end."""
-    from dispatcher import audit
     from dispatcher.auth import people
-    from dispatcher.core.db import get_database
-    from dispatcher.kit.errors import ServiceError
 
-    load_settings()
-    try:
-        with get_database().transaction() as session:
-            person = people.find(session, who)
-            people.reset_totp(session, person)
-            audit.record(
-                session,
-                actor="command line",
-                action="person.reset_totp",
-                subject=f"person:{person.id}",
-                data={},
-            )
-    except ServiceError as exc:
-        error(exc.message)
-        raise typer.Exit(2) from None
-    console.print(f"TOTP of person {person.id} ({person.name}) reset", markup=False)
+    def change(session: Session, person: Principal) -> dict[str, Any]:
+        people.reset_totp(session, person)
+        return {}
+
+    _change(who, "person.reset_totp", change, lambda p: f"TOTP of person {p.id} ({p.name}) reset")
+
+
+@people_app.command("unlock")
+def people_unlock(who: Annotated[str, typer.Argument(help="The person's login or id.")]) -> None:
+    """End a lock-out after too many wrong passwords or codes."""
+    from dispatcher.auth import people
+
+    def change(session: Session, person: Principal) -> dict[str, Any]:
+        people.unlock(session, person)
+        return {}
+
+    _change(who, "person.unlock", change, lambda p: f"person {p.id} ({p.name}) unlocked")
+
+
+@people_app.command("disable")
+def people_disable(who: Annotated[str, typer.Argument(help="The person's login or id.")]) -> None:
+    """Someone who leaves: their roles, password and TOTP are taken and their keys revoked."""
+    from dispatcher.auth import people
+
+    def change(session: Session, person: Principal) -> dict[str, Any]:
+        return {"keys_revoked": people.disable(session, person)}
+
+    _change(who, "person.disable", change, lambda p: f"person {p.id} ({p.name}) disabled")
 
 
 @people_app.command("list")
 def people_list() -> None:
     """People: id, login, name, unit, roles, whether TOTP is enrolled (never a secret)."""
-    from sqlalchemy import select
-
+    from dispatcher.auth import people
     from dispatcher.core.db import get_database
-    from dispatcher.tables.auth import Principal, PrincipalKind
-    from dispatcher.tables.units import Unit
 
     load_settings()
     with get_database().transaction() as session:
-        codes = {i: c for i, c in session.execute(select(Unit.id, Unit.code))}
-        for person in session.scalars(
-            select(Principal).where(Principal.kind == PrincipalKind.person).order_by(Principal.id)
-        ):
+        known = people.units_by_id(session)
+        for person in people.list_people(session):
+            unit = known.get(person.unit_id)
             roles = ",".join(r.role for r in person.roles) or "-"
             totp = "totp" if person.totp_confirmed_at else "-"
             typer.echo(
                 f"{person.id}\t{person.login or '-'}\t{person.name}\t"
-                f"{codes.get(person.unit_id, '?')}\t{roles}\t{totp}"
+                f"{unit.code if unit else '?'}\t{roles}\t{totp}"
             )

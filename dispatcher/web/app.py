@@ -35,6 +35,7 @@ from dispatcher.web.api.deliveries import router as deliveries_router
 from dispatcher.web.api.imports import router as import_router
 from dispatcher.web.api.inbox import router as inbox_router
 from dispatcher.web.api.metrics import router as metrics_router
+from dispatcher.web.api.people import router as people_router
 from dispatcher.web.api.recipients import router as recipients_router
 from dispatcher.web.api.scheduling import router as schedules_router
 from dispatcher.web.api.units import router as units_router
@@ -179,6 +180,7 @@ def create_app(settings: Settings | None = None, *, configure_jobs: bool = True)
         unsubscribe_router,
         keys_router,
         units_router,
+        people_router,
         dashboard_router,
         metrics_router,
     ):

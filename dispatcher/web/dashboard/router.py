@@ -37,6 +37,8 @@ from dispatcher.tables.auth import ApiKey, Principal
 from dispatcher.tables.campaigns import Campaign, CampaignStatus
 from dispatcher.tables.content import Template
 from dispatcher.tables.deliveries import DeliveryStatus
+from dispatcher.tables.units import Unit
+from dispatcher.units import overview
 from dispatcher.units import scope as scopes
 from dispatcher.web.dashboard import pages
 from dispatcher.web.dashboard.access import (
@@ -48,6 +50,7 @@ from dispatcher.web.dashboard.access import (
     PageRoute,
     StaffPage,
     clear_key_cookie,
+    error_page,
     forget_flash,
     login_page,
     safe_next,
@@ -291,7 +294,20 @@ def logout(request: Request) -> Response:
 class CampaignRow:
     campaign: Campaign
     template: str
+    unit: Unit
     progress: Progress
+
+
+@dataclass(frozen=True, slots=True)
+class UnitChoice:
+    code: str
+    name: str
+    depth: int  # below the highest unit the caller sees
+
+
+def _list_href(unit: str | None, status: str | None, before: int | None = None) -> str:
+    query = {k: v for k, v in (("unit", unit), ("status", status), ("before", before)) if v}
+    return "/ui/campaigns" + (f"?{urlencode(query)}" if query else "")
 
 
 @pages_router.get("/campaigns")
@@ -300,23 +316,34 @@ def campaign_list(
     session: ReadSession,
     caller: StaffPage,
     status: Annotated[str | None, Query(max_length=16)] = None,
+    unit: Annotated[str | None, Query(max_length=32)] = None,
     before: QueryId = None,
 ) -> Response:
-    query = (
-        select(Campaign, Template.key)
-        .join(Template, Template.id == Campaign.template_id)
-        .order_by(Campaign.id.desc())
-        .limit(CAMPAIGNS_PER_PAGE + 1)
+    visible = people.units_in_scope(session, caller.unit_id)
+    nodes = overview.units_in_order(session, visible)
+    top = min((n.depth for n in nodes), default=0)
+    choices = [UnitChoice(n.unit.code, n.unit.name, n.depth - top) for n in nodes]
+    shown: set[int] = visible
+    if unit:
+        chosen = next((n.unit for n in nodes if n.unit.code == unit), None)
+        if chosen is None:
+            return error_page(
+                request,
+                caller=caller,
+                title="Không tìm thấy",
+                message=f"Đơn vị {unit} không tồn tại hoặc không thuộc phạm vi của bạn.",
+                status_code=404,
+            )
+        shown = {chosen.id}
+    found = overview.campaign_page(
+        session, shown, status=status, before=before, limit=CAMPAIGNS_PER_PAGE + 1
     )
-    if status:
-        query = query.where(Campaign.status == status)
-    if before is not None:
-        query = query.where(Campaign.id < before)
-    found = session.execute(query).all()
     more = len(found) > CAMPAIGNS_PER_PAGE
     found = found[:CAMPAIGNS_PER_PAGE]
-    progress = progress_of(session=session, campaign_ids=[c.id for c, _ in found])
-    rows = [CampaignRow(c, key, progress[c.id]) for c, key in found]
+    progress = progress_of(session=session, campaign_ids=[i.campaign.id for i in found])
+    rows = [CampaignRow(i.campaign, i.template, i.unit, progress[i.campaign.id]) for i in found]
+    counts = overview.campaigns_by_unit(session, visible)
+    columns = [s for s in pages.CAMPAIGN_STATUS if any(c.by_status.get(s) for c in counts)]
     return pages.render(
         request,
         "campaigns.html",
@@ -324,8 +351,13 @@ def campaign_list(
         rows=rows,
         status=status or "",
         statuses=pages.CAMPAIGN_STATUS,
-        older=rows[-1].campaign.id if more else None,
-        newer=before is not None,
+        unit=unit or "",
+        units=choices if len(choices) > 1 else [],
+        unit_counts=counts,
+        top_depth=top,
+        count_columns=columns,
+        older=_list_href(unit, status, rows[-1].campaign.id) if more else None,
+        newer=_list_href(unit, status) if before is not None else None,
     )
 
 
