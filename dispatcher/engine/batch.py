@@ -164,6 +164,7 @@ class BatchProcessor:
                 if not any(w.tries for w in work):
                     self.claims.release(run_id, work, lease_until, claim.batch)
                 raise
+            self.accounts.keep_dead(work)
             report = self._record_through_outage(work, campaign, run, lease_until, claim.batch)
         finally:
             gate.release()

@@ -3,6 +3,10 @@ email sender and relay, FCM project... (``dispatcher.units.accounts``).
 
 A unit without an account for a channel sends through its nearest ancestor's; the root's is the
 environment's settings (``DISPATCHER_<CHANNEL>_*``), which has no row here.
+
+Dead addresses are kept per account too: a Zalo user id belongs to one OA, and a person who
+blocked one unit's bot may still follow another's. The root account marks ``addresses.dead_at``
+as before; a unit's account marks :class:`AccountDeadAddress`.
 """
 
 from __future__ import annotations
@@ -38,3 +42,19 @@ class ChannelAccount(Base):
     env_prefix: Mapped[str | None] = mapped_column(String(100), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class AccountDeadAddress(Base):
+    """An address a unit's channel account found dead: that account skips it while the
+    recipient's address on the channel is still ``value``."""
+
+    __tablename__ = "account_dead_addresses"
+
+    # channel@UNIT (dispatcher.units.accounts.account_key).
+    account_key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    recipient_id: Mapped[int] = mapped_column(
+        ForeignKey("recipients.id", ondelete="CASCADE"), primary_key=True
+    )
+    value: Mapped[str] = mapped_column(String(320))
+    dead_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    reason: Mapped[str] = mapped_column(String(200))

@@ -20,7 +20,9 @@ from dispatcher.engine import ratelimit
 from dispatcher.engine.jobs import redis_key
 from dispatcher.kit.clock import clock
 from dispatcher.tables.campaigns import Campaign
+from dispatcher.tables.channel_accounts import AccountDeadAddress
 from dispatcher.tables.channel_state import ChannelState
+from dispatcher.tables.recipients import Address
 from dispatcher.tables.units import Unit
 from tests.deliveries.conftest import TEMPLATE, configure
 from tests.deliveries.test_channels_pipeline import completed
@@ -210,3 +212,26 @@ def test_one_accounts_bucket_does_not_slow_another() -> None:
     assert take("zalo@HN") and not take("zalo@HN")
     assert take("zalo@BN") and take(None)
     assert ratelimit.limits_for("zalo", "u1", rules, {})[0].key == "zalo"
+
+
+def test_an_address_dead_at_one_account_is_skipped_by_that_account_only(
+    client: Any, worker: Any, db: Database, oas: dict[str, ZaloEmulator]
+) -> None:
+    hn = oas["HN"]
+    hn.ban("hn-0")  # -227: the user is gone, for this OA
+    first = launch(client, db, "HN")
+    assert completed(client, first)["counts"]["by_status"] == {"sent": 3, "failed": 1}
+    with db.transaction() as session:
+        marks = session.execute(
+            select(AccountDeadAddress.account_key, AccountDeadAddress.value)
+        ).all()
+        assert [tuple(m) for m in marks] == [("zalo@HN", "hn-0")]
+        # The address itself is not dead: another account (another OA) may still reach it.
+        assert session.scalar(select(Address.dead_at).where(Address.value == "hn-0")) is None
+    calls = len(hn.requests.filter(path="/v3.0/oa/message/cs"))
+    second = launch(client, db, "HN")
+    done = completed(client, second)
+    assert done["counts"]["by_status"] == {"sent": 3, "skipped": 1}
+    (skipped,) = [d for d in all_deliveries(client, campaign_id=second) if d["status"] == "skipped"]
+    assert skipped["error_class"] == "address_dead" and skipped["attempts"] == []
+    assert len(hn.requests.filter(path="/v3.0/oa/message/cs")) == calls + 3

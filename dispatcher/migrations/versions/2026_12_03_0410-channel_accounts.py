@@ -49,7 +49,25 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_channel_accounts")),
         sa.UniqueConstraint("unit_id", "channel", name=op.f("uq_channel_accounts_unit_id_channel")),
     )
+    op.create_table(
+        "account_dead_addresses",
+        sa.Column("account_key", sa.String(length=200), nullable=False),
+        sa.Column("recipient_id", BIG_ID, nullable=False),
+        sa.Column("value", sa.String(length=320), nullable=False),
+        sa.Column("dead_at", dispatcher.core.db.UTCDateTime(), nullable=False),
+        sa.Column("reason", sa.String(length=200), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["recipient_id"],
+            ["recipients.id"],
+            name=op.f("fk_account_dead_addresses_recipient_id_recipients"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint(
+            "account_key", "recipient_id", name=op.f("pk_account_dead_addresses")
+        ),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("account_dead_addresses")
     op.drop_table("channel_accounts")
