@@ -172,6 +172,12 @@ def test_secrets_are_encrypted_and_never_answered_listed_or_logged(
 
     bad = client.put("/v1/units/HN/accounts/zalo", json={"values": {**ZALO, "colour": "x"}})
     assert bad.status_code == 422 and "colour" in bad.text
+    # A value of the wrong shape is named, not repeated.
+    shape = client.put(
+        "/v1/units/HN/accounts/zalo",
+        json={"values": {**ZALO, "access_token": {"token": ZALO["access_token"]}}},
+    )
+    assert shape.status_code == 422 and "zalo.access_token" in shape.text
     assert client.put("/v1/units/XX/accounts/zalo", json={"values": ZALO}).status_code == 404
 
     # The command line, from a file and from the environment.
@@ -191,7 +197,7 @@ def test_secrets_are_encrypted_and_never_answered_listed_or_logged(
         raw = repr([(r.values, r.sealed, r.env_prefix) for r in stored])
         state = repr(session.scalars(select(ChannelState.value)).all())
     texts = {
-        "answers": put.text + listed.text + bad.text,
+        "answers": put.text + listed.text + bad.text + shape.text,
         "command line": from_file.output + listing.output,
         "database": raw + state,
         "logs": caplog.text + "".join(capsys.readouterr()),
@@ -228,3 +234,9 @@ def test_an_account_from_the_environment_keeps_only_its_prefix(
     found = AccountResolver(db, keyed).resolve(ids["HN"], ["zalo"])["zalo"]
     assert found.key == "zalo@HN" and found.problem is None
     assert found.settings.secret_key.get_secret_value() == ZALO["secret_key"]  # type: ignore[union-attr]
+
+
+def test_resuming_an_account_of_an_unknown_unit_is_refused(settings: Settings, db: Database):
+    make_units(db)
+    result = CliRunner().invoke(app, ["channels", "resume", "zalo@XX"])
+    assert result.exit_code == 2 and "'XX'" in result.output

@@ -39,6 +39,16 @@ def channels_resume(
     if name.partition("@")[0] not in registry.available():
         error(f"unknown channel {name!r}; installed: {', '.join(sorted(registry.available()))}")
         raise typer.Exit(2)
+    if "@" in name:
+        from sqlalchemy import select
+
+        from dispatcher.tables.units import Unit
+
+        with get_database().transaction() as session:
+            unit = name.partition("@")[2]
+            if session.scalar(select(Unit.id).where(Unit.code == unit)) is None:
+                error(f"there is no unit with code {unit!r} (an account is named like zalo@HN)")
+                raise typer.Exit(2)
     process = backends.configure(settings)
 
     async def resume() -> int:

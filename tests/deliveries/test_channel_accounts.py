@@ -16,7 +16,7 @@ from channels.base import RateRule
 from channels.emulators.zalo import ZaloEmulator
 from dispatcher.core.config import Settings
 from dispatcher.core.db import Database
-from dispatcher.engine import ratelimit
+from dispatcher.engine import pauses, ratelimit
 from dispatcher.engine.jobs import redis_key
 from dispatcher.kit.clock import clock
 from dispatcher.tables.campaigns import Campaign
@@ -176,9 +176,8 @@ def test_a_refused_oa_pauses_its_own_account_and_not_the_other(
 ) -> None:
     configure(monkeypatch, {"AUTH_PAUSE_SECONDS": "300"})
     hn, bn = oas["HN"], oas["BN"]
-    # HN's OA lost both tokens: an account-wide fault.
-    hn.expire_access_token()
-    hn.expire_refresh_token()
+    # HN's OA lost a permission: an account-wide fault (-223) on every message.
+    hn.break_account()
     hn_campaign = launch(client, db, "HN")
     bn_campaign = launch(client, db, "BN")
     assert completed(client, bn_campaign)["counts"]["by_status"] == {"sent": 4}
@@ -197,6 +196,23 @@ def test_a_refused_oa_pauses_its_own_account_and_not_the_other(
     # BN goes on sending while HN waits.
     again = launch(client, db, "BN")
     assert completed(client, again)["counts"]["by_status"] == {"sent": 4}
+
+    # The OA is repaired; the operator ends HN's pause, and only HN's deliveries are woken.
+    hn.repair_account()
+    limiter = ratelimit.RedisLimiter(settings.redis_url, settings.redis_namespace)
+
+    async def resume() -> int:
+        try:
+            return await pauses.resume_channel(
+                db=db, settings=settings, limiter=limiter, channel="zalo@HN", actor="test"
+            )
+        finally:
+            await limiter.close()
+
+    assert asyncio.run(resume()) == 4
+    assert pause_left("zalo@HN") < 0
+    assert completed(client, hn_campaign)["counts"]["by_status"] == {"sent": 4}
+    assert sorted(m.address for m in hn.outbox) == [f"hn-{i}" for i in range(4)]
 
 
 def test_one_accounts_bucket_does_not_slow_another() -> None:

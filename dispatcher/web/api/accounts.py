@@ -10,19 +10,20 @@ from fastapi import APIRouter, Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from dispatcher import audit
+from dispatcher.kit.errors import Invalid
 from dispatcher.kit.fields import Text
 from dispatcher.units import accounts
 from dispatcher.units.schemas import UNIT_CODE
 from dispatcher.web.http.callers import Admin
 from dispatcher.web.http.deps import AppSettings, DbSession
 
+MAX_VALUES = 50
 router = APIRouter(prefix="/v1/units/{code}/accounts", tags=["units"])
 
 UnitCode = Annotated[str, Path(pattern=UNIT_CODE, description="The unit's code, e.g. HN")]
 ChannelName = Annotated[
     str, Path(pattern=r"^[a-z][a-z0-9_]{0,63}$", description="The channel, e.g. zalo")
 ]
-Scalar = Annotated[str, Field(max_length=20_000)] | int | float | bool
 
 
 class AccountIn(BaseModel):
@@ -31,11 +32,13 @@ class AccountIn(BaseModel):
     name: Text(200) | None = Field(  # type: ignore[valid-type]
         default=None, description="A label for people; by default the channel and the unit"
     )
-    values: dict[Annotated[str, Field(max_length=100)], Scalar] = Field(
+    # Any JSON here: the channel's settings model checks each value, and its errors never
+    # repeat one (a schema error of this model would echo the secrets sent in its answer).
+    values: dict[str, Any] = Field(
         default_factory=dict,
-        max_length=50,
         description="Settings by field name of the channel's own settings (app_id, "
-        "secret_key...); secret ones are stored encrypted with DISPATCHER_SECRET_KEY",
+        "secret_key...), at most 50; secret ones are stored encrypted with "
+        "DISPATCHER_SECRET_KEY",
     )
     env_prefix: Annotated[str, Field(max_length=100)] | None = Field(
         default=None,
@@ -76,6 +79,8 @@ def put_account(
     settings: AppSettings,
     caller: Admin,
 ) -> AccountOut:
+    if len(data.values) > MAX_VALUES:
+        raise Invalid(f"at most {MAX_VALUES} settings", loc=["body", "values"])
     row = accounts.set_account(
         session,
         settings,
