@@ -240,3 +240,36 @@ def test_resuming_an_account_of_an_unknown_unit_is_refused(settings: Settings, d
     make_units(db)
     result = CliRunner().invoke(app, ["channels", "resume", "zalo@XX"])
     assert result.exit_code == 2 and "'XX'" in result.output
+
+
+def test_an_admin_reaches_the_accounts_of_their_unit_and_below_only(
+    client: Any, keyed: Settings, db: Database
+):
+    from dispatcher.auth.service import create_key
+    from dispatcher.tables.auth import PersonRole, Principal
+
+    ids = make_units(db)
+    headers = {}
+    with db.transaction() as session:
+        for unit in ("KV1", "BN"):
+            person = Principal(kind="person", name=f"Quản trị {unit}", unit_id=ids[unit])
+            session.add(person)
+            session.flush()
+            session.add(PersonRole(principal_id=person.id, role="admin"))
+            session.flush()
+            _, key = create_key(session, role="admin", name=f"admin {unit}", owner=person)
+            headers[unit] = {"Authorization": f"Bearer {key}"}
+    body = {"values": {"token": TELEGRAM_TOKEN}}
+    own = client.put("/v1/units/HN/accounts/telegram", json=body, headers=headers["KV1"])
+    assert own.status_code == 200, own.text
+    # A sibling's admin: as if the unit did not exist, for reading, changing and deleting.
+    assert client.get("/v1/units/HN/accounts", headers=headers["BN"]).status_code == 404
+    put = client.put("/v1/units/HN/accounts/telegram", json=body, headers=headers["BN"])
+    assert put.status_code == 404
+    gone = client.delete("/v1/units/HN/accounts/telegram", headers=headers["BN"])
+    assert gone.status_code == 404
+    assert client.get("/v1/units/KV1/accounts", headers=headers["BN"]).status_code == 404
+    # The region's admin and the root's see it.
+    for who in (headers["KV1"], {}):
+        listed = client.get("/v1/units/HN/accounts", headers=who)
+        assert [a["key"] for a in listed.json()] == ["telegram@HN"]

@@ -269,7 +269,11 @@ def set_account(
         session.add(row)
         changed = True
     else:
-        before = (row.values, _sealed_values(settings, row), row.env_prefix)
+        try:
+            before = (row.values, _sealed_values(settings, row), row.env_prefix)
+        except ValueError:
+            # Secrets saved with another key: whatever they were, they are replaced.
+            before = None
         changed = before != (plain, hidden, prefix)
     row.name = label
     row.values = plain

@@ -1,6 +1,7 @@
 """Admins manage the channel accounts of organisational units (a province's own Zalo OA,
-Facebook Page, Telegram bot, email sender...). A secret's value is never returned: an account
-shows which of its fields are set and the values of those that are not secret."""
+Facebook Page, Telegram bot, email sender...): those of their own unit and the units below it
+(another unit answers 404, as if it did not exist). A secret's value is never returned: an
+account shows which of its fields are set and the values of those that are not secret."""
 
 from __future__ import annotations
 
@@ -8,11 +9,16 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from dispatcher import audit
-from dispatcher.kit.errors import Invalid
+from dispatcher.auth.service import Caller
+from dispatcher.kit.errors import Invalid, NotFound
 from dispatcher.kit.fields import Text
+from dispatcher.tables.units import Unit
 from dispatcher.units import accounts
+from dispatcher.units import service as units
 from dispatcher.units.schemas import UNIT_CODE
 from dispatcher.web.http.callers import Admin
 from dispatcher.web.http.deps import AppSettings, DbSession
@@ -63,10 +69,20 @@ class AccountOut(BaseModel):
         return cls(**vars(view))
 
 
+def _within_reach(session: Session, caller: Caller, code: str) -> None:
+    """An admin reaches the accounts of their unit and of the units below it."""
+    if caller.unit_id is None:
+        return
+    unit_id = session.scalar(select(Unit.id).where(Unit.code == code.strip()))
+    if unit_id is None or not units.is_within(session, unit_id, caller.unit_id):
+        raise NotFound(f"there is no unit with code {code.strip()!r}")
+
+
 @router.get("", response_model=list[AccountOut], summary="A unit's own channel accounts")
 def list_accounts(
     code: UnitCode, session: DbSession, settings: AppSettings, caller: Admin
 ) -> list[AccountOut]:
+    _within_reach(session, caller, code)
     return [AccountOut.of(v) for v in accounts.list_accounts(session, settings, code)]
 
 
@@ -79,6 +95,7 @@ def put_account(
     settings: AppSettings,
     caller: Admin,
 ) -> AccountOut:
+    _within_reach(session, caller, code)
     if len(data.values) > MAX_VALUES:
         raise Invalid(f"at most {MAX_VALUES} settings", loc=["body", "values"])
     row = accounts.set_account(
@@ -103,6 +120,7 @@ def delete_account(
     settings: AppSettings,
     caller: Admin,
 ) -> AccountOut:
+    _within_reach(session, caller, code)
     view = next(
         (v for v in accounts.list_accounts(session, settings, code) if v.channel == channel),
         None,
