@@ -17,6 +17,7 @@ from dispatcher.cli import app
 from dispatcher.core.config import Settings
 from dispatcher.core.db import Database
 from dispatcher.engine.accounts import AccountResolver
+from dispatcher.kit.clock import utcnow
 from dispatcher.kit.errors import Invalid, NotFound
 from dispatcher.tables.channel_accounts import ChannelAccount
 from dispatcher.tables.channel_state import ChannelState
@@ -131,7 +132,7 @@ def test_bad_input_names_the_field_and_changes_nothing(
     assert said in refused.value.message
     with db.transaction() as session:
         assert session.scalar(select(func.count()).select_from(ChannelAccount)) == 0
-        assert accounts.version(session) == 0
+        assert accounts.version(session) == ""
 
 
 def test_the_root_has_no_row_and_an_unknown_unit_is_named(keyed: Settings, db: Database):
@@ -273,3 +274,43 @@ def test_an_admin_reaches_the_accounts_of_their_unit_and_below_only(
     for who in (headers["KV1"], {}):
         listed = client.get("/v1/units/HN/accounts", headers=who)
         assert [a["key"] for a in listed.json()] == ["telegram@HN"]
+
+
+def test_a_unit_moved_under_another_parent_resolves_through_its_new_ancestors(
+    keyed: Settings, db: Database
+):
+    ids = make_units(db)
+    with db.transaction() as session:
+        service.apply(session, [service.UnitSpec("KV2", "BHXH khu vực II", "VN", ("79",))])
+        accounts.set_account(
+            session, keyed, unit_code="KV1", channel="telegram", values={"token": TELEGRAM_TOKEN}
+        )
+    resolver = AccountResolver(db, keyed)
+    assert resolver.resolve(ids["BN"], ["telegram"])["telegram"].key == "telegram@KV1"
+    with db.transaction() as session:
+        service.apply(
+            session,
+            [
+                service.UnitSpec("KV1", "BHXH khu vực I", "VN", ("01",)),
+                service.UnitSpec("KV2", "BHXH khu vực II", "VN", ("79", "24")),
+                service.UnitSpec("BN", "BHXH tỉnh Bắc Ninh", "KV2", ("24",)),
+            ],
+        )
+    assert resolver.resolve(ids["BN"], ["telegram"])["telegram"].key == "telegram"
+
+
+def test_changed_settings_forget_the_state_kept_for_the_old_ones(keyed: Settings, db: Database):
+    make_units(db)
+    kept = "zalo@HN/zalo:refresh_token"
+
+    def set_and_read(values: dict[str, str]) -> list[str]:
+        with db.transaction() as session:
+            accounts.set_account(session, keyed, unit_code="HN", channel="zalo", values=values)
+        with db.transaction() as session:
+            return list(session.scalars(select(ChannelState.key).where(ChannelState.key == kept)))
+
+    set_and_read(ZALO)
+    with db.transaction() as session:
+        session.add(ChannelState(key=kept, value="zrt_rotated", updated_at=utcnow()))
+    assert set_and_read(ZALO) == [kept], "the same settings again: the rotated pair stays"
+    assert set_and_read({**ZALO, "refresh_token": "zrt_another_oa_token"}) == []

@@ -3,7 +3,8 @@
 A campaign sends through its unit's account for each channel, or its nearest ancestor's, or the
 environment's (:mod:`dispatcher.units.accounts`). A worker resolves it once per batch, from
 what it resolved before as long as no account changed since: a change bumps a version in the
-database, read with one primary-key lookup per batch, and the next batch resolves afresh.
+database, read once per batch with the time the tree of units last changed (one small
+statement), and the next batch resolves afresh.
 
 Dead addresses are kept per account as well. The root account marks ``addresses.dead_at`` as
 before (the record does, and the planner skips them). A unit's account keeps its own marks
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable
+from typing import Any
 
 import structlog
 from sqlalchemy import select, tuple_
@@ -38,7 +40,7 @@ class AccountResolver:
     def __init__(self, db: Database, settings: Settings) -> None:
         self.db = db
         self.settings = settings
-        self._version: int | None = None
+        self._version: tuple[str, Any] | None = None
         self._known: dict[tuple[int, str], Account] = {}
         self._lock = threading.Lock()
 
@@ -47,12 +49,12 @@ class AccountResolver:
         if unit_id is None:
             return {channel: Account.root(channel) for channel in wanted}
         with self.db.transaction() as session:
-            current = accounts.version(session)
+            current = accounts.stamp(session)
             with self._lock:
                 if current != self._version:
                     self._known, self._version = {}, current
                 found = {c: a for c in wanted if (a := self._known.get((unit_id, c)))}
-            if current == 0:
+            if not current[0]:
                 # No account was ever set: every channel is the environment's.
                 return {channel: Account.root(channel) for channel in wanted}
             missing = [c for c in wanted if c not in found]

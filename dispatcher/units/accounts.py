@@ -21,9 +21,10 @@ Where the secrets live:
   :func:`dispatcher.core.secrets.encrypt`): whoever reads the database alone cannot read them.
 
 Secrets are never returned (:func:`describe` says which fields are set) and never logged.
-Every change bumps a version the workers read once per batch, so they pick the new accounts up
-at their next batch (:mod:`dispatcher.engine.accounts`). Changing an account's settings forgets
-the state its adapter kept (a rotated Zalo token pair), which belonged to the old ones.
+Every change bumps a version the workers read once per batch (with the time the tree of units
+last changed), so they pick the new accounts up at their next batch
+(:mod:`dispatcher.engine.accounts`). Changing an account's settings forgets the state its
+adapter kept (a rotated Zalo token pair), which belonged to the old ones.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import hashlib
 import json
 import os
 import re
+import secrets
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -39,7 +41,7 @@ from pathlib import Path
 from typing import Any, get_args
 
 from pydantic import SecretStr, ValidationError
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from channels import registry
@@ -311,22 +313,35 @@ def _forget_state(session: Session, key: str) -> None:
 
 
 def _bump(session: Session) -> None:
-    current = version(session)
+    """Mark that accounts changed: a new random value (two changes at once never share one)."""
+    value = secrets.token_hex(8)
     now = utcnow()
     statement = insert_for(session, ChannelState).values(
-        key=VERSION_KEY, value=str(current + 1), updated_at=now
+        key=VERSION_KEY, value=value, updated_at=now
     )
     session.execute(
         statement.on_conflict_do_update(
-            index_elements=["key"], set_={"value": str(current + 1), "updated_at": now}
+            index_elements=["key"], set_={"value": value, "updated_at": now}
         )
     )
 
 
-def version(session: Session) -> int:
-    """Changes to accounts so far (0: none ever)."""
+def version(session: Session) -> str:
+    """What changed last among accounts ("": no account was ever set)."""
     value = session.scalar(select(ChannelState.value).where(ChannelState.key == VERSION_KEY))
-    return int(value) if value else 0
+    return value or ""
+
+
+def stamp(session: Session) -> tuple[str, Any]:
+    """What resolution depends on, in one statement: the accounts' version and the last change
+    to the tree of units (a unit moved under another parent changes its nearest ancestors)."""
+    row = session.execute(
+        select(
+            select(ChannelState.value).where(ChannelState.key == VERSION_KEY).scalar_subquery(),
+            select(func.max(Unit.updated_at)).scalar_subquery(),
+        )
+    ).one()
+    return (row[0] or "", row[1])
 
 
 # -- Reading ------------------------------------------------------------------------------------
