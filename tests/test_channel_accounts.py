@@ -4,6 +4,7 @@ their secrets, which no answer, listing or log line shows."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 from typing import Any
@@ -314,3 +315,44 @@ def test_changed_settings_forget_the_state_kept_for_the_old_ones(keyed: Settings
         session.add(ChannelState(key=kept, value="zrt_rotated", updated_at=utcnow()))
     assert set_and_read(ZALO) == [kept], "the same settings again: the rotated pair stays"
     assert set_and_read({**ZALO, "refresh_token": "zrt_another_oa_token"}) == []
+
+
+def test_secrets_saved_with_another_key_make_the_account_wait_not_fall_back(
+    keyed: Settings, db: Database
+):
+    ids = make_units(db)
+    with db.transaction() as session:
+        accounts.set_account(session, keyed, unit_code="HN", channel="zalo", values=ZALO)
+    other = keyed.model_copy(update={"secret_key": SecretStr("mot-khoa-khac-0123456789")})
+    found = AccountResolver(db, other).resolve(ids["HN"], ["zalo"])["zalo"]
+    # Its own key, no settings, and the reason: its sends pause (an AuthError), and never go
+    # through the environment's account.
+    assert found.key == "zalo@HN" and found.settings is None
+    assert found.problem and "DISPATCHER_SECRET_KEY" in found.problem
+    with db.transaction() as session:
+        (view,) = accounts.list_accounts(session, other)
+    assert view.problem and view.set_fields == ["api_url", "app_id"]
+
+
+def test_an_unusable_account_pauses_itself_alone(settings: Settings) -> None:
+    from channels.base import Category, Message
+    from channels.pool import Account, AdapterPool
+    from dispatcher.engine import ratelimit
+    from dispatcher.engine.retry import RetryPolicy
+    from dispatcher.engine.send import Sender
+    from dispatcher.engine.work import Work
+
+    limiter = ratelimit.MemoryLimiter()
+    sender = Sender(
+        settings=settings,
+        adapters=AdapterPool(settings),
+        policy=RetryPolicy.from_settings(settings),
+        limiter=limiter,
+    )
+    broken = Account("telegram", "telegram@HN", None, "r1", problem="channel account unusable")
+    item = Work(1, 1, "telegram", 0, 0, False, account=broken)
+    item.message = Message(delivery_id=1, address="7001", body="BHXH", kind=Category.policy_news)
+    asyncio.run(sender.send_all([item]))
+    assert (item.status.value, item.error_class) == ("retrying", "auth")
+    assert limiter.paused_locally("telegram@HN") > 0
+    assert limiter.paused_locally("telegram") == 0
