@@ -66,6 +66,9 @@ ROLES: dict[tuple[str, str], set[str]] = {
     ("POST", "/v1/units"): set(),
     ("PATCH", "/v1/units/{unit_id}"): set(),
     ("DELETE", "/v1/units/{unit_id}"): set(),
+    ("GET", "/v1/units/{code}/accounts"): set(),
+    ("PUT", "/v1/units/{code}/accounts/{channel}"): set(),
+    ("DELETE", "/v1/units/{code}/accounts/{channel}"): set(),
     ("GET", "/metrics"): {OPERATOR},
     # The dashboard: the same roles as the API calls behind each page.
     ("GET", "/ui"): STAFF,
