@@ -4,8 +4,8 @@ One adapter is open per channel *account*: the environment's settings of a chann
 account, keyed by the channel's name as before) or an account of its own that a unit holds
 (``zalo@HN``), built from that account's settings. Adapters know nothing of accounts: each is
 built through :meth:`~channels.base.Adapter.from_settings` with its account's settings, and
-its durable state is kept under the account's key (:class:`AccountState`), so two Zalo OAs
-rotate their own tokens.
+its durable state is kept under the account's own scope (:class:`AccountState`), so two Zalo
+OAs rotate their own tokens.
 """
 
 from __future__ import annotations
@@ -42,6 +42,10 @@ class Account:
     revision: str = ""
     # Why the account cannot be used now (its secrets cannot be read): its sends wait.
     problem: str | None = None
+    # Where its adapter's state is kept ("@HN.<digest>"): a unit's and its credentials', so that
+    # two channels of one unit on the same credentials share their state as the environment's
+    # do (ZNS and Zalo rotate one token pair), and new credentials start afresh.
+    state_scope: str | None = None
 
     @classmethod
     def root(cls, channel: str) -> Account:
@@ -53,12 +57,12 @@ class Account:
 
 
 class AccountState:
-    """An adapter's state store seen through one account: its keys under the account's key
-    (``zalo@HN/zalo:refresh_token``). The root account's keys are unchanged."""
+    """An adapter's state store seen through one account: its keys under the account's state
+    scope (``@HN.1a2b3c4d/zalo:refresh_token``). The root account's keys are unchanged."""
 
-    def __init__(self, state: StateStore, account_key: str) -> None:
+    def __init__(self, state: StateStore, scope: str) -> None:
         self.state = state
-        self.prefix = f"{account_key}/"
+        self.prefix = f"{scope}/"
 
     async def get(self, key: str) -> str | None:
         return await self.state.get(self.prefix + key)
@@ -103,7 +107,7 @@ class AdapterPool:
         if account.is_root:
             return adapter_class.from_settings(self.settings, self.context)
         context = dataclasses.replace(
-            self.context, state=AccountState(self.context.state, account.key)
+            self.context, state=AccountState(self.context.state, account.state_scope or account.key)
         )
         return adapter_class.from_settings(account.settings, context)
 

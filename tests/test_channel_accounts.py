@@ -84,7 +84,7 @@ def test_own_account_nearest_ancestor_then_the_environment(keyed: Settings, db: 
     # A change reaches the resolver at its next batch: the version moved.
     with db.transaction() as session:
         accounts.set_account(session, keyed, unit_code="BN", channel="zalo", values=ZALO)
-        accounts.delete_account(session, unit_code="KV1", channel="telegram")
+        accounts.delete_account(session, keyed, unit_code="KV1", channel="telegram")
     again = resolver.resolve(ids["BN"], ["zalo", "telegram"])
     assert {c: a.key for c, a in again.items()} == {"zalo": "zalo@BN", "telegram": "telegram"}
 
@@ -300,21 +300,39 @@ def test_a_unit_moved_under_another_parent_resolves_through_its_new_ancestors(
     assert resolver.resolve(ids["BN"], ["telegram"])["telegram"].key == "telegram"
 
 
-def test_changed_settings_forget_the_state_kept_for_the_old_ones(keyed: Settings, db: Database):
-    make_units(db)
-    kept = "zalo@HN/zalo:refresh_token"
+def test_state_is_kept_per_unit_and_credentials(keyed: Settings, db: Database):
+    """Zalo and ZNS of one unit on the same OA share their rotated pair (as the environment's
+    do); new credentials start afresh, and the state of the old ones is deleted."""
+    ids = make_units(db)
+    zns = {k: ZALO[k] for k in ("app_id", "secret_key", "access_token", "refresh_token")}
 
-    def set_and_read(values: dict[str, str]) -> list[str]:
-        with db.transaction() as session:
-            accounts.set_account(session, keyed, unit_code="HN", channel="zalo", values=values)
-        with db.transaction() as session:
-            return list(session.scalars(select(ChannelState.key).where(ChannelState.key == kept)))
+    def scopes() -> dict[str, str | None]:
+        found = AccountResolver(db, keyed).resolve(ids["HN"], ["zalo", "zns"])
+        return {channel: account.state_scope for channel, account in found.items()}
 
-    set_and_read(ZALO)
+    def stored() -> list[str]:
+        with db.transaction() as session:
+            return list(session.scalars(select(ChannelState.key).where(ChannelState.key != "x")))
+
+    with db.transaction() as session:
+        accounts.set_account(session, keyed, unit_code="HN", channel="zalo", values=ZALO)
+        accounts.set_account(session, keyed, unit_code="HN", channel="zns", values=zns)
+    first = scopes()
+    assert first["zalo"] == first["zns"] and str(first["zalo"]).startswith("@HN.")
+    kept = f"{first['zalo']}/zalo:refresh_token"
     with db.transaction() as session:
         session.add(ChannelState(key=kept, value="zrt_rotated", updated_at=utcnow()))
-    assert set_and_read(ZALO) == [kept], "the same settings again: the rotated pair stays"
-    assert set_and_read({**ZALO, "refresh_token": "zrt_another_oa_token"}) == []
+        # The same settings again: the rotated pair stays.
+        accounts.set_account(session, keyed, unit_code="HN", channel="zalo", values=ZALO)
+    assert kept in stored()
+    with db.transaction() as session:
+        other = {**ZALO, "refresh_token": "zrt_another_oa_token"}
+        accounts.set_account(session, keyed, unit_code="HN", channel="zalo", values=other)
+    # ZNS still uses the old credentials: their state stays until it stops.
+    assert kept in stored() and scopes()["zalo"] != first["zalo"]
+    with db.transaction() as session:
+        accounts.delete_account(session, keyed, unit_code="HN", channel="zns")
+    assert kept not in stored()
 
 
 def test_secrets_saved_with_another_key_make_the_account_wait_not_fall_back(

@@ -151,10 +151,10 @@ def accounts_delete(
     from dispatcher.kit.errors import ServiceError
     from dispatcher.units import accounts
 
-    load_settings()
+    settings = load_settings()
     try:
         with get_database().transaction() as session:
-            accounts.delete_account(session, unit_code=unit, channel=channel)
+            accounts.delete_account(session, settings, unit_code=unit, channel=channel)
             key = accounts.account_key(channel, unit)
             audit.record(
                 session,

@@ -23,8 +23,12 @@ Where the secrets live:
 Secrets are never returned (:func:`describe` says which fields are set) and never logged.
 Every change bumps a version the workers read once per batch (with the time the tree of units
 last changed), so they pick the new accounts up at their next batch
-(:mod:`dispatcher.engine.accounts`). Changing an account's settings forgets the state its
-adapter kept (a rotated Zalo token pair), which belonged to the old ones.
+(:mod:`dispatcher.engine.accounts`).
+
+An account's adapter keeps its state (a rotated Zalo token pair) under a scope of its unit and
+its secret settings (:func:`state_scope`): two accounts of a unit on the same credentials share
+it, as Zalo and ZNS share the environment's pair; new credentials start afresh, and the state
+of credentials the unit no longer uses is deleted.
 """
 
 from __future__ import annotations
@@ -284,12 +288,14 @@ def set_account(
     row.updated_at = now
     session.flush()
     if changed:
-        _forget_state(session, account_key(channel, unit.code))
+        _forget_state(session, settings, unit)
     _bump(session)
     return row
 
 
-def delete_account(session: Session, *, unit_code: str, channel: str) -> ChannelAccount:
+def delete_account(
+    session: Session, settings: Settings, *, unit_code: str, channel: str
+) -> ChannelAccount:
     unit = _unit(session, unit_code)
     row = session.scalar(
         select(ChannelAccount).where(
@@ -299,17 +305,42 @@ def delete_account(session: Session, *, unit_code: str, channel: str) -> Channel
     if row is None:
         raise NotFound(f"unit {unit.code} has no account of its own for {channel}")
     session.delete(row)
-    _forget_state(session, account_key(channel, unit.code))
-    _bump(session)
     session.flush()
+    _forget_state(session, settings, unit)
+    _bump(session)
     return row
 
 
-def _forget_state(session: Session, key: str) -> None:
-    prefix = f"{key}/"
-    session.execute(
-        delete(ChannelState).where(ChannelState.key.startswith(prefix, autoescape=True))
-    )
+def state_scope(unit_code: str, found: ChannelSettings) -> str:
+    """Where the adapter of an account keeps its state: ``@UNIT.<digest of its secrets>``."""
+    model = type(found)
+    secret = {}
+    for name in sorted(secret_fields(model)):
+        value = getattr(found, name)
+        if value is not None:
+            secret[name] = value.get_secret_value() if isinstance(value, SecretStr) else value
+    digest = hashlib.blake2b(
+        json.dumps(secret, sort_keys=True).encode(), digest_size=6, person=b"chan-state"
+    ).hexdigest()
+    return f"@{unit_code}.{digest}"
+
+
+def _forget_state(session: Session, settings: Settings, unit: Unit) -> None:
+    """Delete the state the unit's adapters kept for credentials none of its accounts uses."""
+    session.flush()
+    rows = session.scalars(select(ChannelAccount).where(ChannelAccount.unit_id == unit.id))
+    found = [account_of(session, settings, row) for row in rows]
+    if any(account.problem for account in found):
+        # An account whose secrets cannot be read now may still own some of that state.
+        return
+    used = {account.state_scope for account in found}
+    prefix = f"@{unit.code}."
+    keys = session.scalars(
+        select(ChannelState.key).where(ChannelState.key.startswith(prefix, autoescape=True))
+    ).all()
+    stale = [key for key in keys if key.partition("/")[0] not in used]
+    if stale:
+        session.execute(delete(ChannelState).where(ChannelState.key.in_(stale)))
 
 
 def _bump(session: Session) -> None:
@@ -453,7 +484,7 @@ def account_of(
         checked = build(row.channel, values)
     except (ValueError, Invalid) as exc:
         return Account(row.channel, key, None, revision, problem=_problem(exc))
-    return Account(row.channel, key, checked, revision)
+    return Account(row.channel, key, checked, revision, state_scope=state_scope(unit.code, checked))
 
 
 def _problem(exc: Exception) -> str:

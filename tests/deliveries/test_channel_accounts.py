@@ -150,9 +150,11 @@ def test_two_units_send_through_their_own_oas_with_their_own_limits_and_tokens(
     # Tokens: HN's new pair is kept under HN's account; nothing under the root's or BN's.
     assert hn.refresh_token != seed_refresh and hn.access_token != seed_access
     kept = {k: v for k, v in state(db).items() if "zalo" in k and ":version" not in k}
+    (scope,) = {key.partition("/")[0] for key in kept}
+    assert scope.startswith("@HN.")
     assert kept == {
-        "zalo@HN/zalo:refresh_token": hn.refresh_token,
-        "zalo@HN/zalo:access_token": hn.access_token,
+        f"{scope}/zalo:refresh_token": hn.refresh_token,
+        f"{scope}/zalo:access_token": hn.access_token,
     }
     # Limits: each account took its slots from its own bucket, the root's none.
     asked = {pause: keys for pause, keys in limited}

@@ -125,7 +125,7 @@ def delete_account(
         (v for v in accounts.list_accounts(session, settings, code) if v.channel == channel),
         None,
     )
-    accounts.delete_account(session, unit_code=code, channel=channel)
+    accounts.delete_account(session, settings, unit_code=code, channel=channel)
     assert view is not None
     _audit(session, caller.label, "channel_account.delete", view)
     return AccountOut.of(view)
