@@ -4,7 +4,8 @@ A campaign sends through its unit's account for each channel, or its nearest anc
 environment's (:mod:`dispatcher.units.accounts`). A worker resolves it once per batch, from
 what it resolved before as long as no account changed since: a change bumps a version in the
 database, read once per batch with the time the tree of units last changed (one small
-statement), and the next batch resolves afresh.
+statement; none at all for the root unit's campaigns, which always send through the
+environment's accounts), and the next batch resolves afresh.
 
 Dead addresses are kept per account as well. The root account marks ``addresses.dead_at`` as
 before (the record does, and the planner skips them). A unit's account keeps its own marks
@@ -31,6 +32,7 @@ from dispatcher.kit.clock import utcnow
 from dispatcher.kit.sql import insert_for
 from dispatcher.tables.channel_accounts import AccountDeadAddress
 from dispatcher.tables.deliveries import DeliveryStatus
+from dispatcher.tables.units import Unit
 from dispatcher.units import accounts
 
 log = structlog.get_logger(__name__)
@@ -42,13 +44,20 @@ class AccountResolver:
         self.settings = settings
         self._version: tuple[str, Any] | None = None
         self._known: dict[tuple[int, str], Account] = {}
+        self._root_id: int | None = None
         self._lock = threading.Lock()
 
     def resolve(self, unit_id: int | None, channels: Iterable[str]) -> dict[str, Account]:
         wanted = sorted(set(channels))
-        if unit_id is None:
+        if unit_id is None or unit_id == self._root_id:
+            # The root unit has no account of its own: its campaigns (every campaign of an
+            # install with one unit) send through the environment's, with no query at all.
             return {channel: Account.root(channel) for channel in wanted}
         with self.db.transaction() as session:
+            if self._root_id is None:
+                self._root_id = session.scalar(select(Unit.id).where(Unit.parent_id.is_(None)))
+                if unit_id == self._root_id:
+                    return {channel: Account.root(channel) for channel in wanted}
             current = accounts.stamp(session)
             with self._lock:
                 if current != self._version:
