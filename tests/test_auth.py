@@ -75,6 +75,9 @@ ROLES: dict[tuple[str, str], set[str]] = {
     ("POST", "/v1/people/{person_id}/reset-totp"): set(),
     ("POST", "/v1/people/{person_id}/unlock"): set(),
     ("POST", "/v1/people/{person_id}/disable"): set(),
+    ("GET", "/v1/units/{code}/accounts"): set(),
+    ("PUT", "/v1/units/{code}/accounts/{channel}"): set(),
+    ("DELETE", "/v1/units/{code}/accounts/{channel}"): set(),
     ("GET", "/metrics"): {OPERATOR},
     # The dashboard: the same roles as the API calls behind each page.
     ("GET", "/ui"): STAFF,

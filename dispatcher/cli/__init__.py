@@ -1,5 +1,5 @@
 """The ``dispatcher`` command: serve, worker, scheduler, migrate, dev, config, import, keys,
-people, units, audit, channels."""
+people, units, accounts, audit, channels."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from dispatcher.cli.common import app
 
 # Importing a command group's module adds its commands to the app, in this order in --help.
 # isort: off
-from dispatcher.cli import setup, processes, keys, people, units, audit, imports, channels
+from dispatcher.cli import setup, processes, keys, people, units, accounts, audit, imports
+from dispatcher.cli import channels
 # isort: on
 
 
@@ -21,6 +22,7 @@ def main() -> None:
 
 
 __all__ = [
+    "accounts",
     "app",
     "audit",
     "channels",

@@ -15,7 +15,12 @@ app.add_typer(channels_app, name="channels")
 
 @channels_app.command("resume")
 def channels_resume(
-    name: Annotated[str, typer.Argument(help="The channel, e.g. vssid, facebook, zalo.")],
+    name: Annotated[
+        str,
+        typer.Argument(
+            help="The channel (e.g. vssid, facebook, zalo), or a unit's account of it (zalo@HN)."
+        ),
+    ],
     by: Annotated[
         str, typer.Option("--by", help="Who fixed the account (recorded in the audit log).")
     ] = "command line",
@@ -31,9 +36,19 @@ def channels_resume(
     from dispatcher.engine import backends, pauses
 
     settings = load_settings()
-    if name not in registry.available():
+    if name.partition("@")[0] not in registry.available():
         error(f"unknown channel {name!r}; installed: {', '.join(sorted(registry.available()))}")
         raise typer.Exit(2)
+    if "@" in name:
+        from sqlalchemy import select
+
+        from dispatcher.tables.units import Unit
+
+        with get_database().transaction() as session:
+            unit = name.partition("@")[2]
+            if session.scalar(select(Unit.id).where(Unit.code == unit)) is None:
+                error(f"there is no unit with code {unit!r} (an account is named like zalo@HN)")
+                raise typer.Exit(2)
     process = backends.configure(settings)
 
     async def resume() -> int:

@@ -1,5 +1,6 @@
 """Service-wide secrets kept in the database, the HMAC signing built on them, and the encryption
-of secrets the database keeps for others (TOTP secrets) with a key from outside it.
+of secrets the database keeps for others (TOTP secrets, channel accounts) with a key from
+outside it.
 
 When ``DISPATCHER_SECRET_KEY`` is not set, a random key is generated once and stored here, so
 that every process sharing the database signs and verifies with the same key.
@@ -100,8 +101,9 @@ class NoOutsideKey(Exception):
 def _fernet(settings: Settings, purpose: bytes) -> Fernet:
     if settings.secret_key is None:
         raise NoOutsideKey(
-            "DISPATCHER_SECRET_KEY is not set: secrets kept in the database (TOTP secrets) are "
-            "encrypted with a key from outside it; set it in the environment of every process"
+            "DISPATCHER_SECRET_KEY is not set: secrets kept in the database (TOTP secrets, "
+            "channel accounts) are encrypted with a key from outside it; set it in the "
+            "environment of every process"
         )
     outside = settings.secret_key.get_secret_value().encode()
     derived = hmac.new(outside, b"dispatcher-encrypt:" + purpose, hashlib.sha256).digest()

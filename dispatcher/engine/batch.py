@@ -35,6 +35,7 @@ from channels.pool import AdapterPool
 from dispatcher.core.config import Settings
 from dispatcher.core.db import Database
 from dispatcher.engine import jobs, leases, ratelimit
+from dispatcher.engine.accounts import AccountResolver
 from dispatcher.engine.adapters import adapter_pool
 from dispatcher.engine.backends import Backends
 from dispatcher.engine.bulk import write_turns
@@ -78,6 +79,7 @@ class BatchProcessor:
         self.policy = policy or RetryPolicy.from_settings(settings)
         self.limiter = limiter or queue.limiter
         self.turns = write_turns(db)
+        self.accounts = AccountResolver(db, settings)
         # The send gates (see the module's note), one per queue: urgent and bulk.
         self._gates = {True: threading.Lock(), False: threading.Lock()}
         # Renews the leases of the batches this process is working on.
@@ -139,6 +141,7 @@ class BatchProcessor:
             return BatchReport()
         try:
             render(claim, settings=self.settings, signing_key=self.claims.signing_key)
+            self.accounts.assign(work, campaign.unit_id)
         except BaseException:
             self.claims.release(run_id, work, lease_until, claim.batch)
             raise
@@ -161,6 +164,7 @@ class BatchProcessor:
                 if not any(w.tries for w in work):
                     self.claims.release(run_id, work, lease_until, claim.batch)
                 raise
+            self.accounts.keep_dead(work)
             report = self._record_through_outage(work, campaign, run, lease_until, claim.batch)
         finally:
             gate.release()

@@ -6,6 +6,11 @@ deliveries waiting without spending their attempts (:mod:`dispatcher.engine.send
 ends by itself, and the next send is the probe: if the fault is still there it pauses again.
 Once the operator has fixed the account, :func:`resume_channel` ends the pause at once and sends
 the waiting deliveries now, in one audited step.
+
+Pauses are kept per channel account: ``zalo`` is the root account's (the environment's
+settings), ``zalo@HN`` unit HN's own. Resuming a unit's account wakes the waiting deliveries of
+the channel from the campaigns of that unit and the units below it (one of those that has an
+account of its own, still paused, only waits again, without spending an attempt).
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from dispatcher.kit.clock import utcnow
 from dispatcher.observability.metrics import CHANNEL_RESUMES
 from dispatcher.tables.campaigns import Campaign, Run
 from dispatcher.tables.deliveries import Delivery, DeliveryStatus
+from dispatcher.tables.units import Unit
+from dispatcher.units import service as units
 
 log = structlog.get_logger(__name__)
 
@@ -45,10 +52,19 @@ async def resume_channel(
 ) -> int:
     """End ``channel``'s pause and queue its waiting deliveries now; returns how many.
 
+    ``channel`` names an account: the channel (its root account) or ``zalo@HN``.
+
     Audited as one ``channel.resumed`` entry (who, which channel, how many deliveries). The
     rows get new batch ids, so the delayed jobs that held them claim nothing when they run.
     """
-    was_paused = await limiter.resume(channel)
+    account = channel
+    channel, _, unit_code = account.partition("@")
+    within: set[int] | None = None
+    if unit_code:
+        with db.transaction() as session:
+            unit_id = session.scalar(select(Unit.id).where(Unit.code == unit_code))
+            within = set() if unit_id is None else units.descendants(session, unit_id)
+    was_paused = await limiter.resume(account)
     now = now or utcnow()
     woken = 0
     last_id = 0
@@ -64,6 +80,7 @@ async def resume_channel(
                     Delivery.error_class.in_(WAITING_CLASSES),
                     Delivery.id > last_id,
                     Run.status.in_(ACTIVE_RUN),
+                    *([] if within is None else [Campaign.unit_id.in_(sorted(within))]),
                 )
                 .order_by(Delivery.id)
                 .limit(settings.batch_size)
@@ -73,8 +90,13 @@ async def resume_channel(
                     session,
                     actor=actor,
                     action=RESUMED,
-                    subject=f"channel:{channel}",
-                    data={"channel": channel, "deliveries": woken, "was_paused": was_paused},
+                    subject=f"channel:{account}",
+                    data={
+                        "channel": channel,
+                        **({"account": account} if unit_code else {}),
+                        "deliveries": woken,
+                        "was_paused": was_paused,
+                    },
                 )
                 break
             last_id = rows[-1][0]
@@ -101,5 +123,5 @@ async def resume_channel(
                 )
             woken += len(rows)
     CHANNEL_RESUMES.labels(channel).inc()
-    log.warning("channel_resumed", channel=channel, actor=actor, deliveries=woken)
+    log.warning("channel_resumed", channel=channel, account=account, actor=actor, deliveries=woken)
     return woken

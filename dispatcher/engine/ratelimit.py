@@ -1,4 +1,4 @@
-"""Per-channel rate limits shared by every worker, in Redis.
+"""Per-account rate limits shared by every worker, in Redis.
 
 Each adapter declares its provider's published limits (``channels.base.RateRule``); every
 send first takes a slot from the shared limiter. The algorithm is GCRA (a token bucket kept as
@@ -6,6 +6,10 @@ one timestamp per key), run atomically in Redis with Redis's own clock, so hosts
 matter. A provider's "slow down" answer *pauses* the channel for everyone for the wait it asked
 for; an auth failure pauses it too, so that a bad credential is one loud event rather than
 thousands of failed deliveries.
+
+Limits and pauses are kept per channel *account* (:class:`channels.pool.Account`): the methods'
+``channel`` argument is the account's key, which is the channel's name for the root account
+(the environment's settings, so existing keys are unchanged) and ``zalo@HN`` for a unit's own.
 
 Per-address limits (Telegram's one message a second per chat) use a hashed address in the
 key: Redis never holds a citizen's address. The keys live under the service's Redis namespace
@@ -79,8 +83,16 @@ class Limit:
 
 
 def limits_for(
-    channel: str, address: str, rules: Sequence[RateRule], overrides: dict[str, float]
+    channel: str,
+    address: str,
+    rules: Sequence[RateRule],
+    overrides: dict[str, float],
+    account: str | None = None,
 ) -> list[Limit]:
+    """The limits of one send, keyed by channel account (``account``: ``zalo@HN``; the
+    channel's name for its root account, the environment's, as before accounts existed). The
+    ``DISPATCHER_RATE_LIMITS`` override of a channel holds for each of its accounts."""
+    scope = account or channel
     out = []
     for rule in rules:
         rate = rule.per_second
@@ -89,9 +101,9 @@ def limits_for(
         emission = 1000.0 / rate
         if rule.per_address:
             digest = hashlib.blake2b(address.encode(), digest_size=8).hexdigest()
-            key = f"{channel}:a:{digest}"
+            key = f"{scope}:a:{digest}"
         else:
-            key = channel
+            key = scope
         out.append(Limit(key, emission, emission * max(0, rule.burst - 1)))
     return out
 

@@ -1,6 +1,12 @@
 """Send: the batch's messages go out concurrently on the process's event loop, through the
 channel adapters, each behind a slot of the channel's shared rate limit.
 
+Each message goes through the channel *account* the batch resolved for it
+(:mod:`dispatcher.engine.accounts`): the rate limits, the pauses below and the adapter (with its
+state) are those of that account (``zalo@HN``), so one unit's refused token pauses its own
+account and not another's. The root account (the environment's settings) is keyed by the
+channel's name, as before accounts existed.
+
 Each delivery gets one *round*: a first try, then the retry policy's quick in-call retries after
 a blip (:mod:`dispatcher.engine.retry`). What the adapter raises decides the outcome:
 
@@ -39,7 +45,7 @@ from channels.base import (
     RateLimitedError,
     TransientError,
 )
-from channels.pool import AdapterPool
+from channels.pool import Account, AdapterPool
 from dispatcher.core.config import Settings
 from dispatcher.engine import ratelimit
 from dispatcher.engine.retry import RetryPolicy
@@ -81,6 +87,8 @@ class Sender:
     async def _send_one(self, item: Work) -> None:
         assert item.message is not None
         channel = item.channel
+        account = item.account or Account.root(channel)
+        key = account.key
         now = utcnow()
         opening = windows.next_open(
             now, item.message.kind.value, channel, self.settings.send_windows
@@ -100,7 +108,7 @@ class Sender:
             item.error_class, item.error_reason = ErrorClass.permanent, str(exc)
             return
         limits = ratelimit.limits_for(
-            channel, item.message.address, rules, self.settings.rate_limits
+            channel, item.message.address, rules, self.settings.rate_limits, account=key
         )
         for _ in range(MAX_RATE_ROUNDS):
             try:
@@ -110,16 +118,16 @@ class Sender:
                 # Nothing was sent: no attempt to record, no budget spent.
                 item.status = DeliveryStatus.retrying
                 item.error_class = ErrorClass.deferred
-                item.error_reason = f"{channel} paused; waiting {deferred.seconds:.0f}s"
+                item.error_reason = f"{key} paused; waiting {deferred.seconds:.0f}s"
                 item.retry_after = deferred.seconds
                 return
             except RateLimitedError as exc:
                 wait = exc.retry_after if exc.retry_after is not None else 1.0
                 self._note_failure(item, exc)
                 item.status = DeliveryStatus.retrying
-                if exc.scope == "channel" and await self.limiter.pause(channel, wait):
+                if exc.scope == "channel" and await self.limiter.pause(key, wait):
                     CHANNEL_PAUSES.labels(channel, "rate_limited").inc()
-                    log.warning("channel_paused", channel=channel, seconds=wait)
+                    log.warning("channel_paused", channel=channel, account=key, seconds=wait)
                 if exc.scope != "channel" or wait > self.settings.rate_wait_seconds:
                     item.retry_after = wait
                     return
@@ -128,17 +136,18 @@ class Sender:
                 self._note_failure(item, exc)
                 item.status = DeliveryStatus.retrying
                 item.retry_after = self.settings.auth_pause_seconds
-                if await self.limiter.pause(channel, self.settings.auth_pause_seconds):
+                if await self.limiter.pause(key, self.settings.auth_pause_seconds):
                     # Loud once per pause, not once per delivery.
                     AUTH_FAILURES.labels(channel).inc()
                     CHANNEL_PAUSES.labels(channel, "auth").inc()
                     log.error(
                         "channel_auth_failed",
                         channel=channel,
+                        account=key,
                         code=exc.code,
                         reason=exc.reason,
                         paused_seconds=self.settings.auth_pause_seconds,
-                        resume=f"dispatcher channels resume {channel}",
+                        resume=f"dispatcher channels resume {key}",
                     )
                 return
             except PermanentError as exc:
@@ -152,16 +161,22 @@ class Sender:
                 return
         item.retry_after = item.retry_after or 1.0
 
-    async def _adapter(self, channel: str) -> Adapter:
+    async def _adapter(self, channel: str, account: Account) -> Adapter:
         """The open adapter; opening fails by the same classes as a send (a getMe blip is
-        transient), and a channel that cannot be built at all is a permanent failure."""
+        transient), and a channel that cannot be built at all is a permanent failure. A unit's
+        account whose settings cannot be read now (a secret that cannot be decrypted) is an
+        account-wide fault: it pauses, as a refused credential does."""
+        if account.problem is not None:
+            raise AuthError(account.problem)
         try:
-            return await self.adapters.get(channel)
+            if account.is_root:
+                return await self.adapters.get(channel)
+            return await self.adapters.get(channel, account)
         except DeliveryError:
             raise
         except Exception as exc:
-            log.error("adapter_unavailable", channel=channel, error=str(exc))
-            raise PermanentError(f"channel {channel} unavailable: {exc}") from None
+            log.error("adapter_unavailable", channel=channel, account=account.key, error=str(exc))
+            raise PermanentError(f"channel {account.key} unavailable: {exc}") from None
 
     @staticmethod
     def _note_failure(item: Work, exc: DeliveryError) -> None:
@@ -190,8 +205,9 @@ class Sender:
         others pile in."""
         assert item.message is not None
         channel = item.channel
+        account = item.account or Account.root(channel)
         waited = await ratelimit.acquire(
-            self.limiter, channel, limits, max_wait=self.settings.rate_wait_seconds
+            self.limiter, account.key, limits, max_wait=self.settings.rate_wait_seconds
         )
         if waited:
             RATE_LIMIT_WAIT_SECONDS.labels(channel).inc(waited)
@@ -200,7 +216,7 @@ class Sender:
         t0 = time.perf_counter()
         try:
             # Opening counts as part of the try: a refused token at getMe is audited.
-            adapter = await self._adapter(channel)
+            adapter = await self._adapter(channel, account)
             result = await adapter.send(item.message)
         except DeliveryError as exc:
             item.tries.append(_failed_try(number, started, t0, exc))
@@ -210,7 +226,7 @@ class Sender:
             raise
         except Exception as exc:
             # An adapter bug is not the citizen's fault: treat it as a blip.
-            log.exception("adapter_crashed", channel=channel)
+            log.exception("adapter_crashed", channel=channel, account=account.key)
             error = TransientError(f"adapter error: {exc!r}")
             item.tries.append(_failed_try(number, started, t0, error))
             item.failures += 1
@@ -242,9 +258,9 @@ class Sender:
     async def send_all(self, work: list[Work]) -> None:
         """Send every rendered message of the batch, ``send_concurrency`` at a time."""
         ready = [w for w in work if w.message]
-        # Once per batch and channel: is it paused? (Rate-limited channels ask per send.)
-        for channel in {w.channel for w in ready}:
-            await self.limiter.refresh(channel)
+        # Once per batch and account: is it paused? (Rate-limited channels ask per send.)
+        for key in {(w.account or Account.root(w.channel)).key for w in ready}:
+            await self.limiter.refresh(key)
         # At most send_concurrency sends in flight: that many senders share one queue of
         # messages (no task, no semaphore per message).
         queue = iter(ready)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from channels.base import Message
+from channels.pool import Account
 from dispatcher.tables.deliveries import DeliveryStatus, Outcome
 
 # Who made a claim or an attempt, as the leases and the audit name it.
@@ -43,6 +44,8 @@ class Work:
     reclaimed: bool
     message: Message | None = None
     locale: str | None = None
+    # The channel account it goes through (None: the environment's), set once per batch.
+    account: Account | None = None
     # The result, filled in as the batch goes.
     status: DeliveryStatus = DeliveryStatus.failed
     tries: list[AttemptRecord] = field(default_factory=list)

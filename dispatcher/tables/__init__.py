@@ -6,6 +6,7 @@ from dispatcher.tables.audiences import AudienceVersion, SavedAudience
 from dispatcher.tables.audit import AuditEntry, AuditHead, AuditSeal
 from dispatcher.tables.auth import ApiKey, PersonRole, Principal
 from dispatcher.tables.campaigns import Campaign, Run
+from dispatcher.tables.channel_accounts import AccountDeadAddress, ChannelAccount
 from dispatcher.tables.channel_state import ChannelState
 from dispatcher.tables.consent import OptOut
 from dispatcher.tables.content import Template, TemplateVersion, Variant
@@ -15,6 +16,7 @@ from dispatcher.tables.recipients import Address, Recipient
 from dispatcher.tables.units import Unit
 
 __all__ = [
+    "AccountDeadAddress",
     "Address",
     "ApiKey",
     "Attempt",
@@ -25,6 +27,7 @@ __all__ = [
     "Base",
     "Batch",
     "Campaign",
+    "ChannelAccount",
     "ChannelState",
     "Delivery",
     "Device",

@@ -24,6 +24,7 @@ from dispatcher.core.db import get_database
 from dispatcher.engine import backends
 from dispatcher.kit.errors import Invalid, ServiceError
 from dispatcher.kit.json_depth import JsonDepthGuard
+from dispatcher.web.api.accounts import router as accounts_router
 from dispatcher.web.api.audiences import router as audiences_router
 from dispatcher.web.api.auth import router as keys_router
 from dispatcher.web.api.campaigns import messages as messages_router
@@ -181,6 +182,7 @@ def create_app(settings: Settings | None = None, *, configure_jobs: bool = True)
         keys_router,
         units_router,
         people_router,
+        accounts_router,
         dashboard_router,
         metrics_router,
     ):
