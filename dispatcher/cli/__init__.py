@@ -1,5 +1,5 @@
 """The ``dispatcher`` command: serve, worker, scheduler, migrate, dev, config, import, keys,
-people, units, audit, channels."""
+people, units, audit, channels, archive, search."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from dispatcher.cli.common import app
 # Importing a command group's module adds its commands to the app, in this order in --help.
 # isort: off
 from dispatcher.cli import setup, processes, keys, people, units, audit, imports, channels
+from dispatcher.cli import archive
 # isort: on
 
 
@@ -22,6 +23,7 @@ def main() -> None:
 
 __all__ = [
     "app",
+    "archive",
     "audit",
     "channels",
     "imports",
