@@ -50,7 +50,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from dispatcher import audit
-from dispatcher.audit.coverage import ARCHIVED, runs
+from dispatcher.audit.coverage import ARCHIVED
 from dispatcher.core.db import Database, UTCDateTime
 from dispatcher.kit.clock import utcnow
 from dispatcher.kit.errors import Conflict, Invalid
@@ -72,7 +72,7 @@ batches_t: Table = Batch.__table__  # type: ignore[assignment]
 recipients_t: Table = Recipient.__table__  # type: ignore[assignment]
 
 # Rows per Parquet row group, and per fetch from the server-side cursor.
-CHUNK = 50_000
+CHUNK = 20_000
 MANIFEST = "manifest.json"
 SUMS = "SHA256SUMS"
 FILES = ("deliveries.parquet", "attempts.parquet")
@@ -235,7 +235,7 @@ def months_before(connection: Connection, before: int) -> list[int]:
 def _stream(db: Database, query: Select[Any]) -> Iterator[Sequence[Any]]:
     """The query's rows a chunk at a time, from a server-side cursor on PostgreSQL."""
     with db.engine.connect() as connection:
-        result = connection.execution_options(stream_results=True, yield_per=CHUNK).execute(query)
+        result = connection.execute(query.execution_options(stream_results=True, yield_per=CHUNK))
         yield from result.partitions(CHUNK)
 
 
@@ -355,12 +355,20 @@ def verify_files(directory: Path) -> dict[str, Any]:
 
 
 def _delivery_ids(connection: Connection, period: int) -> list[list[int]]:
-    ids = connection.execute(
+    """The month's delivery ids as [first, last] runs, read in id order a chunk at a time."""
+    out: list[list[int]] = []
+    result = connection.execute(
         select(deliveries_t.c.id)
         .where(*_deliveries_where(connection, period))
         .order_by(deliveries_t.c.id)
-    ).scalars()
-    return runs(int(i) for i in ids)
+        .execution_options(stream_results=True, yield_per=CHUNK)
+    )
+    for (delivery_id,) in result:
+        if out and out[-1][1] == delivery_id - 1:
+            out[-1][1] = delivery_id
+        else:
+            out.append([int(delivery_id), int(delivery_id)])
+    return out
 
 
 def _remove(connection: Connection, period: int) -> None:

@@ -291,13 +291,14 @@ def cancel_open(
             return written
         rows: list[dict[str, Any]] = []
         # Each row goes to its run's month (its partition on PostgreSQL).
-        periods = dict(
-            session.execute(
+        periods = {
+            run_id: period
+            for run_id, period in session.execute(
                 select(runs_t.c.id, runs_t.c.period).where(
                     runs_t.c.id.in_({batch.run_id for batch in batches})
                 )
-            ).tuples()
-        )
+            )
+        }
         for batch in batches:
             for member in members(batch):
                 rows.append(
