@@ -74,6 +74,8 @@ recipients_t: Table = Recipient.__table__  # type: ignore[assignment]
 # Rows per Parquet row group, and per fetch from the server-side cursor.
 CHUNK = 20_000
 MANIFEST = "manifest.json"
+# How long the removal waits for the locks it needs (PostgreSQL) before giving up.
+LOCK_TIMEOUT = "30s"
 SUMS = "SHA256SUMS"
 FILES = ("deliveries.parquet", "attempts.parquet")
 FORMAT = 1
@@ -418,6 +420,9 @@ def archive_month(
     with db.transaction() as session:
         connection = session.connection()
         if partitions.is_partitioned(connection):
+            # Detaching locks the parent tables until the commit, a moment later; it waits for
+            # the transactions reading them first, never long: rather fail and be run again.
+            connection.exec_driver_sql(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
             # Nothing writes the month meanwhile: its partitions are locked until the commit.
             for table in ("deliveries", "attempts"):
                 name = partitions.partition_name(table, period)
