@@ -261,3 +261,28 @@ def test_the_archive_and_search_commands(
     assert [(d["recipient"], d["status"], d["archived"]) for d in lines] == [
         ("0100000001", "sent", True)
     ]
+
+
+def test_a_launch_makes_its_runs_month_partitions(
+    db: Database, settings: Settings, job_queue: Any
+) -> None:
+    """A campaign's run for a month nobody prepared: its launch makes the partitions in its own
+    transaction, before the planner writes any row there."""
+    from dispatcher.campaigns import launching
+    from dispatcher.tables.campaigns import Campaign, Run
+    from tests.deliveries.rows import make_campaign
+
+    clock.freeze(datetime(2036, 7, 1, tzinfo=UTC))
+    campaign_id, _ = make_campaign(db)
+    at = datetime(2036, 7, 31, 17, 30, tzinfo=UTC)  # 1 August in Hà Nội
+    assert 203608 not in _partitions(db)
+    with db.transaction() as session:
+        campaign = session.get(Campaign, campaign_id)
+        assert campaign is not None
+        run = launching.launch(session=session, campaign=campaign, settings=settings, at=at)
+        assert run is not None
+        run_id = run.id
+    with db.reading() as session:
+        assert session.get(Run, run_id).period == 203608  # type: ignore[union-attr]
+    if not db.is_sqlite:
+        assert 203608 in _partitions(db)
