@@ -229,9 +229,10 @@ def test_a_fake_sent_attempt_is_caught(history: History, db: Database) -> None:
         db,
         "INSERT INTO attempts (delivery_id, number, started_at, duration_ms, outcome, "
         "error_class, provider_code, provider_reply, provider_message_id, locale, "
-        "possible_duplicate, worker) SELECT delivery_id, number + 1, started_at, duration_ms, "
-        "'sent', NULL, provider_code, provider_reply, 'forged', locale, possible_duplicate, "
-        "worker FROM attempts WHERE id = (SELECT MIN(id) FROM attempts)",
+        "possible_duplicate, worker, period) SELECT delivery_id, number + 1, started_at, "
+        "duration_ms, 'sent', NULL, provider_code, provider_reply, 'forged', locale, "
+        "possible_duplicate, worker, period FROM attempts "
+        "WHERE id = (SELECT MIN(id) FROM attempts)",
     )
     check(db, history, "attempts", "attempt rows but the audit covers 1")
 
@@ -268,7 +269,7 @@ def test_a_fake_delivery_is_caught(history: History, db: Database) -> None:
     columns = (
         "run_id, campaign_id, recipient_id, channel, status, batch_id, available_at, "
         "lease_until, attempts, failures, reclaimed, locale, provider_message_id, error_class, "
-        "error_reason, created_at, updated_at, sent_at"
+        "error_reason, created_at, updated_at, sent_at, period"
     )
     copied = columns.replace("channel", "'zalo'")
     sql(
@@ -280,8 +281,9 @@ def test_a_fake_delivery_is_caught(history: History, db: Database) -> None:
     sql(
         db,
         "INSERT INTO attempts (delivery_id, number, started_at, duration_ms, outcome, "
-        "possible_duplicate, worker) SELECT :id, 1, started_at, duration_ms, 'sent', "
-        "possible_duplicate, worker FROM attempts WHERE id = (SELECT MIN(id) FROM attempts)",
+        "possible_duplicate, worker, period) SELECT :id, 1, started_at, duration_ms, 'sent', "
+        "possible_duplicate, worker, period FROM attempts "
+        "WHERE id = (SELECT MIN(id) FROM attempts)",
         id=new_id,
     )
     check(db, history, "delivery", f"delivery {new_id} (sent) is in no audit entry")
@@ -524,7 +526,7 @@ def test_deliveries_from_before_the_upgrade_are_not_reported(
     older = int(scalar(db, "SELECT MAX(id) FROM deliveries")) + 1
     columns = (
         "run_id, campaign_id, recipient_id, status, available_at, attempts, failures, "
-        "reclaimed, created_at, updated_at"
+        "reclaimed, created_at, updated_at, period"
     )
     copy = f"INSERT INTO deliveries (id, channel, {columns}) SELECT :id, :channel, {columns} "
     copy += "FROM deliveries WHERE id = (SELECT MIN(id) FROM deliveries)"

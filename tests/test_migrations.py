@@ -22,7 +22,10 @@ def _differences(url: str) -> list[Any]:
     engine = create_db_engine(url)
     try:
         with engine.connect() as connection:
-            return list(compare_metadata(MigrationContext.configure(connection), Base.metadata))
+            context = MigrationContext.configure(
+                connection, opts=migrate.compare_options(connection.dialect.name)
+            )
+            return list(compare_metadata(context, Base.metadata))
     finally:
         engine.dispose()
 

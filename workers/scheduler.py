@@ -25,9 +25,12 @@ from dispatcher.core.db import Database
 from dispatcher.engine import jobs
 from dispatcher.engine.backends import Backends
 from dispatcher.engine.leases import LeaseWatch
+from dispatcher.tables import partitions
 from workers.sweeper import sweep
 
 log = structlog.get_logger(__name__)
+# How often the leader makes sure the coming months' partitions exist (and once on taking over).
+PARTITIONS_EVERY_SECONDS = 3600.0
 
 
 def leader_key(namespace: str) -> str:
@@ -82,6 +85,16 @@ def seal_audit(db: Database, settings: Settings) -> None:
         )
 
 
+def ensure_partitions(db: Database, settings: Settings) -> list[str]:
+    """PostgreSQL: the delivery and attempt partitions of this month and the next
+    ``partition_months_ahead`` ones (nothing on SQLite); returns those it made."""
+    with db.transaction() as session:
+        made = partitions.ensure_ahead(session.connection(), settings.partition_months_ahead)
+    if made:
+        log.info("partitions_made", partitions=made)
+    return made
+
+
 def run_scheduler(
     *,
     db: Database,
@@ -98,6 +111,7 @@ def run_scheduler(
     watch = LeaseWatch.from_settings(settings)
     was_leading = False
     next_seal = time.monotonic() + settings.audit_seal_interval_seconds
+    next_partitions = time.monotonic()
     try:
         while not stop.is_set():
             leading = leadership.hold()
@@ -106,6 +120,7 @@ def run_scheduler(
                 was_leading = leading
                 # Whatever was seen before is stale: a new leader watches from now on.
                 watch.forget()
+                next_partitions = time.monotonic()
             if leading:
                 try:
                     report = asdict(
@@ -120,6 +135,12 @@ def run_scheduler(
                     log.exception("sweep_failed")
                 except Exception:
                     log.exception("sweep_failed")
+                if time.monotonic() >= next_partitions:
+                    next_partitions = time.monotonic() + PARTITIONS_EVERY_SECONDS
+                    try:
+                        ensure_partitions(db, settings)
+                    except Exception:
+                        log.exception("partitions_failed")
                 if time.monotonic() >= next_seal:
                     next_seal = time.monotonic() + settings.audit_seal_interval_seconds
                     try:

@@ -46,6 +46,9 @@ PLANNED = "deliveries.plan"
 CANCELLED = "deliveries.cancel"
 # Coverage starts here for a database upgraded from a version that did not audit deliveries.
 COVERAGE_START = "audit.coverage"
+# A month's deliveries and attempts moved out of the database into archive files (dispatcher
+# archive): the entry names its runs and delivery ids, and the files' checksums.
+ARCHIVED = "archive.month"
 # Deliveries named by one entry at most (a cancellation of a million rows is many entries).
 DELIVERIES_PER_ENTRY = 5000
 

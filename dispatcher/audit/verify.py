@@ -8,6 +8,7 @@ table of the verifying connection, not in memory.
 
 from __future__ import annotations
 
+import bisect
 import hmac
 import json
 from collections.abc import Callable, Iterator
@@ -120,6 +121,30 @@ def verify(
 T = TypeVar("T")
 
 
+class _Archived:
+    """The runs and delivery ids archive entries took away."""
+
+    def __init__(self) -> None:
+        self.runs: set[str] = set()
+        self._ranges: list[tuple[int, int]] = []
+        self._starts: list[int] = []
+
+    def add(self, runs: list[int], ids: list[list[int]]) -> None:
+        self.runs.update(f"run:{int(run)}" for run in runs)
+        self._ranges.extend((int(first), int(last)) for first, last in ids)
+
+    def close(self) -> None:
+        self._ranges.sort()
+        self._starts = [first for first, _ in self._ranges]
+
+    def has_run(self, subject: str | None) -> bool:
+        return subject in self.runs
+
+    def has_id(self, delivery_id: int) -> bool:
+        at = bisect.bisect_right(self._starts, delivery_id) - 1
+        return at >= 0 and self._ranges[at][1] >= delivery_id
+
+
 class _Cursor(Generic[T]):
     """Items of a stream sorted by seq, handed out as the walk passes their seq."""
 
@@ -163,6 +188,22 @@ class _Walk:
         self.temporary = False
         # Witness lines that are damaged or out of order, reported as the walk meets them.
         self.witness_notes: list[Problem] = []
+        self.archived = _Archived()
+
+    def _load_archived(self) -> None:
+        """What ``archive.month`` entries took out of the database (``dispatcher archive``):
+        their runs' attempts and their deliveries are in the archive files whose checksums the
+        entries hold, and no longer compared with rows. Read before the walk, as the entries
+        that name those rows come before the archive's."""
+        for (data,) in self.connection.execute(
+            select(entries_t.c.data).where(entries_t.c.action == coverage.ARCHIVED)
+        ):
+            try:
+                parsed = json.loads(data)
+                self.archived.add(parsed.get("runs") or [], parsed.get("ids") or [])
+            except (ValueError, TypeError, AttributeError):
+                continue  # an altered entry, reported as such by the walk
+        self.archived.close()
 
     # -- streams ------------------------------------------------------------------------------
 
@@ -224,6 +265,7 @@ class _Walk:
     def problems(self) -> Iterator[Problem]:
         if self.check_attempts:
             self._open_temporary()
+            self._load_archived()
         seals = _Cursor(self._seals(), lambda s: int(s.seq))
         witnessed = _Cursor(self._witnessed(), lambda w: w.seq)
         expected_seq, prev_hash = 1, GENESIS
@@ -419,12 +461,16 @@ class _Walk:
             return  # an altered entry, reported as such
         if row.action == coverage.ATTEMPTS:
             self.report.attempt_entries += 1
+            if self.archived.has_run(row.subject):
+                return  # its attempts and deliveries are in an archive
             yield from self._attempts(row.seq, data)
         named = data.get("deliveries")
         if named:
             for delivery_id, state in zip(
                 coverage.expand(named["ids"]), named["states"], strict=False
             ):
+                if self.archived.has_id(delivery_id):
+                    continue
                 slot = self.pending.setdefault(delivery_id, [None, None, 0])
                 slot[0], slot[1] = row.seq, state
         if len(self.pending) >= FLUSH_EVERY:
@@ -482,7 +528,12 @@ class _Walk:
         """Every delivery against the last entry that stated it; then the ones stated but gone."""
         self._flush()
         d, t, a = deliveries_t.c, latest_t.c, attempts_t.c
-        stored = select(func.count()).where(a.delivery_id == d.id).scalar_subquery()
+        # On the period too: PostgreSQL then looks in the delivery's own month only.
+        stored = (
+            select(func.count())
+            .where(a.delivery_id == d.id, a.period == d.period)
+            .scalar_subquery()
+        )
         after = 0
         while True:
             page = self.connection.execute(

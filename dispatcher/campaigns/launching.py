@@ -13,7 +13,9 @@ from dispatcher.engine import jobs
 from dispatcher.engine.jobs import enqueue_after_commit
 from dispatcher.kit.clock import utcnow
 from dispatcher.scheduling import rules
+from dispatcher.tables import partitions
 from dispatcher.tables.campaigns import Campaign, CampaignStatus, Run, RunStatus
+from dispatcher.tables.partitions import period_of
 
 
 def first_firing(campaign: Campaign, now: datetime) -> datetime | None:
@@ -54,6 +56,8 @@ def launch(
             session.flush()
     except IntegrityError:
         return None
+    # Its deliveries' partitions (PostgreSQL), in this transaction: never missing when written.
+    partitions.ensure_month(session.connection(), period_of(at))
     if campaign.schedule is None:
         # A recurring campaign stays scheduled between its runs.
         campaign.status = CampaignStatus.running

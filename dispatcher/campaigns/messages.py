@@ -24,9 +24,11 @@ from dispatcher.engine import jobs
 from dispatcher.engine.jobs import enqueue_after_commit, new_batch_id
 from dispatcher.kit.clock import utcnow
 from dispatcher.kit.errors import Conflict, Invalid, NotFound
+from dispatcher.tables import partitions
 from dispatcher.tables.campaigns import STREAM_PREFIX, Campaign, CampaignStatus, Run, RunStatus
 from dispatcher.tables.content import Template
 from dispatcher.tables.deliveries import Delivery, DeliveryStatus
+from dispatcher.tables.partitions import period_of
 from dispatcher.tables.recipients import Recipient
 from dispatcher.tables.units import root_unit_id
 from dispatcher.units import scope as scopes
@@ -236,6 +238,8 @@ def send_message(
             existing, fingerprint=fingerprint, key=idempotency_key, settings=settings
         ), False
     batch_id = new_batch_id()
+    period = period_of(now)
+    partitions.ensure_month(session.connection(), period)
     deliveries = [
         Delivery(
             run_id=run.id,
@@ -247,6 +251,7 @@ def send_message(
             available_at=now,
             created_at=now,
             updated_at=now,
+            period=period,
         )
         for channel in usable
     ]

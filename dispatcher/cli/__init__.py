@@ -1,5 +1,5 @@
 """The ``dispatcher`` command: serve, worker, scheduler, migrate, dev, config, import, keys,
-people, units, accounts, audit, channels."""
+people, units, accounts, audit, channels, archive, search."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from dispatcher.cli.common import app
 # Importing a command group's module adds its commands to the app, in this order in --help.
 # isort: off
 from dispatcher.cli import setup, processes, keys, people, units, accounts, audit, imports
-from dispatcher.cli import channels
+from dispatcher.cli import channels, archive
 # isort: on
 
 
@@ -24,6 +24,7 @@ def main() -> None:
 __all__ = [
     "accounts",
     "app",
+    "archive",
     "audit",
     "channels",
     "imports",

@@ -202,6 +202,22 @@ class Settings(BaseSettings):
         "counters for the API's /metrics; all processes of a deployment must share it.",
     )
 
+    archive_dir: str = Field(
+        default="dispatcher-archive",
+        min_length=1,
+        description="Where `dispatcher archive` writes each archived month's deliveries and "
+        "attempts (YYYY-MM/deliveries.parquet, attempts.parquet, manifest.json, SHA256SUMS), "
+        "and where `dispatcher search --archives` and the delivery search's "
+        "include_archived=true read them. Keep it on storage that is backed up.",
+    )
+    partition_months_ahead: int = Field(
+        default=2,
+        ge=0,
+        le=24,
+        description="PostgreSQL: the months after the current one whose delivery and attempt "
+        "partitions the scheduler makes ahead of need.",
+    )
+
     @field_validator("database_url")
     @classmethod
     def _database_url(cls, value: str) -> str:

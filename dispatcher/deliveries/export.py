@@ -90,8 +90,13 @@ def read_page(
 
 
 def _read_rows(session: Session, *, campaign_id: int, after_id: int, size: int) -> Sequence[Any]:
+    # On the period too: PostgreSQL then looks in the delivery's own month's attempts only.
     duplicate = exists().where(
-        and_(Attempt.delivery_id == Delivery.id, Attempt.possible_duplicate.is_(True))
+        and_(
+            Attempt.delivery_id == Delivery.id,
+            Attempt.period == Delivery.period,
+            Attempt.possible_duplicate.is_(True),
+        )
     )
     return session.execute(
         select(

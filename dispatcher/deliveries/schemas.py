@@ -42,6 +42,11 @@ class DeliveryOut(BaseModel):
     sent_at: datetime | None
     next_attempt_at: datetime | None = None
     attempts: list[AttemptOut]
+    archived: bool = Field(
+        default=False,
+        description="Read from an archived month's files (include_archived=true), not the "
+        "database.",
+    )
 
 
 class DeliveryPage(BaseModel):

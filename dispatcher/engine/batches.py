@@ -32,6 +32,7 @@ from sqlalchemy import ColumnElement, Connection, Table, func, select, update
 from sqlalchemy.orm import Session
 
 from dispatcher import audit
+from dispatcher.tables.campaigns import Run
 from dispatcher.tables.deliveries import (
     Batch,
     BatchStatus,
@@ -42,6 +43,7 @@ from dispatcher.tables.deliveries import (
 
 batches_t: Table = Batch.__table__  # type: ignore[assignment]
 deliveries_t: Table = Delivery.__table__  # type: ignore[assignment]
+runs_t: Table = Run.__table__  # type: ignore[assignment]
 
 # How an open batch's deliveries stand, as the rows would say.
 MEMBER_STATUS = {
@@ -288,6 +290,15 @@ def cancel_open(
         if not batches:
             return written
         rows: list[dict[str, Any]] = []
+        # Each row goes to its run's month (its partition on PostgreSQL).
+        periods = {
+            run_id: period
+            for run_id, period in session.execute(
+                select(runs_t.c.id, runs_t.c.period).where(
+                    runs_t.c.id.in_({batch.run_id for batch in batches})
+                )
+            )
+        }
         for batch in batches:
             for member in members(batch):
                 rows.append(
@@ -310,6 +321,7 @@ def cancel_open(
                         "provider_message_id": None,
                         "error_class": None,
                         "sent_at": None,
+                        "period": periods[batch.run_id],
                     }
                 )
         connection.execute(

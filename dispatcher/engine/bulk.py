@@ -76,6 +76,7 @@ DELIVERY_INSERT_COLUMNS = (
     "created_at",
     "updated_at",
     "sent_at",
+    "period",
 )
 # One attempt, in the order of these columns.
 ATTEMPT_COLUMNS = (
@@ -91,6 +92,7 @@ ATTEMPT_COLUMNS = (
     ("locale", "varchar"),
     ("possible_duplicate", "boolean"),
     ("worker", "varchar"),
+    ("period", "integer"),
 )
 # Turns between two checkpoints of the WAL, in each process (see WriteTurns).
 CHECKPOINT_EVERY = 16

@@ -71,6 +71,7 @@ COLUMNS = (
     "attempts",
     "failures",
     "reclaimed",
+    "period",
 )
 
 
@@ -144,6 +145,7 @@ class Rows:
                 literal(0, Integer()),
                 literal(0, Integer()),
                 literal(False, Boolean()),
+                literal(self.run.period, Integer()),
             )
             .join(Address, Address.recipient_id == Recipient.id)
             .where(Address.channel.in_(self.channels), *where)

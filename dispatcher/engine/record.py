@@ -254,6 +254,7 @@ class Recorder:
                     created,
                     out.stamp_now,
                     sent_at,
+                    run.period,
                 )
             )
 
@@ -283,7 +284,7 @@ class Recorder:
                     out.retry_groups[max(1, math.ceil(delay))].append(item.delivery_id)
             out.report.count(item.status)
             self._state(out, item, campaign, run, now, available_at, stamp_now)
-            self._attempts(out, item, bulk)
+            self._attempts(out, item, bulk, run.period)
             if item.address_dead:
                 out.dead.append(
                     {
@@ -340,7 +341,7 @@ class Recorder:
         )
 
     @staticmethod
-    def _attempts(out: Outcomes, item: Work, bulk: BulkWrites) -> None:
+    def _attempts(out: Outcomes, item: Work, bulk: BulkWrites, period: int) -> None:
         for index, t in enumerate(item.tries):
             # The first try of a row taken back from a dead worker may repeat its send.
             duplicate = item.reclaimed and index == 0
@@ -359,6 +360,7 @@ class Recorder:
                     item.locale,
                     duplicate,
                     WORKER_NAME,
+                    period,
                 )
             )
             out.audited.append(

@@ -8,6 +8,7 @@ from alembic import context
 from sqlalchemy import event
 
 from dispatcher.core.db import create_db_engine
+from dispatcher.core.migrate import compare_options
 from dispatcher.tables import Base
 
 config = context.config
@@ -37,6 +38,7 @@ def run_migrations() -> None:
             connection=connection,
             target_metadata=target_metadata,
             render_as_batch=connection.dialect.name == "sqlite",
+            **compare_options(connection.dialect.name),
         )
         with context.begin_transaction():
             context.run_migrations()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -11,7 +11,14 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from dispatcher.core.db import Base, BigId, JSONType, NullableJSON, UTCDateTime
 from dispatcher.kit.clock import utcnow
+from dispatcher.tables.partitions import period_of
 from dispatcher.tables.units import default_unit
+
+
+def _scheduled_period(context: Any) -> int:
+    """A run's month: the one it stands for, in Vietnam time."""
+    at = context.get_current_parameters()["scheduled_for"]
+    return period_of(at if at.tzinfo is not None else at.replace(tzinfo=UTC))
 
 
 class CampaignStatus(StrEnum):
@@ -165,6 +172,10 @@ class Run(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # The month of ``scheduled_for`` in Vietnam time, YYYYMM: the partition its deliveries and
+    # their attempts are written to on PostgreSQL (dispatcher.tables.partitions), and the month
+    # ``dispatcher archive`` takes them away with.
+    period: Mapped[int] = mapped_column(default=_scheduled_period)
 
     campaign: Mapped[Campaign] = relationship(back_populates="runs")
 

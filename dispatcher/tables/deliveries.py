@@ -34,6 +34,26 @@ from channels.base import ErrorClass as ErrorClass
 from dispatcher.core.db import Base, BigId, UTCDateTime
 
 
+def _run_period(context: Any) -> int:
+    """A delivery written without its period takes its run's (the bulk writers give it)."""
+    run_id = context.get_current_parameters()["run_id"]
+    return int(
+        context.connection.execute(
+            text("SELECT period FROM runs WHERE id = :id"), {"id": run_id}
+        ).scalar_one()
+    )
+
+
+def _delivery_period(context: Any) -> int:
+    """An attempt written without its period takes its delivery's."""
+    delivery_id = context.get_current_parameters()["delivery_id"]
+    return int(
+        context.connection.execute(
+            text("SELECT period FROM deliveries WHERE id = :id"), {"id": delivery_id}
+        ).scalar_one()
+    )
+
+
 class DeliveryStatus(StrEnum):
     pending = "pending"  # waiting for a worker (queued, or due to be)
     claimed = "claimed"  # a worker holds it under a lease (see Lease)
@@ -118,6 +138,10 @@ class Delivery(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # The month of its run in Vietnam time, YYYYMM (``runs.period``): on PostgreSQL the table is
+    # partitioned by it, and its primary key, its unique constraint and the attempts' foreign
+    # key include it (dispatcher.tables.partitions).
+    period: Mapped[int] = mapped_column(Integer, default=_run_period)
 
     __table_args__ = (
         # The planner's ON CONFLICT DO NOTHING (a page or a fallback hop planned twice) and
@@ -181,6 +205,8 @@ class Attempt(Base):
     # The delivery had been claimed by a worker that vanished: this may repeat a send.
     possible_duplicate: Mapped[bool] = mapped_column(default=False)
     worker: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    # Its delivery's period (the partition key on PostgreSQL).
+    period: Mapped[int] = mapped_column(Integer, default=_delivery_period)
 
     # A delivery's attempts (search, CSV export's possible_duplicate, audit verification's
     # count per delivery); also ON DELETE CASCADE from deliveries.

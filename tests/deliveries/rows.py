@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import insert, select
 
 from dispatcher.core.db import Database
+from dispatcher.tables import partitions
 from dispatcher.tables.campaigns import Campaign, Run
 from dispatcher.tables.content import Template
 from dispatcher.tables.deliveries import Attempt, Delivery
@@ -59,6 +60,11 @@ def make_campaign(db: Database, *, name: str = "Thông báo", runs: int = 1) -> 
             ).scalar_one()
             for index in range(runs)
         ]
+        # The runs' months' partitions (PostgreSQL), as a launch makes them.
+        for index in range(runs):
+            partitions.ensure_month(
+                session.connection(), partitions.period_of(BASE + timedelta(days=index))
+            )
     return campaign_id, run_ids
 
 

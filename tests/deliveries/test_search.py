@@ -341,5 +341,8 @@ def test_searches_use_an_index(
     db: Database, scene: Scene, filters: dict[str, Any], index: str
 ) -> None:
     plan = _plan(db, **filters)
-    assert index in plan, plan
+    # On PostgreSQL the month's partition answers, with its own part of the index
+    # (deliveries_p202603_campaign_id_id_idx for ix_deliveries_campaign_id_id).
+    partition_part = "_" + index.removeprefix("ix_deliveries_") + "_idx"
+    assert index in plan or (index.startswith("ix_deliveries_") and partition_part in plan), plan
     assert "TEMP B-TREE FOR ORDER BY" not in plan or "address" in filters, plan

@@ -20,7 +20,7 @@ from sqlalchemy.dialects import postgresql
 import dispatcher.core.db
 
 revision: str = "0019"
-down_revision: str | None = "0017"
+down_revision: str | None = "0018"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

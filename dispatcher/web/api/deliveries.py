@@ -1,13 +1,15 @@
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 
 from dispatcher.auth.service import Role
+from dispatcher.core.config import get_settings
 from dispatcher.core.db import get_database
-from dispatcher.deliveries import export, report, service
+from dispatcher.deliveries import archived, export, report, service
 from dispatcher.deliveries.schemas import CampaignReport, DeliveryPage
 from dispatcher.kit.fields import Instant, one_of
 from dispatcher.recipients.schemas import known_channels
@@ -74,8 +76,25 @@ def list_deliveries(
     filters: Annotated[service.Filters, Depends(search_filters)],
     cursor: Cursor = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    include_archived: Annotated[
+        bool,
+        Query(
+            description="Also search the archived months' files (DISPATCHER_ARCHIVE_DIR; "
+            "slower, and not by address); their deliveries are marked archived."
+        ),
+    ] = False,
 ) -> DeliveryPage:
-    return service.search(session=session, filters=filters, cursor=cursor, limit=limit)
+    page = service.search(session=session, filters=filters, cursor=cursor, limit=limit)
+    if include_archived:
+        page = archived.include(
+            session,
+            page,
+            root=Path(get_settings().archive_dir),
+            filters=filters,
+            cursor=cursor,
+            limit=limit,
+        )
+    return page
 
 
 @reports.get(
