@@ -429,6 +429,8 @@ class _Renderer:
         chosen: dict[tuple[str, str], Any] = {}
         views: dict[tuple[int, str], Any] = {}
         sent: list[tuple[int, str, str]] = []
+        # A batch's links are signed as the engine's render signs them: dated once.
+        link = consent.link_tokens(self.signing_key, kind=self.kind.value)
         for row in rows:
             delivery_id, recipient_id, channel = row[0], row[1], row[2]
             fields = list(row[3:10])
@@ -448,13 +450,7 @@ class _Renderer:
                 view = views[(recipient_id, locale)] = content.recipient_view(person, locale)
             unsubscribe = None
             if not self.transactional:
-                token = consent.token_for(
-                    self.signing_key,
-                    recipient_id=recipient_id,
-                    channel=channel,
-                    kind=self.kind.value,
-                )
-                unsubscribe = self.unsubscribe_base + token
+                unsubscribe = self.unsubscribe_base + link(recipient_id, channel)
             context = content.build_context(
                 view,
                 defaults=self.template.defaults,

@@ -541,3 +541,30 @@ def test_deliveries_from_before_the_upgrade_are_not_reported(
     sql(db, copy, id=older + 1, channel="telegram")
     found = verify(db, witnessed).first
     assert found is not None and f"delivery {older + 1} (pending)" in found.message
+
+
+def test_a_batchs_entry_from_values_digests_as_the_rows_do() -> None:
+    """The record drafts its entry from values in field order; the digests are those the
+    verification computes from the stored rows (mappings)."""
+    at = datetime(2026, 2, 3, 4, 5, 6, 789, tzinfo=UTC)
+    tries = [
+        (11, 1, at, 12, "sent", None, "250", "ok", "m-11", "vi", False, "host:1"),
+        (10, 2, at, 40, "transient", "transient", None, "blip", None, "en", True, "host:1"),
+    ]
+    states = [
+        (11, 3, 4, 501, "email", "sent", 1, 0, "vi", "m-11", None, None, at),
+        (10, 3, 4, 500, "email", "retrying", 2, 1, "en", None, "transient", "blip", None),
+    ]
+    entry = audit.batch_draft_of(attempts=tries, deliveries=states, worker="host:1", run_id=3)
+    assert entry is not None
+    data = json.loads(entry.body)
+    attempt_rows = [dict(zip(coverage.ATTEMPT_FIELDS, t, strict=True)) for t in tries]
+    state_rows = [dict(zip(coverage.DELIVERY_FIELDS, v, strict=True)) for v in states]
+    assert data["digest"] == audit.attempt_digest(attempt_rows)
+    assert data["deliveries"]["ids"] == [[10, 11]]
+    assert data["deliveries"]["states"] == [audit.delivery_state(r) for r in state_rows[::-1]]
+    assert data["tries"] == [[11, 11, 1], [10, 10, 2]]
+    same = audit.batch_draft(
+        attempts=attempt_rows, deliveries=state_rows, worker="host:1", run_id=3
+    )
+    assert same is not None and same.body == entry.body

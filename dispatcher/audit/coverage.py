@@ -138,6 +138,26 @@ def _attempt_line(row: Mapping[Any, Any]) -> str:
     )
 
 
+def _attempt_values_line(v: Sequence[Any]) -> str:
+    # The same line as _attempt_line, from the values in the order of ATTEMPT_FIELDS.
+    return _dumps(
+        [
+            v[0],
+            v[1],
+            _stamp(v[2]),
+            v[3],
+            _text(v[4]),
+            _text(v[5]),
+            _text(v[6]),
+            v[7],
+            v[8],
+            v[9],
+            int(v[10]),
+            v[11],
+        ]
+    )
+
+
 def attempt_digest(rows: Iterable[Mapping[Any, Any]]) -> str:
     """The digest of a set of attempt rows, whatever their order."""
     lines = sorted(_attempt_line(r) for r in rows)
@@ -162,21 +182,26 @@ def legacy_attempt_digest(rows: Iterable[Mapping[Any, Any]]) -> str:
 
 def delivery_state(row: Mapping[Any, Any]) -> str:
     """The digest of one delivery's audited state: every one of DELIVERY_FIELDS, in order."""
-    status = row["status"]
+    return delivery_state_of([row[name] for name in DELIVERY_FIELDS])
+
+
+def delivery_state_of(v: Sequence[Any]) -> str:
+    """:func:`delivery_state` of the values of DELIVERY_FIELDS, in that order."""
+    status = v[5]
     values = [
-        row["id"],
-        row["run_id"],
-        row["campaign_id"],
-        row["recipient_id"],
-        row["channel"],
+        v[0],
+        v[1],
+        v[2],
+        v[3],
+        v[4],
         OPEN if status in _OPEN else str(status),
-        row["attempts"],
-        row["failures"],
-        row["locale"],
-        row["provider_message_id"],
-        _text(row["error_class"]),
-        row["error_reason"],
-        _stamp(row["sent_at"]),
+        v[6],
+        v[7],
+        v[8],
+        v[9],
+        _text(v[10]),
+        v[11],
+        _stamp(v[12]),
     ]
     raw = hashlib.sha256(_dumps(values).encode()).digest()
     return base64.urlsafe_b64encode(raw[:STATE_BYTES]).decode()
@@ -228,8 +253,28 @@ def batch_draft(
     """A worker's batch: its attempt rows (which, and their digest) and the new state of each
     delivery it records. Made before the batch's write transaction, so it costs no time under
     the lock."""
+    return batch_draft_of(
+        attempts=[tuple(r[name] for name in ATTEMPT_FIELDS) for r in attempts],
+        deliveries=[tuple(r[name] for name in DELIVERY_FIELDS) for r in deliveries],
+        worker=worker,
+        run_id=run_id,
+    )
+
+
+def batch_draft_of(
+    *,
+    attempts: Sequence[Sequence[Any]],
+    deliveries: Sequence[Sequence[Any]],
+    worker: str,
+    run_id: int,
+) -> Draft | None:
+    """:func:`batch_draft` of values rather than mappings (what the pipeline's record makes
+    for every delivery): each attempt's in the order of ATTEMPT_FIELDS, each delivery's in
+    the order of DELIVERY_FIELDS. The same entry, made without a dictionary per row."""
     if not attempts and not deliveries:
         return None
+    lines = sorted(map(_attempt_values_line, attempts))
+    ordered = sorted(deliveries, key=_first)
     return draft(
         actor=f"worker {worker}",
         action=ATTEMPTS,
@@ -238,11 +283,18 @@ def batch_draft(
             "v": VERSION,
             "worker": worker,
             "count": len(attempts),
-            "tries": _try_runs((r["delivery_id"], r["number"]) for r in attempts),
-            "digest": attempt_digest(attempts),
-            "deliveries": _named(deliveries),
+            "tries": _try_runs((v[0], v[1]) for v in attempts),
+            "digest": hashlib.sha256("\n".join(lines).encode()).hexdigest(),
+            "deliveries": {
+                "ids": runs(int(v[0]) for v in ordered),
+                "states": [delivery_state_of(v) for v in ordered],
+            },
         },
     )
+
+
+def _first(values: Sequence[Any]) -> int:
+    return int(values[0])
 
 
 def deliveries_drafts(

@@ -14,15 +14,17 @@ and are never blocked.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import lru_cache
 from typing import Any
 
 from itsdangerous import BadData, BadSignature, TimestampSigner
-from itsdangerous.encoding import base64_decode, base64_encode
+from itsdangerous.encoding import base64_decode, base64_encode, int_to_bytes
 from sqlalchemy import ColumnElement, exists, select
 from sqlalchemy.orm import Session
 
@@ -120,6 +122,32 @@ def token_for(key: bytes, *, recipient_id: int, channel: str, kind: str) -> str:
     """``payload.timestamp.signature``, URL-safe, dated now."""
     payload = f"{recipient_id}.{channel}.{unsubscribe_scope(kind)}"
     return _signer(key).sign(base64_encode(payload.encode())).decode()
+
+
+@lru_cache(maxsize=4)
+def _mac(key: bytes) -> Any:
+    # The signer's HMAC, keyed once: a copy of it signs each link.
+    derived = hmac.new(key, _SALT, hashlib.sha256).digest()
+    return hmac.new(derived, digestmod=hashlib.sha256)
+
+
+def link_tokens(key: bytes, *, kind: str) -> Callable[[int, str], str]:
+    """``token_for`` for many recipients at once (a batch): every link dated now, the same
+    text :func:`token_for` makes at the same second, with the scope, the date and the keyed
+    HMAC worked out once rather than once per link."""
+    suffix = f".{unsubscribe_scope(kind)}"
+    # As _LinkSigner dates a link: whole seconds of the service's clock.
+    dated = b"." + base64_encode(int_to_bytes(int(utcnow().timestamp())))
+    keyed = _mac(key)
+    encode = base64.urlsafe_b64encode
+
+    def token(recipient_id: int, channel: str) -> str:
+        signed = encode(f"{recipient_id}.{channel}{suffix}".encode()).rstrip(b"=") + dated
+        mac = keyed.copy()
+        mac.update(signed)
+        return (signed + b"." + encode(mac.digest()).rstrip(b"=")).decode()
+
+    return token
 
 
 def read_token(

@@ -24,8 +24,9 @@ import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime, timedelta, timezone
 from functools import lru_cache
+from itertools import chain
 from typing import Any
 
 from sqlalchemy import Connection, Table
@@ -144,6 +145,12 @@ def _sqlite_deliveries(rows: int) -> str:
     return f"INSERT INTO deliveries ({_DELIVERY_NAMES}) VALUES {', '.join([one] * rows)}"
 
 
+def _sqlite_stamp(value: datetime) -> str:
+    if value.tzinfo is None:
+        raise ValueError("naive datetime given where an aware one is required")
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
 def _copy(connection: Connection, table: str, names: str, rows: Sequence[tuple[Any, ...]]) -> None:
     """``COPY`` rows into a table, in the connection's transaction (psycopg 3)."""
     raw: Any = connection.connection.driver_connection
@@ -178,6 +185,12 @@ class BulkWrites:
         stamp_type = deliveries_t.c.updated_at.type
         process = stamp_type.dialect_impl(dialect).bind_processor(dialect)
         self._stamp: Callable[[Any], Any] = process or (lambda value: value)
+        # SQLite stores a timestamp as its UTC ISO text: made at once rather than through two
+        # processors (one stamp per attempt), when that is exactly what they make.
+        if dialect.name == "sqlite" and process is not None:
+            sample = datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=timezone(timedelta(hours=7)))
+            if process(sample) == _sqlite_stamp(sample):
+                self._stamp = _sqlite_stamp
 
     def stamp(self, value: datetime | None) -> Any:
         """A timestamp in the driver's form, as SQLAlchemy would have bound it."""
@@ -220,7 +233,7 @@ class BulkWrites:
             _copy(connection, "deliveries", _DELIVERY_NAMES, rows)
             return
         for chunk in _chunks(rows, SQLITE_MAX_VALUES // len(DELIVERY_INSERT_COLUMNS)):
-            flat = tuple(value for row in chunk for value in row)
+            flat = tuple(chain.from_iterable(chunk))
             connection.exec_driver_sql(_sqlite_deliveries(len(chunk)), flat)
 
     def insert_attempts(self, connection: Connection, rows: Sequence[tuple[Any, ...]]) -> None:
@@ -230,7 +243,7 @@ class BulkWrites:
             _copy(connection, "attempts", _ATTEMPT_NAMES, rows)
             return
         for chunk in _chunks(rows, SQLITE_MAX_VALUES // len(ATTEMPT_COLUMNS)):
-            flat = tuple(value for row in chunk for value in row)
+            flat = tuple(chain.from_iterable(chunk))
             connection.exec_driver_sql(_sqlite_attempts(len(chunk)), flat)
 
 

@@ -67,9 +67,10 @@ class Outcomes:
     # The deliveries' new states, and their attempts, as the bulk writes take them.
     updates: list[tuple[Any, ...]] = field(default_factory=list)
     tries: list[tuple[Any, ...]] = field(default_factory=list)
-    # The attempts and the deliveries' new states as the audit chain digests them.
-    audited: list[dict[str, Any]] = field(default_factory=list)
-    stated: list[dict[str, Any]] = field(default_factory=list)
+    # The attempts and the deliveries' new states as the audit chain digests them, in the
+    # order of audit.coverage's ATTEMPT_FIELDS and DELIVERY_FIELDS.
+    audited: list[tuple[Any, ...]] = field(default_factory=list)
+    stated: list[tuple[Any, ...]] = field(default_factory=list)
     dead: list[dict[str, Any]] = field(default_factory=list)
     # Rows to retry, by whole seconds of delay.
     retry_groups: dict[int, list[int]] = field(default_factory=lambda: defaultdict(list))
@@ -112,7 +113,7 @@ class Recorder:
         if batch is not None:
             return self._record_batch(work, campaign, run, lease_until, batch, outcomes, now)
         updates = outcomes.updates
-        audit_entry = audit.batch_draft(
+        audit_entry = audit.batch_draft_of(
             attempts=outcomes.audited, deliveries=outcomes.stated, worker=WORKER_NAME, run_id=run.id
         )
         with self.turns.transaction(first=campaign.priority == "urgent") as session:
@@ -158,7 +159,7 @@ class Recorder:
         batch closed, in the transaction that ends its lease (all of it, or nothing)."""
         bulk = self._bulk_writes()
         self._prepare_inserts(work, campaign, run, batch, outcomes, bulk)
-        audit_entry = audit.batch_draft(
+        audit_entry = audit.batch_draft_of(
             attempts=outcomes.audited, deliveries=outcomes.stated, worker=WORKER_NAME, run_id=run.id
         )
         b = batches_t.c
@@ -323,21 +324,21 @@ class Recorder:
             )
         )
         out.stated.append(
-            {
-                "id": item.delivery_id,
-                "run_id": run.id,
-                "campaign_id": campaign.id,
-                "recipient_id": item.recipient_id,
-                "channel": item.channel,
-                "status": item.status.value,
-                "attempts": item.attempts + len(item.tries),
-                "failures": item.failures,
-                "locale": item.locale,
-                "provider_message_id": item.provider_message_id,
-                "error_class": item.error_class,
-                "error_reason": reason,
-                "sent_at": now if sent else None,
-            }
+            (
+                item.delivery_id,
+                run.id,
+                campaign.id,
+                item.recipient_id,
+                item.channel,
+                item.status.value,
+                item.attempts + len(item.tries),
+                item.failures,
+                item.locale,
+                item.provider_message_id,
+                item.error_class,
+                reason,
+                now if sent else None,
+            )
         )
 
     @staticmethod
@@ -364,20 +365,20 @@ class Recorder:
                 )
             )
             out.audited.append(
-                {
-                    "delivery_id": item.delivery_id,
-                    "number": t.number,
-                    "started_at": t.started_at,
-                    "duration_ms": t.duration_ms,
-                    "outcome": t.outcome.value,
-                    "error_class": t.error_class,
-                    "provider_code": t.provider_code,
-                    "provider_reply": reply,
-                    "provider_message_id": t.provider_message_id,
-                    "locale": item.locale,
-                    "possible_duplicate": duplicate,
-                    "worker": WORKER_NAME,
-                }
+                (
+                    item.delivery_id,
+                    t.number,
+                    t.started_at,
+                    t.duration_ms,
+                    t.outcome.value,
+                    t.error_class,
+                    t.provider_code,
+                    reply,
+                    t.provider_message_id,
+                    item.locale,
+                    duplicate,
+                    WORKER_NAME,
+                )
             )
 
     def _write(

@@ -36,6 +36,11 @@ def render(claim: Claim, *, settings: Settings, signing_key: bytes | None) -> No
     }
     unsubscribe_base = f"{settings.public_url}/u/"
     transactional = kind is Category.transactional
+    campaign_id = campaign.id
+    if not transactional:
+        assert signing_key is not None
+        # The batch's links, dated once (its renders take well under a second).
+        link = consent.link_tokens(signing_key, kind=kind.value)
     chosen: dict[tuple[str, str | None], VariantData | None] = {}
     views: dict[tuple[int, str], Any] = {}
     for item in claim.work:
@@ -63,14 +68,7 @@ def render(claim: Claim, *, settings: Settings, signing_key: bytes | None) -> No
             view = views[(item.recipient_id, locale)] = content.recipient_view(person, locale)
         unsubscribe = None
         if not transactional:
-            assert signing_key is not None
-            token = consent.token_for(
-                signing_key,
-                recipient_id=item.recipient_id,
-                channel=item.channel,
-                kind=kind.value,
-            )
-            unsubscribe = unsubscribe_base + token
+            unsubscribe = unsubscribe_base + link(item.recipient_id, item.channel)
         context = content.build_context(
             view,
             defaults=defaults,
@@ -95,6 +93,6 @@ def render(claim: Claim, *, settings: Settings, signing_key: bytes | None) -> No
             html=rendered.html,
             locale=locale,
             unsubscribe_url=unsubscribe,
-            campaign_id=campaign.id,
+            campaign_id=campaign_id,
             recipient=person["external_id"],
         )

@@ -200,3 +200,21 @@ def test_transactional_messages_ignore_opt_outs(client, worker, smtp: SmtpServer
     )
     assert sent.status_code == 202
     wait_for(lambda: len(smtp.mailbox.to("an.nguyen@example.vn")) == 2)
+
+
+def test_a_batchs_links_are_the_links_token_for_makes(client, db, settings) -> None:
+    """A batch signs its links with one signer (dated once); each is the very text
+    ``token_for`` makes at the same second, and is accepted."""
+    from dispatcher.consent import service as consent
+    from dispatcher.core import secrets
+    from dispatcher.kit.clock import clock, utcnow
+
+    with db.transaction() as session:
+        key = secrets.signing_key(session, settings)
+    clock.freeze(utcnow())
+    for kind in ("greeting", "fraud_warning"):
+        link = consent.link_tokens(key, kind=kind)
+        for recipient_id, channel in ((1, "email"), (987_654_321, "zalo_oa"), (7, "sms")):
+            expected = consent.token_for(key, recipient_id=recipient_id, channel=channel, kind=kind)
+            assert link(recipient_id, channel) == expected
+    assert client.get(f"/u/{consent.link_tokens(key, kind='greeting')(1, 'email')}").is_success
