@@ -29,8 +29,10 @@ from dispatcher.deliveries.schemas import AttemptOut, DeliveryOut, DeliveryPage
 from dispatcher.kit.cursors import decode_cursor, encode_cursor
 from dispatcher.kit.errors import Invalid
 from dispatcher.recipients.masking import mask_address, mask_known, mask_text
+from dispatcher.tables.campaigns import Campaign
 from dispatcher.tables.deliveries import OPEN_STATUSES
 from dispatcher.tables.recipients import Address
+from dispatcher.units import scope as scopes
 
 
 def months(root: Path) -> list[Path]:
@@ -46,13 +48,20 @@ def _paths(directories: list[Path], name: str) -> list[str]:
     return [str(d / name) for d in directories if (d / name).is_file()]
 
 
-def _where(filters: Any, after_id: int | None) -> tuple[list[str], list[Any]]:
+def _where(
+    filters: Any, after_id: int | None, campaigns: list[int] | None = None
+) -> tuple[list[str], list[Any]]:
     clauses: list[str] = []
     params: list[Any] = []
 
     def add(clause: str, value: Any) -> None:
         clauses.append(clause)
         params.append(value)
+
+    if campaigns is not None:
+        # The caller's scope: the campaigns it may see (an archived delivery is seen through
+        # its campaign, as a live one is).
+        add("list_contains(?, campaign_id)", campaigns)
 
     if getattr(filters, "address", None) is not None:
         raise Invalid(
@@ -89,11 +98,13 @@ def find(
     *,
     after_id: int | None = None,
     limit: int = 100,
+    campaigns: list[int] | None = None,
 ) -> list[DeliveryOut]:
     """Archived deliveries matching ``filters``, with their attempts, in id order (at most
-    ``limit``, after ``after_id``); addresses masked."""
+    ``limit``, after ``after_id``); addresses masked. ``campaigns``: only those campaigns'
+    deliveries (None: every campaign)."""
     directories = months(root)
-    clauses, params = _where(filters, after_id)
+    clauses, params = _where(filters, after_id, campaigns)
     if not directories:
         return []
     where = " AND ".join(clauses) or "TRUE"
@@ -230,7 +241,10 @@ def include(
     first ``limit`` matches after it are read too, and the first ``limit`` of both make the
     page (a delivery both live and archived, from an archive cut short, is shown live)."""
     after_id = None if cursor is None else decode_cursor(cursor)
-    archived = find(session, root, filters, after_id=after_id, limit=limit + 1)
+    scope = scopes.current(session)
+    # The session's scope narrows the campaigns read here, and through them the archives.
+    campaigns = None if scope.everything else list(session.scalars(select(Campaign.id)))
+    archived = find(session, root, filters, after_id=after_id, limit=limit + 1, campaigns=campaigns)
     if not archived:
         return page
     live_ids = {item.id for item in page.items}
