@@ -17,6 +17,7 @@ from sqlalchemy import select, text, update
 from typer.testing import CliRunner
 
 from dispatcher import audit
+from dispatcher.auth.service import Role, create_key, new_principal
 from dispatcher.cli import app
 from dispatcher.core import secrets
 from dispatcher.core.config import Settings, get_settings
@@ -25,7 +26,9 @@ from dispatcher.deliveries import archive, archived, service
 from dispatcher.kit.clock import clock
 from dispatcher.tables import partitions
 from dispatcher.tables.audit import AuditEntry
+from dispatcher.tables.auth import PrincipalKind
 from dispatcher.tables.deliveries import Delivery
+from dispatcher.units import service as units
 from tests.support import wait_for
 from tests.test_end_to_end import add_people, publish_template
 
@@ -221,6 +224,28 @@ def test_archive_a_past_month_and_find_it_again(
         "/v1/deliveries", params={"address": "an.nguyen@example.vn", "include_archived": "true"}
     )
     assert refused.status_code == 422 and "by recipient" in refused.text
+
+    # A province's staff see no archived delivery of the central unit's campaigns.
+    with db.transaction() as session:
+        units.apply(
+            session,
+            [
+                units.UnitSpec("VN", "Bảo hiểm xã hội Việt Nam", None, ()),
+                units.UnitSpec("HP", "Bảo hiểm xã hội thành phố Hải Phòng", "VN", ("31",)),
+            ],
+        )
+        province = units.by_code(session, "HP")
+        person = new_principal(
+            session, kind=PrincipalKind.person, name="Biên tập HP", unit_id=province.id,
+            roles=[Role.operator],
+        )  # fmt: skip
+        _, key = create_key(session, role="operator", name="Biên tập HP", owner=person)
+    outside = client.get(
+        "/v1/deliveries",
+        params={"recipient": "0100000001", "include_archived": "true"},
+        headers={"Authorization": f"Bearer {key}"},
+    )
+    assert outside.status_code == 200 and outside.json()["items"] == []
 
     # Again: a no-op that says so.
     again = archive.archive_before(db, 202611, root)
