@@ -32,7 +32,9 @@ from dispatcher.tables.campaigns import Run
 from dispatcher.tables.inbox import InboxItem
 from dispatcher.tables.recipients import Recipient
 from dispatcher.units import service as units
+from tests.deliveries.conftest import configure
 from tests.support import planned_recipients, run_batches
+from tests.test_channel_accounts import OUTSIDE_KEY, TELEGRAM_TOKEN
 
 TREE = [
     units.UnitSpec("VN", "Bảo hiểm xã hội Việt Nam", None, ()),
@@ -118,6 +120,24 @@ class World:
         assert made.status_code == 201, made.text
         self.spare = int(made.json()["id"])
         return self.spare
+
+    def person(self) -> int:
+        """A new person of HN, editor and operator (a fresh one for each change)."""
+        with self.db.transaction() as session:
+            person = new_principal(
+                session, kind=PrincipalKind.person, name=f"Nhân viên HN {next(_codes)}",
+                unit_id=self.unit_ids["HN"], roles=[Role.editor, Role.operator],
+            )  # fmt: skip
+            return person.id
+
+    def account(self) -> str:
+        """HN's own Telegram account, set by the central unit's admin."""
+        body = {"values": {"token": TELEGRAM_TOKEN}}
+        put = self.client.put(
+            "/v1/units/HN/accounts/telegram", json=body, headers=self.as_(self.admins["VN"])
+        )
+        assert put.status_code == 200, put.text
+        return "/v1/units/HN/accounts/telegram"
 
     def spare_key(self) -> int:
         with self.db.transaction() as session:
@@ -370,6 +390,42 @@ CASES: dict[tuple[str, str], Case] = {
     ("DELETE", "/v1/units/{unit_id}"): Case(
         lambda w: (f"/v1/units/{w.spare_unit()}", {}), owned(200)
     ),
+    ("GET", "/v1/people"): Case(
+        lambda w: ("/v1/people", {}),
+        everyone(200),
+        lambda r, s: any(p["name"] == "Biên tập HN" for p in r.json()) == sees_hn(s),
+    ),
+    ("POST", "/v1/people"): Case(
+        lambda w: ("/v1/people", {"json": {"login": f"nv.hn{next(_codes)}", "name": "Nhân viên mới", "unit": "HN", "roles": ["editor"]}}),
+        # Only into the admin's unit or one below it: a unit outside is as unknown.
+        {"own": 201, "parent": 201, "child": 422, "sibling": 422},
+    ),
+    ("GET", "/v1/people/{person_id}"): Case(lambda w: (f"/v1/people/{w.person()}", {}), owned(200)),
+    ("POST", "/v1/people/{person_id}/grant"): Case(
+        lambda w: (f"/v1/people/{w.person()}/grant", {"json": {"roles": ["approver"]}}), owned(200)
+    ),
+    ("POST", "/v1/people/{person_id}/revoke"): Case(
+        lambda w: (f"/v1/people/{w.person()}/revoke", {"json": {"roles": ["operator"]}}), owned(200)
+    ),
+    ("POST", "/v1/people/{person_id}/reset-totp"): Case(
+        lambda w: (f"/v1/people/{w.person()}/reset-totp", {}), owned(200)
+    ),
+    ("POST", "/v1/people/{person_id}/unlock"): Case(
+        lambda w: (f"/v1/people/{w.person()}/unlock", {}), owned(200)
+    ),
+    ("POST", "/v1/people/{person_id}/disable"): Case(
+        lambda w: (f"/v1/people/{w.person()}/disable", {}), owned(200)
+    ),
+    ("GET", "/v1/units/{code}/accounts"): Case(
+        lambda w: (w.account().rsplit("/", 1)[0], {}), owned(200)
+    ),
+    ("PUT", "/v1/units/{code}/accounts/{channel}"): Case(
+        lambda w: ("/v1/units/HN/accounts/telegram", {"json": {"values": {"token": TELEGRAM_TOKEN}}}),
+        owned(200),
+    ),
+    ("DELETE", "/v1/units/{code}/accounts/{channel}"): Case(
+        lambda w: (w.account(), {}), owned(200)
+    ),
     ("GET", "/metrics"): Case(
         lambda w: ("/metrics", {}),
         everyone(200),
@@ -397,10 +453,11 @@ def test_every_route_has_an_entry_in_the_scope_table(client: Any) -> None:
     assert sorted(set(CASES) - routes) == [], "entries in CASES for routes that do not exist"
 
 
-def test_every_route_by_scope(client: Any, db: Database) -> None:
+def test_every_route_by_scope(client: Any, db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each route, asked by an admin of HN, of KV1 above it, of HN1 below it and of HP beside
     it, about HN's things: the expected status, and lists that show only what the caller's
     scope holds."""
+    configure(monkeypatch, {"SECRET_KEY": OUTSIDE_KEY})  # units' accounts keep secrets sealed
     world = _world(client, db)
     _CURRENT["editor_key"] = world.editor_key_id
     wrong = []
