@@ -92,6 +92,7 @@ TODAY_COLUMNS = (
     "attempts",
     "failures",
     "reclaimed",
+    "period",
     "lease_until",
     "locale",
     "provider_message_id",
@@ -114,6 +115,7 @@ INSERT_COLUMNS = (
     "created_at",
     "updated_at",
     "sent_at",
+    "period",
 )
 # The record's delivery columns and attempt columns, in the order of dispatcher.engine.bulk.
 RECORD_COLUMNS = (
@@ -141,6 +143,7 @@ ATTEMPT_COLUMNS = (
     ("locale", "varchar"),
     ("possible_duplicate", "boolean"),
     ("worker", "varchar"),
+    ("period", "integer"),
 )
 PERSON_FIELDS = (
     "external_id",
@@ -177,6 +180,7 @@ class FloorSpec:
     run_id: int
     campaign_id: int
     template: Template
+    period: int = 0  # the run's month (runs.period): the partition key on PostgreSQL
     env: dict[str, str] = field(default_factory=dict)  # the service's environment
     lock_path: str = ""
 
@@ -547,8 +551,10 @@ def _today_statements(w: _Writer) -> dict[str, str]:
     false = "0" if w.sqlite else "false"
     plan = (
         f"INSERT INTO {t} (run_id, campaign_id, recipient_id, channel, status, batch_id,"
-        " error_class, available_at, created_at, updated_at, attempts, failures, reclaimed)"
-        f" SELECT {p}, {p}, r.id, a.channel, 'pending', {p}, NULL, {p}, {p}, {p}, 0, 0, {false}"
+        " error_class, available_at, created_at, updated_at, attempts, failures, reclaimed,"
+        " period)"
+        f" SELECT {p}, {p}, r.id, a.channel, 'pending', {p}, NULL, {p}, {p}, {p}, 0, 0, {false},"
+        f" {p}"
         " FROM recipients r JOIN addresses a ON a.recipient_id = r.id"
         f" WHERE a.channel IN ({p}) AND a.dead_at IS NULL AND r.id > {p} AND r.id <= {p}"
         " ON CONFLICT DO NOTHING"
@@ -587,7 +593,8 @@ def _today_statements(w: _Writer) -> dict[str, str]:
         record = (
             f"UPDATE {t} SET {assigned(col)}, lease_until = NULL, reclaimed = 0, updated_at = ?"
             " FROM (VALUES {values}) AS v"
-            f" WHERE {t}.id = {col('id')} AND {t}.status = 'claimed' AND {t}.lease_until = ?"
+            f" WHERE {t}.id = {col('id')} AND {t}.period = ? AND {t}.status = 'claimed'"
+            f" AND {t}.lease_until = ?"
         )
         attempts = f"INSERT INTO {a} ({attempt_names}) VALUES {{values}}"
     else:
@@ -595,7 +602,8 @@ def _today_statements(w: _Writer) -> dict[str, str]:
             f"UPDATE {t} SET {assigned(lambda name: f'v.{name}')}, lease_until = NULL,"
             f" reclaimed = false, updated_at = %(updated_at)s"
             f" FROM unnest({unnest(RECORD_COLUMNS)}) AS v({', '.join(names)})"
-            f" WHERE {t}.id = v.id AND {t}.status = 'claimed' AND {t}.lease_until = %(lease)s"
+            f" WHERE {t}.id = v.id AND {t}.period = %(period)s AND {t}.status = 'claimed'"
+            f" AND {t}.lease_until = %(lease)s"
         )
         attempts = (
             f"INSERT INTO {a} ({attempt_names}) SELECT * FROM unnest({unnest(ATTEMPT_COLUMNS)})"
@@ -627,7 +635,18 @@ def _run_today(spec: FloorSpec, w: _Writer, r: _Renderer, batches: Sequence[int]
             ).fetchall()
             cursor.execute(
                 s["plan"],
-                (spec.run_id, spec.campaign_id, batch_id, stamp, stamp, stamp, channel, lo, hi),
+                (
+                    spec.run_id,
+                    spec.campaign_id,
+                    batch_id,
+                    stamp,
+                    stamp,
+                    stamp,
+                    spec.period,
+                    channel,
+                    lo,
+                    hi,
+                ),
             ).fetchall()
         lease = w.stamp(now + timedelta(seconds=LEASE_SECONDS, microseconds=b))
         with w.transaction() as cursor:  # the claim
@@ -643,17 +662,17 @@ def _run_today(spec: FloorSpec, w: _Writer, r: _Renderer, batches: Sequence[int]
             for i, loc, pmid in sent
         ]
         tries = [
-            (i, 1, stamp, 0, "sent", None, "ok", None, pmid, loc, False, "floor")
+            (i, 1, stamp, 0, "sent", None, "ok", None, pmid, loc, False, "floor", spec.period)
             for i, loc, pmid in sent
         ]
         with w.transaction() as cursor:  # the record
             if w.sqlite:
                 flat: list[Any] = [done_stamp]
                 flat += [value for row in updates for value in row]
-                flat.append(lease)
+                flat += (spec.period, lease)
                 cursor.execute(s["record"].format(values=_values(len(updates), 10)), flat)
                 cursor.execute(
-                    s["attempts"].format(values=_values(len(tries), 12)),
+                    s["attempts"].format(values=_values(len(tries), len(ATTEMPT_COLUMNS))),
                     [value for row in tries for value in row],
                 )
             else:
@@ -663,7 +682,7 @@ def _run_today(spec: FloorSpec, w: _Writer, r: _Renderer, batches: Sequence[int]
                         RECORD_COLUMNS, zip(*updates, strict=True), strict=True
                     )
                 }
-                params.update(updated_at=done_stamp, lease=lease)
+                params.update(updated_at=done_stamp, period=spec.period, lease=lease)
                 cursor.execute(s["record"], params)
                 cursor.execute(
                     s["attempts"],
@@ -722,6 +741,7 @@ def _run_insert(spec: FloorSpec, w: _Writer, r: _Renderer, batches: Sequence[int
             "created_at": stamp,
             "updated_at": stamp,
             "sent_at": stamp,
+            "period": spec.period,
         }
         out = [
             tuple(

@@ -296,8 +296,8 @@ def service_cpu_us(
     return out
 
 
-def run_of(url: str, campaign_id: int) -> int:
-    """The id of the campaign's (first) run."""
+def run_of(url: str, campaign_id: int) -> tuple[int, int]:
+    """The id of the campaign's (first) run, and its month (``runs.period``)."""
     from sqlalchemy import text
 
     from dispatcher.core.db import create_db_engine
@@ -305,14 +305,18 @@ def run_of(url: str, campaign_id: int) -> int:
     engine = create_db_engine(url)
     try:
         with engine.connect() as connection:
-            run_id = connection.scalar(
-                text("SELECT min(id) FROM runs WHERE campaign_id = :c"), {"c": campaign_id}
-            )
+            row = connection.execute(
+                text(
+                    "SELECT id, period FROM runs WHERE id ="
+                    " (SELECT min(id) FROM runs WHERE campaign_id = :c)"
+                ),
+                {"c": campaign_id},
+            ).first()
     finally:
         engine.dispose()
-    if run_id is None:
+    if row is None:
         raise BenchError(f"campaign {campaign_id} has no run")
-    return int(run_id)
+    return int(row[0]), int(row[1])
 
 
 GROWING_TABLES = ("deliveries", "attempts", "batches", "leases")
@@ -1013,7 +1017,7 @@ def run_once(options: Options) -> dict[str, Any]:
             urgent["batches"] = database_checks(database_url, probe.campaign_id)["batches"]
             print_urgent(urgent)
         checks = database_checks(database_url, campaign_id)
-        run_id = run_of(database_url, campaign_id)
+        run_id, period = run_of(database_url, campaign_id)
         # Before the planner alone adds its rows: the campaign's (and the urgent one's) only.
         disk = disk_layout(options.database, database_url, n + options.urgent)
         for role in ("api", "workers", "urgent_workers", "redis", "database"):
@@ -1039,6 +1043,7 @@ def run_once(options: Options) -> dict[str, Any]:
                 batch_size=options.batch_size,
                 processes=options.workers,
                 run_id=run_id,
+                period=period,
                 campaign_id=campaign_id,
                 template=Template(
                     subject=SUBJECT,

@@ -311,3 +311,27 @@ def test_a_launch_makes_its_runs_month_partitions(
         assert session.get(Run, run_id).period == 203608  # type: ignore[union-attr]
     if not db.is_sqlite:
         assert 203608 in _partitions(db)
+
+
+def test_the_row_path_update_reads_only_its_runs_month(db: Database, settings: Settings) -> None:
+    """A batch's row-path UPDATE names its run's month: PostgreSQL plans it against that
+    month's partition only, not every month's primary key."""
+    if db.is_sqlite:
+        pytest.skip("SQLite keeps one table")
+    import re
+
+    from dispatcher.engine import bulk
+    from workers.scheduler import ensure_partitions
+
+    clock.freeze(datetime(2032, 1, 20, tzinfo=UTC))
+    ensure_partitions(db, settings)
+    assert {203201, 203202, 203203} <= set(_partitions(db))
+    writes = bulk.BulkWrites(db.engine.dialect)
+    params: dict[str, Any] = {name: [] for name, _ in bulk.DELIVERY_COLUMNS}
+    now = writes.stamp(datetime(2032, 2, 2, tzinfo=UTC))
+    params.update(updated_at=now, period=203202, lease=now)
+    with db.engine.connect() as connection:
+        plan = "\n".join(
+            row[0] for row in connection.exec_driver_sql("EXPLAIN " + bulk._PG_UPDATE, params)
+        )
+    assert set(re.findall(r"deliveries_p(\d{6})", plan)) == {"203202"}, plan

@@ -112,8 +112,8 @@ def _update(
     return (
         f"UPDATE deliveries SET {assigned}, lease_until = NULL, reclaimed = {false}, "
         f"updated_at = {param('updated_at')} FROM {values} "
-        f"WHERE deliveries.id = {column('id')} AND deliveries.status = 'claimed' "
-        f"AND deliveries.lease_until = {param('lease')}"
+        f"WHERE deliveries.id = {column('id')} AND deliveries.period = {param('period')} "
+        f"AND deliveries.status = 'claimed' AND deliveries.lease_until = {param('lease')}"
     )
 
 
@@ -203,9 +203,12 @@ class BulkWrites:
         *,
         updated_at: datetime,
         lease_until: datetime,
+        period: int,
     ) -> int:
         """Write each claimed row's new state, only while our claim holds; returns the rows
-        written (fewer when a lease was lost)."""
+        written (fewer when a lease was lost). ``period`` is the run's month: every row of a
+        batch has it, and on PostgreSQL it confines the statement to that month's partition
+        (without it, each id is probed in every month's primary key)."""
         if not rows:
             return 0
         stamp, lease = self.stamp(updated_at), self.stamp(lease_until)
@@ -214,14 +217,15 @@ class BulkWrites:
                 name: list(values)
                 for (name, _), values in zip(DELIVERY_COLUMNS, zip(*rows, strict=True), strict=True)
             }
-            params.update(updated_at=stamp, lease=lease)
+            params.update(updated_at=stamp, period=period, lease=lease)
             return connection.exec_driver_sql(_PG_UPDATE, params).rowcount
         written = 0
         for chunk in _chunks(rows, SQLITE_MAX_VALUES // len(DELIVERY_COLUMNS)):
-            # In the order of the statement's text: SET's updated_at, the values, the lease.
+            # In the order of the statement's text: SET's updated_at, the values, the period,
+            # the lease.
             flat = [stamp]
             flat += [value for row in chunk for value in row]
-            flat.append(lease)
+            flat += (period, lease)
             written += connection.exec_driver_sql(_sqlite_update(len(chunk)), tuple(flat)).rowcount
         return written
 

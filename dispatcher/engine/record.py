@@ -122,7 +122,9 @@ class Recorder:
             # writes anything (rolled back whole otherwise; see dispatcher.engine.leases).
             if not leases.end(connection, run_id=run.id, lease_until=lease_until):
                 raise LeaseLost(f"run {run.id}: lease {lease_until.isoformat()} is not ours")
-            written = self._write(connection, outcomes, now=now, lease_until=lease_until)
+            written = self._write(
+                connection, outcomes, now=now, lease_until=lease_until, period=run.period
+            )
             self._queue_retries(session, outcomes.retry_groups, campaign, run)
             if campaign.channel_mode == "fallback" and any(
                 w.status in (DeliveryStatus.failed, DeliveryStatus.skipped) for w in work
@@ -382,13 +384,19 @@ class Recorder:
             )
 
     def _write(
-        self, connection: Connection, out: Outcomes, *, now: datetime, lease_until: datetime
+        self,
+        connection: Connection,
+        out: Outcomes,
+        *,
+        now: datetime,
+        lease_until: datetime,
+        period: int,
     ) -> int:
         """The deliveries, their attempts and the dead addresses; returns the deliveries
         written (fewer than prepared when something else closed some of them meanwhile)."""
         bulk = self._bulk_writes()
         written = bulk.update_deliveries(
-            connection, out.updates, updated_at=now, lease_until=lease_until
+            connection, out.updates, updated_at=now, lease_until=lease_until, period=period
         )
         bulk.insert_attempts(connection, out.tries)
         self._write_dead(connection, out)

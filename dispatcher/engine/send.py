@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -43,6 +45,7 @@ from channels.base import (
     ErrorClass,
     PermanentError,
     RateLimitedError,
+    RateRule,
     TransientError,
 )
 from channels.pool import Account, AdapterPool
@@ -82,17 +85,14 @@ class Sender:
         self.policy = policy
         self.limiter = limiter
         # The labelled children of the per-send metrics, by channel.
-        self._sent_metrics: dict[str, tuple[Any, Any]] = {}
+        self._send_seconds: dict[str, Any] = {}
 
-    async def _send_one(self, item: Work) -> None:
+    async def _send_one(self, item: Work, batch: _BatchFacts) -> None:
         assert item.message is not None
         channel = item.channel
         account = item.account or Account.root(channel)
         key = account.key
-        now = utcnow()
-        opening = windows.next_open(
-            now, item.message.kind.value, channel, self.settings.send_windows
-        )
+        opening = batch.window(item.message.kind.value, channel)
         if opening is not None:
             # The window closed while the batch was on its way: wait for the morning.
             item.status = DeliveryStatus.retrying
@@ -101,15 +101,12 @@ class Sender:
             item.not_before = opening
             return
         try:
-            rules = registry.get(channel).rate_limits
+            limits = batch.limits(channel, item.message.address, key)
         except registry.UnknownChannel as exc:
             # The campaign named a plugin that is no longer installed.
             item.status = DeliveryStatus.failed
             item.error_class, item.error_reason = ErrorClass.permanent, str(exc)
             return
-        limits = ratelimit.limits_for(
-            channel, item.message.address, rules, self.settings.rate_limits, account=key
-        )
         for _ in range(MAX_RATE_ROUNDS):
             try:
                 await self._send_round(item, limits)
@@ -184,7 +181,7 @@ class Sender:
         item.error_reason = exc.reason
         item.retry_after = exc.retry_after
 
-    async def _send_round(self, item: Work, limits: list[ratelimit.Limit]) -> None:
+    async def _send_round(self, item: Work, limits: Sequence[ratelimit.Limit]) -> None:
         """One round of tries: the first goes straight out; after a blip, the policy's quick
         retries (tenacity), each behind a rate slot like the first."""
         try:
@@ -199,7 +196,7 @@ class Sender:
             with attempt:
                 await self._try_once(item, limits)
 
-    async def _try_once(self, item: Work, limits: list[ratelimit.Limit]) -> None:
+    async def _try_once(self, item: Work, limits: Sequence[ratelimit.Limit]) -> None:
         """One try, audited. The adapter is opened behind the rate slot: opening calls the
         provider (getMe, a token grant), and a refused credential must pause the channel before
         others pile in."""
@@ -232,14 +229,11 @@ class Sender:
             item.failures += 1
             raise error from None
         elapsed = time.perf_counter() - t0
-        metrics = self._sent_metrics.get(channel)
-        if metrics is None:
-            metrics = self._sent_metrics[channel] = (
-                SEND_SECONDS.labels(channel),
-                DELIVERY_OUTCOMES.labels(channel, "sent"),
-            )
-        metrics[0].observe(elapsed)
-        metrics[1].inc()
+        histogram = self._send_seconds.get(channel)
+        if histogram is None:
+            histogram = self._send_seconds[channel] = SEND_SECONDS.labels(channel)
+        histogram.observe(elapsed)
+        # Counted once per batch (send_all), by channel.
         item.tries.append(
             AttemptRecord(
                 number=number,
@@ -261,17 +255,61 @@ class Sender:
         # Once per batch and account: is it paused? (Rate-limited channels ask per send.)
         for key in {(w.account or Account.root(w.channel)).key for w in ready}:
             await self.limiter.refresh(key)
+        batch = _BatchFacts(self.settings)
         # At most send_concurrency sends in flight: that many senders share one queue of
         # messages (no task, no semaphore per message).
         queue = iter(ready)
+        bind = structlog.contextvars.bind_contextvars
 
         async def sender() -> None:
             for item in queue:
-                structlog.contextvars.bind_contextvars(delivery_id=item.delivery_id)
-                await self._send_one(item)
+                bind(delivery_id=item.delivery_id)
+                await self._send_one(item, batch)
 
         senders = min(self.settings.send_concurrency, len(ready))
         await asyncio.gather(*(sender() for _ in range(senders)))
+        sent = Counter(w.channel for w in ready if w.status is DeliveryStatus.sent)
+        for channel, count in sent.items():
+            DELIVERY_OUTCOMES.labels(channel, "sent").inc(count)
+
+
+class _BatchFacts:
+    """What every message of a batch would otherwise work out for itself: whether its kind's
+    send window is open on its channel (asked again only when the answer changes: the window's
+    close or opening), and its channel account's rate limits (per message only for a rule per
+    address)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._windows: dict[tuple[str, str], tuple[datetime | None, datetime | None]] = {}
+        self._rules: dict[str, Sequence[RateRule]] = {}
+        self._limits: dict[tuple[str, str], list[ratelimit.Limit]] = {}
+
+    def window(self, kind: str, channel: str) -> datetime | None:
+        """When the window opens next, or None when a message may go now."""
+        now = utcnow()
+        found = self._windows.get((kind, channel))
+        if found is None or (found[1] is not None and now >= found[1]):
+            found = self._windows[(kind, channel)] = windows.state(
+                now, kind, channel, self.settings.send_windows
+            )
+        return found[0]
+
+    def limits(self, channel: str, address: str, account: str) -> Sequence[ratelimit.Limit]:
+        """The send's limits (raises registry.UnknownChannel for a plugin no longer there)."""
+        rules = self._rules.get(channel)
+        if rules is None:
+            rules = self._rules[channel] = registry.get(channel).rate_limits
+        if any(rule.per_address for rule in rules):
+            return ratelimit.limits_for(
+                channel, address, rules, self.settings.rate_limits, account=account
+            )
+        found = self._limits.get((channel, account))
+        if found is None:
+            found = self._limits[(channel, account)] = ratelimit.limits_for(
+                channel, address, rules, self.settings.rate_limits, account=account
+            )
+        return found
 
 
 def _ms(t0: float) -> int:

@@ -42,3 +42,24 @@ def next_open(now: datetime, kind: str, channel: str, windows: dict[str, str]) -
         return None
     day = local.date() if clock < start else local.date() + timedelta(days=1)
     return datetime.combine(day, start, tzinfo=VIETNAM).astimezone(UTC)
+
+
+def state(
+    now: datetime, kind: str, channel: str, windows: dict[str, str]
+) -> tuple[datetime | None, datetime | None]:
+    """``(opening, until)``: when the window opens next (None while a message may go), and
+    until when that answer holds (the window's next close or opening; None: for ever, the kind
+    has no window). Lets a batch ask once per kind and channel rather than once per message."""
+    window = window_for(kind, channel, windows)
+    if window is None:
+        return None, None
+    opening = next_open(now, kind, channel, windows)
+    if opening is not None:
+        return opening, opening
+    start, end = window
+    local = now.astimezone(VIETNAM)
+    day = local.date()
+    if start > end and local.time() >= start:
+        # A window across midnight closes tomorrow morning.
+        day += timedelta(days=1)
+    return None, datetime.combine(day, end, tzinfo=VIETNAM).astimezone(UTC)

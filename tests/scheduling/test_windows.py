@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -17,7 +17,7 @@ from dispatcher.engine.batches import open_members
 from dispatcher.engine.loop import get_loop
 from dispatcher.engine.planner import plan_run
 from dispatcher.kit.clock import clock
-from dispatcher.scheduling.windows import next_open
+from dispatcher.scheduling.windows import next_open, state
 from dispatcher.tables.campaigns import Run
 from dispatcher.tables.deliveries import Batch, Delivery
 from tests.support import approve
@@ -41,6 +41,27 @@ def test_window_arithmetic() -> None:
     overnight = {"greeting:telegram": "20:00-02:00"}
     assert next_open(vn(2026, 5, 4, 1), "greeting", "telegram", overnight) is None
     assert next_open(vn(2026, 5, 4, 3), "greeting", "telegram", overnight) == vn(2026, 5, 4, 20)
+
+
+def test_a_windows_answer_and_until_when_it_holds() -> None:
+    """What a batch asks once per kind and channel: the answer, and the instant it changes."""
+    assert state(vn(2026, 5, 4, 12), "greeting", "email", WINDOWS) == (None, vn(2026, 5, 4, 21))
+    opens = vn(2026, 5, 5, 7)
+    assert state(vn(2026, 5, 4, 22), "greeting", "email", WINDOWS) == (opens, opens)
+    assert state(vn(2026, 5, 4, 23), "fraud_warning", "email", WINDOWS) == (None, None)
+    overnight = {"greeting:telegram": "20:00-02:00"}
+    assert state(vn(2026, 5, 4, 23), "greeting", "telegram", overnight) == (None, vn(2026, 5, 5, 2))
+    assert state(vn(2026, 5, 4, 1), "greeting", "telegram", overnight) == (None, vn(2026, 5, 4, 2))
+    # Every minute of a day: while the answer holds it is next_open's, and it changes there.
+    for minute in range(0, 24 * 60, 7):
+        now = vn(2026, 5, 4, minute // 60, minute % 60)
+        for windows in (WINDOWS, overnight):
+            opening, until = state(now, "greeting", "telegram", windows)
+            assert opening == next_open(now, "greeting", "telegram", windows)
+            assert until is not None and until > now
+            before = until - timedelta(microseconds=1)
+            assert next_open(before, "greeting", "telegram", windows) == opening
+            assert (next_open(until, "greeting", "telegram", windows) is None) != (opening is None)
 
 
 @pytest.fixture()
