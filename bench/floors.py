@@ -337,7 +337,8 @@ def create_tables(database: str, url: str, pattern: str) -> list[str]:
                     pg.execute(f"ALTER TABLE {copy} ALTER COLUMN {name} DROP NOT NULL")
             keys = pg.execute(
                 "SELECT pg_get_constraintdef(oid) FROM pg_constraint"
-                " WHERE conrelid = %s::regclass AND contype = 'f'",
+                " WHERE conrelid = %s::regclass AND contype = 'f'"
+                " AND conparentid = 0",  # not the copies made for each partition
                 (table,),
             ).fetchall()
             for (definition,) in keys:
