@@ -67,7 +67,9 @@ HINTS: dict[tuple[str, str], str] = {
 def get_campaign(*, session: Session, campaign_id: int, lock: bool = False) -> Campaign:
     query = select(Campaign).where(Campaign.id == campaign_id)
     if lock:
-        query = query.with_for_update()
+        # FOR NO KEY UPDATE: its status changes, its key does not; rows that reference it
+        # (deliveries written meanwhile) need not wait.
+        query = query.with_for_update(key_share=True)
     campaign = session.scalar(query)
     if campaign is None:
         raise NotFound(f"campaign {campaign_id} does not exist")

@@ -406,13 +406,21 @@ def unplanned(*, db: Database, run_id: int) -> bool:
     return state is not None and state[0] == RunStatus.planning and not state[1]
 
 
+def lock_run(session: Session, run_id: int) -> Run | None:
+    """The run, locked for its planner's page: FOR NO KEY UPDATE, so one planner plans a run at
+    a time while the workers' writes that only reference the run go on (a delivery's or a
+    lease's foreign key takes KEY SHARE on it). FOR UPDATE would hold every claim and record of
+    the run until the page commits."""
+    return session.scalar(select(Run).where(Run.id == run_id).with_for_update(key_share=True))
+
+
 def plan_run(*, db: Database, run_id: int, settings: Settings) -> int:
     """Plan every remaining page of a run; returns the deliveries made by this call."""
     made = 0
     turns = write_turns(db)
     while True:
         with turns.transaction(first=True) as session:
-            run = session.scalar(select(Run).where(Run.id == run_id).with_for_update())
+            run = lock_run(session, run_id)
             if run is None or run.status != RunStatus.planning:
                 return made
             campaign = session.get(Campaign, run.campaign_id)

@@ -192,6 +192,9 @@ class Attempt(Base):
     __tablename__ = "attempts"
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    # A foreign key on SQLite only: on PostgreSQL its trigger per inserted row cost more than
+    # the rest of the row, and only the engine's record writes attempts, with their delivery
+    # (revision 0020).
     delivery_id: Mapped[int] = mapped_column(ForeignKey("deliveries.id", ondelete="CASCADE"))
     number: Mapped[int] = mapped_column(Integer)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime)
