@@ -4,12 +4,12 @@ PostgreSQL."""
 
 from __future__ import annotations
 
-from dispatcher.auth import people
 from dispatcher.core.config import Settings
 from dispatcher.core.db import Database
 from dispatcher.tables.campaigns import Campaign
 from dispatcher.tables.content import Template
 from dispatcher.units import overview
+from dispatcher.units import scope as scopes
 from dispatcher.units import service as units
 
 TREE = [
@@ -50,8 +50,8 @@ def test_a_regions_campaigns_and_counts(settings: Settings, db: Database) -> Non
                     unit_id=ids[code],
                 )
             )
+    region = _units_seen_by(db, ids["KV1"])
     with db.transaction() as session:
-        region = people.units_in_scope(session, ids["KV1"])
         assert region == {ids["KV1"], ids["HN"], ids["BN"]}
         assert [n.unit.code for n in overview.units_in_order(session, region)] == [
             "KV1",
@@ -81,6 +81,13 @@ def test_a_regions_campaigns_and_counts(settings: Settings, db: Database) -> Non
             ("HN", {"draft": 2, "running": 1}, 3),
         ]
         # The whole country, from the root: the sibling region too, and no empty unit.
-        everything = overview.campaigns_by_unit(session, people.units_in_scope(session, None))
+        everything = overview.campaigns_by_unit(session, _units_seen_by(db, None))
         assert [c.unit.code for c in everything] == ["KV1", "BN", "HN", "KV2"]
         assert overview.campaigns_by_unit(session, set()) == []
+
+
+def _units_seen_by(db: Database, unit_id: int | None) -> set[int]:
+    """The units a caller of ``unit_id`` sees, as a request's session works them out."""
+    with db.reading() as session:
+        scopes.attach(session, scopes.for_unit(session, unit_id))
+        return scopes.units_of(session)

@@ -116,13 +116,6 @@ def find(session: Session, who: str) -> Principal:
     return row
 
 
-def units_in_scope(session: Session, unit_id: int | None) -> set[int]:
-    """The units a member of ``unit_id`` sees and manages: it and every unit below it (the
-    root's when the unit is not known). The one place the people service and the dashboard
-    ask this, so a central scope can take its place."""
-    return units.descendants(session, units.root(session).id if unit_id is None else unit_id)
-
-
 def in_scope(session: Session, scope: set[int], person_id: int) -> Principal:
     """The person ``person_id`` if they belong to a unit of ``scope``; anyone else, like a
     person who does not exist, is not found."""
@@ -448,6 +441,5 @@ __all__ = [
     "set_password",
     "sign_in_password",
     "units_by_id",
-    "units_in_scope",
     "unlock",
 ]

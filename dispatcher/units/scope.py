@@ -46,7 +46,7 @@ from dispatcher.tables.content import Template
 from dispatcher.tables.deliveries import Batch, Delivery
 from dispatcher.tables.recipients import Recipient
 from dispatcher.tables.units import Unit
-from dispatcher.units.service import COUNTRY, descendants
+from dispatcher.units.service import COUNTRY, descendants, root
 
 # session.info key of the scope (a Scope, or a callable giving one lazily, or None).
 INFO_KEY = "dispatcher_scope"
@@ -152,6 +152,17 @@ def current(session: Session) -> Scope:
         if found is not None:
             session.info[INFO_KEY] = found
     return found if isinstance(found, Scope) else EVERYTHING
+
+
+def units_of(session: Session) -> set[int]:
+    """The units the session's caller sees and manages: their unit and every unit below it
+    (every unit for the root's staff and for work without a caller). People and the units'
+    lists are narrowed by this set: a principal row is not narrowed by the statements' scope,
+    because a campaign names approvers from the units above its own."""
+    scope = current(session)
+    if scope.unit_ids is not None:
+        return set(scope.unit_ids)
+    return descendants(session, root(session).id)
 
 
 @contextmanager

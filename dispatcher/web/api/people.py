@@ -16,6 +16,7 @@ from dispatcher.auth.schemas import NewPersonOut, PersonIn, PersonOut, RolesIn
 from dispatcher.auth.service import Caller
 from dispatcher.kit.errors import Conflict
 from dispatcher.tables.auth import Principal
+from dispatcher.units import scope as scopes
 from dispatcher.units import service as units
 from dispatcher.web.http.callers import Admin
 from dispatcher.web.http.deps import DbSession, PathId
@@ -24,7 +25,8 @@ router = APIRouter(prefix="/v1/people", tags=["people"])
 
 
 def _scope(session: Session, caller: Caller) -> set[int]:
-    return people.units_in_scope(session, caller.unit_id)
+    # The request's scope is the caller's (attached to the session with the caller).
+    return scopes.units_of(session)
 
 
 def _out(session: Session, person: Principal) -> PersonOut:

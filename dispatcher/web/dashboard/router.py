@@ -319,7 +319,7 @@ def campaign_list(
     unit: Annotated[str | None, Query(max_length=32)] = None,
     before: QueryId = None,
 ) -> Response:
-    visible = people.units_in_scope(session, caller.unit_id)
+    visible = scopes.units_of(session)
     nodes = overview.units_in_order(session, visible)
     top = min((n.depth for n in nodes), default=0)
     choices = [UnitChoice(n.unit.code, n.unit.name, n.depth - top) for n in nodes]
