@@ -24,7 +24,7 @@ from sqlalchemy import text
 from dispatcher.core import migrate as migrations
 from dispatcher.core.config import Settings, get_settings
 from dispatcher.core.db import Database, set_database
-from dispatcher.engine import backends
+from dispatcher.engine import backends, tallies
 from dispatcher.kit.clock import clock
 from dispatcher.tables import Base
 from tests.support import SmtpServer, free_port, wait_for
@@ -149,6 +149,8 @@ def _truncate(database: Database) -> None:
             connection.execute(text("PRAGMA defer_foreign_keys = ON"))
             for table in tables:
                 connection.execute(text(f"DELETE FROM {table}"))
+            # Deleting deliveries counted them out of their tallies: those rows go last.
+            connection.execute(text("DELETE FROM delivery_tallies"))
             # AUTOINCREMENT's counters (deliveries): ids start again, as RESTART IDENTITY.
             connection.execute(text("DELETE FROM sqlite_sequence"))
         else:
@@ -170,6 +172,12 @@ def db(database_url: str, _databases: dict[str, Database]) -> Iterator[Database]
     set_database(database)
     yield database
     set_database(None)
+    # Whatever the test wrote, the tallies the database keeps match its delivery rows.
+    with database.reading() as session:
+        wrong = tallies.mismatches(session)
+    assert not wrong, (
+        f"delivery tallies differ from the rows (run, channel, status, tally, rows): {wrong}"
+    )
 
 
 # -- Settings and the job queue -----------------------------------------------------------------

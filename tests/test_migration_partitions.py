@@ -119,8 +119,35 @@ def test_monthly_partitions_go_down_and_up_keeping_every_row(fresh_url: str) -> 
         assert keys["uq_deliveries_run_id_recipient_id_channel"] == (
             "UNIQUE (run_id, recipient_id, channel, period)"
         )
-        # Revision 0020 drops the attempts' foreign key on PostgreSQL (a trigger per row).
+        # Revisions 0020 and 0022 drop the attempts' and the deliveries' foreign keys on
+        # PostgreSQL (a trigger per row); delete triggers do their cascades.
         assert "fk_attempts_delivery_id_deliveries" not in keys
+        delivery_keys = {
+            "fk_deliveries_run_id_runs": (
+                "FOREIGN KEY (run_id) REFERENCES runs(id) ON DELETE CASCADE"
+            ),
+            "fk_deliveries_campaign_id_campaigns": (
+                "FOREIGN KEY (campaign_id) REFERENCES campaigns(id) ON DELETE CASCADE"
+            ),
+            "fk_deliveries_recipient_id_recipients": (
+                "FOREIGN KEY (recipient_id) REFERENCES recipients(id) ON DELETE CASCADE"
+            ),
+        }
+        assert not set(delivery_keys) & set(keys)
+        triggers = "SELECT count(*) FROM pg_trigger WHERE tgname LIKE '%_delete_%'"
+        assert _rows(fresh_url, triggers) == [(3,)]
+        command.downgrade(config, "0021")
+        assert _rows(fresh_url, triggers) == [(0,)]
+        assert (
+            dict(
+                _rows(
+                    fresh_url,
+                    "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint "
+                    "WHERE conrelid = 'deliveries'::regclass AND contype = 'f'",
+                )
+            )
+            == delivery_keys
+        )
         command.downgrade(config, "0019")
         assert _rows(
             fresh_url,

@@ -1,5 +1,5 @@
 """The ``dispatcher`` command: serve, worker, scheduler, migrate, dev, config, import, keys,
-people, units, accounts, audit, channels, archive, search."""
+people, units, accounts, audit, channels, archive, search, tallies."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from dispatcher.cli.common import app
 # Importing a command group's module adds its commands to the app, in this order in --help.
 # isort: off
 from dispatcher.cli import setup, processes, keys, people, units, accounts, audit, imports
-from dispatcher.cli import channels, archive
+from dispatcher.cli import channels, archive, tallies
 # isort: on
 
 
@@ -33,5 +33,6 @@ __all__ = [
     "people",
     "processes",
     "setup",
+    "tallies",
     "units",
 ]

@@ -43,9 +43,16 @@ def current_revision(url: str) -> str | None:
 # of a partitioned table must hold its partition key, so there these two constraints also hold
 # ``period`` (tests/test_migration_partitions.py checks them), and each month's partitions are
 # tables of their own that the models do not list. The attempts' foreign key is not there at
-# all since revision 0020 (a trigger per inserted row; see that revision).
+# all since revision 0020, nor the deliveries' since 0022 (a trigger per inserted row; see
+# those revisions).
 PARTITION_KEYS = frozenset(
-    {"uq_deliveries_run_id_recipient_id_channel", "fk_attempts_delivery_id_deliveries"}
+    {
+        "uq_deliveries_run_id_recipient_id_channel",
+        "fk_attempts_delivery_id_deliveries",
+        "fk_deliveries_run_id_runs",
+        "fk_deliveries_campaign_id_campaigns",
+        "fk_deliveries_recipient_id_recipients",
+    }
 )
 _PARTITION = re.compile(r"^(deliveries|attempts)_p\d{6}$")
 

@@ -43,6 +43,7 @@ from sqlalchemy import (
     Integer,
     Select,
     Table,
+    delete,
     exists,
     func,
     select,
@@ -60,6 +61,7 @@ from dispatcher.tables.deliveries import (
     Attempt,
     Batch,
     Delivery,
+    DeliveryTally,
     open_batch,
     open_delivery,
 )
@@ -379,9 +381,16 @@ def _remove(connection: Connection, period: int) -> None:
             name = partitions.partition_name(table, period)
             connection.exec_driver_sql(f"ALTER TABLE {table} DETACH PARTITION {name}")
             connection.exec_driver_sql(f"DROP TABLE {name}")
-        return
-    connection.execute(attempts_t.delete().where(*_attempts_where(connection, period)))
-    connection.execute(deliveries_t.delete().where(*_deliveries_where(connection, period)))
+    else:
+        connection.execute(attempts_t.delete().where(*_attempts_where(connection, period)))
+        connection.execute(deliveries_t.delete().where(*_deliveries_where(connection, period)))
+    # Dropping a partition fires no trigger: the month's runs' tallies go here (on SQLite the
+    # triggers have brought them to zero already).
+    connection.execute(
+        delete(DeliveryTally).where(
+            DeliveryTally.run_id.in_(select(Run.id).where(Run.period == period))
+        )
+    )
 
 
 def archive_month(

@@ -33,11 +33,11 @@ from dispatcher.deliveries.schemas import (
     ThroughputBucket,
 )
 from dispatcher.deliveries.service import get_campaign
-from dispatcher.engine import batches
+from dispatcher.engine import tallies
 from dispatcher.kit.errors import NotFound
 from dispatcher.recipients.masking import mask_text
 from dispatcher.tables.campaigns import Run
-from dispatcher.tables.deliveries import Batch, Delivery, DeliveryStatus
+from dispatcher.tables.deliveries import Delivery, DeliveryStatus
 
 FINISHED = (DeliveryStatus.sent, DeliveryStatus.failed, DeliveryStatus.skipped)
 DEFAULT_TOP_REASONS = 10
@@ -69,29 +69,21 @@ def campaign_report(
     """The report of one campaign, or of one of its runs; ``NotFound`` for either unknown."""
     campaign = get_campaign(session=session, campaign_id=campaign_id)
     where: list[ColumnElement[bool]] = [Delivery.campaign_id == campaign.id]
-    in_batches: list[ColumnElement[bool]] = [Batch.campaign_id == campaign.id]
     if run_id is not None:
         run = session.get(Run, run_id)
         if run is None or run.campaign_id != campaign.id:
             raise NotFound(f"campaign {campaign_id} has no run {run_id}")
         where.append(Delivery.run_id == run_id)
-        in_batches.append(Batch.run_id == run_id)
     dialect = session.get_bind().dialect.name
 
     by_status: dict[str, int] = {}
     by_channel: dict[str, ChannelCounts] = {}
-    counted: list[Any] = list(
-        session.execute(
-            select(Delivery.channel, Delivery.status, func.count())
-            .where(*where)
-            .group_by(Delivery.channel, Delivery.status)
+    merged: dict[tuple[str, str], int] = {
+        (channel, status): count
+        for channel, status, count in tallies.counts(
+            session, campaign_ids=[campaign.id], run_id=run_id
         )
-    )
-    # Open batches' deliveries have no row yet: pending (or claimed) all the same.
-    counted += batches.open_counts(session, *in_batches)
-    merged: dict[tuple[str, str], int] = {}
-    for channel, status, count in counted:
-        merged[(channel, status)] = merged.get((channel, status), 0) + count
+    }
     for (channel, status), count in sorted(merged.items()):
         by_status[status] = by_status.get(status, 0) + count
         counts = by_channel.setdefault(channel, ChannelCounts(total=0, by_status={}))

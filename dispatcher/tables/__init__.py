@@ -10,7 +10,7 @@ from dispatcher.tables.channel_accounts import AccountDeadAddress, ChannelAccoun
 from dispatcher.tables.channel_state import ChannelState
 from dispatcher.tables.consent import OptOut
 from dispatcher.tables.content import Template, TemplateVersion, Variant
-from dispatcher.tables.deliveries import Attempt, Batch, Delivery, Lease
+from dispatcher.tables.deliveries import Attempt, Batch, Delivery, DeliveryTally, Lease
 from dispatcher.tables.inbox import Device, InboxItem
 from dispatcher.tables.recipients import Address, Recipient
 from dispatcher.tables.units import Unit
@@ -30,6 +30,7 @@ __all__ = [
     "ChannelAccount",
     "ChannelState",
     "Delivery",
+    "DeliveryTally",
     "Device",
     "InboxItem",
     "Lease",

@@ -113,6 +113,8 @@ class Delivery(Base):
     __tablename__ = "deliveries"
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    # Foreign keys on SQLite only: on PostgreSQL their triggers per inserted row cost as much
+    # as the rest of the row, and delete triggers do their ON DELETE CASCADE (revision 0022).
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
     campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"))
     recipient_id: Mapped[int] = mapped_column(ForeignKey("recipients.id", ondelete="CASCADE"))
@@ -194,7 +196,7 @@ class Attempt(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     # A foreign key on SQLite only: on PostgreSQL its trigger per inserted row cost more than
     # the rest of the row, and only the engine's record writes attempts, with their delivery
-    # (revision 0020).
+    # (revision 0020); a delete trigger does its ON DELETE CASCADE there (revision 0022).
     delivery_id: Mapped[int] = mapped_column(ForeignKey("deliveries.id", ondelete="CASCADE"))
     number: Mapped[int] = mapped_column(Integer)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime)
@@ -324,4 +326,36 @@ class Batch(Base):
             sqlite_where=_where(_OPEN_BATCH),
             postgresql_where=_where(_OPEN_BATCH),
         ),
+    )
+
+
+class DeliveryTally(Base):
+    """How many deliveries a run has on a channel in a status, kept by the database itself.
+
+    Triggers on ``deliveries`` (revision 0021) add every insert, status change and delete
+    here, in the transaction that makes it, whatever code or statement made it; so a
+    campaign's counts read a few rows instead of grouping all its deliveries. A run's count is
+    the sum of its rows over ``slot``: on PostgreSQL each session writes its own slot (its
+    backend's pid), so concurrent writers never wait for one another's row; SQLite has one
+    writer and uses slot 0. Open batches' deliveries, which have no row yet, are not here:
+    readers add :func:`dispatcher.engine.batches.open_counts`. An archived month's runs lose
+    their tallies with their rows.
+    """
+
+    __tablename__ = "delivery_tallies"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"))
+    channel: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16))
+    slot: Mapped[int] = mapped_column(Integer)
+    # May be negative in one slot (a row written by one session, changed by another).
+    n: Mapped[int] = mapped_column(BigInteger)
+
+    __table_args__ = (
+        # The triggers' upsert; also a run's tallies (a run's report, the archive).
+        UniqueConstraint("run_id", "channel", "status", "slot"),
+        # A campaign's counts (GET /v1/campaigns/{id}, the dashboard, its report).
+        Index("ix_delivery_tallies_campaign_id", "campaign_id"),
     )

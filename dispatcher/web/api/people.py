@@ -24,17 +24,13 @@ from dispatcher.web.http.deps import DbSession, PathId
 router = APIRouter(prefix="/v1/people", tags=["people"])
 
 
-def _scope(session: Session, caller: Caller) -> set[int]:
-    # The request's scope is the caller's (attached to the session with the caller).
-    return scopes.units_of(session)
-
-
 def _out(session: Session, person: Principal) -> PersonOut:
     return PersonOut.of(person, units.get(session, person.unit_id))
 
 
-def _managed(session: Session, caller: Caller, person_id: int) -> Principal:
-    return people.in_scope(session, _scope(session, caller), person_id)
+def _managed(session: Session, person_id: int) -> Principal:
+    """The person, if the caller (the session's scope) manages their unit; else 404."""
+    return people.in_scope(session, scopes.units_of(session), person_id)
 
 
 def _record(
@@ -55,7 +51,7 @@ def list_people(session: DbSession, caller: Admin) -> list[PersonOut]:
     known = people.units_by_id(session)
     return [
         PersonOut.of(p, known[p.unit_id])
-        for p in people.list_people(session, _scope(session, caller))
+        for p in people.list_people(session, scopes.units_of(session))
     ]
 
 
@@ -66,7 +62,7 @@ def list_people(session: DbSession, caller: Admin) -> list[PersonOut]:
     summary="Add a person (a generated password is shown once)",
 )
 def create_person(data: PersonIn, session: DbSession, caller: Admin) -> NewPersonOut:
-    unit = people.home_unit(session, data.unit, scope=_scope(session, caller))
+    unit = people.home_unit(session, data.unit, scope=scopes.units_of(session))
     generated = people.generate_password() if data.password is None else None
     person = people.add_person(
         session,
@@ -91,12 +87,12 @@ def create_person(data: PersonIn, session: DbSession, caller: Admin) -> NewPerso
 
 @router.get("/{person_id}", response_model=PersonOut)
 def get_person(person_id: PathId, session: DbSession, caller: Admin) -> PersonOut:
-    return _out(session, _managed(session, caller, person_id))
+    return _out(session, _managed(session, person_id))
 
 
 @router.post("/{person_id}/grant", response_model=PersonOut, summary="Give roles too")
 def grant_roles(person_id: PathId, data: RolesIn, session: DbSession, caller: Admin) -> PersonOut:
-    person = _managed(session, caller, person_id)
+    person = _managed(session, person_id)
     people.grant(session, person, list(data.roles))
     _record(session, caller, "person.grant", person, roles=sorted(set(data.roles)))
     return _out(session, person)
@@ -108,7 +104,7 @@ def grant_roles(person_id: PathId, data: RolesIn, session: DbSession, caller: Ad
     summary="Take roles: keys carrying them stop working, sessions end",
 )
 def revoke_roles(person_id: PathId, data: RolesIn, session: DbSession, caller: Admin) -> PersonOut:
-    person = _managed(session, caller, person_id)
+    person = _managed(session, person_id)
     if "admin" in data.roles:
         _not_self(caller, person, "take the admin role from")
     people.revoke(session, person, list(data.roles))
@@ -122,7 +118,7 @@ def revoke_roles(person_id: PathId, data: RolesIn, session: DbSession, caller: A
     summary="Forget their TOTP authenticator: they enrol again at their next sign-in",
 )
 def reset_totp(person_id: PathId, session: DbSession, caller: Admin) -> PersonOut:
-    person = _managed(session, caller, person_id)
+    person = _managed(session, person_id)
     people.reset_totp(session, person)
     _record(session, caller, "person.reset_totp", person)
     return _out(session, person)
@@ -130,7 +126,7 @@ def reset_totp(person_id: PathId, session: DbSession, caller: Admin) -> PersonOu
 
 @router.post("/{person_id}/unlock", response_model=PersonOut, summary="End a lock-out")
 def unlock(person_id: PathId, session: DbSession, caller: Admin) -> PersonOut:
-    person = _managed(session, caller, person_id)
+    person = _managed(session, person_id)
     people.unlock(session, person)
     _record(session, caller, "person.unlock", person)
     return _out(session, person)
@@ -142,7 +138,7 @@ def unlock(person_id: PathId, session: DbSession, caller: Admin) -> PersonOut:
     summary="Someone who leaves: roles, password and TOTP taken, keys revoked",
 )
 def disable(person_id: PathId, session: DbSession, caller: Admin) -> PersonOut:
-    person = _managed(session, caller, person_id)
+    person = _managed(session, person_id)
     _not_self(caller, person, "disable")
     revoked = people.disable(session, person)
     _record(session, caller, "person.disable", person, keys_revoked=revoked)

@@ -12,9 +12,9 @@ from typing import Any
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
-from dispatcher.engine import batches
+from dispatcher.engine import tallies
 from dispatcher.tables.campaigns import Campaign, CampaignStatus, Run, RunStatus, is_stream
-from dispatcher.tables.deliveries import OPEN_STATUSES, Batch, Delivery, DeliveryStatus
+from dispatcher.tables.deliveries import OPEN_STATUSES, DeliveryStatus
 from dispatcher.web.dashboard.pages import SETTLED, campaign_status_label
 
 # One poll asks for at most this many campaigns (a page of the list).
@@ -97,17 +97,7 @@ def progress_of(*, session: Session, campaign_ids: Sequence[int]) -> dict[int, P
         found[cid].planned = int(planned)
         found[cid].planning = int(planning) > 0
     total: dict[int, int] = {}
-    counted: list[Any] = list(
-        session.execute(
-            select(Delivery.campaign_id, Delivery.status, func.count())
-            .where(Delivery.campaign_id.in_(ids))
-            .group_by(Delivery.campaign_id, Delivery.status)
-        )
-    )
-    # Open batches' deliveries have no row yet: pending (or claimed) all the same.
-    counted += batches.open_counts(
-        session, Batch.campaign_id.in_(ids), by=("campaign_id", "status")
-    )
+    counted = tallies.counts(session, campaign_ids=ids, by=("campaign_id", "status"))
     for cid, status, n in counted:
         item = found[cid]
         total[cid] = total.get(cid, 0) + n
