@@ -149,8 +149,6 @@ def _truncate(database: Database) -> None:
             connection.execute(text("PRAGMA defer_foreign_keys = ON"))
             for table in tables:
                 connection.execute(text(f"DELETE FROM {table}"))
-            # Deleting deliveries counted them out of their tallies: those rows go last.
-            connection.execute(text("DELETE FROM delivery_tallies"))
             # AUTOINCREMENT's counters (deliveries): ids start again, as RESTART IDENTITY.
             connection.execute(text("DELETE FROM sqlite_sequence"))
         else:
@@ -172,7 +170,7 @@ def db(database_url: str, _databases: dict[str, Database]) -> Iterator[Database]
     set_database(database)
     yield database
     set_database(None)
-    # Whatever the test wrote, the tallies the database keeps match its delivery rows.
+    # Whatever the test wrote, the tallies PostgreSQL keeps match its delivery rows.
     with database.reading() as session:
         wrong = tallies.mismatches(session)
     assert not wrong, (

@@ -1,10 +1,13 @@
-"""Campaigns' delivery counts, read from the tallies the database keeps (``delivery_tallies``,
-see :class:`dispatcher.tables.deliveries.DeliveryTally`) and from the open batches.
+"""Campaigns' delivery counts: on PostgreSQL read from the tallies the database keeps
+(``delivery_tallies``, see :class:`dispatcher.tables.deliveries.DeliveryTally` and revision
+0021), on SQLite by grouping the rows; plus the open batches on both.
 
-A campaign of ten million deliveries is counted from a few dozen rows: its runs' tallies on
-each channel and status, plus its open batches' sizes (deliveries planned but not written yet,
-pending or claimed). Grouping the deliveries themselves gives the same numbers
-(:func:`mismatches` checks that), at a cost that grows with the campaign.
+On PostgreSQL a campaign of ten million deliveries is counted from a few dozen rows: its runs'
+tallies on each channel and status, plus its open batches' sizes (deliveries planned but not
+written yet, pending or claimed). Grouping the deliveries themselves gives the same numbers
+(:func:`mismatches` checks that), at a cost that grows with the campaign. SQLite keeps no
+tallies (a per-row trigger cost more than the row, inside the write turn; see revision 0021):
+there the API groups the rows, reading the WAL without holding up any writer.
 """
 
 from __future__ import annotations
@@ -22,6 +25,11 @@ from dispatcher.tables.deliveries import Batch, Delivery, DeliveryTally
 KEYS = ("campaign_id", "run_id", "channel", "status")
 
 
+def kept(session: Session) -> bool:
+    """Whether this database keeps tallies (PostgreSQL)."""
+    return session.get_bind().dialect.name == "postgresql"
+
+
 def counts(
     session: Session,
     *,
@@ -34,10 +42,9 @@ def counts(
     unknown = set(by) - set(KEYS)
     if unknown:
         raise ValueError(f"cannot count deliveries by {sorted(unknown)}; by one of {KEYS}")
-    t = DeliveryTally.__table__.c
-    tallied = select(*(t[name] for name in by), func.sum(t.n)).where(
-        t.campaign_id.in_(campaign_ids)
-    )
+    t = DeliveryTally.__table__.c if kept(session) else Delivery.__table__.c
+    n = func.sum(t.n) if kept(session) else func.count()
+    tallied = select(*(t[name] for name in by), n).where(t.campaign_id.in_(campaign_ids))
     where_batch: list[ColumnElement[bool]] = [Batch.campaign_id.in_(campaign_ids)]
     if run_id is not None:
         tallied = tallied.where(t.run_id == run_id)
@@ -54,7 +61,10 @@ def mismatches(session: Session) -> list[tuple[Any, ...]]:
     """Every (run, channel, status) whose tally is not its number of delivery rows:
     ``(run_id, channel, status, tallied, rows)``; empty when the tallies are right.
 
-    One statement, so that both sides are read from one snapshot while writers go on."""
+    One statement, so that both sides are read from one snapshot while writers go on. Always
+    empty on SQLite, which keeps no tallies."""
+    if not kept(session):
+        return []
     t = DeliveryTally.__table__.c
     d = Delivery.__table__.c
     both = union_all(
@@ -77,10 +87,11 @@ def rebuild(session: Session) -> int:
     """Count every run's deliveries again into fresh tallies (after rows were written with
     the triggers off, e.g. a restore with ``--disable-triggers``); returns the tally rows.
 
-    Writers to ``deliveries`` wait until the caller's transaction ends (PostgreSQL: a SHARE
-    lock; SQLite: the write transaction itself)."""
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(text("LOCK TABLE deliveries IN SHARE MODE"))
+    Writers to ``deliveries`` wait until the caller's transaction ends (a SHARE lock). Nothing
+    to do on SQLite, which keeps no tallies."""
+    if not kept(session):
+        return 0
+    session.execute(text("LOCK TABLE deliveries IN SHARE MODE"))
     d = Delivery.__table__.c
     session.execute(delete(DeliveryTally))
     keys = (d.run_id, d.campaign_id, d.channel, d.status)

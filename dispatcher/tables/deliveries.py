@@ -330,16 +330,16 @@ class Batch(Base):
 
 
 class DeliveryTally(Base):
-    """How many deliveries a run has on a channel in a status, kept by the database itself.
+    """How many deliveries a run has on a channel in a status, kept by PostgreSQL itself.
 
     Triggers on ``deliveries`` (revision 0021) add every insert, status change and delete
     here, in the transaction that makes it, whatever code or statement made it; so a
     campaign's counts read a few rows instead of grouping all its deliveries. A run's count is
-    the sum of its rows over ``slot``: on PostgreSQL each session writes its own slot (its
-    backend's pid), so concurrent writers never wait for one another's row; SQLite has one
-    writer and uses slot 0. Open batches' deliveries, which have no row yet, are not here:
-    readers add :func:`dispatcher.engine.batches.open_counts`. An archived month's runs lose
-    their tallies with their rows.
+    the sum of its rows over ``slot``: each session writes its own slot (its backend's pid), so
+    concurrent writers never wait for one another's row. Open batches' deliveries, which have
+    no row yet, are not here: readers add :func:`dispatcher.engine.batches.open_counts`. An
+    archived month's runs lose their tallies with their rows. Empty on SQLite, whose per-row
+    triggers cost more than the row (see :mod:`dispatcher.engine.tallies`).
     """
 
     __tablename__ = "delivery_tallies"

@@ -1,5 +1,6 @@
-"""The delivery tallies the database keeps: right after every kind of write, read instead of
-the deliveries, and never a point where two writers wait for each other."""
+"""The delivery tallies PostgreSQL keeps: right after every kind of write, read instead of the
+deliveries, and never a point where two writers wait for each other. SQLite keeps none, and
+counts the same."""
 
 from __future__ import annotations
 
@@ -125,6 +126,8 @@ def _statements(db: Database) -> Iterator[list[str]]:
 def test_a_campaigns_counts_do_not_read_its_deliveries(db: Database) -> None:
     """GET /v1/campaigns/{id} and the dashboard count a campaign on every look: grouping its
     deliveries cost seconds of the database at ten million rows."""
+    if db.is_sqlite:
+        pytest.skip("SQLite keeps no tallies: its counts group the rows")
     campaign_id, [run_id] = make_campaign(db)
     people = add_recipients(db, [("a", {"email": "a@bhxh.test"})])
     add_deliveries(
@@ -178,6 +181,11 @@ def test_two_writers_of_one_run_do_not_wait_for_each_others_tally(db: Database) 
 def test_the_tallies_command_finds_wrong_tallies_and_rebuilds_them(
     settings: Settings, db: Database
 ) -> None:
+    runner = CliRunner()
+    if db.is_sqlite:
+        none = runner.invoke(app, ["tallies", "--rebuild"])
+        assert none.exit_code == 0 and "SQLite keeps no tallies" in none.output
+        return
     campaign_id, [run_id] = make_campaign(db)
     people = add_recipients(db, [(f"c{i}", {"email": f"c{i}@bhxh.test"}) for i in range(3)])
     add_deliveries(
@@ -187,7 +195,6 @@ def test_the_tallies_command_finds_wrong_tallies_and_rebuilds_them(
             for rid in people.values()
         ],
     )
-    runner = CliRunner()
     fine = runner.invoke(app, ["tallies"])
     assert fine.exit_code == 0 and "tallies match the deliveries" in fine.output
     # As a restore with the triggers off would leave them.

@@ -1,17 +1,19 @@
-"""delivery tallies
+"""delivery tallies (PostgreSQL)
 
-``delivery_tallies`` holds how many deliveries each run has on each channel in each status,
-kept by triggers on ``deliveries`` in the transaction of every insert, status change and
-delete, so that a campaign's counts (``GET /v1/campaigns/{id}``, the dashboard, reports) read a
-few rows instead of grouping every delivery of the campaign, which at ten million rows cost
-seconds of the database per look. It is filled from the existing rows.
+``delivery_tallies`` holds how many deliveries each run has on each channel in each status. On
+PostgreSQL triggers on ``deliveries`` keep it in the transaction of every insert, status change
+and delete, so that a campaign's counts (``GET /v1/campaigns/{id}``, the dashboard, reports) read
+a few rows instead of grouping every delivery of the campaign, which at ten million rows cost
+seconds of the database per look. It is filled from the existing rows. The triggers are per
+statement and read its transition tables (one grouped upsert per ``COPY`` or ``UPDATE``), each
+session into its own ``slot`` (its backend's pid): two sessions never wait for the same tally
+row. Rows deleted with their run are not counted: the run's tallies go with it.
 
-On PostgreSQL the triggers are per statement and read its transition tables (one grouped
-upsert per ``COPY`` or ``UPDATE``, in the session's own ``slot``, its backend's pid: two
-sessions never wait for the same tally row). On SQLite they are per row, in slot 0 (one writer
-at a time). A later revision that rebuilds ``deliveries`` on SQLite (``batch_alter_table``)
-drops its triggers with the old table and must create them again. Rows deleted with their run
-(``ON DELETE CASCADE``) are not counted: the run's tallies go with it.
+On SQLite the table stays empty and counts group the rows, as before: SQLite has only per-row
+triggers, and one that adds each inserted delivery to its tally cost 25–30 µs of CPU per row
+(100,000 rows in 500-row transactions: 19–24 µs per row without, 44–56 with), inside the write
+turn every worker waits for; grouping a campaign's rows there is read by the API from the WAL
+without holding up any writer.
 
 Revision ID: 0021
 Revises: 0020
@@ -76,26 +78,6 @@ POSTGRESQL_TRIGGERS = {
 }
 
 
-def _sqlite_add(row: str, n: int) -> str:
-    return (
-        f"INSERT INTO delivery_tallies ({COLUMNS}) "
-        f"SELECT {row}.run_id, {row}.campaign_id, {row}.channel, {row}.status, 0, {n} "
-        f"WHERE EXISTS (SELECT 1 FROM runs WHERE runs.id = {row}.run_id) {UPSERT};"
-    )
-
-
-SQLITE_TRIGGERS = {
-    "delivery_tallies_insert": f"AFTER INSERT ON deliveries BEGIN {_sqlite_add('NEW', 1)} END",
-    "delivery_tallies_update": (
-        "AFTER UPDATE OF run_id, campaign_id, channel, status ON deliveries "
-        "WHEN OLD.status IS NOT NEW.status OR OLD.channel IS NOT NEW.channel "
-        "OR OLD.run_id IS NOT NEW.run_id OR OLD.campaign_id IS NOT NEW.campaign_id "
-        f"BEGIN {_sqlite_add('OLD', -1)} {_sqlite_add('NEW', 1)} END"
-    ),
-    "delivery_tallies_delete": f"AFTER DELETE ON deliveries BEGIN {_sqlite_add('OLD', -1)} END",
-}
-
-
 def upgrade() -> None:
     op.create_table(
         "delivery_tallies",
@@ -128,18 +110,16 @@ def upgrade() -> None:
         ),
     )
     op.create_index("ix_delivery_tallies_campaign_id", "delivery_tallies", ["campaign_id"])
-    if op.get_bind().dialect.name == "postgresql":
-        op.execute(POSTGRESQL_FUNCTION)
-        for name, when in POSTGRESQL_TRIGGERS.items():
-            op.execute(
-                f"CREATE TRIGGER {name} {when} FOR EACH STATEMENT "
-                "EXECUTE FUNCTION delivery_tallies_count()"
-            )
-    else:
-        for name, body in SQLITE_TRIGGERS.items():
-            op.execute(f"CREATE TRIGGER {name} {body}")
-    # The rows already there, counted once (the triggers, made first, hold off writers on
-    # PostgreSQL until this commits).
+    if op.get_bind().dialect.name != "postgresql":
+        return
+    op.execute(POSTGRESQL_FUNCTION)
+    for name, when in POSTGRESQL_TRIGGERS.items():
+        op.execute(
+            f"CREATE TRIGGER {name} {when} FOR EACH STATEMENT "
+            "EXECUTE FUNCTION delivery_tallies_count()"
+        )
+    # The rows already there, counted once (the triggers, made first, hold off writers until
+    # this commits).
     op.execute(
         f"INSERT INTO delivery_tallies ({COLUMNS}) "
         "SELECT run_id, campaign_id, channel, status, 0, count(*) FROM deliveries "
@@ -148,12 +128,9 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    for name in POSTGRESQL_TRIGGERS:
-        if op.get_bind().dialect.name == "postgresql":
-            op.execute(f"DROP TRIGGER IF EXISTS {name} ON deliveries")
-        else:
-            op.execute(f"DROP TRIGGER IF EXISTS {name}")
     if op.get_bind().dialect.name == "postgresql":
+        for name in POSTGRESQL_TRIGGERS:
+            op.execute(f"DROP TRIGGER IF EXISTS {name} ON deliveries")
         op.execute("DROP FUNCTION IF EXISTS delivery_tallies_count()")
     op.drop_index("ix_delivery_tallies_campaign_id", table_name="delivery_tallies")
     op.drop_table("delivery_tallies")
