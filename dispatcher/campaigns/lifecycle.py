@@ -241,8 +241,8 @@ def cancel(
 
 
 def counts(*, session: Session, campaign_id: int) -> Counts:
-    """The campaign's deliveries by status and channel, open batches' included (from the
-    tallies: a few rows whatever the campaign's size)."""
+    """The campaign's deliveries by status and channel, open batches' included (on
+    PostgreSQL from its tallies: a few rows whatever the campaign's size)."""
     result = Counts()
     by_channel: dict[str, dict[str, int]] = defaultdict(dict)
     for status, channel, n in tallies.counts(

@@ -32,6 +32,7 @@ from sqlalchemy import ColumnElement, Connection, Table, func, select, update
 from sqlalchemy.orm import Session
 
 from dispatcher import audit
+from dispatcher.engine.bulk import SQLITE_MAX_VALUES
 from dispatcher.tables.campaigns import Run
 from dispatcher.tables.deliveries import (
     Batch,
@@ -341,8 +342,11 @@ def cancel_open(
             .where(b.id.in_([batch.id for batch in batches]))
             .values(status=BatchStatus.cancelled.value, lease_until=None, updated_at=now)
         )
-        for start in range(0, len(rows), 1000):
-            connection.execute(deliveries_t.insert(), rows[start : start + 1000])
+        # One multi-row statement per chunk, not one per row: on PostgreSQL the tallies'
+        # trigger runs once per statement (SQLite's limit on bound values bounds the chunk).
+        chunk = SQLITE_MAX_VALUES // len(rows[0]) if rows else 1
+        for start in range(0, len(rows), chunk):
+            connection.execute(deliveries_t.insert().values(rows[start : start + chunk]))
         for entry in audit.deliveries_drafts(
             rows, actor=actor, action=audit.CANCELLED, subject=subject
         ):

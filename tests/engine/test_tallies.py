@@ -16,11 +16,14 @@ from dispatcher.campaigns import lifecycle
 from dispatcher.cli import app
 from dispatcher.core.config import Settings
 from dispatcher.core.db import Database
-from dispatcher.engine import tallies
+from dispatcher.engine import batches, tallies
+from dispatcher.kit.clock import utcnow
 from dispatcher.tables.campaigns import Campaign
-from dispatcher.tables.deliveries import Attempt, Delivery, DeliveryTally
+from dispatcher.tables.deliveries import Attempt, Batch, Delivery, DeliveryTally
 from dispatcher.tables.recipients import Recipient
 from tests.deliveries.rows import add_attempts, add_deliveries, add_recipients, make_campaign
+from tests.support import run_batches
+from tests.test_end_to_end import plan_campaign
 
 
 def _grouped(db: Database, campaign_id: int) -> dict[tuple[str, str], int]:
@@ -212,3 +215,35 @@ def test_the_tallies_command_finds_wrong_tallies_and_rebuilds_them(
     assert "tallies rebuilt: 1 rows" in rebuilt.output
     assert "tallies match the deliveries" in rebuilt.output
     _check(db, campaign_id)
+
+
+def test_cancelling_open_batches_fires_the_tally_trigger_once_per_statement(
+    client: Any, db: Database, settings: Settings
+) -> None:
+    """Cancelling a campaign writes its open batches' deliveries as rows: in multi-row
+    statements, not one per row (the trigger runs once per statement; a 1,000,000-delivery
+    cancellation written row by row took minutes of the database)."""
+    if db.is_sqlite:
+        pytest.skip("SQLite keeps no tallies")
+    campaign_id, run_id = plan_campaign(client, db, settings)
+    [(_, ids)] = run_batches(db, run_id)
+    assert len(ids) > 1
+    with db.transaction() as session:
+        session.execute(text("SET LOCAL track_functions = 'pl'"))
+        written = batches.cancel_open(
+            session,
+            Batch.campaign_id == campaign_id,
+            now=utcnow(),
+            reason="campaign cancelled",
+            actor="test",
+            subject=f"campaign:{campaign_id}",
+        )
+        calls = session.scalar(
+            text(
+                "SELECT calls FROM pg_stat_xact_user_functions "
+                "WHERE funcname = 'delivery_tallies_count'"
+            )
+        )
+    assert written == len(ids)
+    assert calls == 1
+    assert _counted(db, campaign_id) == {("cancelled", "email"): len(ids)}
