@@ -734,14 +734,33 @@ def log_problems(path: Path) -> dict[str, Any]:
         lines = path.read_text(errors="replace").splitlines()
     except OSError:
         return {"errors": 0, "first": []}
+    tracebacks: list[str] = []
     for index, line in enumerate(lines):
         if pattern.search(line):
             count += 1
             if len(first) < 3:
                 tail = [x for x in lines[index + 1 : index + 40] if x and not x.startswith(" ")]
                 cause = f"  ->  {tail[0][:200]}" if tail and line.startswith("Traceback") else ""
+                exception = _logged_exception(line)
+                if exception:
+                    # A structlog line carries its traceback in one field: name its last line
+                    # (the exception itself) and keep the whole of it in the results.
+                    cause = f"  ->  {exception.strip().splitlines()[-1][:300]}"
+                    tracebacks.append(exception[-8000:])
                 first.append(line[:300] + cause)
-    return {"errors": count, "first": first}
+    return {"errors": count, "first": first, "tracebacks": tracebacks}
+
+
+def _logged_exception(line: str) -> str:
+    """The ``exception`` field of a structlog JSON line, or ''."""
+    if not line.startswith("{"):
+        return ""
+    try:
+        fields = json.loads(line)
+    except ValueError:
+        return ""
+    exception = fields.get("exception") if isinstance(fields, dict) else None
+    return exception if isinstance(exception, str) else ""
 
 
 def queue_settings(queues: tuple[str, str]) -> dict[str, str]:

@@ -32,7 +32,7 @@ from sqlalchemy import ColumnElement, Connection, Table, func, select, update
 from sqlalchemy.orm import Session
 
 from dispatcher import audit
-from dispatcher.engine.bulk import SQLITE_MAX_VALUES
+from dispatcher.engine.bulk import DELIVERY_INSERT_COLUMNS, BulkWrites
 from dispatcher.tables.campaigns import Run
 from dispatcher.tables.deliveries import (
     Batch,
@@ -272,6 +272,10 @@ def run_has_open(session: Session | Connection, run_id: int) -> bool:
 # -- a cancellation ------------------------------------------------------------------------------
 
 
+# The delivery columns that hold a time (bound in the driver's form by the bulk insert).
+STAMPED = frozenset({"available_at", "created_at", "updated_at", "sent_at"})
+
+
 def cancel_open(
     session: Session,
     *where: ColumnElement[bool],
@@ -286,6 +290,7 @@ def cancel_open(
     A claimed batch is left to its worker, which sends and records it (as rows a worker holds
     were before)."""
     connection = session.connection()
+    bulk = BulkWrites(connection.dialect)
     b = batches_t.c
     written = 0
     while True:
@@ -342,11 +347,18 @@ def cancel_open(
             .where(b.id.in_([batch.id for batch in batches]))
             .values(status=BatchStatus.cancelled.value, lease_until=None, updated_at=now)
         )
-        # One multi-row statement per chunk, not one per row: on PostgreSQL the tallies'
-        # trigger runs once per statement (SQLite's limit on bound values bounds the chunk).
-        chunk = SQLITE_MAX_VALUES // len(rows[0]) if rows else 1
-        for start in range(0, len(rows), chunk):
-            connection.execute(deliveries_t.insert().values(rows[start : start + chunk]))
+        # The record's bulk insert (COPY on PostgreSQL, multi-row statements on SQLite), not
+        # one statement per row: on PostgreSQL the tallies' trigger runs once per statement.
+        bulk.insert_deliveries(
+            connection,
+            [
+                tuple(
+                    bulk.stamp(row[name]) if name in STAMPED else row[name]
+                    for name in DELIVERY_INSERT_COLUMNS
+                )
+                for row in rows
+            ],
+        )
         for entry in audit.deliveries_drafts(
             rows, actor=actor, action=audit.CANCELLED, subject=subject
         ):
