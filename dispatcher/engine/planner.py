@@ -57,9 +57,6 @@ if TYPE_CHECKING:
     from dispatcher.engine.work import Work
 
 deliveries_t: Table = Delivery.__table__  # type: ignore[assignment]
-# Skipped rows inserted per statement (SQLite's limit on a statement's values is 32,766).
-SKIPPED_PER_STATEMENT = 500
-
 COLUMNS = (
     "run_id",
     "campaign_id",
@@ -197,21 +194,16 @@ class Rows:
         batch by its job id, size, reserved ids and a digest of its members."""
         if self.campaign.channel_mode == "fallback":
             where = (*where, self.none_usable_before())
-        # One read of the page: each address with why it cannot be used (None when it can).
+        skipped = self.skip(*where)
         query = (
-            select(Recipient.id, Address.channel, self.unusable_reason())
+            select(Recipient.id, Address.channel)
             .join(Address, Address.recipient_id == Recipient.id)
-            .where(Address.channel.in_(self.channels), *where)
+            .where(Address.channel.in_(self.channels), self.usable(), *where)
             .order_by(Address.channel, Recipient.id)
         )
         by_channel: dict[str, list[int]] = {}
-        unusable: list[tuple[int, str, str]] = []
-        for recipient_id, channel, reason in self.session.execute(query):
-            if reason is None:
-                by_channel.setdefault(channel, []).append(int(recipient_id))
-            else:
-                unusable.append((int(recipient_id), channel, reason))
-        skipped = self.insert_skipped(unusable)
+        for recipient_id, channel in self.session.execute(query):
+            by_channel.setdefault(channel, []).append(int(recipient_id))
         connection = self.session.connection()
         made: list[Batch] = []
         for channel in self.channels:
@@ -273,49 +265,6 @@ class Rows:
         for entry in drafts:
             audit.append(self.session, entry)
         return made, len(skipped)
-
-    def unusable_reason(self) -> ColumnElement[str | None]:
-        """Why an address cannot be used (a dead address, else an opt-out), NULL when it can:
-        what :meth:`skip` and :meth:`usable` decide, in one column."""
-        whens: list[tuple[ColumnElement[bool], ColumnElement[str]]] = [
-            (Address.dead_at.is_not(None), literal(ErrorClass.address_dead.value, String()))
-        ]
-        if self.opted is not None:
-            whens.append((self.opted, literal(ErrorClass.opted_out.value, String())))
-        return case(*whens, else_=literal(None, String()))
-
-    def insert_skipped(self, unusable: Sequence[tuple[int, str, str]]) -> list[Any]:
-        """Insert skipped rows for (recipient, channel, reason) as the page's read found them;
-        returns them in their audited state."""
-        rows = [
-            {
-                "run_id": self.run.id,
-                "campaign_id": self.campaign.id,
-                "recipient_id": recipient_id,
-                "channel": channel,
-                "status": DeliveryStatus.skipped.value,
-                "batch_id": None,
-                "error_class": reason,
-                "available_at": self.available.get(channel, self.now),
-                "created_at": self.now,
-                "updated_at": self.now,
-                "attempts": 0,
-                "failures": 0,
-                "reclaimed": False,
-                "period": self.run.period,
-            }
-            for recipient_id, channel, reason in unusable
-        ]
-        out: list[Any] = []
-        for start in range(0, len(rows), SKIPPED_PER_STATEMENT):
-            statement = (
-                insert_for(self.session, deliveries_t)
-                .values(rows[start : start + SKIPPED_PER_STATEMENT])
-                .on_conflict_do_nothing()
-                .returning(*audit.state_columns())
-            )
-            out += [row._mapping for row in self.session.connection().execute(statement)]
-        return out
 
     def skip(self, *where: Any) -> list[Any]:
         """Insert the skipped rows (a dead address, an opt-out) of the recipients ``where``
