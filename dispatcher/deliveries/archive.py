@@ -384,8 +384,8 @@ def _remove(connection: Connection, period: int) -> None:
     else:
         connection.execute(attempts_t.delete().where(*_attempts_where(connection, period)))
         connection.execute(deliveries_t.delete().where(*_deliveries_where(connection, period)))
-    # Dropping a partition fires no trigger: the month's runs' tallies go here (on SQLite the
-    # triggers have brought them to zero already).
+    # Dropping a partition fires no trigger: the month's runs' tallies go here (SQLite keeps
+    # none, so nothing is there to delete).
     connection.execute(
         delete(DeliveryTally).where(
             DeliveryTally.run_id.in_(select(Run.id).where(Run.period == period))
