@@ -289,3 +289,50 @@ def test_the_compose_stack_shares_one_metrics_directory(repo_root: Path) -> None
             "/var/lib/dispatcher/metrics",
         ), name
     assert "metrics" in compose["volumes"]
+
+
+@pytest.mark.parametrize("multiprocess", [False, True])
+def test_observing_a_batch_of_send_times_counts_as_observing_each(
+    multiprocess: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The send-time histogram is written once per batch: its buckets, count and sum are the
+    same as one observe per send, in the single-process registry and the multi-process one."""
+    from prometheus_client import CollectorRegistry, Histogram, values
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    from dispatcher.observability.metrics import observe_many
+
+    if multiprocess:
+        directory = tmp_path / "metrics"
+        directory.mkdir()
+        monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(directory))
+        monkeypatch.setattr(values, "ValueClass", values.MultiProcessValue(lambda: "one"))
+    amounts = [0.001, 0.005, 0.0051, 0.02, 0.3, 0.3, 7.5, 31.0, 0.0]
+    buckets = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+    def samples(observe: Any) -> dict[tuple[str, str], float]:
+        registry = CollectorRegistry()
+        name = f"sends_{observe.__name__}"
+        histogram = Histogram(name, "sends", ["channel"], buckets=buckets, registry=registry)
+        observe(histogram.labels("email"))
+        if multiprocess:
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry, path=str(directory))
+        return {
+            (s.name.removeprefix(name), s.labels.get("le", "")): s.value
+            for family in registry.collect()
+            for s in family.samples
+            if s.name.startswith(name) and not s.name.endswith("_created")
+        }
+
+    def each(child: Any) -> None:
+        for amount in amounts:
+            child.observe(amount)
+
+    def batched(child: Any) -> None:
+        observe_many(child, amounts)
+
+    expected = samples(each)
+    assert expected[("_count", "")] == len(amounts)
+    assert expected[("_bucket", "0.005")] == 3
+    assert samples(batched) == expected

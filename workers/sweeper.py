@@ -1,6 +1,9 @@
 """The sweeper's pass: recovery of lost work (:mod:`dispatcher.engine.recovery`), then the
 launches whose time has come (scheduled campaigns, schedule firings).
 
+Last, the campaign counts' tallies of sessions that have ended are folded together
+(:func:`dispatcher.engine.tallies.fold`, PostgreSQL).
+
 The scheduler process runs :func:`sweep` every ``sweep_interval_seconds`` while it leads
 (``workers.scheduler``).
 """
@@ -13,6 +16,7 @@ from datetime import datetime
 from dispatcher.campaigns import firing
 from dispatcher.core.config import Settings
 from dispatcher.core.db import Database
+from dispatcher.engine import tallies
 from dispatcher.engine.backends import Markers
 from dispatcher.engine.leases import LeaseWatch
 from dispatcher.engine.recovery import (
@@ -31,6 +35,7 @@ class SweepReport:
     leases_expired: int = 0
     requeued: int = 0
     runs_completed: int = 0
+    tallies_folded: int = 0
     campaigns_launched: int = 0
     firings: int = 0
     firings_skipped: int = 0
@@ -72,6 +77,8 @@ def sweep(
         if n:
             SCHEDULE_FIRINGS.labels(outcome).inc(n)
     report.runs_completed = complete_finished_runs(db=db)
+    with db.transaction() as session:
+        report.tallies_folded = tallies.fold(session)
     for action in (
         "campaigns_launched",
         "planners_restarted",

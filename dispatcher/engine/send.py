@@ -60,6 +60,7 @@ from dispatcher.observability.metrics import (
     DELIVERY_OUTCOMES,
     RATE_LIMIT_WAIT_SECONDS,
     SEND_SECONDS,
+    observe_many,
 )
 from dispatcher.scheduling import windows
 from dispatcher.tables.deliveries import DeliveryStatus, Outcome
@@ -109,7 +110,7 @@ class Sender:
             return
         for _ in range(MAX_RATE_ROUNDS):
             try:
-                await self._send_round(item, limits)
+                await self._send_round(item, limits, batch.durations)
                 return
             except ratelimit.Deferred as deferred:
                 # Nothing was sent: no attempt to record, no budget spent.
@@ -181,11 +182,13 @@ class Sender:
         item.error_reason = exc.reason
         item.retry_after = exc.retry_after
 
-    async def _send_round(self, item: Work, limits: Sequence[ratelimit.Limit]) -> None:
+    async def _send_round(
+        self, item: Work, limits: Sequence[ratelimit.Limit], durations: list[tuple[str, float]]
+    ) -> None:
         """One round of tries: the first goes straight out; after a blip, the policy's quick
         retries (tenacity), each behind a rate slot like the first."""
         try:
-            await self._try_once(item, limits)
+            await self._try_once(item, limits, durations)
             return
         except TransientError:
             retrying = self.policy.quick_after_failure(item.failures)
@@ -194,12 +197,14 @@ class Sender:
         await asyncio.sleep(self.policy.first_quick_wait())
         async for attempt in retrying:
             with attempt:
-                await self._try_once(item, limits)
+                await self._try_once(item, limits, durations)
 
-    async def _try_once(self, item: Work, limits: Sequence[ratelimit.Limit]) -> None:
+    async def _try_once(
+        self, item: Work, limits: Sequence[ratelimit.Limit], durations: list[tuple[str, float]]
+    ) -> None:
         """One try, audited. The adapter is opened behind the rate slot: opening calls the
         provider (getMe, a token grant), and a refused credential must pause the channel before
-        others pile in."""
+        others pile in. A sent try's duration joins ``durations``, observed once per batch."""
         assert item.message is not None
         channel = item.channel
         account = item.account or Account.root(channel)
@@ -229,11 +234,8 @@ class Sender:
             item.failures += 1
             raise error from None
         elapsed = time.perf_counter() - t0
-        histogram = self._send_seconds.get(channel)
-        if histogram is None:
-            histogram = self._send_seconds[channel] = SEND_SECONDS.labels(channel)
-        histogram.observe(elapsed)
-        # Counted once per batch (send_all), by channel.
+        # Observed, and counted, once per batch (send_all), by channel.
+        durations.append((channel, elapsed))
         item.tries.append(
             AttemptRecord(
                 number=number,
@@ -267,10 +269,23 @@ class Sender:
                 await self._send_one(item, batch)
 
         senders = min(self.settings.send_concurrency, len(ready))
-        await asyncio.gather(*(sender() for _ in range(senders)))
+        try:
+            await asyncio.gather(*(sender() for _ in range(senders)))
+        finally:
+            self._observe(batch.durations)
         sent = Counter(w.channel for w in ready if w.status is DeliveryStatus.sent)
         for channel, count in sent.items():
             DELIVERY_OUTCOMES.labels(channel, "sent").inc(count)
+
+    def _observe(self, durations: list[tuple[str, float]]) -> None:
+        by_channel: dict[str, list[float]] = {}
+        for channel, elapsed in durations:
+            by_channel.setdefault(channel, []).append(elapsed)
+        for channel, amounts in by_channel.items():
+            histogram = self._send_seconds.get(channel)
+            if histogram is None:
+                histogram = self._send_seconds[channel] = SEND_SECONDS.labels(channel)
+            observe_many(histogram, amounts)
 
 
 class _BatchFacts:
@@ -284,6 +299,8 @@ class _BatchFacts:
         self._windows: dict[tuple[str, str], tuple[datetime | None, datetime | None]] = {}
         self._rules: dict[str, Sequence[RateRule]] = {}
         self._limits: dict[tuple[str, str], list[ratelimit.Limit]] = {}
+        # (channel, seconds) of each sent try, for the send-time histogram.
+        self.durations: list[tuple[str, float]] = []
 
     def window(self, kind: str, channel: str) -> datetime | None:
         """When the window opens next, or None when a message may go now."""

@@ -83,6 +83,36 @@ def mismatches(session: Session) -> list[tuple[Any, ...]]:
     ]
 
 
+# The rows of sessions that have ended, each (run, channel, status) summed into slot 0, in one
+# statement. A backend's pid may come back for a new session, which then writes that slot
+# again (or, should it start while this runs, waits for this row's delete and inserts anew).
+# A statement in WITH that writes runs once, whether or not the query reads it.
+_FOLD = """
+WITH ended AS (
+    DELETE FROM delivery_tallies AS t
+    WHERE t.slot <> 0 AND NOT EXISTS (SELECT 1 FROM pg_stat_activity AS a WHERE a.pid = t.slot)
+    RETURNING t.run_id, t.campaign_id, t.channel, t.status, t.n
+), summed AS (
+    INSERT INTO delivery_tallies (run_id, campaign_id, channel, status, slot, n)
+    SELECT run_id, campaign_id, channel, status, 0, sum(n)
+    FROM ended GROUP BY run_id, campaign_id, channel, status
+    ON CONFLICT (run_id, channel, status, slot)
+    DO UPDATE SET n = delivery_tallies.n + excluded.n
+)
+SELECT count(*) FROM ended
+"""
+
+
+def fold(session: Session) -> int:
+    """Fold the tally rows of sessions that have ended into one row per (run, channel,
+    status); returns how many rows were folded. Each session writes its own slot, so a run's rows
+    grow with the connections that wrote it; the sweeper folds them on every pass. Rows of
+    live sessions are left alone: their writers never wait for this. Nothing on SQLite."""
+    if not kept(session):
+        return 0
+    return int(session.execute(text(_FOLD)).scalar_one())
+
+
 def rebuild(session: Session) -> int:
     """Count every run's deliveries again into fresh tallies (after rows were written with
     the triggers off, e.g. a restore with ``--disable-triggers``); returns the tally rows.

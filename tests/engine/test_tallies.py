@@ -247,3 +247,80 @@ def test_cancelling_open_batches_fires_the_tally_trigger_once_per_statement(
     assert written == len(ids)
     assert calls == 1
     assert _counted(db, campaign_id) == {("cancelled", "email"): len(ids)}
+
+
+def test_the_sweeper_folds_the_tallies_of_sessions_that_ended(
+    db: Database, settings: Settings, job_queue: Any
+) -> None:
+    """Each session counts into its own slot, so a run's tally rows grow with the connections
+    that wrote it: the sweeper folds those of ended sessions into one row per (run, channel,
+    status), the counts unchanged, and leaves a live session's rows where they are."""
+    if db.is_sqlite:
+        pytest.skip("SQLite keeps no tallies")
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import NullPool
+
+    from tests.support import wait_for
+    from workers.sweeper import sweep
+
+    campaign_id, [run_id] = make_campaign(db)
+    people = add_recipients(db, [(f"f{i}", {"email": f"f{i}@bhxh.test"}) for i in range(3)])
+    ids = list(people.values())
+    add_deliveries(
+        db,
+        [
+            {
+                "run_id": run_id,
+                "campaign_id": campaign_id,
+                "recipient_id": rid,
+                "channel": "email",
+                "status": "pending",
+            }
+            for rid in ids[:3]
+        ],
+    )
+    # Two sessions that end: one marks a row failed, one sends another; then a live one.
+    ended: list[int] = []
+    for status, recipient_id in (("failed", ids[0]), ("sent", ids[1])):
+        engine = create_engine(db.engine.url, poolclass=NullPool)
+        with engine.begin() as connection:
+            ended.append(int(connection.scalar(text("SELECT pg_backend_pid()"))))
+            connection.execute(
+                update(Delivery).where(Delivery.recipient_id == recipient_id).values(status=status)
+            )
+        engine.dispose()
+    with db.transaction() as session:
+        live = int(session.scalar(text("SELECT pg_backend_pid()")))
+        session.execute(
+            update(Delivery).where(Delivery.recipient_id == ids[2]).values(status="failed")
+        )
+
+    def slots() -> dict[int, int]:
+        with db.reading() as session:
+            return dict(
+                session.execute(
+                    select(DeliveryTally.slot, func.count())
+                    .where(DeliveryTally.run_id == run_id)
+                    .group_by(DeliveryTally.slot)
+                ).all()
+            )
+
+    def gone() -> bool:
+        with db.reading() as session:
+            alive = session.scalars(text("SELECT pid FROM pg_stat_activity")).all()
+        return not set(ended) & set(alive)
+
+    before = _counted(db, campaign_id)
+    assert set(ended) <= set(slots()) and live in slots()
+    wait_for(gone, what="the ended sessions' backends to exit")
+    folded_rows = sum(n for slot, n in slots().items() if slot in ended)
+
+    report = sweep(db=db, settings=settings, markers=job_queue.markers)
+    assert report.tallies_folded == folded_rows > 0
+    after = slots()
+    assert not set(ended) & set(after)
+    assert live in after and 0 in after
+    assert _counted(db, campaign_id) == before == {("sent", "email"): 1, ("failed", "email"): 2}
+    _check(db, campaign_id)
+    # Nothing more to fold.
+    assert sweep(db=db, settings=settings, markers=job_queue.markers).tallies_folded == 0
