@@ -3,11 +3,12 @@
 Each page is its own transaction: it writes the page's opt-outs and dead addresses as
 ``skipped`` delivery rows with their reason (one ``INSERT ... SELECT``, final: never written
 again), the deliveries to send as *batch rows* of up to ``batch_size`` each, per channel
-(:mod:`dispatcher.engine.batches`: the recipients and their deliveries' reserved ids), advances the run's cursor, names it all in
-one audit entry, and queues one job per batch after the commit. The deliveries to send are
-written by the worker that sends them, once, with their outcomes. A planner that dies mid-way
-is restarted by the sweeper and carries on from the cursor (the page's writes and the cursor
-commit together, so no page is planned twice).
+(:mod:`dispatcher.engine.batches`: the recipients and their deliveries' reserved ids),
+advances the run's cursor, names it all in one audit entry, and queues one job per batch
+after the commit. The deliveries to send are written by the worker that sends them, once,
+with their outcomes. A planner that dies mid-way is restarted by the sweeper and carries on
+from the cursor (the page's writes and the cursor commit together, so no page is planned
+twice).
 
 Fallback hops (the next channel of a delivery that ended unreached) are still planned as
 ``pending`` rows, on the row path: they are few, and planned inside the record transaction of

@@ -57,9 +57,11 @@ def counts(
     return [(*key, n) for key, n in merged.items() if n]
 
 
-def mismatches(session: Session) -> list[tuple[Any, ...]]:
+def mismatches(session: Session, *, campaign_id: int | None = None) -> list[tuple[Any, ...]]:
     """Every (run, channel, status) whose tally is not its number of delivery rows:
-    ``(run_id, channel, status, tallied, rows)``; empty when the tallies are right.
+    ``(run_id, channel, status, tallied, rows)``; empty when the tallies are right. Of one
+    campaign's runs when ``campaign_id`` is given (its deliveries read through their campaign
+    index), else of all.
 
     One statement, so that both sides are read from one snapshot while writers go on. Always
     empty on SQLite, which keeps no tallies."""
@@ -67,10 +69,14 @@ def mismatches(session: Session) -> list[tuple[Any, ...]]:
         return []
     t = DeliveryTally.__table__.c
     d = Delivery.__table__.c
-    both = union_all(
-        select(t.run_id, t.channel, t.status, t.n.label("tallied"), literal(0).label("rows")),
-        select(d.run_id, d.channel, d.status, literal(0), literal(1)),
-    ).subquery()
+    tallied_rows = select(
+        t.run_id, t.channel, t.status, t.n.label("tallied"), literal(0).label("rows")
+    )
+    delivery_rows = select(d.run_id, d.channel, d.status, literal(0), literal(1))
+    if campaign_id is not None:
+        tallied_rows = tallied_rows.where(t.campaign_id == campaign_id)
+        delivery_rows = delivery_rows.where(d.campaign_id == campaign_id)
+    both = union_all(tallied_rows, delivery_rows).subquery()
     tallied, rows = func.sum(both.c.tallied), func.sum(both.c.rows)
     return [
         tuple(row)
@@ -113,9 +119,10 @@ def fold(session: Session) -> int:
     return int(session.execute(text(_FOLD)).scalar_one())
 
 
-def rebuild(session: Session) -> int:
+def rebuild(session: Session, *, campaign_id: int | None = None) -> int:
     """Count every run's deliveries again into fresh tallies (after rows were written with
     the triggers off, e.g. a restore with ``--disable-triggers``); returns the tally rows.
+    Only one campaign's when ``campaign_id`` is given.
 
     Writers to ``deliveries`` wait until the caller's transaction ends (a SHARE lock). Nothing
     to do on SQLite, which keeps no tallies."""
@@ -123,12 +130,19 @@ def rebuild(session: Session) -> int:
         return 0
     session.execute(text("LOCK TABLE deliveries IN SHARE MODE"))
     d = Delivery.__table__.c
-    session.execute(delete(DeliveryTally))
+    t = DeliveryTally.__table__.c
     keys = (d.run_id, d.campaign_id, d.channel, d.status)
+    grouped = select(*keys, literal(0), func.count()).group_by(*keys)
+    dropped = delete(DeliveryTally)
+    counted = select(func.count()).select_from(DeliveryTally)
+    if campaign_id is not None:
+        grouped = grouped.where(d.campaign_id == campaign_id)
+        dropped = dropped.where(t.campaign_id == campaign_id)
+        counted = counted.where(t.campaign_id == campaign_id)
+    session.execute(dropped)
     session.execute(
         insert(DeliveryTally).from_select(
-            ["run_id", "campaign_id", "channel", "status", "slot", "n"],
-            select(*keys, literal(0), func.count()).group_by(*keys),
+            ["run_id", "campaign_id", "channel", "status", "slot", "n"], grouped
         )
     )
-    return int(session.scalar(select(func.count()).select_from(DeliveryTally)) or 0)
+    return int(session.scalar(counted) or 0)

@@ -324,3 +324,43 @@ def test_the_sweeper_folds_the_tallies_of_sessions_that_ended(
     _check(db, campaign_id)
     # Nothing more to fold.
     assert sweep(db=db, settings=settings, markers=job_queue.markers).tallies_folded == 0
+
+
+def test_the_tallies_command_checks_and_rebuilds_one_campaign(
+    settings: Settings, db: Database
+) -> None:
+    if db.is_sqlite:
+        pytest.skip("SQLite keeps no tallies")
+    runner = CliRunner()
+    wrong_one, [wrong_run] = make_campaign(db)
+    other, [other_run] = make_campaign(db)
+    people = add_recipients(db, [(f"s{i}", {"email": f"s{i}@bhxh.test"}) for i in range(2)])
+    add_deliveries(
+        db,
+        [
+            {"run_id": run_id, "campaign_id": campaign_id, "recipient_id": rid, "channel": "email"}
+            for campaign_id, run_id in ((wrong_one, wrong_run), (other, other_run))
+            for rid in people.values()
+        ],
+    )
+    with db.transaction() as session:
+        session.execute(delete(DeliveryTally))
+
+    # Scoped to the other campaign: only its difference is reported, and only it is rebuilt.
+    scoped = runner.invoke(app, ["tallies", "--campaign", str(other)])
+    assert scoped.exit_code == 1
+    assert f"run {other_run}, email, sent: tallied 0, rows 2" in scoped.output
+    assert f"run {wrong_run}," not in scoped.output
+    assert f"dispatcher tallies --rebuild --campaign {other}" in scoped.output
+    rebuilt = runner.invoke(app, ["tallies", "--rebuild", "--campaign", str(other)])
+    assert rebuilt.exit_code == 0, rebuilt.output
+    assert "tallies rebuilt: 1 rows" in rebuilt.output
+    assert _counted(db, other) == {("sent", "email"): 2}
+    assert _counted(db, wrong_one) == {}
+
+    missing = runner.invoke(app, ["tallies", "--campaign", "999999"])
+    assert missing.exit_code == 2 and "campaign 999999 does not exist" in missing.output
+    # The whole database is still wrong, until it is rebuilt whole.
+    assert runner.invoke(app, ["tallies"]).exit_code == 1
+    assert runner.invoke(app, ["tallies", "--rebuild"]).exit_code == 0
+    _check(db, wrong_one)
