@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Table, func, select, update
+from sqlalchemy import ColumnElement, Connection, Exists, Table, exists, func, select, update
 from sqlalchemy.orm import Session
 
 from dispatcher import audit
@@ -261,12 +261,14 @@ def open_members(
     return out if limit is None else out[:limit]
 
 
-def run_has_open(session: Session | Connection, run_id: int) -> bool:
+def open_in_run(run_id: int) -> Exists:
+    """``EXISTS`` an open batch of the run (through the open batches' partial index)."""
     b = batches_t.c
-    found = session.execute(
-        select(b.id).where(b.run_id == run_id, open_batch(b.status)).limit(1)
-    ).first()
-    return found is not None
+    return exists().where(b.run_id == run_id, open_batch(b.status))
+
+
+def run_has_open(session: Session | Connection, run_id: int) -> bool:
+    return bool(session.scalar(select(open_in_run(run_id))))
 
 
 # -- a cancellation ------------------------------------------------------------------------------

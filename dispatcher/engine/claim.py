@@ -26,7 +26,18 @@ from functools import lru_cache
 from typing import Any
 
 import structlog
-from sqlalchemy import BigInteger, ColumnElement, Table, and_, any_, bindparam, func, select, update
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Connection,
+    Table,
+    and_,
+    any_,
+    bindparam,
+    func,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
@@ -311,9 +322,10 @@ class Claims:
     def _read_batch(session: Session, claim: Claim, taken: Any) -> None:
         """A claimed batch row's deliveries, each with its recipient and live address.
 
-        Two statements of plain SQL through the driver (a thousand rows each): SQLAlchemy's
-        row processing cost more than the reads. A birth date may come back as ISO text and
-        attributes as JSON text (SQLite); the recipient view reads both."""
+        Two statements of plain SQL through the driver's own cursor (a thousand rows each):
+        SQLAlchemy's row processing, one row at a time, cost more than the reads. A birth
+        date may come back as ISO text and attributes as JSON text (SQLite); the recipient
+        view reads both."""
         channel = str(taken.channel)
         recipient_ids = batches.decode_recipients(taken.recipients)
         delivery_ids = batches.decode_ids(taken.delivery_ids)
@@ -325,12 +337,12 @@ class Claims:
         # freshly imported tables were stale, spilled a hash join to disk on PostgreSQL.
         # On PostgreSQL the ids are one array parameter (see _one_of).
         if postgresql:
-            people_rows = connection.exec_driver_sql(
-                _PEOPLE_SQL + "= ANY(%(ids)s::bigint[])", {"ids": recipient_ids}
+            people_rows = _driver_rows(
+                connection, _PEOPLE_SQL + "= ANY(%(ids)s::bigint[])", {"ids": recipient_ids}
             )
         else:
-            people_rows = connection.exec_driver_sql(
-                _PEOPLE_SQL + _sqlite_in(len(recipient_ids)), tuple(recipient_ids)
+            people_rows = _driver_rows(
+                connection, _PEOPLE_SQL + _sqlite_in(len(recipient_ids)), tuple(recipient_ids)
             )
         loads = json.loads
         for row in people_rows:
@@ -347,12 +359,14 @@ class Claims:
                 "attributes": attributes,
             }
         if postgresql:
-            address_rows = connection.exec_driver_sql(
+            address_rows = _driver_rows(
+                connection,
                 _ADDRESSES_SQL + "= ANY(%(ids)s::bigint[])",
                 {"channel": channel, "ids": recipient_ids},
             )
         else:
-            address_rows = connection.exec_driver_sql(
+            address_rows = _driver_rows(
+                connection,
                 _ADDRESSES_SQL_SQLITE + _sqlite_in(len(recipient_ids)),
                 (channel, *recipient_ids),
             )
@@ -457,6 +471,17 @@ _ADDRESSES_SQL_SQLITE = (
     "SELECT recipient_id, value FROM addresses "
     "WHERE channel = ? AND dead_at IS NULL AND recipient_id "
 )
+
+
+def _driver_rows(connection: Connection, statement: str, params: Any) -> list[Any]:
+    """The rows of ``statement`` as the driver returns them (tuples, fetched at once), in the
+    connection's transaction."""
+    cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.execute(statement, params)
+        return list(cursor.fetchall())
+    finally:
+        cursor.close()
 
 
 @lru_cache(maxsize=64)

@@ -27,7 +27,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import Connection, Table, bindparam, select, update
+from sqlalchemy import Connection, Table, bindparam, exists, select, update
 from sqlalchemy.orm import Session
 
 from dispatcher import audit
@@ -442,17 +442,23 @@ class Recorder:
         commits, so that the batch that closes the last rows always sees them closed; the
         write (and the lock it takes) happens only then."""
         d = deliveries_t.c
+        # One statement (one round trip after every batch): the run's state, and whether it
+        # has an open batch or an open row (each found through its partial index).
+        open_batch_of_run = batches.open_in_run(run_id)
+        open_row_of_run = exists().where(d.run_id == run_id, open_delivery(d.status))
         with self.db.reading() as session:
             state = session.execute(
-                select(runs_t.c.status, runs_t.c.planned_at).where(runs_t.c.id == run_id)
+                select(
+                    runs_t.c.status,
+                    runs_t.c.planned_at,
+                    open_batch_of_run.label("open_batch"),
+                    open_row_of_run.label("open_row"),
+                ).where(runs_t.c.id == run_id)
             ).first()
-            if state is None or state[0] != RunStatus.running or state[1] is None:
-                return
-            still_open = session.scalar(
-                select(d.id).where(d.run_id == run_id, open_delivery(d.status)).limit(1)
-            )
-            if still_open is not None or batches.run_has_open(session, run_id):
-                return
+        if state is None or state[0] != RunStatus.running or state[1] is None:
+            return
+        if state[2] or state[3]:
+            return
         with self.turns.transaction() as session:
             run = session.get(Run, run_id)
             if run is not None:
