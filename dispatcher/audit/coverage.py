@@ -298,10 +298,16 @@ def _first(values: Sequence[Any]) -> int:
 
 
 def deliveries_drafts(
-    rows: Sequence[Mapping[Any, Any]], *, actor: str, action: str, subject: str, **data: Any
+    rows: Sequence[Mapping[Any, Any]],
+    *,
+    actor: str,
+    action: str,
+    subject: str,
+    first: Mapping[str, Any] | None = None,
+    **data: Any,
 ) -> list[Draft]:
     """Entries naming ``rows`` (mappings of at least DELIVERY_FIELDS) in their current state,
-    ``DELIVERIES_PER_ENTRY`` at a time."""
+    ``DELIVERIES_PER_ENTRY`` at a time; each entry holds ``data``, the first also ``first``."""
     ordered = sorted(rows, key=lambda r: int(r["id"]))
     return [
         draft(
@@ -310,6 +316,7 @@ def deliveries_drafts(
             subject=subject,
             data={
                 **data,
+                **((first or {}) if start == 0 else {}),
                 "v": VERSION,
                 "deliveries": _named(ordered[start : start + DELIVERIES_PER_ENTRY]),
             },

@@ -265,7 +265,8 @@ class Rows:
                 action=audit.PLANNED,
                 subject=subject,
                 skipped=len(skipped),
-                batches=named,
+                # Named once, however many entries the skipped rows take.
+                first={"batches": named},
             )
         else:
             drafts = [

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from sqlalchemy import event, select
+from sqlalchemy import event, func, select
 
 from dispatcher import audit
 from dispatcher.core.config import Settings
@@ -67,3 +67,35 @@ def test_a_pages_reads_bound_the_addresses_by_the_pages_ids(
     for statement in joins:
         assert "addresses.recipient_id >" in statement, statement
         assert "addresses.recipient_id <=" in statement, statement
+
+
+def test_a_pages_batches_are_named_once_however_many_entries_its_skipped_rows_take(
+    client: Any, db: Database, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A page's skipped rows are named DELIVERIES_PER_ENTRY to an audit entry; the page's
+    batches are named in the first of them only."""
+    from sqlalchemy import update
+
+    from dispatcher.audit import coverage
+    from dispatcher.tables.recipients import Address
+    from tests.test_end_to_end import add_people, plan_launched, publish_template
+
+    monkeypatch.setattr(coverage, "DELIVERIES_PER_ENTRY", 1)
+    add_people(client)
+    publish_template(client)
+    with db.transaction() as session:
+        dead = session.scalars(select(Address.id).order_by(Address.id).limit(3)).all()
+        session.execute(update(Address).where(Address.id.in_(dead)).values(dead_at=func.now()))
+    _, run_id = plan_launched(client, db, settings)
+    with db.reading() as session:
+        entries = [
+            json.loads(data)
+            for data in session.scalars(
+                select(AuditEntry.data)
+                .where(AuditEntry.action == audit.PLANNED, AuditEntry.subject == f"run:{run_id}")
+                .order_by(AuditEntry.seq)
+            )
+        ]
+    assert [e["skipped"] for e in entries] == [3, 3, 3]
+    assert ["batches" in e for e in entries] == [True, False, False]
+    assert [b["size"] for b in entries[0]["batches"]] == [2]
