@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta, timezone
 from functools import lru_cache
 from itertools import chain
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Table
 from sqlalchemy.engine import Dialect
@@ -42,6 +42,7 @@ except ImportError:  # pragma: no cover - not POSIX: the thread lock alone
     fcntl = None  # type: ignore[assignment]
 
 deliveries_t: Table = Delivery.__table__  # type: ignore[assignment]
+T = TypeVar("T")
 
 # A delivery's new state: (id, status, attempts, failures, locale, provider_message_id,
 # error_class, error_reason, available_at, sent_at); the timestamps already in driver form.
@@ -172,9 +173,10 @@ _PG_UPDATE = _update(
 )
 
 
-def _chunks(rows: Sequence[tuple[Any, ...]], size: int) -> Iterator[Sequence[tuple[Any, ...]]]:
-    for start in range(0, len(rows), size):
-        yield rows[start : start + size]
+def chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    """``items`` in consecutive slices of at most ``size``."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 class BulkWrites:
@@ -220,7 +222,7 @@ class BulkWrites:
             params.update(updated_at=stamp, period=period, lease=lease)
             return connection.exec_driver_sql(_PG_UPDATE, params).rowcount
         written = 0
-        for chunk in _chunks(rows, SQLITE_MAX_VALUES // len(DELIVERY_COLUMNS)):
+        for chunk in chunks(rows, SQLITE_MAX_VALUES // len(DELIVERY_COLUMNS)):
             # In the order of the statement's text: SET's updated_at, the values, the period,
             # the lease.
             flat = [stamp]
@@ -236,7 +238,7 @@ class BulkWrites:
         if self.postgresql:
             _copy(connection, "deliveries", _DELIVERY_NAMES, rows)
             return
-        for chunk in _chunks(rows, SQLITE_MAX_VALUES // len(DELIVERY_INSERT_COLUMNS)):
+        for chunk in chunks(rows, SQLITE_MAX_VALUES // len(DELIVERY_INSERT_COLUMNS)):
             flat = tuple(chain.from_iterable(chunk))
             connection.exec_driver_sql(_sqlite_deliveries(len(chunk)), flat)
 
@@ -246,7 +248,7 @@ class BulkWrites:
         if self.postgresql:
             _copy(connection, "attempts", _ATTEMPT_NAMES, rows)
             return
-        for chunk in _chunks(rows, SQLITE_MAX_VALUES // len(ATTEMPT_COLUMNS)):
+        for chunk in chunks(rows, SQLITE_MAX_VALUES // len(ATTEMPT_COLUMNS)):
             flat = tuple(chain.from_iterable(chunk))
             connection.exec_driver_sql(_sqlite_attempts(len(chunk)), flat)
 

@@ -17,7 +17,7 @@ the batch whose deliveries they follow.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
@@ -43,7 +43,7 @@ from dispatcher.consent import service as consent
 from dispatcher.core.config import Settings
 from dispatcher.core.db import Database, UTCDateTime
 from dispatcher.engine import batches, jobs
-from dispatcher.engine.bulk import write_turns
+from dispatcher.engine.bulk import chunks, write_turns
 from dispatcher.engine.jobs import new_batch_id
 from dispatcher.kit.clock import utcnow
 from dispatcher.kit.sql import insert_for
@@ -79,11 +79,6 @@ COLUMNS = (
 # Deliveries planned in one page (one transaction; see plan_page), in whole batches. On
 # SQLite a page holds the write turn for a few tens of milliseconds.
 PAGE_DELIVERIES = 8000
-
-
-def _chunks(ids: list[int], size: int) -> Iterator[list[int]]:
-    for start in range(0, len(ids), size):
-        yield ids[start : start + size]
 
 
 class Rows:
@@ -218,12 +213,12 @@ class Rows:
             by_channel.setdefault(channel, []).append(int(recipient_id))
         connection = self.session.connection()
         made: list[Batch] = []
-        chunks = [
+        sized = [
             (channel, chunk)
             for channel in self.channels
-            for chunk in _chunks(by_channel.get(channel, []), self.batch_size)
+            for chunk in chunks(by_channel.get(channel, []), self.batch_size)
         ]
-        for channel, recipient_ids in chunks:
+        for channel, recipient_ids in sized:
             ids = batches.reserve_ids(connection, len(recipient_ids))
             batch = Batch(
                 job_id=new_batch_id(),
