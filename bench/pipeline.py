@@ -524,7 +524,7 @@ def planner_child(raw: str) -> int:
     me = psutil.Process()
     rss_before = me.memory_info().rss
     started = time.perf_counter()
-    made = plan_run(db=db, run_id=run_id, settings=settings)
+    made = plan_run(db=db, run_id=run_id, settings=settings, ahead=False)
     elapsed = time.perf_counter() - started
     rss_after = me.memory_info().rss
     max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

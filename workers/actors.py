@@ -70,16 +70,16 @@ def send_urgent_batch(
         get_processor().process(run_id, delivery_ids, batch_id, urgent=True)
 
 
-def plan_run(run_id: int) -> None:
+def plan_run(run_id: int, waited: bool = False) -> None:
     settings = get_settings()
     db = get_database()
     with bound_contextvars(campaign_id=_campaign_of(run_id), run_id=run_id):
-        fresh = planner.unplanned(db=db, run_id=run_id)
+        fresh = waited or planner.unplanned(db=db, run_id=run_id)
         planner.plan_run(db=db, run_id=run_id, settings=settings)
         if fresh:
             # Each page's batch was queued as the page committed: nothing is orphaned yet (a
             # lost enqueue is the periodic sweeper's), and looking would walk every pending
-            # row of a big run.
+            # row of a big run. The same after the planner waited for the sends to catch up.
             return
         # After a resume (or a planner restart) rows may wait with no live batch: queue them.
         recovery.requeue_orphans(

@@ -129,6 +129,14 @@ class Settings(BaseSettings):
     )
 
     batch_size: int = Field(default=1000, ge=1, le=10_000, description="Deliveries per job.")
+    plan_ahead_batches: int = Field(
+        default=1000,
+        ge=1,
+        le=1_000_000,
+        description="Batches a run's planner keeps queued ahead of its sends; beyond that it "
+        "waits for the workers to take them, so the broker holds at most this many jobs of a "
+        "run however large its campaign.",
+    )
     queue_urgent: str = "urgent"
     queue_bulk: str = "bulk"
     send_concurrency: int = Field(default=64, ge=1, le=10_000, description="Sends in flight.")

@@ -267,6 +267,18 @@ def open_in_run(run_id: int) -> Exists:
     return exists().where(b.run_id == run_id, open_batch(b.status))
 
 
+def queued(session: Session | Connection, run_id: int, *, up_to: int) -> int:
+    """The run's batches not yet taken by a worker, counted up to ``up_to``."""
+    b = batches_t.c
+    waiting = (
+        select(b.id)
+        .where(b.run_id == run_id, open_batch(b.status), b.status == BatchStatus.open.value)
+        .limit(up_to)
+        .subquery()
+    )
+    return int(session.scalar(select(func.count()).select_from(waiting)) or 0)
+
+
 def run_has_open(session: Session | Connection, run_id: int) -> bool:
     return bool(session.scalar(select(open_in_run(run_id))))
 

@@ -88,10 +88,18 @@ def send_batch(
     )
 
 
-def plan_run(*, run_id: int, priority: str, settings: Settings) -> Job:
-    """The job that plans (or goes on planning) a run."""
+def plan_run(
+    *, run_id: int, priority: str, settings: Settings, delay: float = 0.0, waited: bool = False
+) -> Job:
+    """The job that plans (or goes on planning) a run; ``waited`` when its planner stopped
+    itself to let the sends catch up (nothing of the run can be orphaned then)."""
     queue = queue_for(priority, settings)
-    return Job(actor_name(PLAN_RUN, queue), queue, (run_id,))
+    return Job(
+        actor_name(PLAN_RUN, queue),
+        queue,
+        (run_id, True) if waited else (run_id,),
+        delay_ms=math.ceil(delay * 1000) if delay > 0 else None,
+    )
 
 
 class Enqueuer(Protocol):

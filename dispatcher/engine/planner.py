@@ -79,6 +79,8 @@ COLUMNS = (
 # Deliveries planned in one page (one transaction; see plan_page), in whole batches. On
 # SQLite a page holds the write turn for a few tens of milliseconds.
 PAGE_DELIVERIES = 8000
+# How long a planner that is plan_ahead_batches ahead of the sends waits before it looks again.
+PLAN_AHEAD_WAIT_SECONDS = 1.0
 
 
 class Rows:
@@ -302,13 +304,23 @@ class Rows:
         return made
 
 
-def plan_page(*, session: Session, run: Run, campaign: Campaign, settings: Settings) -> int | None:
+def plan_page(
+    *,
+    session: Session,
+    run: Run,
+    campaign: Campaign,
+    settings: Settings,
+    max_batches: int | None = None,
+) -> int | None:
     """Plan the next page of ``run``; returns how many deliveries it made, None when done.
 
-    A page holds as many whole batches as fit in ``PAGE_DELIVERIES`` (at least one): each
-    page is a transaction with its audience query, audit entry and cursor update, whose cost
-    is nearly the same for a hundred recipients as for thousands."""
-    per_page = max(1, PAGE_DELIVERIES // settings.batch_size) * settings.batch_size
+    A page holds as many whole batches as fit in ``PAGE_DELIVERIES`` (at least one, at most
+    ``max_batches``): each page is a transaction with its audience query, audit entry and
+    cursor update, whose cost is nearly the same for a hundred recipients as for thousands."""
+    fit = max(1, PAGE_DELIVERIES // settings.batch_size)
+    if max_batches is not None:
+        fit = max(1, min(fit, max_batches))
+    per_page = fit * settings.batch_size
     page = max(1, per_page // max(1, len(campaign.channels)))
     # Ages count on the day the run stands for, the same for every page of it.
     today = run.scheduled_for.astimezone(windows.VIETNAM).date()
@@ -436,8 +448,14 @@ def lock_run(session: Session, run_id: int) -> Run | None:
     return session.scalar(select(Run).where(Run.id == run_id).with_for_update(key_share=True))
 
 
-def plan_run(*, db: Database, run_id: int, settings: Settings) -> int:
-    """Plan every remaining page of a run; returns the deliveries made by this call."""
+def plan_run(*, db: Database, run_id: int, settings: Settings, ahead: bool = True) -> int:
+    """Plan every remaining page of a run; returns the deliveries made by this call.
+
+    With ``ahead`` (the actor's way), the planner keeps at most ``plan_ahead_batches`` of the
+    run's batches queued and not yet taken by a worker: at that point it stops, with its
+    heartbeat fresh, and queues itself again in ``PLAN_AHEAD_WAIT_SECONDS`` (the sweeper
+    restarts it should that job be lost). The broker then holds a bounded number of the run's
+    jobs, and planning does not take the cores from the sends for longer than it must."""
     made = 0
     turns = write_turns(db)
     while True:
@@ -447,7 +465,27 @@ def plan_run(*, db: Database, run_id: int, settings: Settings) -> int:
                 return made
             campaign = session.get(Campaign, run.campaign_id)
             assert campaign is not None
-            count = plan_page(session=session, run=run, campaign=campaign, settings=settings)
+            room = None
+            if ahead:
+                room = settings.plan_ahead_batches - batches.queued(
+                    session, run_id, up_to=settings.plan_ahead_batches
+                )
+                if room <= 0:
+                    run.planner_heartbeat_at = utcnow()
+                    jobs.enqueue_after_commit(
+                        session,
+                        jobs.plan_run(
+                            run_id=run_id,
+                            priority=campaign.priority,
+                            settings=settings,
+                            delay=PLAN_AHEAD_WAIT_SECONDS,
+                            waited=True,
+                        ),
+                    )
+                    return made
+            count = plan_page(
+                session=session, run=run, campaign=campaign, settings=settings, max_batches=room
+            )
             if count is None:
                 now = utcnow()
                 run.status = RunStatus.running
