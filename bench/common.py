@@ -896,6 +896,9 @@ class Peak:
     single_bytes: int = 0  # the largest single process
     processes: int = 0  # processes in the tree at the largest sum
     samples: int = 0
+    # The largest single process's private memory (USS: pages mapped by it alone), for the
+    # groups sampled with ``private`` (a PostgreSQL backend's RSS counts the shared buffers).
+    private_single_bytes: int = 0
 
 
 class RssSampler(threading.Thread):
@@ -906,6 +909,7 @@ class RssSampler(threading.Thread):
         self.interval = interval
         self._watched: dict[str, Managed] = {}
         self._groups: dict[str, Callable[[], list[int]]] = {}
+        self._private: set[str] = set()
         self.peaks: dict[str, Peak] = {}
         self._lock = threading.Lock()
         self._halt = threading.Event()
@@ -915,11 +919,16 @@ class RssSampler(threading.Thread):
             self._watched[role] = process
             self.peaks.setdefault(role, Peak())
 
-    def watch_pids(self, role: str, pids: Callable[[], list[int]]) -> None:
+    def watch_pids(
+        self, role: str, pids: Callable[[], list[int]], *, private: bool = False
+    ) -> None:
         """Sample the processes ``pids()`` lists at each sample (e.g. the PostgreSQL backends
-        of a database), as one group."""
+        of a database), as one group; with ``private``, each one's private memory (USS) too,
+        which reads its memory map (``/proc/PID/smaps``) at every sample."""
         with self._lock:
             self._groups[role] = pids
+            if private:
+                self._private.add(role)
             self.peaks.setdefault(role, Peak())
 
     def unwatch(self, role: str) -> None:
@@ -933,17 +942,26 @@ class RssSampler(threading.Thread):
                 (role, process.tree) for role, process in self._watched.items()
             ]
             watched += [(role, _processes_of(pids)) for role, pids in self._groups.items()]
+            private = set(self._private)
         for role, members in watched:
             sizes = []
+            owned = []
             for member in members():
                 with contextlib.suppress(psutil.Error):
-                    sizes.append(member.memory_info().rss)
+                    if role in private:
+                        full = member.memory_full_info()
+                        sizes.append(full.rss)
+                        owned.append(full.uss)
+                    else:
+                        sizes.append(member.memory_info().rss)
             if not sizes:
                 continue
             with self._lock:
                 peak = self.peaks[role]
                 peak.samples += 1
                 peak.single_bytes = max(peak.single_bytes, max(sizes))
+                if owned:
+                    peak.private_single_bytes = max(peak.private_single_bytes, max(owned))
                 if sum(sizes) > peak.total_bytes:
                     peak.total_bytes, peak.processes = sum(sizes), len(sizes)
 

@@ -953,7 +953,7 @@ def run_once(options: Options) -> dict[str, Any]:
         if service.redis is not None:
             sampler.watch("redis", service.redis)
         if backends is not None:
-            sampler.watch_pids("database", backends)
+            sampler.watch_pids("database", backends, private=True)
         sampler.start()
         wait_for_api(service.client, api, timeout=60)
         for template in [TEMPLATE] + ([URGENT_TEMPLATE] if options.urgent else []):
@@ -1119,6 +1119,11 @@ def run_once(options: Options) -> dict[str, Any]:
                     "largest_process": round(peak.single_bytes / MiB, 1),
                     "processes": peak.processes,
                     "samples": peak.samples,
+                    **(
+                        {"largest_process_private": round(peak.private_single_bytes / MiB, 1)}
+                        if peak.private_single_bytes
+                        else {}
+                    ),
                 }
                 for role, peak in peaks.items()
             },
@@ -1351,9 +1356,11 @@ def cpu_us_text(figures: dict[str, Any]) -> str:
 
 
 def rss_text(peak: dict[str, Any]) -> str:
+    private = peak.get("largest_process_private")
     return (
         f"{mib(peak.get('largest_process'))} largest process, {mib(peak.get('total'))} total "
         f"of {peak.get('processes', 0)} processes"
+        + (f"; largest private (USS, no shared pages) {mib(private)}" if private else "")
     )
 
 
@@ -1390,6 +1397,7 @@ def compare(results: list[dict[str, Any]], threshold: float) -> dict[str, Any]:
         ("workers", "total"),
         ("redis", "total"),
         ("database", "largest_process"),
+        ("database", "largest_process_private"),
         ("database", "total"),
         ("planner", "total"),
     ):
