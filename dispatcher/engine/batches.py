@@ -279,6 +279,17 @@ def queued(session: Session | Connection, run_id: int, *, up_to: int) -> int:
     return int(session.scalar(select(func.count()).select_from(waiting)) or 0)
 
 
+def next_due(session: Session | Connection, run_id: int) -> datetime | None:
+    """When the earliest of the run's batches not yet taken falls due (None: there is none)."""
+    b = batches_t.c
+    due: datetime | None = session.scalar(
+        select(func.min(b.available_at)).where(
+            b.run_id == run_id, open_batch(b.status), b.status == BatchStatus.open.value
+        )
+    )
+    return due
+
+
 def run_has_open(session: Session | Connection, run_id: int) -> bool:
     return bool(session.scalar(select(open_in_run(run_id))))
 

@@ -18,6 +18,7 @@ the batch whose deliveries they follow.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
@@ -471,14 +472,14 @@ def plan_run(*, db: Database, run_id: int, settings: Settings, ahead: bool = Tru
                     session, run_id, up_to=settings.plan_ahead_batches
                 )
                 if room <= 0:
-                    run.planner_heartbeat_at = utcnow()
+                    now = run.planner_heartbeat_at = utcnow()
                     jobs.enqueue_after_commit(
                         session,
                         jobs.plan_run(
                             run_id=run_id,
                             priority=campaign.priority,
                             settings=settings,
-                            delay=PLAN_AHEAD_WAIT_SECONDS,
+                            delay=_ahead_wait(session, run_id, now, settings),
                             waited=True,
                         ),
                     )
@@ -504,6 +505,16 @@ def plan_run(*, db: Database, run_id: int, settings: Settings, ahead: bool = Tru
             if run is not None:
                 complete_if_done(session=session, run=run)
         return made
+
+
+def _ahead_wait(session: Session, run_id: int, now: datetime, settings: Settings) -> float:
+    """Seconds until a planner that is far enough ahead looks again: a second, or, when the
+    batches it waits for are not due yet (a send window that opens in the morning), until the
+    first of them is. At most half a lease, so that its heartbeat never looks stalled to the
+    sweeper (which would start a second planner beside it)."""
+    due = batches.next_due(session, run_id)
+    wait = 0.0 if due is None else (due - now).total_seconds()
+    return min(max(PLAN_AHEAD_WAIT_SECONDS, wait), settings.lease_seconds / 2)
 
 
 def complete_if_done(*, session: Session, run: Run) -> bool:

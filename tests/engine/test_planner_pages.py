@@ -171,6 +171,28 @@ def test_the_planner_stays_at_most_plan_ahead_batches_ahead_of_the_sends(
 
     # Nothing taken yet: it plans nothing more.
     assert planner.plan_run(db=db, run_id=run_id, settings=settings) == 0
+
+    # Batches not due yet (a send window that opens later): it looks again when the first is
+    # due, and at most half a lease later, its heartbeat fresh for the sweeper.
+    def wait_when_due_in(seconds: float) -> float:
+        from datetime import timedelta
+
+        from dispatcher.kit.clock import utcnow
+
+        with db.transaction() as session:
+            session.execute(
+                update(Batch)
+                .where(Batch.run_id == run_id)
+                .values(available_at=utcnow() + timedelta(seconds=seconds))
+            )
+        collected.jobs.clear()
+        assert planner.plan_run(db=db, run_id=run_id, settings=settings) == 0
+        [job] = collected.jobs
+        return float(job.delay_ms) / 1000
+
+    assert 15 <= wait_when_due_in(20) <= 20
+    assert wait_when_due_in(10 * settings.lease_seconds) == settings.lease_seconds / 2
+    assert wait_when_due_in(-60) == planner.PLAN_AHEAD_WAIT_SECONDS
     take(1)
     assert planner.plan_run(db=db, run_id=run_id, settings=settings) == 1
     assert batch_statuses() == ["claimed", "open", "open"]
