@@ -307,17 +307,10 @@ class ChannelService(Service):
                 return Audit(dict(statuses), dict(outcomes), sorted(started))
 
     def worker_pids(self) -> list[int]:
-        """The forked worker processes (not dramatiq's supervising parent)."""
+        """The forked worker processes (not their supervising parent, whose forks they are)."""
         if self.workers is None:
             return []
-        return [p.pid for p in self.workers.children() if "dramatiq" in " ".join(_cmdline(p))]
-
-
-def _cmdline(process: psutil.Process) -> list[str]:
-    try:
-        return list(process.cmdline())
-    except psutil.Error:
-        return []
+        return [p.pid for p in self.workers.children()]
 
 
 def person(prefix: str, i: int) -> dict[str, Any]:

@@ -27,9 +27,11 @@ import base64
 import contextlib
 import email.policy
 import email.utils
+import functools
 import hashlib
 import hmac
 import io
+import re
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -85,9 +87,24 @@ DKIM_HEADERS = (
 # The policy messages are written out with: compat32 as built, lines ended as SMTP ends them,
 # so the bytes signed are the bytes sent.
 WIRE = email.policy.compat32.clone(linesep="\r\n")
+LINE = 78  # compat32's max_line_length: RFC 5322's recommended limit
 
 # Where the installation's Message-ID key is kept (the adapters' shared state).
 MESSAGE_ID_KEY = "email:message_id_key"
+
+# What the generator splits a header's value into lines at (as str.splitlines does, in ASCII),
+# and what it may fold a long one at.
+_BREAKS = re.compile(r"[\n\r\x0b\x0c\x1c-\x1e]")
+_FOLDS = re.compile(r"[\s;,]")
+# A part as ``MIMEText(text, subtype, "utf-8")`` writes its headers; its body follows in base64.
+_PART_HEADERS = {
+    subtype: (
+        f'Content-Type: text/{subtype}; charset="utf-8"\r\n'
+        "MIME-Version: 1.0\r\n"
+        "Content-Transfer-Encoding: base64\r\n"
+    ).encode()
+    for subtype in ("plain", "html")
+}
 
 
 class SmtpTls(StrEnum):
@@ -288,6 +305,39 @@ def classify_reply(code: int, reply: str) -> DeliveryError:
     return PermanentError(f"smtp {code}: {reply}", code=code, reply=text, address_dead=dead)
 
 
+def one_line(value: str) -> str:
+    """A header's value on one line: a line break in a rendered subject would start a header
+    of its own."""
+    return " ".join(value.splitlines())
+
+
+def header_line(name: str, value: str) -> bytes:
+    """``Name: value`` as the generator writes it: as it is when it is ASCII and fits on a
+    line; one word too long for the first line (a link) alone on the next; otherwise folded
+    by the policy's own rules."""
+    if value.isascii() and not _BREAKS.search(value):
+        if len(name) + 2 + len(value) <= LINE:
+            return f"{name}: {value}\r\n".encode()
+        if len(value) < LINE and not _FOLDS.search(value):
+            return f"{name}: \r\n {value}\r\n".encode()
+    return WIRE.fold_binary(name, value)
+
+
+@functools.lru_cache(maxsize=1024)
+def _subject_line(subject: str) -> bytes:
+    """``Subject:`` as ``build`` writes it (a campaign's subject is often the same for all)."""
+    if subject.isascii():
+        return header_line("Subject", subject)
+    # A Header object, as build() sets it, so folding accounts for "Subject: ".
+    encoded = Header(subject, "utf-8", header_name="Subject")
+    return WIRE.fold_binary("Subject", encoded)  # type: ignore[arg-type]
+
+
+def _base64_body(text: str) -> bytes:
+    """A UTF-8 part's body as ``MIMEText`` encodes it: base64, lines of 76, CRLF."""
+    return base64.encodebytes(text.encode()).replace(b"\n", b"\r\n")
+
+
 class EmailAdapter(Adapter):
     name = "email"
     limits = ChannelLimits(max_subject=200, needs_subject=True)
@@ -320,6 +370,8 @@ class EmailAdapter(Adapter):
         self._from_header = email.utils.formataddr(
             (str(Header(sender_name, "utf-8")) if sender_name else "", self.sender_address)
         )
+        self._from_line = header_line("From", self._from_header)
+        self._date: tuple[datetime, bytes] | None = None
         self.domain = self.sender_address.rsplit("@", 1)[1]
         self._username = username
         self._password = password
@@ -455,7 +507,7 @@ class EmailAdapter(Adapter):
         mail["To"] = message.address
         # A Header object, not a pre-encoded string, so folding accounts for "Subject: ";
         # typeshed types the value as str, compat32 takes Header objects.
-        subject = message.subject or ""
+        subject = one_line(message.subject or "")
         if subject.isascii():
             mail["Subject"] = subject
         else:
@@ -471,6 +523,14 @@ class EmailAdapter(Adapter):
             mail["List-Id"] = f"{message.kind.value} <{list_name}>"
         return mail
 
+    def _date_line(self) -> bytes:
+        """``Date:`` as ``build`` writes it, worked out once a second."""
+        now = self._now().replace(microsecond=0)
+        if self._date is None or self._date[0] != now:
+            value = email.utils.format_datetime(now.astimezone(VIETNAM))
+            self._date = (now, header_line("Date", value))
+        return self._date[1]
+
     def envelope_sender(self, message_id: str) -> str:
         """MAIL FROM: the bounce address with the message's token (VERP), so that a bounce
         names its delivery even when it returns none of the message."""
@@ -483,17 +543,66 @@ class EmailAdapter(Adapter):
         """The bytes sent: the message as written, DKIM-signed when a key is set."""
         out = io.BytesIO()
         BytesGenerator(out, policy=WIRE).flatten(mail)
-        raw = out.getvalue()
+        return self._signed(out.getvalue())
+
+    def _signed(self, raw: bytes) -> bytes:
         if self.dkim is not None:
             raw = self.dkim.signature(raw) + raw
         return raw
+
+    def compose(self, message: Message, *, boundary: str | None = None) -> tuple[bytes, str]:
+        """The bytes sent and the Message-ID: the bytes :meth:`build` then :meth:`wire` write,
+        without building the message as objects first.
+
+        The standard library's generator re-folds every header of every part of every message
+        (about 0.6 ms of the 0.8 ms an email cost to build and write out). Here the fixed parts
+        are written as that generator writes them, and each header goes through its folding
+        only when it needs folding (too long, or not ASCII), so the bytes are the same
+        (``tests/channels/test_email.py`` compares them). An address that is not ASCII
+        (SMTPUTF8) takes the generator's path whole.
+        """
+        if not message.address.isascii():
+            mail = self.build(message)
+            return self.wire(mail), str(mail["Message-ID"])
+        message_id = self.message_id(message.delivery_id)
+        text = _base64_body(message.body)
+        lines: list[bytes] = []
+        if message.html:
+            if boundary is None:
+                boundary = "=" * 15 + f"{secrets.randbelow(10**19):019d}" + "=="
+            lines.append(
+                f'Content-Type: multipart/alternative;\r\n boundary="{boundary}"\r\n'
+                "MIME-Version: 1.0\r\n".encode()
+            )
+        else:
+            lines.append(_PART_HEADERS["plain"])
+        lines.append(self._from_line)
+        lines.append(header_line("To", message.address))
+        lines.append(_subject_line(one_line(message.subject or "")))
+        lines.append(self._date_line())
+        lines.append(header_line("Message-ID", message_id))
+        if message.kind is not Category.transactional and message.unsubscribe_url:
+            lines.append(header_line("List-Unsubscribe", f"<{message.unsubscribe_url}>"))
+            if one_click(message.unsubscribe_url):
+                lines.append(b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n")
+            list_name = f"campaign-{message.campaign_id or 0}.{self.domain}"
+            lines.append(header_line("List-Id", f"{message.kind.value} <{list_name}>"))
+        lines.append(b"\r\n")
+        if message.html:
+            separator = f"--{boundary}\r\n".encode()
+            lines += (separator, _PART_HEADERS["plain"], b"\r\n", text, b"\r\n", separator)
+            lines += (_PART_HEADERS["html"], b"\r\n", _base64_body(message.html), b"\r\n")
+            lines.append(f"--{boundary}--\r\n".encode())
+        else:
+            lines.append(text)
+        return self._signed(b"".join(lines)), message_id
 
     async def send(self, message: Message) -> SendResult:
         if self._message_id_key is None:
             await self.open()
         try:
             HeaderAddress(addr_spec=message.address)
-            mail = self.build(message)
+            raw, message_id = self.compose(message)
         except (ValueError, IndexError) as exc:
             raise PermanentError(f"invalid email address: {exc}", code="address") from None
         try:
@@ -512,12 +621,11 @@ class EmailAdapter(Adapter):
             raise TransientError(f"cannot connect to {self.host}:{self.port}: {exc}") from None
         except (OSError, TimeoutError) as exc:
             raise TransientError(f"cannot connect to {self.host}:{self.port}: {exc}") from None
-        raw = self.wire(mail)
         options = [] if message.address.isascii() else ["SMTPUTF8"]
         healthy = True
         try:
             _, reply = await client.sendmail(
-                self.envelope_sender(str(mail["Message-ID"])),
+                self.envelope_sender(message_id),
                 [message.address],
                 raw,
                 mail_options=options,
@@ -536,7 +644,7 @@ class EmailAdapter(Adapter):
         finally:
             self._release(client, healthy=healthy)
         return SendResult(
-            provider_message_id=str(mail["Message-ID"]).strip("<>"),
+            provider_message_id=message_id.strip("<>"),
             provider_code="250",
             provider_reply=reply[:500],
         )

@@ -10,6 +10,7 @@ sandbox refuses attribute access that could reach Python internals (``__class__`
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
@@ -213,13 +214,18 @@ class Renderer:
     def compile(
         self, source: str, *, html: bool, key: tuple[Any, ...] | None = None
     ) -> jinja2.Template:
-        """A compiled template, cached under ``key`` (a variant id and part) when given."""
+        """A compiled template, cached under ``key`` (a variant id and part) when given.
+
+        A hit takes no lock: every render of every message asks, from each of a worker's
+        threads, and a lock held by a thread the interpreter switched out holds up the others.
+        ``get`` and ``move_to_end`` are each atomic; a key evicted between them is a miss.
+        """
         if key is not None:
-            with self._lock:
-                found = self._cache.get(key)
-                if found is not None:
+            found = self._cache.get(key)
+            if found is not None:
+                with contextlib.suppress(KeyError):
                     self._cache.move_to_end(key)
-                    return found
+                return found
         env = self._html if html else self._text
         template = env.from_string(source)
         # Jinja keeps a template's globals as a ChainMap over the environment's, and copies

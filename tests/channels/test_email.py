@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email
 import email.utils
 import ipaddress
+import random
 import re
 import ssl
+import string
 from datetime import UTC, datetime, timedelta
+from email.errors import HeaderParseError
 from email.policy import default as default_policy
 from pathlib import Path
 
@@ -23,7 +27,7 @@ from channels.base import (
     PermanentError,
     TransientError,
 )
-from channels.email import MESSAGE_ID_KEY, EmailAdapter, classify_reply
+from channels.email import MESSAGE_ID_KEY, WIRE, EmailAdapter, classify_reply, header_line
 from tests.support import Mailbox, SmtpServer, free_port
 
 
@@ -227,6 +231,101 @@ def test_date_ascii_subject_and_message_ids(smtp: SmtpServer) -> None:
     head = raw[-1][0].split(b"\r\n\r\n", 1)[0]
     assert b"Subject: =?utf-8?" in head
     assert smtp.mailbox.to("nguoi8@example.vn")[0]["Subject"] == "Chúc mừng năm mới 8"
+
+
+BOUNDARY = "===============1234567890123456789=="
+
+
+@pytest.mark.parametrize(
+    "sender",
+    [
+        "Bảo hiểm xã hội Việt Nam <thongbao@bhxh.test>",
+        "thongbao@bhxh.test",
+        "Bảo hiểm xã hội Việt Nam - Văn phòng đại diện tại Thành phố Hồ Chí Minh <tb@bhxh.test>",
+    ],
+)
+@pytest.mark.parametrize(
+    "subject",
+    [
+        "Thong bao BHXH",
+        None,
+        "x" * 120,
+        "a b " * 40,
+        "Chúc mừng năm mới Bính Ngọ 2026, kính gửi ông Nguyễn Văn An và gia đình " * 2,
+    ],
+)
+@pytest.mark.parametrize("html", [None, "<p>Kính chúc Ông/Bà một năm mới an khang.</p>"])
+@pytest.mark.parametrize(
+    ("kind", "link"),
+    [
+        (Category.greeting, "https://bhxh.test/u/token1"),
+        (Category.greeting, "http://bhxh.test/u/" + "t" * 90),
+        (Category.transactional, None),
+    ],
+)
+def test_the_bytes_sent_are_the_standard_librarys_bytes(
+    sender: str, subject: str | None, html: str | None, kind: Category, link: str | None
+) -> None:
+    """``compose`` writes the message without building it as objects; every header, part and
+    fold is what the standard library's generator writes for the message ``build`` makes."""
+    sent_at = datetime(2026, 12, 2, 1, 30, tzinfo=UTC)
+    mailer = EmailAdapter(
+        host="127.0.0.1", port=25, sender=sender, now=lambda: sent_at, message_id_key=b"k" * 32
+    )
+    item = Message(
+        delivery_id=42,
+        address="nguoi42@example.vn",
+        subject=subject,
+        body="Kính gửi Ông/Bà,\n\nBảo hiểm xã hội Việt Nam trân trọng thông báo. " * 12,
+        html=html,
+        kind=kind,
+        unsubscribe_url=link,
+        campaign_id=3,
+    )
+    raw, message_id = mailer.compose(item, boundary=BOUNDARY)
+    built = mailer.build(item)
+    if html:
+        built.set_boundary(BOUNDARY)
+    assert raw == mailer.wire(built)
+    assert message_id == built["Message-ID"]
+
+
+def test_each_header_is_written_as_the_standard_library_folds_it() -> None:
+    """Headers short enough are written as they are, a long link alone on its own line, and
+    anything else through the policy's folding: the same bytes (or the same refusal) each way,
+    for values of every length with blanks, split characters and line breaks."""
+    alphabet = string.ascii_letters + " \t;,<>@.=?:/" + "\x0b\x0c\n"
+    chance = random.Random(14)
+    for name in ("To", "Date", "List-Unsubscribe", "List-Id"):
+        for size in [*range(0, 120), 200, 997, 998, 999]:
+            for _ in range(4):
+                value = "".join(chance.choice(alphabet) for _ in range(size))
+                if chance.random() < 0.5:
+                    value = value.replace("\n", "").replace("\x0b", "").replace("\x0c", "")
+                expected: bytes | type = HeaderParseError
+                with contextlib.suppress(HeaderParseError):
+                    expected = WIRE.fold_binary(name, value)
+                got: bytes | type = HeaderParseError
+                with contextlib.suppress(HeaderParseError):
+                    got = header_line(name, value)
+                assert got == expected, (name, value)
+
+
+def test_a_subject_of_several_lines_is_sent_on_one(smtp: SmtpServer) -> None:
+    """A line break in a rendered subject would start a header of its own."""
+    raw = capture_raw(smtp)
+    for i, subject in enumerate(["Thong bao\r\nBcc: khac@example.vn", "Thông báo\nBcc: k@x.vn"]):
+        item = Message(
+            delivery_id=i,
+            address=f"nguoi{i}@example.vn",
+            subject=subject,
+            body="Noi dung",
+            kind=Category.transactional,
+        )
+        asyncio.run(adapter(smtp).send(item))
+        received = email.message_from_bytes(raw[-1][0], policy=default_policy)
+        assert received["Bcc"] is None
+        assert received["Subject"] == subject.replace("\r\n", " ").replace("\n", " ")
 
 
 def make_certificate(directory: Path) -> tuple[Path, Path]:
