@@ -899,6 +899,8 @@ class Peak:
     # The largest single process's private memory (USS: pages mapped by it alone), for the
     # groups sampled with ``private`` (a PostgreSQL backend's RSS counts the shared buffers).
     private_single_bytes: int = 0
+    # What that process was, when the group can tell (a PostgreSQL backend's type and query).
+    private_single_label: str = ""
 
 
 class RssSampler(threading.Thread):
@@ -910,6 +912,7 @@ class RssSampler(threading.Thread):
         self._watched: dict[str, Managed] = {}
         self._groups: dict[str, Callable[[], list[int]]] = {}
         self._private: set[str] = set()
+        self._labels: dict[str, Callable[[int], str]] = {}
         self.peaks: dict[str, Peak] = {}
         self._lock = threading.Lock()
         self._halt = threading.Event()
@@ -920,15 +923,23 @@ class RssSampler(threading.Thread):
             self.peaks.setdefault(role, Peak())
 
     def watch_pids(
-        self, role: str, pids: Callable[[], list[int]], *, private: bool = False
+        self,
+        role: str,
+        pids: Callable[[], list[int]],
+        *,
+        private: bool = False,
+        label: Callable[[int], str] | None = None,
     ) -> None:
         """Sample the processes ``pids()`` lists at each sample (e.g. the PostgreSQL backends
         of a database), as one group; with ``private``, each one's private memory (USS) too,
-        which reads its memory map (``/proc/PID/smaps``) at every sample."""
+        which reads its memory map (``/proc/PID/smaps``) at every sample, and ``label(pid)``
+        says what the process with the largest was."""
         with self._lock:
             self._groups[role] = pids
             if private:
                 self._private.add(role)
+            if label is not None:
+                self._labels[role] = label
             self.peaks.setdefault(role, Peak())
 
     def unwatch(self, role: str) -> None:
@@ -943,25 +954,29 @@ class RssSampler(threading.Thread):
             ]
             watched += [(role, _processes_of(pids)) for role, pids in self._groups.items()]
             private = set(self._private)
+            labels = dict(self._labels)
         for role, members in watched:
             sizes = []
-            owned = []
+            owned: list[tuple[int, int]] = []  # (USS, pid)
             for member in members():
                 with contextlib.suppress(psutil.Error):
                     if role in private:
                         full = member.memory_full_info()
                         sizes.append(full.rss)
-                        owned.append(full.uss)
+                        owned.append((full.uss, member.pid))
                     else:
                         sizes.append(member.memory_info().rss)
             if not sizes:
                 continue
+            largest_owned = max(owned) if owned else None
             with self._lock:
                 peak = self.peaks[role]
                 peak.samples += 1
                 peak.single_bytes = max(peak.single_bytes, max(sizes))
-                if owned:
-                    peak.private_single_bytes = max(peak.private_single_bytes, max(owned))
+                if largest_owned is not None and largest_owned[0] > peak.private_single_bytes:
+                    peak.private_single_bytes = largest_owned[0]
+                    label = labels.get(role)
+                    peak.private_single_label = label(largest_owned[1]) if label else ""
                 if sum(sizes) > peak.total_bytes:
                     peak.total_bytes, peak.processes = sum(sizes), len(sizes)
 

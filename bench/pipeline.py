@@ -161,25 +161,37 @@ def person(i: int) -> Person:
 # -- the databases ------------------------------------------------------------------------------
 
 
-def postgres_backends(admin_url: str, name: str) -> Callable[[], list[int]]:
-    """A function listing the server processes connected to database ``name``.
+class PostgresBackends:
+    """Called, lists the server processes connected to database ``name``; :meth:`label` says
+    what one of them was doing when last listed (its backend type, e.g. ``autovacuum worker``,
+    and the start of its query).
 
     It keeps one admin connection (to the admin URL's database, so never one of the listed)
     for every call: the RSS sampler asks five times a second, and a new connection each time
     would have the server fork a backend each time. A broken connection is opened again."""
-    import psycopg
 
-    lock = threading.Lock()
-    held: list[psycopg.Connection[Any]] = []
+    def __init__(self, admin_url: str, name: str) -> None:
+        self.admin_url = admin_url
+        self.name = name
+        self._lock = threading.Lock()
+        self._held: list[Any] = []
+        self._labels: dict[int, str] = {}
 
-    def pids() -> list[int]:
-        with lock:
+    def __call__(self) -> list[int]:
+        import psycopg
+
+        with self._lock:
+            held = self._held
             try:
                 if not held or held[0].closed:
-                    held[:] = [psycopg.connect(admin_url, autocommit=True, connect_timeout=3)]
+                    held[:] = [psycopg.connect(self.admin_url, autocommit=True, connect_timeout=3)]
                 rows = (
                     held[0]
-                    .execute("SELECT pid FROM pg_stat_activity WHERE datname = %s", (name,))
+                    .execute(
+                        "SELECT pid, backend_type, left(query, 60) FROM pg_stat_activity "
+                        "WHERE datname = %s",
+                        (self.name,),
+                    )
                     .fetchall()
                 )
             except psycopg.Error:
@@ -188,9 +200,14 @@ def postgres_backends(admin_url: str, name: str) -> Callable[[], list[int]]:
                         held[0].close()
                 held.clear()
                 return []
+            self._labels = {
+                int(pid): f"{kind}: {' '.join((query or '').split())}" for pid, kind, query in rows
+            }
         return [int(row[0]) for row in rows]
 
-    return pids
+    def label(self, pid: int) -> str:
+        with self._lock:
+            return self._labels.get(pid, "")
 
 
 RECIPIENT_COLUMNS = (
@@ -922,7 +939,7 @@ def run_once(options: Options) -> dict[str, Any]:
 
         # -- the database -----------------------------------------------------------------------
         setup_started = time.perf_counter()
-        backends: Callable[[], list[int]] | None = None
+        backends: PostgresBackends | None = None
         if options.database == "sqlite":
             database_url = f"sqlite:///{service.workdir / 'bench.db'}"
         else:
@@ -930,7 +947,7 @@ def run_once(options: Options) -> dict[str, Any]:
             if not options.keep:
                 cleanup.callback(drop_postgres_database, options.postgres_url, pg_name)
             print(f"  throwaway PostgreSQL database {pg_name}")
-            backends = postgres_backends(options.postgres_url, pg_name)
+            backends = PostgresBackends(options.postgres_url, pg_name)
         settings = {
             "DISPATCHER_BATCH_SIZE": str(options.batch_size),
             "DISPATCHER_WORKER_THREADS": str(options.threads),
@@ -953,7 +970,7 @@ def run_once(options: Options) -> dict[str, Any]:
         if service.redis is not None:
             sampler.watch("redis", service.redis)
         if backends is not None:
-            sampler.watch_pids("database", backends, private=True)
+            sampler.watch_pids("database", backends, private=True, label=backends.label)
         sampler.start()
         wait_for_api(service.client, api, timeout=60)
         for template in [TEMPLATE] + ([URGENT_TEMPLATE] if options.urgent else []):
@@ -1120,7 +1137,10 @@ def run_once(options: Options) -> dict[str, Any]:
                     "processes": peak.processes,
                     "samples": peak.samples,
                     **(
-                        {"largest_process_private": round(peak.private_single_bytes / MiB, 1)}
+                        {
+                            "largest_process_private": round(peak.private_single_bytes / MiB, 1),
+                            "largest_process_private_was": peak.private_single_label,
+                        }
                         if peak.private_single_bytes
                         else {}
                     ),
@@ -1361,6 +1381,11 @@ def rss_text(peak: dict[str, Any]) -> str:
         f"{mib(peak.get('largest_process'))} largest process, {mib(peak.get('total'))} total "
         f"of {peak.get('processes', 0)} processes"
         + (f"; largest private (USS, no shared pages) {mib(private)}" if private else "")
+        + (
+            f" ({peak['largest_process_private_was']})"
+            if peak.get("largest_process_private_was")
+            else ""
+        )
     )
 
 
