@@ -587,6 +587,8 @@ class Service:
         """Start a process (with the service's environment unless ``env``), logging to
         ``<name>.log``; a watched one must stay up."""
         env = self.env if env is None else env
+        # Its PostgreSQL connections say whose they are (pg_stat_activity.application_name).
+        env = {**env, "PGAPPNAME": f"bench-{name}"}
         process = Managed(name, argv, env=env, log_path=self.workdir / f"{name}.log")
         self.processes.append(process)
         if watch:
@@ -899,8 +901,11 @@ class Peak:
     # The largest single process's private memory (USS: pages mapped by it alone), for the
     # groups sampled with ``private`` (a PostgreSQL backend's RSS counts the shared buffers).
     private_single_bytes: int = 0
-    # What that process was, when the group can tell (a PostgreSQL backend's type and query).
+    # What that process was, when the group can tell (a PostgreSQL backend's application,
+    # type and query), and the largest private memory of each kind of process (application
+    # and type) of the group.
     private_single_label: str = ""
+    private_by_kind: dict[str, int] = field(default_factory=dict)
 
 
 class RssSampler(threading.Thread):
@@ -969,14 +974,18 @@ class RssSampler(threading.Thread):
             if not sizes:
                 continue
             largest_owned = max(owned) if owned else None
+            label = labels.get(role)
+            named = [(label(pid), uss) for uss, pid in owned] if label else []
             with self._lock:
                 peak = self.peaks[role]
                 peak.samples += 1
                 peak.single_bytes = max(peak.single_bytes, max(sizes))
                 if largest_owned is not None and largest_owned[0] > peak.private_single_bytes:
                     peak.private_single_bytes = largest_owned[0]
-                    label = labels.get(role)
                     peak.private_single_label = label(largest_owned[1]) if label else ""
+                for text, uss in named:
+                    kind = text.partition(":")[0]
+                    peak.private_by_kind[kind] = max(peak.private_by_kind.get(kind, 0), uss)
                 if sum(sizes) > peak.total_bytes:
                     peak.total_bytes, peak.processes = sum(sizes), len(sizes)
 

@@ -64,6 +64,8 @@ from typing import Any
 import psutil
 
 from bench.common import OTHER_CPU_WARNING, BenchError, cpu_by_process, cpu_share, cpu_snapshot
+from dispatcher.engine.bulk import ATTEMPT_COLUMNS, CHECKPOINT_EVERY
+from dispatcher.engine.bulk import DELIVERY_COLUMNS as RECORD_COLUMNS
 
 FLOOR_DELIVERIES = "bench_floor_deliveries"
 FLOOR_ATTEMPTS = "bench_floor_attempts"
@@ -72,8 +74,6 @@ LABELS = {
     "today": "today's write pattern (insert pending, claim, update, attempt)",
     "insert": "insert-only (one row per delivery, written once)",
 }
-# SQLite: write turns between two PASSIVE checkpoints of the WAL, as the service's writers.
-CHECKPOINT_EVERY = 16
 # The service's worker sets a 32 MiB page cache on SQLite (``dispatcher worker``).
 SQLITE_CACHE_MIB = 32
 LEASE_SECONDS = 300
@@ -116,34 +116,6 @@ INSERT_COLUMNS = (
     "updated_at",
     "sent_at",
     "period",
-)
-# The record's delivery columns and attempt columns, in the order of dispatcher.engine.bulk.
-RECORD_COLUMNS = (
-    ("id", "bigint"),
-    ("status", "varchar"),
-    ("attempts", "integer"),
-    ("failures", "integer"),
-    ("locale", "varchar"),
-    ("provider_message_id", "varchar"),
-    ("error_class", "varchar"),
-    ("error_reason", "text"),
-    ("available_at", "timestamp"),
-    ("sent_at", "timestamp"),
-)
-ATTEMPT_COLUMNS = (
-    ("delivery_id", "bigint"),
-    ("number", "integer"),
-    ("started_at", "timestamp"),
-    ("duration_ms", "integer"),
-    ("outcome", "varchar"),
-    ("error_class", "varchar"),
-    ("provider_code", "varchar"),
-    ("provider_reply", "text"),
-    ("provider_message_id", "varchar"),
-    ("locale", "varchar"),
-    ("possible_duplicate", "boolean"),
-    ("worker", "varchar"),
-    ("period", "integer"),
 )
 PERSON_FIELDS = (
     "external_id",
