@@ -557,9 +557,9 @@ class EmailAdapter(Adapter):
         The standard library's generator re-folds every header of every part of every message
         (about 0.6 ms of the 0.8 ms an email cost to build and write out). Here the fixed parts
         are written as that generator writes them, and each header goes through its folding
-        only when it needs folding (too long, or not ASCII), so the bytes are the same
-        (``tests/channels/test_email.py`` compares them). An address that is not ASCII
-        (SMTPUTF8) takes the generator's path whole.
+        only when it needs folding (too long, not ASCII, or with a line break), so the bytes
+        are the same (``tests/channels/test_email.py`` compares them). An address that is not
+        ASCII (SMTPUTF8) takes the generator's path whole.
         """
         if not message.address.isascii():
             mail = self.build(message)
@@ -569,6 +569,8 @@ class EmailAdapter(Adapter):
         lines: list[bytes] = []
         if message.html:
             if boundary is None:
+                # The generator's form of boundary. It checks that a boundary is not in the
+                # text; here the parts are base64, which never holds "=" before its end.
                 boundary = "=" * 15 + f"{secrets.randbelow(10**19):019d}" + "=="
             lines.append(
                 f'Content-Type: multipart/alternative;\r\n boundary="{boundary}"\r\n'

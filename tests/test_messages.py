@@ -73,6 +73,23 @@ def test_message_to_unknown_recipient_or_channel_is_refused(client) -> None:
     assert "no live address" in response.text or "no variant" in response.text
 
 
+def test_the_stream_of_one_off_messages_has_no_audience_to_count(client) -> None:
+    """A template's one-off messages hang under a standing campaign with no audience filter:
+    asking how many it reaches is a conflict that says so, not a complaint about the request."""
+    add_people(client)
+    publish_template(client)
+    sent = client.post(
+        "/v1/messages",
+        json={"recipient": "0100000001", "template": "canh_bao_test", "channels": ["email"]},
+    )
+    assert sent.status_code == 202, sent.text
+    stream = sent.json()["campaign_id"]
+    assert client.get(f"/v1/campaigns/{stream}").json()["stream"] is True
+    response = client.get(f"/v1/campaigns/{stream}/audience")
+    assert response.status_code == 409, response.text
+    assert "one-off messages" in response.text and "no audience" in response.text
+
+
 # -- Idempotency like a payment API: scoped per API key, bound to the request, expiring ---------
 
 BODY = {

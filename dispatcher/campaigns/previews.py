@@ -16,9 +16,10 @@ from dispatcher.campaigns.schemas import ChannelPreviewOut
 from dispatcher.content import service as content
 from dispatcher.content.render import Rendered
 from dispatcher.kit.clock import utcnow
+from dispatcher.kit.errors import Conflict
 from dispatcher.scheduling import rules
 from dispatcher.scheduling.rules import calendar_variables
-from dispatcher.tables.campaigns import Campaign
+from dispatcher.tables.campaigns import Campaign, is_stream
 from dispatcher.tables.content import Template
 from dispatcher.tables.recipients import Recipient
 from dispatcher.units import scope as scopes
@@ -111,6 +112,11 @@ def audience_counts(*, session: Session, campaign: Campaign) -> AudienceCount:
     """How many people the campaign's filter reaches inside its unit's territory, and how many
     the territory removed. Counted past the caller's own scope: these are the campaign's
     figures, the same for whoever reads them."""
+    if is_stream(campaign.kind, campaign.name, campaign.channels):
+        raise Conflict(
+            f"campaign {campaign.id} is the stream of one-off messages of its template: it has "
+            "no audience (each message names its recipient)"
+        )
     where = audiences.compile_for(session, campaign.audience)
     territory = scopes.territory_clause(session, campaign.unit_id)
     matching = select(func.count()).select_from(Recipient).where(where)
