@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import dataclasses
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import structlog
@@ -49,7 +50,8 @@ class Account:
 
     @classmethod
     def root(cls, channel: str) -> Account:
-        return cls(channel, channel)
+        """The environment's account of ``channel`` (one instance each: every send asks)."""
+        return _root_account(channel) if cls is Account else cls(channel, channel)
 
     @property
     def is_root(self) -> bool:
@@ -121,3 +123,8 @@ class AdapterPool:
         for adapter, _ in adapters.values():
             with contextlib.suppress(Exception):
                 await adapter.close()
+
+
+@lru_cache(maxsize=256)
+def _root_account(channel: str) -> Account:
+    return Account(channel, channel)

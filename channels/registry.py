@@ -88,12 +88,16 @@ def get(name: str) -> type[Adapter]:
     return _load(target)
 
 
+# What a name with no adapter may be: anything (ChannelLimits is frozen, so one is shared).
+_NO_LIMITS = ChannelLimits()
+
+
 def limits_for(name: str) -> ChannelLimits:
     """The limits ``name``'s adapter declares; none for a name with no adapter (a template's
     generic ``default`` variant)."""
     target = _table().get(name)
     if target is None:
-        return ChannelLimits()
+        return _NO_LIMITS
     return _load(target).limits
 
 

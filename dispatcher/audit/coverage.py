@@ -95,15 +95,23 @@ STATE_BYTES = 15
 _last_stamp: tuple[datetime | None, str | None] = (None, None)
 
 
-def _stamp(value: datetime | None) -> str | None:
+def stamp_text(value: datetime) -> str:
+    """How an entry writes a timestamp out: naive UTC, ISO with a ``T``, to the microsecond."""
+    if value.tzinfo is UTC:
+        return value.isoformat(timespec="microseconds")[:-6]
+    plain = value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo is not None else value
+    return plain.isoformat(timespec="microseconds")
+
+
+def _stamp(value: datetime | str | None) -> str | None:
+    # A string is a timestamp already written out by stamp_text's rule (BulkWrites.stamps).
     global _last_stamp
-    if value is None:
-        return None
+    if value is None or isinstance(value, str):
+        return value
     last = _last_stamp
     if last[0] is value:
         return last[1]
-    plain = value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo is not None else value
-    text = plain.isoformat(timespec="microseconds")
+    text = stamp_text(value)
     _last_stamp = (value, text)
     return text
 

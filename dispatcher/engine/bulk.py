@@ -147,6 +147,9 @@ def _sqlite_deliveries(rows: int) -> str:
 
 
 def _sqlite_stamp(value: datetime) -> str:
+    if value.tzinfo is UTC:
+        # The common case (the service's clock): the UTC text less its "+00:00".
+        return value.isoformat(" ", "microseconds")[:-6]
     if value.tzinfo is None:
         raise ValueError("naive datetime given where an aware one is required")
     return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
@@ -197,6 +200,15 @@ class BulkWrites:
     def stamp(self, value: datetime | None) -> Any:
         """A timestamp in the driver's form, as SQLAlchemy would have bound it."""
         return None if value is None else self._stamp(value)
+
+    def stamps(self, value: datetime) -> tuple[Any, Any]:
+        """``value`` in the driver's form, and as the audit chain writes it out
+        (:func:`dispatcher.audit.coverage.stamp_text`): on SQLite one is the other with a
+        ``T``, so a timestamp of every attempt is formatted once, not twice."""
+        bound = self._stamp(value)
+        if self._stamp is _sqlite_stamp:
+            return bound, f"{bound[:10]}T{bound[11:]}"
+        return bound, value
 
     def update_deliveries(
         self,

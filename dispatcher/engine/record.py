@@ -349,11 +349,12 @@ class Recorder:
             # The first try of a row taken back from a dead worker may repeat its send.
             duplicate = item.reclaimed and index == 0
             reply = t.provider_reply and t.provider_reply[:2000]
+            started, started_text = bulk.stamps(t.started_at)
             out.tries.append(
                 (
                     item.delivery_id,
                     t.number,
-                    bulk.stamp(t.started_at),
+                    started,
                     t.duration_ms,
                     t.outcome.value,
                     t.error_class,
@@ -370,7 +371,7 @@ class Recorder:
                 (
                     item.delivery_id,
                     t.number,
-                    t.started_at,
+                    started_text,
                     t.duration_ms,
                     t.outcome.value,
                     t.error_class,

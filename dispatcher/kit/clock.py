@@ -7,34 +7,38 @@ from datetime import UTC, datetime, timedelta
 
 
 class Clock:
-    """Real UTC time, unless frozen or shifted by a test."""
+    """Real UTC time, unless frozen or shifted by a test.
+
+    Its state is one tuple, replaced whole: reading the time takes no lock (every send reads
+    it, from every worker thread), and changes are serialised among themselves."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._frozen: datetime | None = None
-        self._offset = timedelta()
+        # (frozen instant or None, offset from real time)
+        self._state: tuple[datetime | None, timedelta] = (None, timedelta())
 
     def now(self) -> datetime:
-        with self._lock:
-            if self._frozen is not None:
-                return self._frozen
-            return datetime.now(UTC) + self._offset
+        frozen, offset = self._state
+        if frozen is not None:
+            return frozen
+        now = datetime.now(UTC)
+        return now + offset if offset else now
 
     def freeze(self, at: datetime) -> None:
         with self._lock:
-            self._frozen = at.astimezone(UTC)
+            self._state = (at.astimezone(UTC), self._state[1])
 
     def shift(self, by: timedelta) -> None:
         with self._lock:
-            if self._frozen is not None:
-                self._frozen += by
+            frozen, offset = self._state
+            if frozen is not None:
+                self._state = (frozen + by, offset)
             else:
-                self._offset += by
+                self._state = (None, offset + by)
 
     def reset(self) -> None:
         with self._lock:
-            self._frozen = None
-            self._offset = timedelta()
+            self._state = (None, timedelta())
 
 
 clock = Clock()
