@@ -42,7 +42,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -1018,6 +1018,20 @@ class CpuSnapshot:
     machine_busy_s: float
     ours: dict[int, float]
     roles: dict[int, str] = field(default_factory=dict)  # pid -> what it is (see cpu_snapshot)
+    steal_s: float = 0.0  # machine_steal_seconds() when taken
+
+
+def machine_steal_seconds() -> float:
+    """CPU seconds so far that this (virtual) machine's CPUs waited while the hypervisor ran
+    something else: none on bare metal. A figure taken while it grew was measured on CPUs
+    that were not all there, whatever the processes of the machine itself did."""
+    return float(getattr(psutil.cpu_times(), "steal", 0.0))
+
+
+def disturbed(cpu: Mapping[str, Any]) -> bool:
+    """Whether a phase's figures were disturbed (its :func:`cpu_share`): other processes, or
+    the hypervisor, took more than OTHER_CPU_WARNING cores."""
+    return max(cpu.get("others_cores", 0.0), cpu.get("steal_cores", 0.0)) > OTHER_CPU_WARNING
 
 
 def machine_busy_seconds() -> float:
@@ -1052,7 +1066,9 @@ def cpu_snapshot(
             t = member.cpu_times()
             ours[member.pid] = t.user + t.system
             roles[member.pid] = role
-    return CpuSnapshot(time.perf_counter(), machine_busy_seconds(), ours, roles)
+    return CpuSnapshot(
+        time.perf_counter(), machine_busy_seconds(), ours, roles, machine_steal_seconds()
+    )
 
 
 def cpu_share(before: CpuSnapshot, after: CpuSnapshot) -> dict[str, float]:
@@ -1065,6 +1081,7 @@ def cpu_share(before: CpuSnapshot, after: CpuSnapshot) -> dict[str, float]:
         "machine_busy_cores": round(machine, 2),
         "ours_cores": round(ours, 2),
         "others_cores": round(max(0.0, machine - ours), 2),
+        "steal_cores": round(max(0.0, after.steal_s - before.steal_s) / elapsed, 2),
     }
 
 

@@ -63,7 +63,7 @@ from typing import Any
 
 import psutil
 
-from bench.common import OTHER_CPU_WARNING, BenchError, cpu_by_process, cpu_share, cpu_snapshot
+from bench.common import BenchError, cpu_by_process, cpu_share, cpu_snapshot, disturbed
 from dispatcher.engine.bulk import ATTEMPT_COLUMNS, CHECKPOINT_EVERY
 from dispatcher.engine.bulk import DELIVERY_COLUMNS as RECORD_COLUMNS
 
@@ -172,7 +172,7 @@ class FloorResult:
 
     @property
     def disturbed(self) -> bool:
-        return float(self.cpu.get("others_cores", 0.0)) > OTHER_CPU_WARNING
+        return disturbed(self.cpu)
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -1023,5 +1023,5 @@ def email_floor(
         "connections_per_process": connections,
         "cpu": share,
         "cpu_us_per_email": round(floor_cpu_s / max(1, sent) * 1e6, 1),
-        "disturbed": share["others_cores"] > OTHER_CPU_WARNING,
+        "disturbed": disturbed(share),
     }

@@ -69,7 +69,6 @@ import psutil
 
 from bench.common import (
     DEFAULT_POSTGRES_URL,
-    OTHER_CPU_WARNING,
     RESULT_TAG,
     BenchError,
     CpuSnapshot,
@@ -85,6 +84,7 @@ from bench.common import (
     cpu_snapshot,
     create_postgres_database,
     dispatcher_command,
+    disturbed,
     drop_postgres_database,
     iso,
     machine,
@@ -421,13 +421,13 @@ def floor_line(floor: FloorResult, rate: float) -> str:
     if floor.skipped:
         return f"{LABELS[floor.pattern]}: not run ({floor.skipped})"
     cpu = floor.cpu
-    note = "  ← other processes were busy: disturbed" if floor.disturbed else ""
+    note = "  ← other processes or the hypervisor were busy: disturbed" if floor.disturbed else ""
     return (
         f"{floor.per_second:,.0f}/s ({floor.elapsed_s:.2f} s; render {floor.render_s:.1f} s, "
         f"database {floor.write_s:.1f} s over {floor.processes} processes; "
         f"CPU {floor.cpu_us_per_delivery.get('total', 0):.0f} µs/delivery); ours/floor "
         f"{rate / floor.per_second:.2f}; other processes {cpu.get('others_cores', 0):.2f} "
-        f"cores{note}"
+        f"cores, steal {cpu.get('steal_cores', 0):.2f}{note}"
     )
 
 
@@ -1132,7 +1132,7 @@ def run_once(options: Options) -> dict[str, Any]:
             },
             "cpu_us_per_delivery": cpu_us,
             "disk": disk,
-            "disturbed": cpu["others_cores"] > OTHER_CPU_WARNING,
+            "disturbed": disturbed(cpu),
             "planner_elapsed_s": planned and round(planned["elapsed_s"], 3),
             "planner_per_s": planned and round(planned["made"] / planned["elapsed_s"], 1),
             "peak_rss_mib": {
@@ -1292,15 +1292,16 @@ def print_block(r: dict[str, Any], out: TextIO = sys.stdout) -> None:
     cpu = r.get("cpu_during_timed_phase")
     if cpu:
         note = (
-            "  ← other processes were busy: figures are disturbed"
-            if cpu["others_cores"] > 0.25
+            "  ← other processes or the hypervisor were busy: figures are disturbed"
+            if disturbed(cpu)
             else ""
         )
         rows.append(
             (
                 "CPU while timed",
                 f"ours {cpu['ours_cores']:.2f} cores, other processes "
-                f"{cpu['others_cores']:.2f}, of {cpu['cores']:.0f}{note}",
+                f"{cpu['others_cores']:.2f}, taken by the hypervisor (steal) "
+                f"{cpu.get('steal_cores', 0):.2f}, of {cpu['cores']:.0f}{note}",
             )
         )
         rows.append(
@@ -1357,13 +1358,18 @@ def floor_rows(r: dict[str, Any]) -> list[tuple[str, str]]:
             rows.append((label, f"not run: {floor['skipped']}"))
             continue
         cpu = floor.get("cpu", {})
-        note = "  ← other processes were busy: disturbed" if floor.get("disturbed") else ""
+        note = (
+            "  ← other processes or the hypervisor were busy: disturbed"
+            if floor.get("disturbed")
+            else ""
+        )
         rows.append(
             (
                 label,
                 f"{floor['per_second']:,.0f}/s, {floor['processes']} processes (render "
                 f"{floor['render_s']:.1f} s, database {floor['write_s']:.1f} s, summed); "
-                f"other processes {cpu.get('others_cores', 0):.2f} cores{note}",
+                f"other processes {cpu.get('others_cores', 0):.2f} cores, steal "
+                f"{cpu.get('steal_cores', 0):.2f}{note}",
             )
         )
         rows.append(
