@@ -846,7 +846,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--emails", type=int, default=None, help="email recipients (default 20,000)"
     )
     parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
-    parser.add_argument("--threads", type=int, default=4, help="threads per worker (default 4)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="threads per worker (default: the service's for a process serving one queue)",
+    )
     parser.add_argument(
         "--batch-size", type=int, default=None, help="deliveries per job (default: the service's)"
     )
@@ -888,7 +893,11 @@ def options_for(args: argparse.Namespace) -> Options:
     emails = args.emails if args.emails is not None else (1_000 if args.quick else 20_000)
     if duration <= 0 or args.rate <= 0 or emails < 1:
         raise BenchError("--duration, --rate and --emails must be above zero")
-    if args.workers < 1 or args.threads < 1:
+    from dispatcher.core.config import default_worker_threads
+
+    # Its workers serve the urgent queue alone.
+    threads = args.threads if args.threads is not None else default_worker_threads(1)
+    if args.workers < 1 or threads < 1:
         raise BenchError("--workers and --threads must be at least 1")
     return Options(
         scenarios=(args.only,) if args.only else ("telegram", "email"),
@@ -897,7 +906,7 @@ def options_for(args: argparse.Namespace) -> Options:
         warmup=args.warmup,
         emails=emails,
         workers=args.workers,
-        threads=args.threads,
+        threads=threads,
         batch_size=args.batch_size,
         smtp_pool_size=args.smtp_pool_size,
         extra_env=parse_env(args.env),

@@ -454,9 +454,10 @@ class ChaosRun(Service):
         self.t0 = 0.0
         self.events: list[Event] = []
         self.kills: list[Kill] = []
-        from dispatcher.core.config import Settings
+        from dispatcher.core.config import default_worker_threads
 
-        self.threads = options.threads or int(Settings.model_fields["worker_threads"].default)
+        # Its workers serve the bulk queue alone.
+        self.threads = options.threads or default_worker_threads(1)
         self.timeline: list[dict[str, Any]] = []
 
     # -- setting up ------------------------------------------------------------------------

@@ -1619,10 +1619,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def options_for(args: argparse.Namespace, n: int) -> Options:
-    from dispatcher.core.config import Settings
+    from dispatcher.core.config import Settings, default_worker_threads
 
     defaults = Settings.model_fields
-    threads = args.threads or int(defaults["worker_threads"].default)
+    # The bulk workers serve one queue (the urgent ones, --urgent-threads, another).
+    threads = args.threads or default_worker_threads(1)
     batch_size = args.batch_size or int(defaults["batch_size"].default)
     extra_env = parse_env(args.env, prefix="")
     urgent_env = parse_env(args.urgent_env, option="--urgent-env", prefix="")

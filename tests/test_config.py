@@ -26,7 +26,9 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_defaults_run_on_a_bare_machine() -> None:
     settings = load_settings()
     assert settings.database_url == "sqlite:///dispatcher.db"
-    assert (settings.batch_size, settings.worker_threads) == (1000, 2)
+    assert (settings.batch_size, settings.worker_threads) == (1000, None)
+    # One thread for each queue a worker process serves.
+    assert [settings.threads_for(n) for n in (1, 2)] == [1, 2]
     assert (settings.queue_urgent, settings.queue_bulk) == ("urgent", "bulk")
 
 

@@ -62,7 +62,8 @@ def worker(
     # A batch for every thread and two waiting: a thread that finishes finds its next batch at
     # once (a process holding one batch at a time idles while it waits on the database), yet
     # no process sits on many batches that others could start.
-    os.environ.setdefault("dramatiq_queue_prefetch", str((threads or settings.worker_threads) + 2))
+    threads = threads or settings.threads_for(len(names))
+    os.environ.setdefault("dramatiq_queue_prefetch", str(threads + 2))
     # dramatiq's consumer sleeps between polls, backing off up to this many ms (its default is
     # 1000) even while its threads are busy: a second is long for urgent work, and for threads
     # waiting for their next batch.
@@ -81,7 +82,7 @@ def worker(
         "--processes",
         str(processes),
         "--threads",
-        str(threads or settings.worker_threads),
+        str(threads),
         "--queues",
         *names,
     ]
@@ -236,7 +237,7 @@ def dev(
     worker = dramatiq.Worker(
         queue.broker,
         queues={settings.queue_urgent, settings.queue_bulk},
-        worker_threads=settings.worker_threads,
+        worker_threads=settings.threads_for(2),
         worker_timeout=100,
     )
     worker.start()

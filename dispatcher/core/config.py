@@ -172,12 +172,14 @@ class Settings(BaseSettings):
         "2 MiB). `dispatcher worker` sets 32 unless this is set: its claims, records and "
         "planner pages walk the deliveries table's indexes.",
     )
-    worker_threads: int = Field(
-        default=2,
+    worker_threads: int | None = Field(
+        default=None,
         ge=1,
         le=64,
-        description="Threads per worker process: one claims and renders while another sends "
-        "and records.",
+        description="Threads per worker process (unset: one for each queue it serves, so a "
+        "process serving both runs an urgent batch beside a bulk one). A process sends one "
+        "batch of a queue at a time, so a second thread on one queue only claims and renders "
+        "the next batch meanwhile; it cost more CPU than it saved (docs/performance.md).",
     )
     template_max_output_chars: int = Field(
         default=1_000_000,
@@ -295,6 +297,11 @@ class Settings(BaseSettings):
             raise ValueError("a queue name holds only letters, digits, '-' and '_'")
         return value
 
+    def threads_for(self, queues: int) -> int:
+        """Threads of a worker process serving ``queues`` queues: DISPATCHER_WORKER_THREADS,
+        or one for each queue."""
+        return self.worker_threads or default_worker_threads(queues)
+
     def masked(self) -> dict[str, Any]:
         """The effective settings with every secret hidden, for display (a channel's values
         given as extra keys too)."""
@@ -313,6 +320,12 @@ class Settings(BaseSettings):
 
 
 _NAMESPACE = re.compile(r"[A-Za-z][A-Za-z0-9._-]*")
+
+
+def default_worker_threads(queues: int) -> int:
+    """Threads of a worker process serving ``queues`` queues when DISPATCHER_WORKER_THREADS is
+    unset: one for each."""
+    return max(1, queues)
 
 
 def derived_namespace(database_url: str) -> str:
