@@ -66,6 +66,10 @@ def chaos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "2000",
         "--batch-size",
         "100",
+        # Two threads per worker process (a bulk-only process has one by default), so each
+        # killed process could hold two batches: the send gate must let only one be re-sent.
+        "--threads",
+        "2",
         "--kills",
         "3",
         "--redis-restarts",
