@@ -39,7 +39,7 @@ from dispatcher.engine.accounts import AccountResolver
 from dispatcher.engine.adapters import adapter_pool
 from dispatcher.engine.backends import Backends
 from dispatcher.engine.bulk import write_turns
-from dispatcher.engine.claim import Claim, ClaimedBatch, Claims, lease_stamp
+from dispatcher.engine.claim import Claim, ClaimedBatch, Claims, LeaseStampTaken, lease_stamp
 from dispatcher.engine.leases import LeaseLost, LeaseState
 from dispatcher.engine.loop import LoopThread
 from dispatcher.engine.record import Recorder
@@ -52,6 +52,9 @@ from dispatcher.tables.campaigns import Campaign, Run
 from dispatcher.tables.deliveries import Outcome
 
 log = structlog.get_logger(__name__)
+
+# Claims made again when another process's claim of the run took the same lease stamp.
+LEASE_STAMP_TRIES = 5
 
 # A batch queued again waits this much longer than asked: never before its rows are due.
 REQUEUE_MARGIN = 0.05
@@ -109,9 +112,20 @@ class BatchProcessor:
         # gate gives its rows back. Timed on this process's own clock, from the claim: a
         # lease stamp may lie ahead of the wall clock (stamps only grow, across a clock step).
         gate_deadline = time.monotonic() + self.settings.lease_seconds / 2
-        lease_until = lease_stamp(self.settings.lease_seconds)
         token = leases.new_token()
-        claim = self._claim(run_id, delivery_ids, batch_id, lease_until, token=token, urgent=urgent)
+        for tries_left in range(LEASE_STAMP_TRIES - 1, -1, -1):
+            lease_until = lease_stamp(self.settings.lease_seconds)
+            try:
+                claim = self._claim(
+                    run_id, delivery_ids, batch_id, lease_until, token=token, urgent=urgent
+                )
+                break
+            except LeaseStampTaken:
+                # Another process stamped a claim of this run in the same microsecond; this
+                # process's next stamp is later.
+                if not tries_left:
+                    raise
+                log.info("lease_stamp_taken", run_id=run_id, batch_id=batch_id)
         try:
             return self._process_claimed(
                 claim, run_id, delivery_ids, batch_id, lease_until, urgent, gate_deadline

@@ -39,6 +39,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from dispatcher.content import service as content
@@ -85,9 +86,22 @@ _stamps = threading.Lock()
 _last_stamp: datetime | None = None
 
 
+class LeaseStampTaken(Exception):
+    """Another process's claim of the same run holds this ``lease_until`` (both made it in the
+    same microsecond): the claim took nothing, and is made again with a new stamp."""
+
+
+def _stamp_taken(exc: IntegrityError) -> bool:
+    # PostgreSQL names the constraint; SQLite its columns.
+    text = str(exc.orig)
+    return "uq_leases_run_id_lease_until" in text or "leases.run_id, leases.lease_until" in text
+
+
 def lease_stamp(seconds: float) -> datetime:
     """A claim's ``lease_until``: ``seconds`` from now, later than any other this process made
-    (it identifies the claim among its run's, so two claims never share one)."""
+    (it identifies the claim among its run's, so two claims never share one). A stamp another
+    process made in the same microsecond is refused by the leases' unique key: the claim
+    raises :class:`LeaseStampTaken`, having taken nothing."""
     global _last_stamp
     with _stamps:
         stamp = utcnow() + timedelta(seconds=seconds)
@@ -196,30 +210,37 @@ class Claims:
             .returning(b.id, b.channel, b.recipients, b.delivery_ids, b.reclaimed, b.created_at)
         )
         taken: Any = None
-        with self.turns.transaction(first=urgent) as session:
-            connection = session.connection()
-            if batch_id and not delivery_ids:
-                # A batch row's job (its job carries no ids): one UPDATE of one row.
-                taken = connection.execute(claim_batch).first()
-                claimed = len(batches.decode_ids(taken.delivery_ids)) if taken else 0
-            else:
-                claimed = connection.execute(claim_rows).rowcount
-                if not claimed and batch_id:
-                    # A batch row's job that came with ids (a caller that read them).
+        try:
+            with self.turns.transaction(first=urgent) as session:
+                connection = session.connection()
+                if batch_id and not delivery_ids:
+                    # A batch row's job (its job carries no ids): one UPDATE of one row.
                     taken = connection.execute(claim_batch).first()
                     claimed = len(batches.decode_ids(taken.delivery_ids)) if taken else 0
-            if claimed:
-                leases.take(
-                    connection,
-                    token=token,
-                    run_id=run_id,
-                    lease_until=lease_until,
-                    batch_id=batch_id,
-                    worker=WORKER_NAME,
-                    now=now,
-                )
-                if self.signing_key is None:
-                    self.signing_key = secrets.signing_key(session, self.settings)
+                else:
+                    claimed = connection.execute(claim_rows).rowcount
+                    if not claimed and batch_id:
+                        # A batch row's job that came with ids (a caller that read them).
+                        taken = connection.execute(claim_batch).first()
+                        claimed = len(batches.decode_ids(taken.delivery_ids)) if taken else 0
+                if claimed:
+                    leases.take(
+                        connection,
+                        token=token,
+                        run_id=run_id,
+                        lease_until=lease_until,
+                        batch_id=batch_id,
+                        worker=WORKER_NAME,
+                        now=now,
+                    )
+                    if self.signing_key is None:
+                        self.signing_key = secrets.signing_key(session, self.settings)
+        except IntegrityError as exc:
+            if not _stamp_taken(exc):
+                raise
+            raise LeaseStampTaken(
+                f"run {run_id}: lease {lease_until.isoformat()} is another claim's"
+            ) from None
         if claimed:
             self.heartbeat.hold(token)
         try:

@@ -296,3 +296,40 @@ def test_the_leases_migration_goes_down_and_up_again(database_url: str) -> None:
     finally:
         command.upgrade(config, "head")
     assert "leases" in tables()
+
+
+def test_a_lease_stamp_another_process_made_in_the_same_microsecond_is_claimed_past(
+    client, smtp: SmtpServer, db: Database, settings: Settings, job_queue, monkeypatch
+) -> None:
+    """Two worker processes can stamp claims of one run in the same microsecond (seen once in a
+    10-million-recipient run); the leases' unique key refuses the second, which claims again
+    with a later stamp rather than failing its job."""
+    from dispatcher.engine import batch as batch_module
+    from dispatcher.engine import leases
+    from dispatcher.kit.clock import utcnow
+
+    run_id, ids, batch_id = _planned(client, db, settings)
+    taken = lease_stamp(settings.lease_seconds)
+    with db.transaction() as session:
+        # Another process's claim of the same run, stamped in that microsecond.
+        leases.take(
+            session.connection(),
+            token=new_token(),
+            run_id=run_id,
+            lease_until=taken,
+            batch_id="another-batch",
+            worker="elsewhere",
+            now=utcnow(),
+        )
+    stamps = iter([taken])
+    real = batch_module.lease_stamp
+    monkeypatch.setattr(
+        batch_module, "lease_stamp", lambda seconds: next(stamps, None) or real(seconds)
+    )
+    report = _processor(db, settings, job_queue).process(run_id, ids, batch_id)
+    assert report.sent == len(ids)
+    assert _statuses(db, ids) == ["sent"] * len(ids)
+    assert smtp.mailbox.count() == len(ids)
+    with db.reading() as session:
+        # The other claim's lease is untouched; ours ended with its record.
+        assert session.scalars(select(Lease.worker)).all() == ["elsewhere"]
