@@ -9,6 +9,14 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from dispatcher.engine.bulk import BulkWrites, deliveries_t
 
+# Aware timestamps: UTC, the last microsecond of a year, and two other offsets.
+SAMPLES = (
+    datetime(2026, 1, 1, tzinfo=UTC),
+    datetime(2026, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC),
+    datetime(2026, 6, 1, 6, 30, 0, 1, tzinfo=timezone(timedelta(hours=7))),
+    datetime(1999, 2, 28, 19, 0, tzinfo=timezone(timedelta(hours=-5))),
+)
+
 
 @pytest.mark.parametrize("dialect", [sqlite.dialect(), postgresql.dialect()], ids=["sqlite", "pg"])
 def test_a_stamp_is_what_sqlalchemy_would_have_bound(dialect) -> None:
@@ -17,12 +25,7 @@ def test_a_stamp_is_what_sqlalchemy_would_have_bound(dialect) -> None:
         lambda value: value
     )
     bulk = BulkWrites(dialect)
-    for value in (
-        datetime(2026, 1, 1, tzinfo=UTC),
-        datetime(2026, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC),
-        datetime(2026, 6, 1, 6, 30, 0, 1, tzinfo=timezone(timedelta(hours=7))),
-        datetime(1999, 2, 28, 19, 0, tzinfo=timezone(timedelta(hours=-5))),
-    ):
+    for value in SAMPLES:
         assert bulk.stamp(value) == process(value)
     assert bulk.stamp(None) is None
     with pytest.raises(ValueError, match="naive datetime"):
@@ -36,12 +39,7 @@ def test_an_attempts_two_stamps_are_its_row_and_its_audit_line(dialect) -> None:
     from dispatcher.audit import coverage
 
     bulk = BulkWrites(dialect)
-    for value in (
-        datetime(2026, 1, 1, tzinfo=UTC),
-        datetime(2026, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC),
-        datetime(2026, 6, 1, 6, 30, 0, 1, tzinfo=timezone(timedelta(hours=7))),
-        datetime(1999, 2, 28, 19, 0, tzinfo=timezone(timedelta(hours=-5))),
-    ):
+    for value in SAMPLES:
         bound, audited = bulk.stamps(value)
         assert bound == bulk.stamp(value)
         assert coverage._stamp(audited) == coverage.stamp_text(value)
