@@ -373,14 +373,14 @@ def count_rows(database: str, url: str, pattern: str) -> dict[str, int]:
 
 
 class _Renderer:
-    """The engine's per-delivery render (``dispatcher.engine.render.render``), for rows read
-    by the floor: the recipient's view per (recipient, locale), the signed unsubscribe link,
-    the context, the sandboxed render and the :class:`~channels.base.Message`."""
+    """The engine's per-delivery render (``dispatcher.engine.render.BatchMessages``, as the
+    engine's ``render`` uses it), for rows read by the floor: the recipient's view per
+    (recipient, locale), the signed unsubscribe link, the context, the sandboxed render and
+    the :class:`~channels.base.Message`."""
 
     def __init__(self, template: Template) -> None:
         from channels.base import Category
         from dispatcher.content.render import VariantData
-        from dispatcher.scheduling.rules import calendar_variables
 
         self.template = template
         self.kind = Category(template.kind)
@@ -389,67 +389,35 @@ class _Renderer:
                 id=-1, channel="default", locale="vi", subject=template.subject, body=template.body
             )
         }
-        self.variables = {**calendar_variables(datetime.now(UTC)), **template.variables}
-        self.unsubscribe_base = f"{template.public_url}/u/"
+        self.scheduled_for = datetime.now(UTC)
         # Any key signs as fast as the installation's.
         self.signing_key = b"bench-floor-signing-key-0123456789abcdef"
-        self.transactional = self.kind is Category.transactional
 
     def render(self, rows: Sequence[tuple[Any, ...]]) -> list[tuple[int, str, str]]:
         """``rows``: (delivery id, recipient id, channel, person fields..., address) for each
         delivery; returns (delivery id, locale, provider message id) of each one sent."""
-        from channels.base import Message
-        from dispatcher.consent import service as consent
-        from dispatcher.content import service as content
-        from dispatcher.content.render import choose_variant, renderer
+        from dispatcher.engine.render import BatchMessages
 
-        chosen: dict[tuple[str, str], Any] = {}
-        views: dict[tuple[int, str], Any] = {}
+        # Made once per batch, as the engine makes it.
+        messages = BatchMessages.of(
+            kind=self.kind,
+            variants=self.variants,
+            defaults=self.template.defaults,
+            scheduled_for=self.scheduled_for,
+            variables=[self.template.variables],
+            public_url=self.template.public_url,
+            signing_key=self.signing_key,
+            campaign_id=0,
+        )
         sent: list[tuple[int, str, str]] = []
-        # A batch's links are signed as the engine's render signs them: dated once.
-        link = consent.link_tokens(self.signing_key, kind=self.kind.value)
         for row in rows:
             delivery_id, recipient_id, channel = row[0], row[1], row[2]
             fields = list(row[3:10])
             if isinstance(fields[6], str):
                 fields[6] = json.loads(fields[6])
             person = dict(zip(PERSON_FIELDS, fields, strict=True))
-            address = row[10]
-            language = person["language"]
-            key = (channel, language)
-            variant = chosen.get(key)
-            if variant is None:
-                variant = chosen[key] = choose_variant(self.variants, channel, language)
-            assert variant is not None  # the generic Vietnamese variant always answers
-            locale = variant.locale
-            view = views.get((recipient_id, locale))
-            if view is None:
-                view = views[(recipient_id, locale)] = content.recipient_view(person, locale)
-            unsubscribe = None
-            if not self.transactional:
-                unsubscribe = self.unsubscribe_base + link(recipient_id, channel)
-            context = content.build_context(
-                view,
-                defaults=self.template.defaults,
-                variables=self.variables,
-                channel=channel,
-                locale=locale,
-                unsubscribe_url=unsubscribe,
-            )
-            rendered = renderer.render(variant, context)
-            Message(
-                delivery_id=delivery_id,
-                address=address,
-                body=rendered.body,
-                kind=self.kind,
-                subject=rendered.subject,
-                html=rendered.html,
-                locale=locale,
-                unsubscribe_url=unsubscribe,
-                campaign_id=0,
-                recipient=person["external_id"],
-            )
-            sent.append((delivery_id, locale, f"null-{delivery_id}"))
+            message = messages.make(delivery_id, recipient_id, channel, person, row[10])
+            sent.append((delivery_id, message.locale, f"null-{delivery_id}"))
         return sent
 
 

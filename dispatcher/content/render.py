@@ -11,6 +11,7 @@ sandbox refuses attribute access that could reach Python internals (``__class__`
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
@@ -158,6 +159,7 @@ def locale_chain(language: str | None) -> list[str]:
     return chain
 
 
+@functools.lru_cache(maxsize=256)
 def honorific(kind: str, locale: str) -> str:
     table = HONORIFICS.get(locale.split("-")[0], HONORIFICS[DEFAULT_LOCALE])
     return table.get(kind, table["person"])
@@ -207,6 +209,9 @@ class Renderer:
         self._html = Sandbox(
             undefined=jinja2.StrictUndefined, autoescape=True, keep_trailing_newline=False
         )
+        if self._text.globals != self._html.globals:
+            raise AssertionError("the text and HTML sandboxes must have the same globals")
+        self._globals: dict[str, Any] = dict(self._text.globals)
         self._cache: OrderedDict[tuple[Any, ...], jinja2.Template] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
@@ -228,9 +233,10 @@ class Renderer:
                 return found
         env = self._html if html else self._text
         template = env.from_string(source)
-        # Jinja keeps a template's globals as a ChainMap over the environment's, and copies
-        # them into every render's context: a plain dict copies in a fraction of the time.
-        template.globals = dict(template.globals)
+        # Jinja keeps a template's globals as a ChainMap over the environment's. Every
+        # template of both environments has the same ones (neither is given any of its own),
+        # so a render merges them into its context once for all its parts (render_parts).
+        template.globals = self._globals
         if key is not None:
             with self._lock:
                 self._cache[key] = template
@@ -259,14 +265,30 @@ class Renderer:
     def render(self, variant: VariantData, context: Mapping[str, Any]) -> Rendered:
         """Render every part of ``variant``; a :class:`TemplateProblem` says what went wrong,
         including a render over its budget (``template budget exceeded: ...``)."""
+        subject, body, html = self.render_parts(variant, context)
+        return Rendered(
+            channel=variant.channel, locale=variant.locale, subject=subject, body=body, html=html
+        )
+
+    def render_parts(
+        self, variant: VariantData, context: Mapping[str, Any]
+    ) -> tuple[str | None, str, str | None]:
+        """:meth:`render`'s subject, body and HTML, without the :class:`Rendered` (the
+        engine makes its message of them at once)."""
         meter = current().start(self.limits)
         try:
             return self._render(variant, context)
         finally:
             meter.stop()
 
-    def _render(self, variant: VariantData, context: Mapping[str, Any]) -> Rendered:
+    def _render(
+        self, variant: VariantData, context: Mapping[str, Any]
+    ) -> tuple[str | None, str, str | None]:
         limits = self.channel_limits(variant.channel)
+        # What Template.render does for each part, with the globals merged into the context
+        # once for all of them: Jinja does not change a context's variables (its templates
+        # set theirs in the Context), so the parts share one.
+        shared = {**self._globals, **context}
         parts: dict[str, str | None] = {}
         for part in PARTS:
             source = getattr(variant, part)
@@ -277,7 +299,14 @@ class Renderer:
             key = None if variant.id is None else (variant.id, part)
             try:
                 template = self.compile(source, html=html, key=key)
-                text = template.render(context)
+                env = template.environment
+                try:
+                    text = env.concat(
+                        template.root_render_func(template.new_context(shared, shared=True))
+                    )
+                except Exception:
+                    # Jinja's own: the traceback rewritten to the template's lines.
+                    env.handle_exception()
             except jinja2.TemplateSyntaxError as exc:
                 raise TemplateProblem(
                     exc.message or "syntax error",
@@ -322,13 +351,7 @@ class Renderer:
             parts[part] = text.strip() if part == "subject" else text
         body = parts["body"]
         assert body is not None
-        return Rendered(
-            channel=variant.channel,
-            locale=variant.locale,
-            subject=parts["subject"],
-            body=body,
-            html=parts["html"],
-        )
+        return parts["subject"], body, parts["html"]
 
     def check_syntax(self, variant: VariantData) -> None:
         """Compile every part; raise the first syntax error with its line."""

@@ -64,24 +64,27 @@ SAMPLE_CALENDAR = calendar_variables(datetime(2026, 1, 1, 1, tzinfo=UTC))
 
 
 def recipient_view(recipient: Recipient | Mapping[str, Any], locale: str) -> RecipientView:
-    """What templates see of a stored recipient, or of a mapping of the same fields."""
-    get = (
+    """What templates see of a stored recipient, or of a mapping of the same fields (a missing
+    or empty field reads as its default). Made for every recipient a batch renders."""
+    get: Any = (
         recipient.get
-        if isinstance(recipient, Mapping)
+        if type(recipient) is dict or isinstance(recipient, Mapping)
         else lambda name, default=None: getattr(recipient, name, default)
     )
-    kind = get("kind", "person") or "person"
-    birth = get("birth_date", None)
-    if isinstance(birth, str):
+    kind = get("kind") or "person"
+    birth = get("birth_date")
+    if type(birth) is str:
         birth = date.fromisoformat(birth)
+    attributes = get("attributes") or {}
     return RecipientView(
-        external_id=str(get("external_id", "") or ""),
-        full_name=str(get("full_name", "") or ""),
+        external_id=str(get("external_id") or ""),
+        full_name=str(get("full_name") or ""),
         kind=kind,
-        province=str(get("province", "") or ""),
+        province=str(get("province") or ""),
         birth_date=birth,
-        language=str(get("language", "vi") or "vi"),
-        attributes=dict(get("attributes", None) or {}),
+        language=str(get("language") or "vi"),
+        # A template cannot change it (the sandbox is immutable): a dict is not copied.
+        attributes=attributes if type(attributes) is dict else dict(attributes),
         honorific=honorific(kind, locale),
     )
 

@@ -9,6 +9,8 @@ delivery, not the batch.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 from channels.base import Category, ErrorClass, Message
@@ -21,28 +23,138 @@ from dispatcher.scheduling.rules import calendar_variables
 from dispatcher.tables.deliveries import DeliveryStatus
 
 
+class NoVariant(Exception):
+    """The template version has no variant for the delivery's channel in any language of the
+    recipient's chain (nor a generic one)."""
+
+
+class BatchMessages:
+    """Makes a batch's messages. What its deliveries share is worked out once: the variables,
+    the links' date and key, each (channel, language)'s variant and each (recipient, locale)'s
+    view. The floors of ``bench.floors`` render through it too."""
+
+    def __init__(
+        self,
+        *,
+        kind: Category,
+        variants: Mapping[tuple[str, str], VariantData],
+        defaults: Mapping[str, Any],
+        variables: Mapping[str, Any],
+        public_url: str,
+        signing_key: bytes | None,
+        campaign_id: int | None,
+    ) -> None:
+        self.kind = kind
+        self.variants = variants
+        self.campaign_id = campaign_id
+        # A template's variables: the version's defaults, under the campaign's and the run's.
+        self.variables = {**defaults, **variables}
+        self.unsubscribe_base = f"{public_url}/u/"
+        self.transactional = kind is Category.transactional
+        self.link = None
+        if not self.transactional:
+            assert signing_key is not None
+            # The batch's links, dated once (its renders take well under a second).
+            self.link = consent.link_tokens(signing_key, kind=kind.value)
+        self._chosen: dict[tuple[str, str | None], VariantData | None] = {}
+        self._views: dict[tuple[int, str], Any] = {}
+
+    @classmethod
+    def of_claim(
+        cls, claim: Claim, *, settings: Settings, signing_key: bytes | None
+    ) -> BatchMessages:
+        campaign, run = claim.campaign, claim.run
+        assert campaign is not None and run is not None
+        return cls.of(
+            kind=Category(campaign.kind),
+            variants=claim.variants,
+            defaults=claim.defaults,
+            scheduled_for=run.scheduled_for,
+            variables=[campaign.variables, run.variables],
+            public_url=settings.public_url,
+            signing_key=signing_key,
+            campaign_id=campaign.id,
+        )
+
+    @classmethod
+    def of(
+        cls,
+        *,
+        kind: Category,
+        variants: Mapping[tuple[str, str], VariantData],
+        defaults: Mapping[str, Any],
+        scheduled_for: datetime,
+        variables: list[Mapping[str, Any] | None],
+        public_url: str,
+        signing_key: bytes | None,
+        campaign_id: int | None,
+    ) -> BatchMessages:
+        """A run's messages: the calendar of its scheduled day, then each of ``variables``
+        (the campaign's, the run's) over it."""
+        merged = calendar_variables(scheduled_for)
+        for more in variables:
+            merged.update(more or {})
+        return cls(
+            kind=kind,
+            variants=variants,
+            defaults=defaults,
+            variables=merged,
+            public_url=public_url,
+            signing_key=signing_key,
+            campaign_id=campaign_id,
+        )
+
+    def make(
+        self,
+        delivery_id: int,
+        recipient_id: int,
+        channel: str,
+        person: Mapping[str, Any],
+        address: str,
+    ) -> Message:
+        """The delivery's message. Raises :class:`NoVariant`, or the template's
+        :class:`TemplateProblem` (whose ``locale`` is the variant's)."""
+        language = person["language"]
+        key = (channel, language)
+        if key in self._chosen:
+            variant = self._chosen[key]
+        else:
+            variant = self._chosen[key] = choose_variant(self.variants, channel, language)
+        if variant is None:
+            raise NoVariant(f"no variant for {channel}")
+        locale = variant.locale
+        view = self._views.get((recipient_id, locale))
+        if view is None:
+            view = self._views[(recipient_id, locale)] = content.recipient_view(person, locale)
+        unsubscribe = None
+        if self.link is not None:
+            unsubscribe = self.unsubscribe_base + self.link(recipient_id, channel)
+        context = self.variables.copy()
+        context["recipient"] = view
+        context["channel"] = channel
+        context["locale"] = locale
+        context["unsubscribe_url"] = unsubscribe
+        subject, body, html = renderer.render_parts(variant, context)
+        return Message(
+            delivery_id=delivery_id,
+            address=address,
+            body=body,
+            kind=self.kind,
+            subject=subject,
+            html=html,
+            locale=locale,
+            unsubscribe_url=unsubscribe,
+            campaign_id=self.campaign_id,
+            recipient=person["external_id"],
+        )
+
+
 def render(claim: Claim, *, settings: Settings, signing_key: bytes | None) -> None:
     """Give each claimed row its message, or its outcome when it has none to send: no live
-    address (skipped), no variant for its channel or a template error (failed). A recipient's
-    view and each (channel, language)'s variant are worked out once per batch."""
-    campaign, run, people = claim.campaign, claim.run, claim.people
-    defaults, variants, addresses = claim.defaults, claim.variants, claim.addresses
-    assert campaign is not None and run is not None
-    kind = Category(campaign.kind)
-    variables = {
-        **calendar_variables(run.scheduled_for),
-        **(campaign.variables or {}),
-        **(run.variables or {}),
-    }
-    unsubscribe_base = f"{settings.public_url}/u/"
-    transactional = kind is Category.transactional
-    campaign_id = campaign.id
-    if not transactional:
-        assert signing_key is not None
-        # The batch's links, dated once (its renders take well under a second).
-        link = consent.link_tokens(signing_key, kind=kind.value)
-    chosen: dict[tuple[str, str | None], VariantData | None] = {}
-    views: dict[tuple[int, str], Any] = {}
+    address (skipped), no variant for its channel or a template error (failed)."""
+    people, addresses = claim.people, claim.addresses
+    messages = BatchMessages.of_claim(claim, settings=settings, signing_key=signing_key)
+    make = messages.make
     for item in claim.work:
         person = people.get(item.recipient_id)
         address = addresses.get(item.delivery_id)
@@ -51,48 +163,19 @@ def render(claim: Claim, *, settings: Settings, signing_key: bytes | None) -> No
             item.error_class = ErrorClass.no_address
             item.error_reason = f"no live {item.channel} address"
             continue
-        language = person["language"]
-        key = (item.channel, language)
-        if key in chosen:
-            variant = chosen[key]
-        else:
-            variant = chosen[key] = choose_variant(variants, item.channel, language)
-        if variant is None:
-            item.status = DeliveryStatus.failed
-            item.error_class = ErrorClass.template
-            item.error_reason = f"no variant for {item.channel}"
-            continue
-        item.locale = locale = variant.locale
-        view = views.get((item.recipient_id, locale))
-        if view is None:
-            view = views[(item.recipient_id, locale)] = content.recipient_view(person, locale)
-        unsubscribe = None
-        if not transactional:
-            unsubscribe = unsubscribe_base + link(item.recipient_id, item.channel)
-        context = content.build_context(
-            view,
-            defaults=defaults,
-            variables=variables,
-            channel=item.channel,
-            locale=locale,
-            unsubscribe_url=unsubscribe,
-        )
         try:
-            rendered = renderer.render(variant, context)
-        except TemplateProblem as problem:
+            item.message = message = make(
+                item.delivery_id, item.recipient_id, item.channel, person, address
+            )
+        except NoVariant as problem:
             item.status = DeliveryStatus.failed
             item.error_class = ErrorClass.template
             item.error_reason = str(problem)
             continue
-        item.message = Message(
-            delivery_id=item.delivery_id,
-            address=address,
-            body=rendered.body,
-            kind=kind,
-            subject=rendered.subject,
-            html=rendered.html,
-            locale=locale,
-            unsubscribe_url=unsubscribe,
-            campaign_id=campaign_id,
-            recipient=person["external_id"],
-        )
+        except TemplateProblem as problem:
+            item.locale = problem.locale
+            item.status = DeliveryStatus.failed
+            item.error_class = ErrorClass.template
+            item.error_reason = str(problem)
+            continue
+        item.locale = message.locale
