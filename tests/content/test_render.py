@@ -80,3 +80,25 @@ def test_compiled_templates_are_cached_per_variant() -> None:
     first = renderer.compile("{{ a }}", html=False, key=(7, "body"))
     renderer.render(variant, {"a": 2})
     assert renderer.compile("ignored", html=False, key=(7, "body")) is first
+
+
+def test_a_parts_own_variables_stay_in_that_part() -> None:
+    """The parts of a message share one context: what one part sets is its own."""
+    renderer = Renderer()
+    variant = VariantData(
+        8,
+        "email",
+        "vi",
+        body="{{ greeting }}, {{ name }}{% set greeting = 'Kính gửi' %} / {{ greeting }}",
+        subject="{% set name = 'khác' %}{% set greeting = 'Xin chào' %}{{ greeting }} {{ name }}",
+        html="<p>{{ greeting }} {{ name }}{% set name = 'HTML' %}</p>",
+    )
+    context = {"greeting": "Chào", "name": "An"}
+    out = renderer.render(variant, context)
+    assert out.subject == "Xin chào khác"
+    assert out.body == "Chào, An / Kính gửi"
+    assert out.html == "<p>Chào An</p>"
+    assert context == {"greeting": "Chào", "name": "An"}
+    # Jinja's globals are there, under the caller's variables of the same name.
+    loop = VariantData(9, "email", "vi", "{{ range(3) | list }} {{ dict }}", "s")
+    assert renderer.render(loop, {"dict": "d"}).body == "[0, 1, 2] d"
