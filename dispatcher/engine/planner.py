@@ -1,8 +1,9 @@
 """Turn a run's audience into batches, one keyset page at a time.
 
-Each page is its own transaction: it writes the page's opt-outs and dead addresses as
-``skipped`` delivery rows with their reason (one ``INSERT ... SELECT``, final: never written
-again), the deliveries to send as *batch rows* of up to ``batch_size`` each, per channel
+Each page is its own transaction: one read of the page's addresses decides each one, and the
+opt-outs and dead addresses are written as ``skipped`` delivery rows with their reason (an
+``INSERT ... SELECT`` of those addresses, when there are any; final: never written again), the
+deliveries to send as *batch rows* of up to ``batch_size`` each, per channel
 (:mod:`dispatcher.engine.batches`: the recipients and their deliveries' reserved ids),
 advances the run's cursor, names it all in one audit entry, and queues one job per batch
 after the commit. The deliveries to send are written by the worker that sends them, once,
@@ -80,6 +81,8 @@ COLUMNS = (
 # Deliveries planned in one page (one transaction; see plan_page), in whole batches. On
 # SQLite a page holds the write turn for a few tens of milliseconds.
 PAGE_DELIVERIES = 8000
+# Skipped addresses inserted per statement (each is one bound parameter).
+SKIP_CHUNK = 5000
 # How long a planner that is plan_ahead_batches ahead of the sends waits before it looks again.
 PLAN_AHEAD_WAIT_SECONDS = 1.0
 
@@ -204,16 +207,22 @@ class Rows:
         batch by its job id, size, reserved ids and a digest of its members."""
         if self.campaign.channel_mode == "fallback":
             where = (*where, self.none_usable_before())
-        skipped = self.skip(*where)
+        # One read of the page decides every address: to send (usable) or to skip. The
+        # skipped ones are inserted by their address ids, as that read found them.
         query = (
-            select(Recipient.id, Address.channel)
+            select(Recipient.id, Address.channel, Address.id, self.usable())
             .join(Address, Address.recipient_id == Recipient.id)
-            .where(Address.channel.in_(self.channels), self.usable(), *where)
+            .where(Address.channel.in_(self.channels), *where)
             .order_by(Address.channel, Recipient.id)
         )
         by_channel: dict[str, list[int]] = {}
-        for recipient_id, channel in self.session.execute(query):
-            by_channel.setdefault(channel, []).append(int(recipient_id))
+        unusable: list[int] = []
+        for recipient_id, channel, address_id, usable in self.session.execute(query):
+            if usable:
+                by_channel.setdefault(channel, []).append(int(recipient_id))
+            else:
+                unusable.append(int(address_id))
+        skipped = self.skip_addresses(unusable)
         connection = self.session.connection()
         made: list[Batch] = []
         sized = [
@@ -291,6 +300,22 @@ class Rows:
         return self.insert(
             self.select(DeliveryStatus.skipped.value, reason, or_(dead, self.opted), *where)
         )
+
+    def skip_addresses(self, address_ids: Sequence[int]) -> list[Any]:
+        """Insert the skipped rows of these addresses, which a read of the page found dead or
+        opted out (the reason as the address stands now: dead, else opted out); returns them
+        in their audited state."""
+        if not address_ids:
+            return []
+        dead = Address.dead_at.is_not(None)
+        dead_reason = literal(ErrorClass.address_dead.value, String())
+        reason = case((dead, dead_reason), else_=literal(ErrorClass.opted_out.value, String()))
+        skipped: list[Any] = []
+        for chunk in chunks(list(address_ids), SKIP_CHUNK):
+            skipped += self.insert(
+                self.select(DeliveryStatus.skipped.value, reason, Address.id.in_(chunk))
+            )
+        return skipped
 
     def next_hops(self, failed: Sequence[tuple[int, str]]) -> list[int]:
         """Fallback: plan each (recipient, failed channel)'s next usable channel."""

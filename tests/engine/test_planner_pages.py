@@ -101,6 +101,41 @@ def test_a_pages_batches_are_named_once_however_many_entries_its_skipped_rows_ta
     assert [b["size"] for b in entries[0]["batches"]] == [2]
 
 
+def test_a_page_reads_its_addresses_once_and_skips_the_ones_that_read_found(
+    client: Any, db: Database, settings: Settings
+) -> None:
+    """One read of the page decides every address; the skipped rows are inserted by the ids of
+    the addresses it found dead or opted out, not by reading the page again."""
+    from sqlalchemy import update
+
+    from dispatcher.tables.deliveries import Delivery
+    from dispatcher.tables.recipients import Address
+    from tests.test_end_to_end import add_people, plan_launched, publish_template
+
+    add_people(client)
+    publish_template(client)
+    with db.transaction() as session:
+        [dead] = session.scalars(select(Address.id).order_by(Address.id).limit(1)).all()
+        session.execute(update(Address).where(Address.id == dead).values(dead_at=func.now()))
+        dead_owner = session.scalar(select(Address.recipient_id).where(Address.id == dead))
+    with statements(db) as seen:
+        _, run_id = plan_launched(client, db, settings)
+    page_reads = [s for s in seen if "JOIN addresses" in s and "recipients.id >" in s]
+    inserts = [s for s in seen if s.startswith("INSERT INTO deliveries")]
+    assert len(page_reads) == 1, page_reads
+    assert len(inserts) == 1 and "addresses.id IN" in inserts[0], inserts
+    with db.reading() as session:
+        skipped = session.execute(
+            select(Delivery.recipient_id, Delivery.status, Delivery.error_class).where(
+                Delivery.run_id == run_id
+            )
+        ).all()
+    assert [tuple(row) for row in skipped] == [(dead_owner, "skipped", "address_dead")]
+    # The others are in the page's batch, the dead address's owner not.
+    [(_, ids)] = run_batches(db, run_id)
+    assert len(ids) == 4
+
+
 class Collected:
     """An enqueuer that keeps the jobs committed, instead of sending them to Redis."""
 
