@@ -149,7 +149,9 @@ class Delivery(Base):
         # The planner's ON CONFLICT DO NOTHING (a page or a fallback hop planned twice) and
         # the promise of one delivery per person and channel in a run.
         UniqueConstraint("run_id", "recipient_id", "channel"),
-        # Reports and campaign counts (GROUP BY channel, status of a campaign), and a
+        # Reports and campaign counts (GROUP BY channel, status of a campaign; on PostgreSQL
+        # the counts come from delivery_tallies), the search and export of a campaign's
+        # deliveries in one status (its few failed ones among millions sent), and a
         # cancellation's open rows of a campaign.
         Index("ix_deliveries_campaign_id_status", "campaign_id", "status", "channel"),
         # "Did citizen X get message Y": the search by recipient; also ON DELETE CASCADE from
