@@ -604,7 +604,13 @@ class EmailAdapter(Adapter):
             await self.open()
         try:
             HeaderAddress(addr_spec=message.address)
+        except (ValueError, IndexError) as exc:
+            raise PermanentError(f"invalid email address: {exc}", code="address") from None
+        try:
             raw, message_id = self.compose(message)
+        except UnicodeError as exc:
+            # A lone surrogate in a recipient's data, say: UTF-8 cannot carry it.
+            raise PermanentError(f"the message cannot be encoded: {exc}", code="content") from None
         except (ValueError, IndexError) as exc:
             raise PermanentError(f"invalid email address: {exc}", code="address") from None
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import email
 import email.utils
 import ipaddress
@@ -153,6 +154,25 @@ def test_unreachable_server_is_transient_and_bad_address_permanent(smtp: SmtpSer
 
     with pytest.raises(PermanentError):
         asyncio.run(bad_address())
+
+
+def test_a_message_that_cannot_be_encoded_fails_as_such_not_as_a_bad_address(
+    smtp: SmtpServer,
+) -> None:
+    """A lone surrogate (from a recipient's data) cannot be written in UTF-8: the delivery
+    fails naming that, and its good address is not blamed."""
+    for part in ("subject", "body", "html"):
+        broken = dataclasses.replace(message(7), **{part: "Kính gửi Ông/Bà \ud800"})
+
+        async def send(broken: Message = broken) -> None:
+            await adapter(smtp).send(broken)
+
+        with pytest.raises(PermanentError) as caught:
+            asyncio.run(send())
+        assert caught.value.reason.startswith("the message cannot be encoded"), part
+        assert "surrogates not allowed" in caught.value.reason
+        assert not caught.value.address_dead
+    assert smtp.mailbox.count() == 0
 
 
 def test_an_http_link_gets_no_one_click_header(smtp: SmtpServer) -> None:
