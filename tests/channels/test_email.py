@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from email.errors import HeaderParseError
 from email.policy import default as default_policy
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiosmtpd.controller import Controller
@@ -162,7 +163,8 @@ def test_a_message_that_cannot_be_encoded_fails_as_such_not_as_a_bad_address(
     """A lone surrogate (from a recipient's data) cannot be written in UTF-8: the delivery
     fails naming that, and its good address is not blamed."""
     for part in ("subject", "body", "html"):
-        broken = dataclasses.replace(message(7), **{part: "Kính gửi Ông/Bà \ud800"})
+        changes: dict[str, Any] = {part: "Kính gửi Ông/Bà \ud800"}
+        broken = dataclasses.replace(message(7), **changes)
 
         async def send(broken: Message = broken) -> None:
             await adapter(smtp).send(broken)
