@@ -154,7 +154,7 @@ class BatchProcessor:
                 self.queue.markers.delete(batch_id)
             return BatchReport()
         try:
-            render(claim, settings=self.settings, signing_key=self.claims.signing_key)
+            self._render(claim)
             self.accounts.assign(work, campaign.unit_id)
         except BaseException:
             self.claims.release(run_id, work, lease_until, claim.batch)
@@ -212,6 +212,9 @@ class BatchProcessor:
         return self.claims.take(
             run_id, delivery_ids, batch_id, lease_until, token=token, urgent=urgent
         )
+
+    def _render(self, claim: Claim) -> None:
+        render(claim, settings=self.settings, signing_key=self.claims.signing_key)
 
     async def _send_all(self, work: list[Work]) -> None:
         await self.sender.send_all(work)
