@@ -109,7 +109,7 @@ class Recorder:
         """Write every outcome (raises :class:`LeaseLost`, having written nothing, when the
         lease was taken over), then close the run if that was its last open row."""
         now = utcnow()
-        outcomes = self._prepare(work, campaign, run, now)
+        outcomes = self._prepare(work, campaign, run, now, batch)
         if batch is not None:
             return self._record_batch(work, campaign, run, lease_until, batch, outcomes, now)
         updates = outcomes.updates
@@ -160,7 +160,6 @@ class Recorder:
         """A batch row's record: its deliveries inserted once, with their outcomes, and the
         batch closed, in the transaction that ends its lease (all of it, or nothing)."""
         bulk = self._bulk_writes()
-        self._prepare_inserts(work, campaign, run, batch, outcomes, bulk)
         audit_entry = audit.batch_draft_of(
             attempts=outcomes.audited, deliveries=outcomes.stated, worker=WORKER_NAME, run_id=run.id
         )
@@ -208,66 +207,25 @@ class Recorder:
         self.close_run_if_done(run.id)
         return outcomes.report
 
-    @staticmethod
-    def _prepare_inserts(
+    def _prepare(
+        self,
         work: list[Work],
         campaign: Campaign,
         run: Run,
-        batch: ClaimedBatch,
-        out: Outcomes,
-        bulk: BulkWrites,
-    ) -> None:
-        """The batch's deliveries as rows to insert (from the states ``_prepare`` made)."""
-        out.retry_jobs = {delay: jobs.new_batch_id() for delay in out.retry_groups}
-        retry_job: dict[int, str] = {}
-        for delay, ids in out.retry_groups.items():
-            for delivery_id in ids:
-                retry_job[delivery_id] = out.retry_jobs[delay]
-        created = bulk.stamp(batch.created_at)
-        for item, state in zip(work, out.updates, strict=True):
-            (
-                delivery_id,
-                status,
-                attempts,
-                failures,
-                locale,
-                message_id,
-                error_class,
-                reason,
-                available_at,
-                sent_at,
-            ) = state
-            out.inserts.append(
-                (
-                    delivery_id,
-                    run.id,
-                    campaign.id,
-                    item.recipient_id,
-                    item.channel,
-                    status,
-                    retry_job.get(delivery_id, batch.job_id),
-                    available_at,
-                    attempts,
-                    failures,
-                    False,
-                    locale,
-                    message_id,
-                    error_class,
-                    reason,
-                    created,
-                    out.stamp_now,
-                    sent_at,
-                    run.period,
-                )
-            )
-
-    def _prepare(self, work: list[Work], campaign: Campaign, run: Run, now: datetime) -> Outcomes:
-        """Each delivery's new state (the retry decision made), attempts and audit lines."""
+        now: datetime,
+        batch: ClaimedBatch | None = None,
+    ) -> Outcomes:
+        """Each delivery's new state (the retry decision made), attempts and audit lines: for a
+        batch row its deliveries as inserted (bulk.DELIVERY_INSERT_COLUMNS), for rows their
+        new states (bulk.update_deliveries)."""
         bulk = self._bulk_writes()
         stamp_now = bulk.stamp(now)
         out = Outcomes(report=BatchReport(claimed=len(work)), stamp_now=stamp_now)
+        created = None if batch is None else bulk.stamp(batch.created_at)
+        run_id, campaign_id, period = run.id, campaign.id, run.period
         for item in work:
             available_at = stamp_now
+            job = None if batch is None else batch.job_id
             if item.status is DeliveryStatus.retrying:
                 delay = self.policy.next_delay(
                     failures=item.failures,
@@ -284,10 +242,76 @@ class Recorder:
                 else:
                     available_at = bulk.stamp(item.not_before or now + timedelta(seconds=delay))
                     # Grouped by whole seconds, rounded up: a job never arrives before its rows.
-                    out.retry_groups[max(1, math.ceil(delay))].append(item.delivery_id)
-            out.report.count(item.status)
-            self._state(out, item, campaign, run, now, available_at, stamp_now)
-            self._attempts(out, item, bulk, run.period)
+                    group = max(1, math.ceil(delay))
+                    out.retry_groups[group].append(item.delivery_id)
+                    if batch is not None:
+                        # Each group is a new batch (one job id), queued after the commit.
+                        job = out.retry_jobs.get(group)
+                        if job is None:
+                            job = out.retry_jobs[group] = jobs.new_batch_id()
+            status = item.status
+            out.report.count(status)
+            sent = status is DeliveryStatus.sent
+            reason = (item.error_reason or None) and item.error_reason[:2000]
+            attempts = item.attempts + len(item.tries)
+            if batch is None:
+                out.updates.append(
+                    (
+                        item.delivery_id,
+                        status.value,
+                        attempts,
+                        item.failures,
+                        item.locale,
+                        item.provider_message_id,
+                        item.error_class,
+                        reason,
+                        available_at,
+                        stamp_now if sent else None,
+                    )
+                )
+            else:
+                out.inserts.append(
+                    (
+                        item.delivery_id,
+                        run_id,
+                        campaign_id,
+                        item.recipient_id,
+                        item.channel,
+                        status.value,
+                        job,
+                        available_at,
+                        attempts,
+                        item.failures,
+                        False,
+                        item.locale,
+                        item.provider_message_id,
+                        item.error_class,
+                        reason,
+                        created,
+                        stamp_now,
+                        stamp_now if sent else None,
+                        period,
+                    )
+                )
+            out.stated.append(
+                (
+                    item.delivery_id,
+                    run_id,
+                    campaign_id,
+                    item.recipient_id,
+                    item.channel,
+                    status.value,
+                    attempts,
+                    item.failures,
+                    item.locale,
+                    item.provider_message_id,
+                    item.error_class,
+                    reason,
+                    now if sent else None,
+                )
+            )
+            if item.tries:
+                self._attempts(out, item, bulk, period)
             if item.address_dead:
                 out.dead.append(
                     {
@@ -298,50 +322,6 @@ class Recorder:
                     }
                 )
         return out
-
-    @staticmethod
-    def _state(
-        out: Outcomes,
-        item: Work,
-        campaign: Campaign,
-        run: Run,
-        now: datetime,
-        available_at: Any,
-        stamp_now: Any,
-    ) -> None:
-        sent = item.status is DeliveryStatus.sent
-        reason = (item.error_reason or None) and item.error_reason[:2000]
-        out.updates.append(
-            (
-                item.delivery_id,
-                item.status.value,
-                item.attempts + len(item.tries),
-                item.failures,
-                item.locale,
-                item.provider_message_id,
-                item.error_class,
-                reason,
-                available_at,
-                stamp_now if sent else None,
-            )
-        )
-        out.stated.append(
-            (
-                item.delivery_id,
-                run.id,
-                campaign.id,
-                item.recipient_id,
-                item.channel,
-                item.status.value,
-                item.attempts + len(item.tries),
-                item.failures,
-                item.locale,
-                item.provider_message_id,
-                item.error_class,
-                reason,
-                now if sent else None,
-            )
-        )
 
     @staticmethod
     def _attempts(out: Outcomes, item: Work, bulk: BulkWrites, period: int) -> None:
