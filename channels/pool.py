@@ -81,13 +81,21 @@ class AdapterPool:
         self._adapters: dict[str, tuple[Adapter, str]] = {}
         self._lock: asyncio.Lock | None = None
 
+    def opened(self, account: Account) -> Adapter | None:
+        """The account's adapter when it is open and built from the account's current
+        settings; None when :meth:`get` has to open one."""
+        found = self._adapters.get(account.key)
+        if found is not None and found[1] == account.revision:
+            return found[0]
+        return None
+
     async def get(self, channel: str, account: Account | None = None) -> Adapter:
         """The open adapter for ``channel`` (through ``account``, the root's by default); must
         be awaited on the process's send loop."""
         account = account or Account.root(channel)
-        found = self._adapters.get(account.key)
-        if found is not None and found[1] == account.revision:
-            return found[0]
+        ready = self.opened(account)
+        if ready is not None:
+            return ready
         if self._lock is None:
             self._lock = asyncio.Lock()
         async with self._lock:

@@ -208,17 +208,20 @@ class Sender:
         assert item.message is not None
         channel = item.channel
         account = item.account or Account.root(channel)
-        waited = await ratelimit.acquire(
-            self.limiter, account.key, limits, max_wait=self.settings.rate_wait_seconds
-        )
-        if waited:
-            RATE_LIMIT_WAIT_SECONDS.labels(channel).inc(waited)
+        if limits or self.limiter.paused_locally(account.key) > 0:
+            waited = await ratelimit.acquire(
+                self.limiter, account.key, limits, max_wait=self.settings.rate_wait_seconds
+            )
+            if waited:
+                RATE_LIMIT_WAIT_SECONDS.labels(channel).inc(waited)
         number = item.attempts + len(item.tries) + 1
         started = utcnow()
         t0 = time.perf_counter()
         try:
             # Opening counts as part of the try: a refused token at getMe is audited.
-            adapter = await self._adapter(channel, account)
+            adapter = None if account.problem is not None else self.adapters.opened(account)
+            if adapter is None:
+                adapter = await self._adapter(channel, account)
             result = await adapter.send(item.message)
         except DeliveryError as exc:
             item.tries.append(_failed_try(number, started, t0, exc))
@@ -298,6 +301,8 @@ class _BatchFacts:
         self.settings = settings
         self._windows: dict[tuple[str, str], tuple[datetime | None, datetime | None]] = {}
         self._rules: dict[str, Sequence[RateRule]] = {}
+        # Whether a channel has a rule per address (its limits are then worked out per send).
+        self._per_address: dict[str, bool] = {}
         self._limits: dict[tuple[str, str], list[ratelimit.Limit]] = {}
         # (channel, seconds) of each sent try, for the send-time histogram.
         self.durations: list[tuple[str, float]] = []
@@ -317,7 +322,8 @@ class _BatchFacts:
         rules = self._rules.get(channel)
         if rules is None:
             rules = self._rules[channel] = registry.get(channel).rate_limits
-        if any(rule.per_address for rule in rules):
+            self._per_address[channel] = any(rule.per_address for rule in rules)
+        if self._per_address[channel]:
             return ratelimit.limits_for(
                 channel, address, rules, self.settings.rate_limits, account=account
             )
