@@ -399,7 +399,7 @@ class _Renderer:
         from dispatcher.engine.render import BatchMessages
 
         # Made once per batch, as the engine makes it.
-        messages = BatchMessages.of(
+        messages = BatchMessages(
             kind=self.kind,
             variants=self.variants,
             defaults=self.template.defaults,

@@ -87,6 +87,14 @@ SKIP_CHUNK = 5000
 PLAN_AHEAD_WAIT_SECONDS = 1.0
 
 
+def _skip_reason() -> ColumnElement[str]:
+    """A skipped row's reason, in one expression for both: a dead address, else an opt-out."""
+    return case(
+        (Address.dead_at.is_not(None), literal(ErrorClass.address_dead.value, String())),
+        else_=literal(ErrorClass.opted_out.value, String()),
+    )
+
+
 class Rows:
     """Builds the ``INSERT ... SELECT`` of delivery rows for one run and one batch.
 
@@ -292,28 +300,19 @@ class Rows:
         """Insert the skipped rows (a dead address, an opt-out) of the recipients ``where``
         selects; returns them in their audited state."""
         dead = Address.dead_at.is_not(None)
-        dead_reason = literal(ErrorClass.address_dead.value, String())
-        if self.opted is None:
-            return self.insert(self.select(DeliveryStatus.skipped.value, dead_reason, dead, *where))
-        # One statement for both reasons: a dead address, else an opt-out.
-        reason = case((dead, dead_reason), else_=literal(ErrorClass.opted_out.value, String()))
+        unusable = dead if self.opted is None else or_(dead, self.opted)
         return self.insert(
-            self.select(DeliveryStatus.skipped.value, reason, or_(dead, self.opted), *where)
+            self.select(DeliveryStatus.skipped.value, _skip_reason(), unusable, *where)
         )
 
     def skip_addresses(self, address_ids: Sequence[int]) -> list[Any]:
         """Insert the skipped rows of these addresses, which a read of the page found dead or
-        opted out (the reason as the address stands now: dead, else opted out); returns them
-        in their audited state."""
-        if not address_ids:
-            return []
-        dead = Address.dead_at.is_not(None)
-        dead_reason = literal(ErrorClass.address_dead.value, String())
-        reason = case((dead, dead_reason), else_=literal(ErrorClass.opted_out.value, String()))
+        opted out (the reason as the address stands now); returns them in their audited
+        state."""
         skipped: list[Any] = []
         for chunk in chunks(list(address_ids), SKIP_CHUNK):
             skipped += self.insert(
-                self.select(DeliveryStatus.skipped.value, reason, Address.id.in_(chunk))
+                self.select(DeliveryStatus.skipped.value, _skip_reason(), Address.id.in_(chunk))
             )
         return skipped
 

@@ -39,20 +39,24 @@ class BatchMessages:
         kind: Category,
         variants: Mapping[tuple[str, str], VariantData],
         defaults: Mapping[str, Any],
-        variables: Mapping[str, Any],
+        scheduled_for: datetime,
+        variables: list[Mapping[str, Any] | None],
         public_url: str,
         signing_key: bytes | None,
         campaign_id: int | None,
     ) -> None:
+        """A run's messages: the calendar of its scheduled day, then each of ``variables``
+        (the campaign's, the run's) over it, over the version's ``defaults``."""
         self.kind = kind
         self.variants = variants
         self.campaign_id = campaign_id
-        # A template's variables: the version's defaults, under the campaign's and the run's.
-        self.variables = {**defaults, **variables}
+        self.defaults = defaults
+        self.variables = calendar_variables(scheduled_for)
+        for more in variables:
+            self.variables.update(more or {})
         self.unsubscribe_base = f"{public_url}/u/"
-        self.transactional = kind is Category.transactional
         self.link = None
-        if not self.transactional:
+        if kind is not Category.transactional:
             assert signing_key is not None
             # The batch's links, dated once (its renders take well under a second).
             self.link = consent.link_tokens(signing_key, kind=kind.value)
@@ -65,7 +69,7 @@ class BatchMessages:
     ) -> BatchMessages:
         campaign, run = claim.campaign, claim.run
         assert campaign is not None and run is not None
-        return cls.of(
+        return cls(
             kind=Category(campaign.kind),
             variants=claim.variants,
             defaults=claim.defaults,
@@ -74,34 +78,6 @@ class BatchMessages:
             public_url=settings.public_url,
             signing_key=signing_key,
             campaign_id=campaign.id,
-        )
-
-    @classmethod
-    def of(
-        cls,
-        *,
-        kind: Category,
-        variants: Mapping[tuple[str, str], VariantData],
-        defaults: Mapping[str, Any],
-        scheduled_for: datetime,
-        variables: list[Mapping[str, Any] | None],
-        public_url: str,
-        signing_key: bytes | None,
-        campaign_id: int | None,
-    ) -> BatchMessages:
-        """A run's messages: the calendar of its scheduled day, then each of ``variables``
-        (the campaign's, the run's) over it."""
-        merged = calendar_variables(scheduled_for)
-        for more in variables:
-            merged.update(more or {})
-        return cls(
-            kind=kind,
-            variants=variants,
-            defaults=defaults,
-            variables=merged,
-            public_url=public_url,
-            signing_key=signing_key,
-            campaign_id=campaign_id,
         )
 
     def make(
@@ -129,11 +105,14 @@ class BatchMessages:
         unsubscribe = None
         if self.link is not None:
             unsubscribe = self.unsubscribe_base + self.link(recipient_id, channel)
-        context = self.variables.copy()
-        context["recipient"] = view
-        context["channel"] = channel
-        context["locale"] = locale
-        context["unsubscribe_url"] = unsubscribe
+        context = content.build_context(
+            view,
+            defaults=self.defaults,
+            variables=self.variables,
+            channel=channel,
+            locale=locale,
+            unsubscribe_url=unsubscribe,
+        )
         subject, body, html = renderer.render_parts(variant, context)
         return Message(
             delivery_id=delivery_id,
