@@ -214,6 +214,8 @@ class Renderer:
         self._globals: dict[str, Any] = dict(self._text.globals)
         self._cache: OrderedDict[tuple[Any, ...], jinja2.Template] = OrderedDict()
         self._cache_size = cache_size
+        # Each stored variant's compiled parts, by variant id (see _render).
+        self._variants: dict[int, tuple[jinja2.Template | None, ...]] = {}
         self._lock = threading.Lock()
 
     def compile(
@@ -247,6 +249,7 @@ class Renderer:
     def clear(self) -> None:
         with self._lock:
             self._cache.clear()
+            self._variants.clear()
 
     def channel_limits(self, channel: str) -> ChannelLimits:
         found = self._channels.get(channel)
@@ -284,26 +287,28 @@ class Renderer:
     def _render(
         self, variant: VariantData, context: Mapping[str, Any]
     ) -> tuple[str | None, str, str | None]:
-        limits = self.channel_limits(variant.channel)
         # What Template.render does for each part, with the globals merged into the context
         # once for all of them: Jinja does not change a context's variables (its templates
         # set theirs in the Context), so the parts share one.
         shared = {**self._globals, **context}
-        parts: dict[str, str | None] = {}
-        for part in PARTS:
-            source = getattr(variant, part)
-            if source is None:
-                parts[part] = None
-                continue
-            html = part == "html" or (part == "body" and limits.html_body)
-            key = None if variant.id is None else (variant.id, part)
+        # A stored variant's parts, compiled, in the order of PARTS (None: no such part).
+        known = None if variant.id is None else self._variants.get(variant.id)
+        compiled: list[jinja2.Template | None] = []
+        texts: list[str | None] = []
+        for index, part in enumerate(PARTS):
             try:
-                template = self.compile(source, html=html, key=key)
+                template = known[index] if known is not None else self._part(variant, part)
+                compiled.append(template)
+                if template is None:
+                    texts.append(None)
+                    continue
                 env = template.environment
+                # Template.new_context(shared, shared=True), without its two calls.
+                context_of = env.context_class(
+                    env, shared, template.name, template.blocks, globals=template.globals
+                )
                 try:
-                    text = env.concat(
-                        template.root_render_func(template.new_context(shared, shared=True))
-                    )
+                    text = env.concat(template.root_render_func(context_of))
                 except Exception:
                     # Jinja's own: the traceback rewritten to the template's lines.
                     env.handle_exception()
@@ -348,10 +353,30 @@ class Renderer:
                     part=part,
                     line=_template_line(exc.__traceback__),
                 ) from None
-            parts[part] = text.strip() if part == "subject" else text
-        body = parts["body"]
+            texts.append(text)
+        if known is None and variant.id is not None:
+            self._keep(variant.id, tuple(compiled))
+        subject, body, html = texts
         assert body is not None
-        return parts["subject"], body, parts["html"]
+        return (None if subject is None else subject.strip()), body, html
+
+    def _part(self, variant: VariantData, part: str) -> jinja2.Template | None:
+        """A variant's part, compiled (None when it has no such part)."""
+        source = getattr(variant, part)
+        if source is None:
+            return None
+        html = part == "html" or (part == "body" and self.channel_limits(variant.channel).html_body)
+        key = None if variant.id is None else (variant.id, part)
+        return self.compile(source, html=html, key=key)
+
+    def _keep(self, variant_id: int, compiled: tuple[jinja2.Template | None, ...]) -> None:
+        """Keep a stored variant's compiled parts, so that its next render looks them up once.
+        A variant's id names one frozen text: its parts never change."""
+        with self._lock:
+            self._variants[variant_id] = compiled
+            if len(self._variants) > self._cache_size:
+                # The oldest kept: a variant still in use is compiled again from the cache.
+                del self._variants[next(iter(self._variants))]
 
     def check_syntax(self, variant: VariantData) -> None:
         """Compile every part; raise the first syntax error with its line."""

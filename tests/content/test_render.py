@@ -82,6 +82,43 @@ def test_compiled_templates_are_cached_per_variant() -> None:
     assert renderer.compile("ignored", html=False, key=(7, "body")) is first
 
 
+def test_a_stored_variant_is_compiled_once_and_a_full_cache_forgets_the_oldest() -> None:
+    """A stored variant's parts are looked up together after its first render: no compile
+    per part per message. The kept variants are bounded by the cache's size."""
+    compiled: list[str] = []
+
+    class Counting(Renderer):
+        def compile(self, source, *, html, key=None):
+            compiled.append(source)
+            return super().compile(source, html=html, key=key)
+
+    renderer = Counting(cache_size=2)
+    first = VariantData(1, "email", "vi", "{{ a }}", "s{{ a }}", "<b>{{ a }}</b>")
+    assert renderer.render(first, {"a": 1}).html == "<b>1</b>"
+    assert len(compiled) == 3
+    out = renderer.render(first, {"a": "<2>"})
+    assert (out.subject, out.body, out.html) == ("s<2>", "<2>", "<b>&lt;2&gt;</b>")
+    assert len(compiled) == 3
+    for variant_id in (2, 3):
+        renderer.render(VariantData(variant_id, "email", "vi", "{{ a }}"), {"a": 0})
+    compiled.clear()
+    renderer.render(first, {"a": 4})
+    assert len(compiled) == 3, "the oldest variant was forgotten and compiled again"
+    renderer.clear()
+    compiled.clear()
+    renderer.render(first, {"a": 5})
+    assert len(compiled) == 3
+
+
+def test_a_variant_that_fails_to_compile_is_not_kept() -> None:
+    renderer = Renderer()
+    broken = VariantData(9, "email", "vi", "{{ a }", "s")
+    for _ in range(2):
+        with pytest.raises(TemplateProblem) as caught:
+            renderer.render(broken, {"a": 1})
+        assert caught.value.part == "body"
+
+
 def test_a_parts_own_variables_stay_in_that_part() -> None:
     """The parts of a message share one context: what one part sets is its own."""
     renderer = Renderer()
