@@ -32,8 +32,9 @@ Two patterns:
     the audit chain's entries, the opt-out subquery of the planner's page and Redis.
 ``insert``
     Written once: per batch, the read of the recipients and their addresses, the same renders,
-    and one row per delivery with its final state, ``COPY`` (psycopg ``cursor.copy``) on
-    PostgreSQL and ``executemany`` on SQLite, into the same table and indexes. No attempts row.
+    and one row per delivery with its final state: a binary ``COPY`` (psycopg ``cursor.copy``,
+    as the service's record) on PostgreSQL and ``executemany`` on SQLite, into the same table
+    and indexes. No attempts row.
 
 The email floor (:func:`email_floor`) sends pre-rendered messages with aiosmtplib over as many
 pooled connections as the service holds, from as many processes as its workers.
@@ -64,7 +65,7 @@ from typing import Any
 import psutil
 
 from bench.common import BenchError, cpu_by_process, cpu_share, cpu_snapshot, disturbed
-from dispatcher.engine.bulk import ATTEMPT_COLUMNS, CHECKPOINT_EVERY
+from dispatcher.engine.bulk import ATTEMPT_COLUMNS, CHECKPOINT_EVERY, copy_types, deliveries_t
 from dispatcher.engine.bulk import DELIVERY_COLUMNS as RECORD_COLUMNS
 
 FLOOR_DELIVERIES = "bench_floor_deliveries"
@@ -654,7 +655,9 @@ def _run_insert(spec: FloorSpec, w: _Writer, r: _Renderer, batches: Sequence[int
         f"INSERT INTO {FLOOR_DELIVERIES} ({', '.join(columns)})"
         f" VALUES ({', '.join([p] * len(columns))})"
     )
-    copy = f"COPY {FLOOR_DELIVERIES} ({', '.join(columns)}) FROM STDIN"
+    # Binary, as the service's record writes (dispatcher.engine.bulk).
+    copy = f"COPY {FLOOR_DELIVERIES} ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)"
+    types = copy_types(deliveries_t, columns)
     render_s = write_s = 0.0
     rows_done = 0
     channel = r.template.channel
@@ -702,6 +705,7 @@ def _run_insert(spec: FloorSpec, w: _Writer, r: _Renderer, batches: Sequence[int
                 cursor.executemany(insert, out)
             else:
                 with cursor.copy(copy) as pipe:
+                    pipe.set_types(types)
                     for row in out:
                         pipe.write_row(row)
         t3 = time.perf_counter()

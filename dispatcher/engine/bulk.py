@@ -11,11 +11,11 @@ the writers checkpoint every few turns after theirs ends, beside the next writer
 needs none of this.
 
 Recording a batch takes two statements whatever its size. A batch row's deliveries are
-inserted (``COPY`` on PostgreSQL, one multi-row INSERT on SQLite, chunked under its limit of
-bound values); rows get their new states from a list (``UPDATE ... FROM`` a ``VALUES`` list on
-SQLite, ``unnest`` of arrays on PostgreSQL). The attempts go in the same way as inserted
-deliveries. Values are put into the driver's form once per batch, not per row through
-SQLAlchemy's bind processing.
+inserted (a binary ``COPY`` on PostgreSQL, one multi-row INSERT on SQLite, chunked under its
+limit of bound values); rows get their new states from a list (``UPDATE ... FROM`` a
+``VALUES`` list on SQLite, ``unnest`` of arrays on PostgreSQL). The attempts go in the same
+way as inserted deliveries. Values are put into the driver's form once per batch, not per row
+through SQLAlchemy's bind processing.
 """
 
 from __future__ import annotations
@@ -30,11 +30,12 @@ from itertools import chain
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Table
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Session
 
 from dispatcher.core.db import Database
-from dispatcher.tables.deliveries import Delivery
+from dispatcher.tables.deliveries import Attempt, Delivery
 
 try:
     import fcntl
@@ -42,6 +43,7 @@ except ImportError:  # pragma: no cover - not POSIX: the thread lock alone
     fcntl = None  # type: ignore[assignment]
 
 deliveries_t: Table = Delivery.__table__  # type: ignore[assignment]
+attempts_t: Table = Attempt.__table__  # type: ignore[assignment]
 T = TypeVar("T")
 
 # A delivery's new state: (id, status, attempts, failures, locale, provider_message_id,
@@ -155,10 +157,31 @@ def _sqlite_stamp(value: datetime) -> str:
     return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
-def _copy(connection: Connection, table: str, names: str, rows: Sequence[tuple[Any, ...]]) -> None:
-    """``COPY`` rows into a table, in the connection's transaction (psycopg 3)."""
+def copy_types(table: Table, names: Sequence[str]) -> list[str]:
+    """The PostgreSQL type of each of ``names``, as a binary ``COPY`` sends its values."""
+    dialect = postgresql.dialect()
+    return [table.c[name].type.compile(dialect=dialect).split("(")[0].lower() for name in names]
+
+
+_DELIVERY_TYPES = copy_types(deliveries_t, DELIVERY_INSERT_COLUMNS)
+_ATTEMPT_TYPES = copy_types(attempts_t, [name for name, _ in ATTEMPT_COLUMNS])
+
+
+def _copy(
+    connection: Connection,
+    table: str,
+    names: str,
+    types: list[str],
+    rows: Sequence[tuple[Any, ...]],
+) -> None:
+    """``COPY`` rows into a table, in the connection's transaction (psycopg 3). Binary: each
+    value goes as its column's type, neither formatted as text here nor parsed by the server
+    (a fifth of the client's CPU per row of a text ``COPY``). A value must then be of its
+    column's Python type: an ``int`` for a text column is refused, not turned into text."""
     raw: Any = connection.connection.driver_connection
-    with raw.cursor() as cursor, cursor.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
+    statement = f"COPY {table} ({names}) FROM STDIN (FORMAT BINARY)"
+    with raw.cursor() as cursor, cursor.copy(statement) as copy:
+        copy.set_types(types)
         for row in rows:
             copy.write_row(row)
 
@@ -248,7 +271,7 @@ class BulkWrites:
         if not rows:
             return
         if self.postgresql:
-            _copy(connection, "deliveries", _DELIVERY_NAMES, rows)
+            _copy(connection, "deliveries", _DELIVERY_NAMES, _DELIVERY_TYPES, rows)
             return
         for chunk in chunks(rows, SQLITE_MAX_VALUES // len(DELIVERY_INSERT_COLUMNS)):
             flat = tuple(chain.from_iterable(chunk))
@@ -258,7 +281,7 @@ class BulkWrites:
         if not rows:
             return
         if self.postgresql:
-            _copy(connection, "attempts", _ATTEMPT_NAMES, rows)
+            _copy(connection, "attempts", _ATTEMPT_NAMES, _ATTEMPT_TYPES, rows)
             return
         for chunk in chunks(rows, SQLITE_MAX_VALUES // len(ATTEMPT_COLUMNS)):
             flat = tuple(chain.from_iterable(chunk))

@@ -7,6 +7,8 @@ from typing import Any
 
 from sqlalchemy import func, select, text
 
+from channels.base import Message, SendResult
+from channels.email import EmailAdapter
 from dispatcher.core.config import Settings
 from dispatcher.core.db import Database
 from dispatcher.engine import batches
@@ -67,6 +69,28 @@ def test_a_planned_delivery_is_found_through_its_batch_then_written_once_when_se
     assert sent["id"] == found["id"] and sent["status"] == "sent"
     assert len(sent["attempts"]) == 1
     assert campaign_status(client, campaign_id)["status"] == "completed"
+
+
+def test_a_plugins_numeric_provider_ids_are_recorded_as_text(
+    client, db: Database, settings: Settings, job_queue, monkeypatch
+) -> None:
+    """The contract says text; a plugin that answers with numbers (a provider's JSON ids) is
+    still recorded, as text. PostgreSQL's binary COPY would refuse a number for a text column
+    and lose the batch's record."""
+
+    async def numeric(self: EmailAdapter, message: Message) -> SendResult:
+        return SendResult(provider_message_id=9000 + message.delivery_id, provider_code=250)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(EmailAdapter, "send", numeric)
+    _, run_id = plan_campaign(client, db, settings)
+    [(job_id, ids)] = run_batches(db, run_id)
+    processor = BatchProcessor(db=db, settings=settings, queue=job_queue, loop=get_loop())
+    assert processor.process(run_id, [], job_id).sent == len(ids)
+    with db.reading() as session:
+        sent = session.execute(select(Delivery.id, Delivery.provider_message_id)).all()
+        codes = session.scalars(select(Attempt.provider_code)).all()
+    assert sorted(tuple(r) for r in sent) == [(i, str(9000 + i)) for i in ids]
+    assert codes == ["250"] * len(ids)
 
 
 def test_cancelling_writes_an_open_batchs_deliveries_as_cancelled_rows(
