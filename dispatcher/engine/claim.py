@@ -358,9 +358,8 @@ class Claims:
         # freshly imported tables were stale, spilled a hash join to disk on PostgreSQL.
         # On PostgreSQL the ids are one array parameter (see _one_of).
         if postgresql:
-            people_rows = _driver_rows(
-                connection, _PEOPLE_SQL + "= ANY(%(ids)s::bigint[])", {"ids": recipient_ids}
-            )
+            ids = pg_array(recipient_ids)
+            people_rows = _driver_rows(connection, _PEOPLE_SQL_PG, {"ids": ids})
         else:
             people_rows = _driver_rows(
                 connection, _PEOPLE_SQL + _sqlite_in(len(recipient_ids)), tuple(recipient_ids)
@@ -383,7 +382,7 @@ class Claims:
             address_rows = _driver_rows(
                 connection,
                 _ADDRESSES_SQL + "= ANY(%(ids)s::bigint[])",
-                {"channel": channel, "ids": recipient_ids},
+                {"channel": channel, "ids": ids},
             )
         else:
             address_rows = _driver_rows(
@@ -484,6 +483,12 @@ _PEOPLE_SQL = (
     "SELECT id, external_id, full_name, kind, province, birth_date, language, attributes "
     "FROM recipients WHERE id "
 )
+# The attributes as JSON text, as SQLite gives them: most are empty and read as such without a
+# parse (psycopg's JSON loading cost 2.5 ms per thousand rows, the text 0.2).
+_PEOPLE_SQL_PG = (
+    "SELECT id, external_id, full_name, kind, province, birth_date, language, attributes::text "
+    "FROM recipients WHERE id = ANY(%(ids)s::bigint[])"
+)
 _ADDRESSES_SQL = (
     "SELECT recipient_id, value FROM addresses "
     "WHERE channel = %(channel)s AND dead_at IS NULL AND recipient_id "
@@ -503,6 +508,12 @@ def _driver_rows(connection: Connection, statement: str, params: Any) -> list[An
         return list(cursor.fetchall())
     finally:
         cursor.close()
+
+
+def pg_array(ids: Sequence[int]) -> str:
+    """Ids as one PostgreSQL array literal, for ``%(ids)s::bigint[]``: psycopg's dumping of a
+    list of a thousand ints cost 0.9 ms of the client's CPU, the text 0.2."""
+    return "{" + ",".join(map(str, ids)) + "}"
 
 
 @lru_cache(maxsize=64)
