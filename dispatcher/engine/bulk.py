@@ -148,6 +148,15 @@ def _sqlite_deliveries(rows: int) -> str:
     return f"INSERT INTO deliveries ({_DELIVERY_NAMES}) VALUES {', '.join([one] * rows)}"
 
 
+def _pg_stamp(value: datetime) -> datetime:
+    if value.tzinfo is UTC:
+        # The common case (the service's clock): the same instant, naive.
+        return value.replace(tzinfo=None)
+    if value.tzinfo is None:
+        raise ValueError("naive datetime given where an aware one is required")
+    return value.astimezone(UTC).replace(tzinfo=None)
+
+
 def _sqlite_stamp(value: datetime) -> str:
     if value.tzinfo is UTC:
         # The common case (the service's clock): the UTC text less its "+00:00".
@@ -213,12 +222,17 @@ class BulkWrites:
         stamp_type = deliveries_t.c.updated_at.type
         process = stamp_type.dialect_impl(dialect).bind_processor(dialect)
         self._stamp: Callable[[Any], Any] = process or (lambda value: value)
-        # SQLite stores a timestamp as its UTC ISO text: made at once rather than through two
-        # processors (one stamp per attempt), when that is exactly what they make.
-        if dialect.name == "sqlite" and process is not None:
-            sample = datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=timezone(timedelta(hours=7)))
-            if process(sample) == _sqlite_stamp(sample):
-                self._stamp = _sqlite_stamp
+        # SQLite stores a timestamp as its UTC ISO text, PostgreSQL as the naive UTC instant:
+        # made at once rather than through SQLAlchemy's processors (a stamp per attempt), when
+        # that is exactly what they make.
+        sample = datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=timezone(timedelta(hours=7)))
+        if process is not None:
+            for fast in (_sqlite_stamp, _pg_stamp):
+                if process(sample) == fast(sample) and process(sample.astimezone(UTC)) == fast(
+                    sample.astimezone(UTC)
+                ):
+                    self._stamp = fast
+                    break
 
     def stamp(self, value: datetime | None) -> Any:
         """A timestamp in the driver's form, as SQLAlchemy would have bound it."""
@@ -227,10 +241,13 @@ class BulkWrites:
     def stamps(self, value: datetime) -> tuple[Any, Any]:
         """``value`` in the driver's form, and as the audit chain writes it out
         (:func:`dispatcher.audit.coverage.stamp_text`): on SQLite one is the other with a
-        ``T``, so a timestamp of every attempt is formatted once, not twice."""
+        ``T``, so a timestamp of every attempt is formatted once, not twice; on PostgreSQL the
+        text is the naive instant's, without converting it again."""
         bound = self._stamp(value)
         if self._stamp is _sqlite_stamp:
             return bound, f"{bound[:10]}T{bound[11:]}"
+        if self._stamp is _pg_stamp:
+            return bound, bound.isoformat(timespec="microseconds")
         return bound, value
 
     def update_deliveries(
