@@ -107,8 +107,20 @@ class SendResult:
     provider_reply: str | None = None
 
 
+def as_text(value: object) -> str | None:
+    """A provider's id, code or words as the text the record keeps. The contract says text, but
+    a plugin may hand over a number (a JSON id) or bytes (a raw reply), which a database's text
+    column refuses; bytes are read as UTF-8, anything undecodable replaced."""
+    if value is None or type(value) is str:
+        return value
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode("utf-8", "replace")
+    return str(value)
+
+
 class DeliveryError(Exception):
-    """A classified failure. ``code`` and ``reply`` are the provider's own words."""
+    """A classified failure. ``code`` and ``reply`` are the provider's own words, kept as text
+    (:func:`as_text`)."""
 
     error_class: ClassVar[ErrorClass]
 
@@ -122,9 +134,9 @@ class DeliveryError(Exception):
         address_dead: bool = False,
     ) -> None:
         super().__init__(reason)
-        self.reason = reason
-        self.code = None if code is None else str(code)
-        self.reply = reply
+        self.reason = reason if type(reason) is str else str(as_text(reason))
+        self.code = as_text(code)
+        self.reply = as_text(reply)
         self.retry_after = retry_after
         self.address_dead = address_dead
 

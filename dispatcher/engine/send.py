@@ -47,6 +47,7 @@ from channels.base import (
     RateLimitedError,
     RateRule,
     TransientError,
+    as_text,
 )
 from channels.pool import Account, AdapterPool
 from dispatcher.core.config import Settings
@@ -239,24 +240,16 @@ class Sender:
         elapsed = time.perf_counter() - t0
         # Observed, and counted, once per batch (send_all), by channel.
         durations.append((channel, elapsed))
-        message_id = result.provider_message_id
-        code = result.provider_code
-        if not (type(message_id) is str or message_id is None):
-            # A plugin's number where the contract says text: stored as text.
-            message_id = str(message_id)
-        if not (type(code) is str or code is None):
-            code = str(code)
-        reply = result.provider_reply
-        if not (type(reply) is str or reply is None):
-            reply = str(reply)
+        # A plugin's number where the contract says text is stored as text.
+        message_id = as_text(result.provider_message_id)
         item.tries.append(
             AttemptRecord(
                 number=number,
                 started_at=started,
                 duration_ms=int(elapsed * 1000),
                 outcome=Outcome.sent,
-                provider_code=code,
-                provider_reply=reply,
+                provider_code=as_text(result.provider_code),
+                provider_reply=as_text(result.provider_reply),
                 provider_message_id=message_id,
             )
         )

@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlalchemy import func, select, text
 
-from channels.base import Message, SendResult
+from channels.base import Message, PermanentError, SendResult
 from channels.email import EmailAdapter
 from dispatcher.core.config import Settings
 from dispatcher.core.db import Database
@@ -71,6 +71,16 @@ def test_a_planned_delivery_is_found_through_its_batch_then_written_once_when_se
     assert campaign_status(client, campaign_id)["status"] == "completed"
 
 
+def _process_the_batch(
+    client: Any, db: Database, settings: Settings, job_queue: Any
+) -> tuple[list[int], Any]:
+    """Plan the test campaign and process its one batch: its delivery ids and the report."""
+    _, run_id = plan_campaign(client, db, settings)
+    [(job_id, ids)] = run_batches(db, run_id)
+    processor = BatchProcessor(db=db, settings=settings, queue=job_queue, loop=get_loop())
+    return ids, processor.process(run_id, [], job_id)
+
+
 def test_a_plugins_numeric_provider_ids_are_recorded_as_text(
     client, db: Database, settings: Settings, job_queue, monkeypatch
 ) -> None:
@@ -82,15 +92,33 @@ def test_a_plugins_numeric_provider_ids_are_recorded_as_text(
         return SendResult(provider_message_id=9000 + message.delivery_id, provider_code=250)  # type: ignore[arg-type]
 
     monkeypatch.setattr(EmailAdapter, "send", numeric)
-    _, run_id = plan_campaign(client, db, settings)
-    [(job_id, ids)] = run_batches(db, run_id)
-    processor = BatchProcessor(db=db, settings=settings, queue=job_queue, loop=get_loop())
-    assert processor.process(run_id, [], job_id).sent == len(ids)
+    ids, report = _process_the_batch(client, db, settings, job_queue)
+    assert report.sent == len(ids)
     with db.reading() as session:
         sent = session.execute(select(Delivery.id, Delivery.provider_message_id)).all()
         codes = session.scalars(select(Attempt.provider_code)).all()
     assert sorted(tuple(r) for r in sent) == [(i, str(9000 + i)) for i in ids]
     assert codes == ["250"] * len(ids)
+
+
+def test_a_plugins_raw_reply_bytes_and_numeric_code_are_recorded_as_text(
+    client, db: Database, settings: Settings, job_queue, monkeypatch
+) -> None:
+    """A refusal whose reply is the provider's raw bytes (invalid UTF-8 among them) and whose
+    code is a number is recorded, as text, with the delivery failed; PostgreSQL's binary COPY
+    would refuse bytes for a text column and lose the batch's record."""
+
+    async def refused(self: EmailAdapter, message: Message) -> SendResult:
+        raise PermanentError("mailbox gone", code=550, reply=b"5.1.1 h\xc3\xb4p th\xff")  # type: ignore[arg-type]
+
+    monkeypatch.setattr(EmailAdapter, "send", refused)
+    ids, report = _process_the_batch(client, db, settings, job_queue)
+    assert report.failed == len(ids)
+    with db.reading() as session:
+        statuses = session.scalars(select(Delivery.status)).all()
+        words = session.execute(select(Attempt.provider_code, Attempt.provider_reply)).all()
+    assert statuses == ["failed"] * len(ids)
+    assert [tuple(r) for r in words] == [("550", "5.1.1 h\u00f4p th\ufffd")] * len(ids)
 
 
 def test_cancelling_writes_an_open_batchs_deliveries_as_cancelled_rows(
