@@ -95,3 +95,21 @@ def test_config_masks_secrets(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
     assert "DISPATCHER_DATABASE_URL=postgresql://svc:********@db.internal/bhxh" in result.output
     assert "DISPATCHER_REDIS_URL=redis://:********@redis.internal:6379/0" in result.output
     get_settings.cache_clear()
+
+
+def test_config_prints_an_unset_setting_as_a_comment_saying_what_applies(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An empty value would read back as a setting; unset ones say what applies instead."""
+    monkeypatch.delenv("DISPATCHER_WORKER_THREADS", raising=False)
+    monkeypatch.setenv("DISPATCHER_SQLITE_CACHE_MIB", "64")
+    result = CliRunner().invoke(app, ["config"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert (
+        "# DISPATCHER_WORKER_THREADS is unset: one for each queue it serves, so a process "
+        "serving both runs an urgent batch beside a bulk one" in lines
+    )
+    assert "DISPATCHER_SQLITE_CACHE_MIB=64" in lines
+    assert not [line for line in lines if line.endswith("=")]
+    get_settings.cache_clear()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 import typer
@@ -11,12 +12,30 @@ from dispatcher.cli.common import app, console, error, load_settings
 
 @app.command()
 def config() -> None:
-    """Print the effective settings, every installed channel's too, secrets masked."""
+    """Print the effective settings, every installed channel's too, secrets masked. An unset
+    one is printed as a comment saying what applies instead, so the output can be read back as
+    an environment file without turning it into an empty value."""
     from channels import registry
+    from dispatcher.core.config import Settings
 
     load_settings()
+    fields = Settings.model_fields
     for name, value in registry.load_settings().masked().items():
-        typer.echo(f"DISPATCHER_{name.upper()}={'' if value is None else value}")
+        if value is None:
+            field = fields.get(name)
+            typer.echo(_unset_line(name, field.description if field else None))
+        else:
+            typer.echo(f"DISPATCHER_{name.upper()}={value}")
+
+
+# A setting's description names what applies when it is unset as "(unset: ...)".
+_UNSET = re.compile(r"\(unset: ([^)]*)\)")
+
+
+def _unset_line(name: str, description: str | None) -> str:
+    found = _UNSET.search(description or "")
+    instead = f": {found.group(1)}" if found else ""
+    return f"# DISPATCHER_{name.upper()} is unset{instead}"
 
 
 @app.command()
