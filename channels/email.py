@@ -313,14 +313,34 @@ def one_line(value: str) -> str:
 
 def header_line(name: str, value: str) -> bytes:
     """``Name: value`` as the generator writes it: as it is when it is ASCII and fits on a
-    line; one word too long for the first line (a link) alone on the next; otherwise folded
-    by the policy's own rules."""
+    line; one word too long for the first line (a link) alone on the next, however long (the
+    policy never splits a word); otherwise folded by the policy's own rules."""
     if value.isascii() and not _BREAKS.search(value):
         if len(name) + 2 + len(value) <= LINE:
             return f"{name}: {value}\r\n".encode()
-        if len(value) < LINE and not _FOLDS.search(value):
+        if not _FOLDS.search(value):
             return f"{name}: \r\n {value}\r\n".encode()
     return WIRE.fold_binary(name, value)
+
+
+# An address every parser takes: a dot-atom each side of the "@" (RFC 5322 3.2.3), the
+# domain's atoms of letters, digits and hyphens. Nearly every citizen's address is one.
+_PLAIN_ADDRESS = re.compile(
+    r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+    r"@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
+)
+
+
+def check_address(address: str) -> None:
+    """Raise ValueError, saying why, for an address the standard library's header parser
+    refuses: it raises HeaderParseError, ValueError, IndexError or, on some malformed input,
+    AttributeError. A plain address is known good without it (the parser costs about 24 µs)."""
+    if _PLAIN_ADDRESS.fullmatch(address) is not None:
+        return
+    try:
+        HeaderAddress(addr_spec=address)
+    except Exception as exc:
+        raise ValueError(str(exc) or f"{address!r} is not an address") from None
 
 
 @functools.lru_cache(maxsize=1024)
@@ -603,8 +623,8 @@ class EmailAdapter(Adapter):
         if self._message_id_key is None:
             await self.open()
         try:
-            HeaderAddress(addr_spec=message.address)
-        except (ValueError, IndexError) as exc:
+            check_address(message.address)
+        except ValueError as exc:
             raise PermanentError(f"invalid email address: {exc}", code="address") from None
         try:
             raw, message_id = self.compose(message)

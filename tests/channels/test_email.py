@@ -14,6 +14,7 @@ import ssl
 import string
 from datetime import UTC, datetime, timedelta
 from email.errors import HeaderParseError
+from email.headerregistry import Address as HeaderAddress
 from email.policy import default as default_policy
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,14 @@ from channels.base import (
     PermanentError,
     TransientError,
 )
-from channels.email import MESSAGE_ID_KEY, WIRE, EmailAdapter, classify_reply, header_line
+from channels.email import (
+    MESSAGE_ID_KEY,
+    WIRE,
+    EmailAdapter,
+    check_address,
+    classify_reply,
+    header_line,
+)
 from tests.support import Mailbox, SmtpServer, free_port
 
 
@@ -331,6 +339,56 @@ def test_each_header_is_written_as_the_standard_library_folds_it() -> None:
                 with contextlib.suppress(HeaderParseError):
                     got = header_line(name, value)
                 assert got == expected, (name, value)
+    # One word too long for any line (a signed link): alone on the next line, never split.
+    word = string.ascii_letters + string.digits + "<>:/.=?&%+-_~"
+    for size in [*range(60, 200), 997, 998, 999, 5000]:
+        value = "".join(chance.choice(word) for _ in range(size))
+        assert header_line("List-Unsubscribe", value) == WIRE.fold_binary("List-Unsubscribe", value)
+
+
+def test_an_address_is_refused_exactly_when_the_standard_librarys_parser_refuses_it() -> None:
+    """The plain addresses checked without the parser are ones it takes; every other address
+    still goes through it."""
+    chance = random.Random(15)
+    alphabet = string.ascii_letters + string.digits + ".-_+@\"()<>,;: \\[]!#$%&'*/=?^`{|}~\u00e1"
+    addresses = [
+        "nguoi.nhan000123@example.vn",
+        "a+b@bhxh.gov.vn",
+        '"quoted local"@example.vn',
+        "user@[10.0.0.1]",
+        "user@",
+        "@example.vn",
+        "a..b@example.vn",
+        ".a@example.vn",
+        "a@b@example.vn",
+        "Tên <ten@example.vn>",
+        "ten@example.vn\r\nBcc: x@y.vn",
+        "",
+    ]
+    for _ in range(20_000):
+        size = chance.randrange(1, 30)
+        addresses.append("".join(chance.choice(alphabet) for _ in range(size)))
+    for address in addresses:
+        refused = False
+        try:
+            HeaderAddress(addr_spec=address)
+        except Exception:  # the parser's faults include an AttributeError
+            refused = True
+        if refused:
+            with pytest.raises(ValueError):
+                check_address(address)
+        else:
+            check_address(address)
+
+
+def test_an_address_the_parser_cannot_read_fails_the_delivery_with_its_reason(
+    smtp: SmtpServer,
+) -> None:
+    """The header parser refuses "@example.vn" with HeaderParseError, which is no ValueError:
+    it once escaped the adapter as a crash, a blip retried until its attempts ran out."""
+    with pytest.raises(PermanentError, match="invalid email address"):
+        asyncio.run(adapter(smtp).send(message(1, address="@example.vn")))
+    assert smtp.mailbox.to("@example.vn") == []
 
 
 def test_a_subject_of_several_lines_is_sent_on_one(smtp: SmtpServer) -> None:
