@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import contextlib
 import email.policy
 import email.utils
@@ -354,8 +355,13 @@ def _subject_line(subject: str) -> bytes:
 
 
 def _base64_body(text: str) -> bytes:
-    """A UTF-8 part's body as ``MIMEText`` encodes it: base64, lines of 76, CRLF."""
-    return base64.encodebytes(text.encode()).replace(b"\n", b"\r\n")
+    """A UTF-8 part's body as ``MIMEText`` encodes it: base64, lines of 76, CRLF. Encoded
+    whole and cut into lines (``base64.encodebytes`` encodes 57 bytes at a time in Python)."""
+    encoded = binascii.b2a_base64(text.encode(), newline=False)
+    if not encoded:
+        return b""
+    lines = [encoded[i : i + 76] for i in range(0, len(encoded), 76)]
+    return b"\r\n".join(lines) + b"\r\n"
 
 
 class EmailAdapter(Adapter):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import dataclasses
 import email
@@ -34,6 +35,7 @@ from channels.email import (
     MESSAGE_ID_KEY,
     WIRE,
     EmailAdapter,
+    _base64_body,
     check_address,
     classify_reply,
     header_line,
@@ -344,6 +346,14 @@ def test_each_header_is_written_as_the_standard_library_folds_it() -> None:
     for size in [*range(60, 200), 997, 998, 999, 5000]:
         value = "".join(chance.choice(word) for _ in range(size))
         assert header_line("List-Unsubscribe", value) == WIRE.fold_binary("List-Unsubscribe", value)
+
+
+def test_a_part_is_base64_encoded_as_the_standard_library_encodes_it() -> None:
+    """Lines of 76 and CRLF, for every length around the line's 57 bytes, the empty part too."""
+    chance = random.Random(16)
+    for size in [*range(0, 400), 5000]:
+        text = "".join(chance.choice("aáăâbcdđ xyzỹ\n") for _ in range(size))
+        assert _base64_body(text) == base64.encodebytes(text.encode()).replace(b"\n", b"\r\n")
 
 
 def test_an_address_is_refused_exactly_when_the_standard_librarys_parser_refuses_it() -> None:
