@@ -134,7 +134,7 @@ class DeliveryError(Exception):
         address_dead: bool = False,
     ) -> None:
         super().__init__(reason)
-        self.reason = reason if type(reason) is str else str(as_text(reason))
+        self.reason = as_text(reason) or ""
         self.code = as_text(code)
         self.reply = as_text(reply)
         self.retry_after = retry_after

@@ -14,6 +14,7 @@ from dispatcher.core.db import Database
 from dispatcher.engine import batches
 from dispatcher.engine.batch import BatchProcessor
 from dispatcher.engine.loop import get_loop
+from dispatcher.engine.work import BatchReport
 from dispatcher.tables.deliveries import Attempt, Batch, Delivery
 from tests.support import SmtpServer, run_batches
 from tests.test_end_to_end import campaign_status, plan_campaign
@@ -73,7 +74,7 @@ def test_a_planned_delivery_is_found_through_its_batch_then_written_once_when_se
 
 def _process_the_batch(
     client: Any, db: Database, settings: Settings, job_queue: Any
-) -> tuple[list[int], Any]:
+) -> tuple[list[int], BatchReport]:
     """Plan the test campaign and process its one batch: its delivery ids and the report."""
     _, run_id = plan_campaign(client, db, settings)
     [(job_id, ids)] = run_batches(db, run_id)
